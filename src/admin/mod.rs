@@ -1,0 +1,161 @@
+//! Administrative operations — projects, tokens, domains, queue, log — in one place.
+//!
+//! sled lets only one process open the database, so the CLI cannot share it with a running
+//! server. Instead the CLI sends an [`AdminRequest`] over the server's Unix socket
+//! (`socket.rs`), and only when no server is running does it open the database itself.
+//! Both paths end in [`execute`], so behaviour cannot drift between them.
+
+pub mod socket;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::policy::projects::{Project, Registry};
+use crate::queue::{Envelope, MessageLog, Queue};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminRequest {
+    ProjectAdd {
+        name: String,
+        domains: Vec<String>,
+        label: String,
+        max_age_secs: Option<u64>,
+    },
+    ProjectList,
+    ProjectShow {
+        id: String,
+    },
+    ProjectEnable {
+        id: String,
+        enabled: bool,
+    },
+    ProjectDelete {
+        id: String,
+    },
+    ProjectMaxAge {
+        id: String,
+        max_age_secs: Option<u64>,
+    },
+    TokenAdd {
+        id: String,
+        label: String,
+    },
+    TokenRevoke {
+        id: String,
+        token_id: String,
+    },
+    DomainAdd {
+        id: String,
+        domain: String,
+    },
+    DomainRemove {
+        id: String,
+        domain: String,
+    },
+    QueueList,
+    QueueShow {
+        id: String,
+    },
+    QueueRetry {
+        id: String,
+    },
+    QueueDelete {
+        id: String,
+    },
+    Log {
+        project: Option<String>,
+        limit: usize,
+    },
+}
+
+/// What the operations need; built from the server's handles or from a directly opened store.
+#[derive(Clone, Debug)]
+pub struct AdminContext {
+    pub registry: Registry,
+    pub queue: Queue,
+    pub log: MessageLog,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AdminError(pub String);
+
+fn err(e: impl std::fmt::Display) -> AdminError {
+    AdminError(e.to_string())
+}
+
+/// A project as shown to admins: token digests are not shown.
+pub fn project_json(p: &Project) -> Value {
+    json!({
+        "id": p.id,
+        "name": p.name,
+        "domains": p.domains,
+        "enabled": !p.disabled,
+        "created": p.created,
+        "max_age_secs": p.max_age_secs,
+        "tokens": p.tokens.iter().map(|t| json!({
+            "id": t.id, "label": t.label, "created": t.created,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn envelope_json(e: &Envelope) -> Value {
+    serde_json::to_value(e).unwrap_or(Value::Null)
+}
+
+pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminError> {
+    use AdminRequest::*;
+    let r = &ctx.registry;
+    Ok(match req {
+        ProjectAdd {
+            name,
+            domains,
+            label,
+            max_age_secs,
+        } => {
+            let (p, token) = r
+                .create(&name, &domains, &label, max_age_secs)
+                .map_err(err)?;
+            let token_id = p.tokens.last().map(|t| t.id.clone()).unwrap_or_default();
+            json!({ "project": project_json(&p), "token_id": token_id, "token": token.expose() })
+        }
+        ProjectList => Value::Array(r.list().map_err(err)?.iter().map(project_json).collect()),
+        ProjectShow { id } => project_json(&r.get(&id).map_err(err)?),
+        ProjectEnable { id, enabled } => project_json(&r.set_disabled(&id, !enabled).map_err(err)?),
+        ProjectDelete { id } => project_json(&r.delete(&id).map_err(err)?),
+        ProjectMaxAge { id, max_age_secs } => {
+            project_json(&r.set_max_age(&id, max_age_secs).map_err(err)?)
+        }
+        TokenAdd { id, label } => {
+            let (p, token) = r.add_token(&id, &label).map_err(err)?;
+            let token_id = p.tokens.last().map(|t| t.id.clone()).unwrap_or_default();
+            json!({ "project": project_json(&p), "token_id": token_id, "token": token.expose() })
+        }
+        TokenRevoke { id, token_id } => project_json(&r.revoke_token(&id, &token_id).map_err(err)?),
+        DomainAdd { id, domain } => project_json(&r.add_domain(&id, &domain).map_err(err)?),
+        DomainRemove { id, domain } => project_json(&r.remove_domain(&id, &domain).map_err(err)?),
+        QueueList => Value::Array(
+            ctx.queue
+                .list()
+                .map_err(err)?
+                .iter()
+                .map(envelope_json)
+                .collect(),
+        ),
+        QueueShow { id } => match ctx.log.get(&id).map_err(err)? {
+            Some(e) => envelope_json(&e),
+            None => return Err(AdminError(format!("no message {id}"))),
+        },
+        QueueRetry { id } => envelope_json(&ctx.queue.retry_now(&id).map_err(err)?),
+        QueueDelete { id } => envelope_json(&ctx.queue.delete(&id).map_err(err)?),
+        Log { project, limit } => Value::Array(
+            ctx.log
+                .recent(project.as_deref(), limit)
+                .map_err(err)?
+                .iter()
+                .map(envelope_json)
+                .collect(),
+        ),
+    })
+}

@@ -1,0 +1,115 @@
+//! The command line: one file per command group. Commands that change or read state go
+//! through [`admin`](crate::admin) — over the running server's socket when there is one,
+//! directly on the database otherwise. `anyhow` lives here, at the edge, and nowhere else.
+
+pub mod config;
+pub mod project;
+pub mod queue;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::admin::socket::{ClientError, request};
+use crate::admin::{AdminContext, AdminRequest, execute};
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "smtp-relay",
+    version,
+    about = "Self-hosted multi-tenant SMTP relay"
+)]
+pub struct Cli {
+    /// Config file (default: the built-in config/smtp-relay.toml).
+    #[arg(long, short, global = true, env = "SMTP_RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Serve,
+    /// Manage projects, their domains and tokens.
+    Project {
+        #[command(subcommand)]
+        command: project::ProjectCommand,
+    },
+    /// Inspect and act on queued messages.
+    Queue {
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
+    /// Show recent messages and their outcome.
+    Log {
+        /// Only this project's messages.
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Validate and print the configuration.
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => serve::run(cli.config.as_deref()),
+        Command::Project { ref command } => project::run(&cli, command),
+        Command::Queue { ref command } => queue::run(&cli, command),
+        Command::Log { ref project, limit } => queue::log(&cli, project.clone(), limit),
+        Command::Config { ref command } => config::run(&cli, command),
+    }
+}
+
+pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(Config::load_or_builtin(cli.config.as_deref())?)
+}
+
+/// Runs an admin operation on the running server, or on the database when none runs.
+pub fn admin(config: &Config, req: AdminRequest) -> anyhow::Result<Value> {
+    match request(&config.admin_socket(), &req) {
+        Ok(v) => Ok(v),
+        Err(ClientError::NotRunning(_)) => {
+            crate::server::prepare_state_dir(config)?;
+            let store = crate::store::Store::open(&config.server.state_dir)?;
+            let secret = crate::secret::ServerSecret::load(
+                config.server.secret_file.as_deref(),
+                &config.server.state_dir,
+            )?;
+            let ctx = AdminContext {
+                registry: crate::policy::projects::Registry::new(store.clone(), secret),
+                queue: crate::queue::Queue::new(store.clone()),
+                log: crate::queue::MessageLog::new(store.clone()),
+            };
+            let v = execute(&ctx, req)?;
+            store.flush_now()?;
+            Ok(v)
+        }
+        Err(e) => Err(e).context("cannot reach the running server"),
+    }
+}
+
+pub fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn fmt_time(secs: u64) -> String {
+    let dt = mail_parser::DateTime::from_timestamp(secs as i64);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second
+    )
+}

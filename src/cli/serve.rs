@@ -1,0 +1,15 @@
+//! `smtp-relay serve`: load the config and run the server on a multi-threaded runtime.
+
+use std::path::Path;
+
+use crate::config::Config;
+
+pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
+    let config = Config::load_or_builtin(config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("smtp-relay")
+        .build()?;
+    runtime.block_on(crate::server::serve(config))?;
+    Ok(())
+}

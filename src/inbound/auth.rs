@@ -1,0 +1,242 @@
+//! Decoding SASL PLAIN and LOGIN responses (RFC 4616, draft-murchison-sasl-login).
+//!
+//! Pure functions: the session drives the exchange and asks policy to check the result.
+//! The password is wrapped in [`Secret`] the moment it is decoded.
+
+use base64::Engine;
+
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthDecodeError {
+    #[error("client cancelled")]
+    Cancelled,
+    #[error("invalid base64")]
+    Base64,
+    #[error("malformed credentials")]
+    Malformed,
+}
+
+#[derive(Debug)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+fn b64(line: &[u8]) -> Result<Vec<u8>, AuthDecodeError> {
+    if line == b"*" {
+        return Err(AuthDecodeError::Cancelled);
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(line.trim_ascii())
+        .map_err(|_| AuthDecodeError::Base64)
+}
+
+/// `authzid NUL authcid NUL passwd`; an authzid other than empty or the user is refused.
+pub fn decode_plain(response: &[u8]) -> Result<Credentials, AuthDecodeError> {
+    let raw = b64(response)?;
+    let mut parts = raw.split(|&b| b == 0);
+    let (Some(authz), Some(user), Some(pass), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthDecodeError::Malformed);
+    };
+    if user.is_empty() || pass.is_empty() || (!authz.is_empty() && authz != user) {
+        return Err(AuthDecodeError::Malformed);
+    }
+    let username = std::str::from_utf8(user).map_err(|_| AuthDecodeError::Malformed)?;
+    let password = std::str::from_utf8(pass).map_err(|_| AuthDecodeError::Malformed)?;
+    Ok(Credentials {
+        username: username.to_string(),
+        password: Secret::new(password),
+    })
+}
+
+/// One LOGIN step (username or password).
+pub fn decode_login_field(response: &[u8]) -> Result<String, AuthDecodeError> {
+    let raw = b64(response)?;
+    if raw.is_empty() || raw.contains(&0) {
+        return Err(AuthDecodeError::Malformed);
+    }
+    String::from_utf8(raw).map_err(|_| AuthDecodeError::Malformed)
+}
+
+pub const LOGIN_USERNAME_PROMPT: &str = "334 VXNlcm5hbWU6\r\n";
+pub const LOGIN_PASSWORD_PROMPT: &str = "334 UGFzc3dvcmQ6\r\n";
+pub const PLAIN_PROMPT: &str = "334 \r\n";
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::connection::{Connection, FrameError, MAX_COMMAND_LINE};
+use super::reply;
+use super::session::{Flow, Session};
+
+/// After this many failed AUTH attempts in one session, the connection is closed.
+const MAX_AUTH_FAILURES: u32 = 3;
+
+impl Session {
+    pub(super) async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+        mechanism: u64,
+        initial: String,
+    ) -> Flow {
+        if !self.auth_allowed() {
+            return self.error(conn, &reply::NEEDS_TLS).await;
+        }
+        if self.helo.is_none() {
+            return self.error(conn, &reply::BAD_SEQUENCE_HELO).await;
+        }
+        if self.auth.is_some() {
+            return self.error(conn, &reply::AUTH_AGAIN).await;
+        }
+        if self.mail_from.is_some() {
+            return self
+                .error(
+                    conn,
+                    &reply::Reply::new(503, "5.5.1 Error: MAIL transaction in progress"),
+                )
+                .await;
+        }
+        // `=` is an empty initial response (RFC 4954 §4).
+        let initial = (!initial.is_empty()).then(|| {
+            if initial == "=" {
+                Vec::new()
+            } else {
+                initial.into_bytes()
+            }
+        });
+        let decoded = if mechanism == smtp_proto::AUTH_PLAIN {
+            let response = match initial {
+                Some(r) => r,
+                None => match self.prompt(conn, PLAIN_PROMPT).await {
+                    Ok(r) => r,
+                    Err(flow) => return flow,
+                },
+            };
+            decode_plain(&response)
+        } else if mechanism == smtp_proto::AUTH_LOGIN {
+            let user = match initial {
+                Some(r) => r,
+                None => match self.prompt(conn, LOGIN_USERNAME_PROMPT).await {
+                    Ok(r) => r,
+                    Err(flow) => return flow,
+                },
+            };
+            match decode_login_field(&user) {
+                Ok(username) => match self.prompt(conn, LOGIN_PASSWORD_PROMPT).await {
+                    Ok(pass) => decode_login_field(&pass).map(|p| Credentials {
+                        username,
+                        password: Secret::new(p),
+                    }),
+                    Err(flow) => return flow,
+                },
+                Err(e) => Err(e),
+            }
+        } else {
+            return self.error(conn, &reply::AUTH_MECH).await;
+        };
+        let creds = match decoded {
+            Ok(c) => c,
+            Err(AuthDecodeError::Cancelled) => {
+                return self.error(conn, &reply::AUTH_CANCELLED).await;
+            }
+            Err(_) => return self.auth_failed(conn).await,
+        };
+        match self
+            .shared
+            .registry
+            .authenticate(&creds.username, creds.password.expose())
+        {
+            Ok(Some(who)) => {
+                tracing::info!(client = %self.peer, project = %who.project.id, token = %who.token_id, "authenticated");
+                self.auth = Some(who);
+                self.send(conn, &reply::AUTH_OK).await
+            }
+            Ok(None) => self.auth_failed(conn).await,
+            Err(e) => {
+                tracing::error!(error = %e, "registry unavailable during AUTH");
+                self.error(conn, &reply::AUTH_TEMP).await
+            }
+        }
+    }
+
+    async fn auth_failed<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+    ) -> Flow {
+        self.auth_failures += 1;
+        tracing::warn!(client = %self.peer, failures = self.auth_failures, "authentication failed");
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            let _ = conn.write_reply(&reply::BAD_CREDENTIALS).await;
+            let _ = conn.write_reply(&reply::TOO_MANY_ERRORS).await;
+            return Flow::Close;
+        }
+        self.error(conn, &reply::BAD_CREDENTIALS).await
+    }
+
+    /// Sends a 334 challenge and reads the client's answer line.
+    async fn prompt<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+        challenge: &str,
+    ) -> Result<Vec<u8>, Flow> {
+        if conn.write_raw(challenge.as_bytes()).await.is_err() {
+            return Err(Flow::Close);
+        }
+        match conn
+            .read_line(MAX_COMMAND_LINE, self.shared.config.command_timeout())
+            .await
+        {
+            Ok(line) => Ok(line),
+            Err(FrameError::TooLong) => Err(self.error(conn, &reply::AUTH_SYNTAX).await),
+            Err(e) => {
+                if let Some(r) = e.reply() {
+                    let _ = conn.write_reply(&r).await;
+                }
+                Err(Flow::Close)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn enc(b: &[u8]) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .encode(b)
+            .into_bytes()
+    }
+
+    #[test]
+    fn plain_forms() {
+        let c = decode_plain(&enc(b"\0prj_a\0tok")).unwrap();
+        assert_eq!(c.username, "prj_a");
+        assert_eq!(c.password.expose(), "tok");
+        assert!(decode_plain(&enc(b"prj_a\0prj_a\0tok")).is_ok());
+        for bad in [
+            &b"other\0prj_a\0tok"[..],
+            b"\0\0tok",
+            b"\0prj_a\0",
+            b"prj_a\0tok",
+            b"\0prj_a\0tok\0",
+            b"",
+        ] {
+            assert!(decode_plain(&enc(bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(decode_plain(b"*").unwrap_err(), AuthDecodeError::Cancelled);
+        assert_eq!(decode_plain(b"!!!").unwrap_err(), AuthDecodeError::Base64);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(input in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_plain(&input);
+            let _ = decode_login_field(&input);
+            let _ = decode_plain(&enc(&input));
+        }
+    }
+}

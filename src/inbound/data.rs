@@ -1,0 +1,105 @@
+//! DATA: receive the message, check it, pass it through transform, and queue it.
+//!
+//! The `250` goes out only after the queue says the message is on disk. If storing fails the
+//! client gets a 4xx and keeps the message — never a `250` for something we might lose.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::connection::{Connection, DataOutcome};
+use super::reply::{self, Reply};
+use super::session::{Flow, Session};
+use crate::policy::sender;
+use crate::queue::now_ms;
+use crate::queue::spool::{NewMessage, new_id};
+use crate::transform::{self, TransformContext};
+
+impl Session {
+    pub(super) async fn data<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+    ) -> Flow {
+        let Some(auth) = self.auth.clone() else {
+            return self.error(conn, &reply::AUTH_REQUIRED).await;
+        };
+        let Some(mail_from) = self.mail_from.clone() else {
+            return self.error(conn, &reply::BAD_SEQUENCE_MAIL).await;
+        };
+        if self.rcpts.is_empty() {
+            return self.error(conn, &reply::BAD_SEQUENCE_RCPT).await;
+        }
+        if conn.write_reply(&reply::START_DATA).await.is_err() {
+            return Flow::Close;
+        }
+        let idle = self.shared.config.data_timeout();
+        let outcome = conn
+            .read_data(self.shared.limits.max_size, idle, idle * 4)
+            .await;
+        let message = match outcome {
+            Ok(DataOutcome::Message(m)) => m,
+            Ok(DataOutcome::TooLarge) => {
+                self.reset_transaction();
+                return self.error(conn, &reply::TOO_LARGE).await;
+            }
+            Ok(DataOutcome::LineTooLong) => {
+                self.reset_transaction();
+                return self.error(conn, &reply::LINE_TOO_LONG).await;
+            }
+            Err(e) => {
+                tracing::warn!(client = %self.peer, project = %auth.project.id, error = %e, "DATA aborted");
+                if let Some(r) = e.reply() {
+                    let _ = conn.write_reply(&r).await;
+                }
+                return Flow::Close;
+            }
+        };
+        let rcpts = std::mem::take(&mut self.rcpts);
+        self.reset_transaction();
+
+        if let Err(e) = sender::check_header_from(&auth.project, &message) {
+            tracing::warn!(client = %self.peer, project = %auth.project.id, error = %e, "header From refused");
+            return self.error(conn, &Reply::from(&e)).await;
+        }
+
+        let id = new_id(now_ms());
+        let helo = self.helo.clone().unwrap_or_default();
+        let ctx = TransformContext {
+            message_id: &id,
+            hostname: &self.shared.config.server.hostname,
+            helo: &helo,
+            client_ip: self.peer.ip(),
+            tls: self.tls,
+            received_ms: now_ms(),
+        };
+        let bytes = transform::apply(&ctx, message);
+        let max_age = auth
+            .project
+            .max_age_secs
+            .unwrap_or(self.shared.config.queue.max_age_secs);
+        let new = NewMessage {
+            id,
+            project: auth.project.id.clone(),
+            mail_from,
+            recipients: rcpts,
+            client_ip: self.peer.ip().to_string(),
+            max_age_secs: max_age,
+        };
+        match self.shared.queue.enqueue(new, &bytes).await {
+            Ok(env) => {
+                self.accepted += 1;
+                tracing::info!(
+                    id = %env.id,
+                    project = %env.project,
+                    client = %self.peer,
+                    recipients = env.recipients.len(),
+                    size = env.size,
+                    "message queued"
+                );
+                self.send(conn, &reply::queued(&env.id)).await
+            }
+            Err(e) => {
+                tracing::error!(client = %self.peer, project = %auth.project.id, error = %e, "cannot store message");
+                self.send(conn, &Reply::from(&e)).await
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Listeners: bind the configured addresses, accept connections, enforce the global
+//! connection limit, and start one task per connection.
+//!
+//! The accept loop never does per-connection work (no TLS handshake, no reads): a slow or
+//! hostile client can only hold its own task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::Shared;
+use super::reply;
+use super::session::Session;
+use crate::config::ListenerConfig;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} ({mode}): {source}")]
+pub struct BindError {
+    pub address: SocketAddr,
+    pub mode: &'static str,
+    pub source: std::io::Error,
+}
+
+pub struct BoundListener {
+    pub config: ListenerConfig,
+    pub listener: TcpListener,
+}
+
+impl BoundListener {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.address)
+    }
+}
+
+/// Binds every listener before any is served, so a port conflict stops startup cleanly.
+pub async fn bind_all(configs: &[ListenerConfig]) -> Result<Vec<BoundListener>, BindError> {
+    let mut out = Vec::new();
+    for c in configs {
+        let listener = TcpListener::bind(c.address)
+            .await
+            .map_err(|source| BindError {
+                address: c.address,
+                mode: c.mode.as_str(),
+                source,
+            })?;
+        out.push(BoundListener {
+            config: c.clone(),
+            listener,
+        });
+    }
+    Ok(out)
+}
+
+/// Accepts until shutdown. `permits` is the global connection limit, shared by all listeners.
+pub async fn serve(bound: BoundListener, shared: Arc<Shared>, permits: Arc<Semaphore>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = bound.listener.accept() => a,
+            _ = crate::server::stopped(&mut shutdown) => return,
+        };
+        let (mut tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                    let _ = tcp
+                        .write_all(reply::TOO_MANY_CONNECTIONS.to_line().as_bytes())
+                        .await;
+                    let _ = tcp.shutdown().await;
+                })
+                .await;
+            });
+            tracing::warn!(client = %peer, "connection limit reached");
+            continue;
+        };
+        let session = Session::new(shared.clone(), peer, &bound.config);
+        tokio::spawn(async move {
+            session.run(tcp).await;
+            drop(permit);
+        });
+    }
+}

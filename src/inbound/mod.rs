@@ -1,0 +1,30 @@
+//! Inbound speaks SMTP to apps: listeners, TLS, the session state machine, AUTH, envelope and
+//! DATA. It asks policy for decisions and hands accepted messages to transform and the queue;
+//! it knows nothing about upstreams.
+
+pub mod auth;
+pub mod connection;
+pub mod data;
+pub mod envelope;
+pub mod listener;
+pub mod reply;
+pub mod session;
+pub mod tls;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::policy::limits::MessageLimits;
+use crate::policy::projects::Registry;
+use crate::queue::Queue;
+
+/// What every session of the running server shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub queue: Queue,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub limits: MessageLimits,
+    /// Becomes `true` when the server is shutting down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}

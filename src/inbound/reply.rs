@@ -1,0 +1,131 @@
+//! SMTP replies, and the one place where errors become reply codes (DESIGN.md's table).
+//!
+//! Lines are formatted here rather than with smtp-proto's writer, which always inserts an
+//! enhanced status code (wrong for 220/334/354).
+
+use std::borrow::Cow;
+
+use crate::policy::sender::SenderError;
+use crate::queue::QueueError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// Text after the code, including the enhanced status code where one applies.
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    pub const fn new(code: u16, text: &'static str) -> Reply {
+        Reply {
+            code,
+            text: Cow::Borrowed(text),
+        }
+    }
+
+    pub fn owned(code: u16, text: String) -> Reply {
+        Reply {
+            code,
+            text: Cow::Owned(text),
+        }
+    }
+
+    pub fn to_line(&self) -> String {
+        format!("{} {}\r\n", self.code, self.text)
+    }
+
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+}
+
+pub const OK: Reply = Reply::new(250, "2.0.0 Ok");
+pub const SENDER_OK: Reply = Reply::new(250, "2.1.0 Ok");
+pub const RCPT_OK: Reply = Reply::new(250, "2.1.5 Ok");
+pub const RESET_OK: Reply = Reply::new(250, "2.0.0 Reset");
+pub const BYE: Reply = Reply::new(221, "2.0.0 Bye");
+pub const READY_TLS: Reply = Reply::new(220, "2.0.0 Ready to start TLS");
+pub const START_DATA: Reply = Reply::new(354, "End data with <CR><LF>.<CR><LF>");
+pub const AUTH_OK: Reply = Reply::new(235, "2.7.0 Authentication successful");
+pub const NEEDS_TLS: Reply = Reply::new(530, "5.7.0 Must issue a STARTTLS command first");
+pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0 Authentication required");
+pub const BAD_CREDENTIALS: Reply = Reply::new(535, "5.7.8 Authentication credentials invalid");
+pub const AUTH_TEMP: Reply = Reply::new(454, "4.7.0 Temporary authentication failure");
+pub const AUTH_CANCELLED: Reply = Reply::new(501, "5.0.0 Authentication cancelled");
+pub const AUTH_MECH: Reply = Reply::new(504, "5.5.4 Unrecognized authentication type");
+pub const AUTH_AGAIN: Reply = Reply::new(503, "5.5.1 Already authenticated");
+pub const AUTH_SYNTAX: Reply = Reply::new(501, "5.5.2 Invalid AUTH response");
+pub const TOO_LARGE: Reply = Reply::new(552, "5.3.4 Message size exceeds fixed limit");
+pub const TOO_MANY_RCPTS: Reply = Reply::new(452, "4.5.3 Too many recipients");
+pub const TOO_MANY_CONNECTIONS: Reply = Reply::new(421, "4.7.0 Too many connections, try later");
+pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0 Too many errors, closing connection");
+pub const TIMEOUT: Reply = Reply::new(421, "4.4.2 Timeout, closing connection");
+pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.2 Service shutting down, closing connection");
+pub const NO_STORAGE: Reply = Reply::new(452, "4.3.1 Insufficient system storage");
+pub const LOCAL_ERROR: Reply = Reply::new(451, "4.3.0 Local error in processing");
+pub const BARE_LF: Reply = Reply::new(550, "5.5.2 Error: bare <LF> received");
+pub const BARE_CR: Reply = Reply::new(550, "5.5.2 Error: bare <CR> received");
+pub const NUL_BYTE: Reply = Reply::new(550, "5.5.2 Error: NUL character received");
+pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.2 Line too long");
+pub const BAD_SEQUENCE_MAIL: Reply = Reply::new(503, "5.5.1 Error: need MAIL command");
+pub const BAD_SEQUENCE_RCPT: Reply = Reply::new(503, "5.5.1 Error: need RCPT command");
+pub const BAD_SEQUENCE_NESTED: Reply = Reply::new(503, "5.5.1 Error: nested MAIL command");
+pub const BAD_SEQUENCE_HELO: Reply = Reply::new(503, "5.5.1 Error: send HELO/EHLO first");
+pub const TLS_ALREADY: Reply = Reply::new(503, "5.5.1 Error: TLS already active");
+pub const TLS_UNAVAILABLE: Reply = Reply::new(502, "5.5.1 Error: STARTTLS not available here");
+pub const UNKNOWN_COMMAND: Reply = Reply::new(500, "5.5.1 Error: command not recognized");
+pub const NOT_IMPLEMENTED: Reply = Reply::new(502, "5.5.1 Error: command not implemented");
+pub const VRFY_REFUSED: Reply = Reply::new(502, "5.5.1 VRFY command is disabled");
+pub const EXPN_REFUSED: Reply = Reply::new(502, "5.5.1 EXPN command is disabled");
+pub const NULL_SENDER: Reply = Reply::new(
+    553,
+    "5.7.1 <>: Sender address rejected: not owned by project",
+);
+pub const BAD_RCPT: Reply = Reply::new(501, "5.1.3 Bad recipient address syntax");
+pub const SMTPUTF8_UNSUPPORTED: Reply = Reply::new(555, "5.5.4 SMTPUTF8 is not supported");
+pub const EMPTY_MESSAGE: Reply = Reply::new(554, "5.6.0 Message has no header section");
+
+pub fn syntax(hint: &str) -> Reply {
+    Reply::owned(501, format!("5.5.4 Syntax: {hint}"))
+}
+
+pub fn queued(id: &str) -> Reply {
+    Reply::owned(250, format!("2.0.0 Ok: queued as {id}"))
+}
+
+pub fn greeting(hostname: &str) -> Reply {
+    Reply::owned(220, format!("{hostname} ESMTP smtp-relay"))
+}
+
+impl From<&SenderError> for Reply {
+    fn from(e: &SenderError) -> Reply {
+        match e {
+            SenderError::EnvelopeNotOwned(addr) => Reply::owned(
+                553,
+                format!(
+                    "5.7.1 <{}>: Sender address rejected: not owned by project",
+                    printable(addr)
+                ),
+            ),
+            other => Reply::owned(550, format!("5.7.1 {}", printable(&other.to_string()))),
+        }
+    }
+}
+
+impl From<&QueueError> for Reply {
+    fn from(e: &QueueError) -> Reply {
+        if e.is_disk_full() {
+            NO_STORAGE
+        } else {
+            LOCAL_ERROR
+        }
+    }
+}
+
+/// Makes client-controlled text safe to echo in a reply or a log line.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .take(256)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}

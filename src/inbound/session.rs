@@ -1,0 +1,301 @@
+//! One SMTP session: the state machine from greeting to QUIT.
+//!
+//! The per-phase handlers live beside it (`auth.rs`, `envelope.rs`, `data.rs`), each an
+//! `impl Session` block, as in Stalwart's inbound crate. A session owns its state; STARTTLS
+//! throws all of it away, including any bytes the client pipelined after the command.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use smtp_proto::{EhloResponse, Request};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::Shared;
+use super::connection::{Connection, FrameError, MAX_COMMAND_LINE};
+use super::reply::{self, Reply};
+use crate::config::{ListenerConfig, ListenerMode};
+use crate::policy::projects::Authenticated;
+
+/// After this many protocol errors the session is closed with 421.
+const MAX_ERRORS: u32 = 10;
+
+pub struct Session {
+    pub(super) shared: Arc<Shared>,
+    pub(super) peer: SocketAddr,
+    pub(super) mode: ListenerMode,
+    pub(super) allow_plaintext_auth: bool,
+    pub(super) tls: bool,
+    pub(super) helo: Option<String>,
+    pub(super) auth: Option<Authenticated>,
+    pub(super) auth_failures: u32,
+    pub(super) mail_from: Option<String>,
+    pub(super) rcpts: Vec<String>,
+    pub(super) errors: u32,
+    pub(super) accepted: u32,
+    pub(super) started: Instant,
+}
+
+/// How a run of the command loop ended.
+pub(super) enum Flow {
+    Continue,
+    Close,
+    StartTls,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr, listener: &ListenerConfig) -> Session {
+        Session {
+            shared,
+            peer,
+            mode: listener.mode,
+            allow_plaintext_auth: listener.allow_plaintext_auth,
+            tls: listener.mode == ListenerMode::Implicit,
+            helo: None,
+            auth: None,
+            auth_failures: 0,
+            mail_from: None,
+            rcpts: Vec::new(),
+            errors: 0,
+            accepted: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs a whole connection, including the TLS handshake(s), in the connection's own task.
+    pub async fn run(mut self, tcp: TcpStream) {
+        let _ = tcp.set_nodelay(true);
+        match self.mode {
+            ListenerMode::Implicit => {
+                if let Some(tls) = self.handshake(tcp).await {
+                    let mut conn = Connection::new(tls);
+                    self.serve(&mut conn, true).await;
+                    conn.shutdown().await;
+                }
+            }
+            ListenerMode::Starttls | ListenerMode::Plain => {
+                let mut conn = Connection::new(tcp);
+                if let Flow::StartTls = self.serve(&mut conn, true).await {
+                    // Anything buffered beyond STARTTLS is dropped with the plaintext framing.
+                    let tcp = conn.into_inner();
+                    if let Some(tls) = self.handshake(tcp).await {
+                        self.tls = true;
+                        self.helo = None;
+                        self.auth = None;
+                        self.reset_transaction();
+                        let mut conn = Connection::new(tls);
+                        self.serve(&mut conn, false).await;
+                        conn.shutdown().await;
+                    }
+                } else {
+                    conn.shutdown().await;
+                }
+            }
+        }
+        tracing::info!(
+            client = %self.peer,
+            project = self.auth.as_ref().map(|a| a.project.id.as_str()).unwrap_or("-"),
+            tls = self.tls,
+            accepted = self.accepted,
+            errors = self.errors,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "session closed"
+        );
+    }
+
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.tls.clone());
+        match tokio::time::timeout(self.shared.config.handshake_timeout(), acceptor.accept(tcp))
+            .await
+        {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(client = %self.peer, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+
+    pub(super) fn reset_transaction(&mut self) {
+        self.mail_from = None;
+        self.rcpts.clear();
+    }
+
+    /// Whether AUTH may be offered and used on this connection right now.
+    pub(super) fn auth_allowed(&self) -> bool {
+        self.tls || (self.mode == ListenerMode::Plain && self.allow_plaintext_auth)
+    }
+
+    /// The command loop. Returns when the connection must close or switch to TLS.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+        greet: bool,
+    ) -> Flow {
+        if greet
+            && conn
+                .write_reply(&reply::greeting(&self.shared.config.server.hostname))
+                .await
+                .is_err()
+        {
+            return Flow::Close;
+        }
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let line = tokio::select! {
+                line = conn.read_line(MAX_COMMAND_LINE, self.shared.config.command_timeout()) => line,
+                _ = crate::server::stopped(&mut shutdown) => {
+                    let _ = conn.write_reply(&reply::SHUTTING_DOWN).await;
+                    return Flow::Close;
+                }
+            };
+            let flow = match line {
+                Ok(line) => self.command(conn, line).await,
+                Err(FrameError::TooLong) => self.error(conn, &reply::LINE_TOO_LONG).await,
+                Err(e) => {
+                    if let Some(r) = e.reply() {
+                        let _ = conn.write_reply(&r).await;
+                    }
+                    Flow::Close
+                }
+            };
+            match flow {
+                Flow::Continue => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends an error reply and counts it; too many errors close the session.
+    pub(super) async fn error<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+        r: &Reply,
+    ) -> Flow {
+        self.errors += 1;
+        if self.errors > MAX_ERRORS {
+            let _ = conn.write_reply(&reply::TOO_MANY_ERRORS).await;
+            return Flow::Close;
+        }
+        self.send(conn, r).await
+    }
+
+    pub(super) async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+        r: &Reply,
+    ) -> Flow {
+        match conn.write_reply(r).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    async fn command<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+        mut line: Vec<u8>,
+    ) -> Flow {
+        line.extend_from_slice(b"\r\n");
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(r) => r.into_owned(),
+            Err(e) => return self.error(conn, &parse_error_reply(e)).await,
+        };
+        match request {
+            Request::Ehlo { host } => self.ehlo(conn, host, true).await,
+            Request::Helo { host } => self.ehlo(conn, host, false).await,
+            Request::StartTls => {
+                if self.tls {
+                    self.error(conn, &reply::TLS_ALREADY).await
+                } else if self.mode != ListenerMode::Starttls {
+                    self.error(conn, &reply::TLS_UNAVAILABLE).await
+                } else {
+                    match conn.write_reply(&reply::READY_TLS).await {
+                        Ok(()) => Flow::StartTls,
+                        Err(_) => Flow::Close,
+                    }
+                }
+            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(conn, mechanism, initial_response).await,
+            Request::Mail { from } => self.mail(conn, from).await,
+            Request::Rcpt { to } => self.rcpt(conn, to).await,
+            Request::Data => self.data(conn).await,
+            Request::Rset => {
+                self.reset_transaction();
+                self.send(conn, &reply::RESET_OK).await
+            }
+            Request::Noop { .. } => self.send(conn, &reply::OK).await,
+            Request::Quit => {
+                let _ = conn.write_reply(&reply::BYE).await;
+                Flow::Close
+            }
+            Request::Vrfy { .. } => self.error(conn, &reply::VRFY_REFUSED).await,
+            Request::Expn { .. } => self.error(conn, &reply::EXPN_REFUSED).await,
+            _ => self.error(conn, &reply::NOT_IMPLEMENTED).await,
+        }
+    }
+
+    async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+        host: String,
+        extended: bool,
+    ) -> Flow {
+        self.reset_transaction();
+        self.helo = Some(host);
+        let hostname = &self.shared.config.server.hostname;
+        if !extended {
+            return self.send(conn, &Reply::owned(250, hostname.clone())).await;
+        }
+        let mut ehlo = EhloResponse::new(hostname.as_str());
+        ehlo.capabilities = smtp_proto::EXT_PIPELINING
+            | smtp_proto::EXT_SIZE
+            | smtp_proto::EXT_8BIT_MIME
+            | smtp_proto::EXT_ENHANCED_STATUS_CODES;
+        ehlo.size = self.shared.limits.max_size;
+        if self.mode == ListenerMode::Starttls && !self.tls {
+            ehlo.capabilities |= smtp_proto::EXT_START_TLS;
+        }
+        if self.auth_allowed() && self.auth.is_none() {
+            ehlo.capabilities |= smtp_proto::EXT_AUTH;
+            ehlo.auth_mechanisms = smtp_proto::AUTH_PLAIN | smtp_proto::AUTH_LOGIN;
+        }
+        let mut out = Vec::with_capacity(256);
+        if ehlo.write(&mut out).is_err() {
+            return Flow::Close;
+        }
+        match conn.write_raw(&out).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+}
+
+fn parse_error_reply(e: smtp_proto::Error) -> Reply {
+    use smtp_proto::Error as E;
+    match e {
+        E::UnknownCommand => reply::UNKNOWN_COMMAND,
+        E::SyntaxError { syntax } => reply::syntax(syntax),
+        E::InvalidSenderAddress => Reply::new(501, "5.1.7 Bad sender address syntax"),
+        E::InvalidRecipientAddress => reply::BAD_RCPT,
+        E::InvalidParameter { param } => {
+            Reply::owned(501, format!("5.5.4 Invalid parameter {param}"))
+        }
+        E::UnsupportedParameter { param } => Reply::owned(
+            555,
+            format!("5.5.4 Unsupported parameter {}", reply::printable(&param)),
+        ),
+        _ => reply::syntax("command"),
+    }
+}

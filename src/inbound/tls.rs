@@ -1,0 +1,110 @@
+//! Server-side TLS: loading the certificate and key, and generating a development
+//! certificate on first start when the config asks for one.
+//!
+//! Every rustls config is built with the ring provider explicitly (`builder_with_provider`),
+//! so the binary never depends on a process-wide default provider.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "TLS certificate file {0} does not exist (set [tls] cert_file, or generate_dev_cert = true)"
+    )]
+    MissingCert(PathBuf),
+    #[error("TLS key file {0} does not exist (set [tls] key_file)")]
+    MissingKey(PathBuf),
+    #[error("cannot read TLS certificate {path}: {message}")]
+    BadCert { path: PathBuf, message: String },
+    #[error("cannot read TLS key {path}: {message}")]
+    BadKey { path: PathBuf, message: String },
+    #[error("TLS certificate and key do not work together: {0}")]
+    Mismatch(String),
+    #[error("cannot generate the development certificate in {path}: {message}")]
+    Generate { path: PathBuf, message: String },
+}
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads (or first generates) the server certificate and builds the acceptor config.
+pub fn server_config(
+    cfg: &TlsConfig,
+    hostname: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    if cfg.generate_dev_cert && !cfg.cert_file.exists() && !cfg.key_file.exists() {
+        generate_dev_cert(&cfg.cert_file, &cfg.key_file, hostname)?;
+    }
+    if !cfg.cert_file.exists() {
+        return Err(TlsError::MissingCert(cfg.cert_file.clone()));
+    }
+    if !cfg.key_file.exists() {
+        return Err(TlsError::MissingKey(cfg.key_file.clone()));
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::BadCert {
+            path: cfg.cert_file.clone(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::BadCert {
+            path: cfg.cert_file.clone(),
+            message: "no PEM certificate found".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&cfg.key_file).map_err(|e| TlsError::BadKey {
+        path: cfg.key_file.clone(),
+        message: e.to_string(),
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Mismatch(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Mismatch(e.to_string()))?;
+    config.alpn_protocols.clear();
+    Ok(Arc::new(config))
+}
+
+fn generate_dev_cert(cert: &Path, key: &Path, hostname: &str) -> Result<(), TlsError> {
+    let fail = |message: String| TlsError::Generate {
+        path: cert.to_path_buf(),
+        message,
+    };
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if !names.iter().any(|n| n == hostname) {
+        names.push(hostname.to_string());
+    }
+    let certified = rcgen::generate_simple_self_signed(names).map_err(|e| fail(e.to_string()))?;
+    for path in [cert, key] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    std::fs::write(cert, certified.cert.pem()).map_err(|e| fail(e.to_string()))?;
+    write_private(key, certified.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
+    tracing::warn!(cert = %cert.display(), "generated a self-signed development certificate; configure a real one for production");
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}

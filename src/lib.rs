@@ -1,0 +1,28 @@
+//! smtp-relay: a self-hosted, multi-tenant SMTP submission relay.
+//!
+//! Mail moves one way through single-purpose stages. [`inbound`] speaks SMTP to apps (TLS,
+//! AUTH with a project ID and token, envelope, DATA); [`policy`] decides who the client is and
+//! what it may send; [`transform`] turns accepted bytes into the bytes that will leave;
+//! [`queue`] makes them durable before the `250` and keeps them until they are done;
+//! [`outbound`] forwards them to the upstream provider with retries. [`store`] opens the one
+//! sled database, [`admin`] holds the operations the CLI runs, [`server`] wires it together.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod inbound;
+pub mod outbound;
+pub mod policy;
+pub mod queue;
+pub mod secret;
+pub mod server;
+pub mod store;
+pub mod transform;
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

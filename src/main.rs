@@ -1,0 +1,31 @@
+//! CLI entry: parse arguments, set up logging, run the command, turn errors into one line.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = smtp_relay::cli::Cli::parse();
+    let default_level = match cli.command {
+        smtp_relay::cli::Command::Serve => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SMTP_RELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match smtp_relay::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, no backtrace: the chain of causes joined.
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("smtp-relay: error: {msg}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Delivery workers and the retry discipline.
+//!
+//! A dispatcher takes due messages from the queue (at most `workers` at a time), a task per
+//! message delivers it, and the outcome goes back to the queue: delivered → removed from the
+//! spool; temporary failure → rescheduled with backoff and jitter; permanent failure or
+//! expiry → failed, kept in the message log. Each attempt is one log line.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::outbox::Outbox;
+use super::upstream::{SmtpUpstream, UpstreamError};
+use super::{Attempt, RcptOutcome};
+use crate::config::{Config, UpstreamKind};
+use crate::queue::schedule::retry_delay_ms;
+use crate::queue::{Envelope, MessageState, Queue, RcptState, now_ms};
+
+pub enum Upstream {
+    Outbox(Outbox),
+    Smtp(SmtpUpstream),
+}
+
+impl Upstream {
+    async fn deliver(&self, env: &Envelope, rcpts: &[String], bytes: &[u8]) -> Attempt {
+        match self {
+            Upstream::Outbox(o) => o.deliver(env, rcpts, bytes),
+            Upstream::Smtp(s) => s.deliver(&env.mail_from, rcpts, bytes).await,
+        }
+    }
+}
+
+/// Builds every configured upstream (reads credentials and CA files once, at startup).
+pub fn build_upstreams(config: &Config) -> Result<BTreeMap<String, Arc<Upstream>>, UpstreamError> {
+    let mut out = BTreeMap::new();
+    for (name, u) in &config.upstreams {
+        let up = match u.kind {
+            UpstreamKind::Outbox => Upstream::Outbox(Outbox {
+                dir: u
+                    .dir
+                    .clone()
+                    .unwrap_or_else(|| config.server.state_dir.join("outbox")),
+            }),
+            UpstreamKind::Smtp => {
+                Upstream::Smtp(SmtpUpstream::new(name, u, &config.server.hostname)?)
+            }
+        };
+        out.insert(name.clone(), Arc::new(up));
+    }
+    Ok(out)
+}
+
+pub struct Delivery {
+    pub queue: Queue,
+    pub config: Arc<Config>,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+}
+
+impl Delivery {
+    /// Runs until `shutdown` turns true, then waits up to the grace period for attempts in
+    /// flight. An attempt cut off is retried after restart (the schedule is rebuilt).
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let workers = this.config.queue.workers;
+        let permits = Arc::new(Semaphore::new(workers));
+        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let wake = this.queue.wake_handle();
+        let poll = Duration::from_millis(this.config.queue.poll_interval_ms);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = crate::server::stopped(&mut shutdown) => break,
+            };
+            let due = match this.queue.take_due(now_ms(), 1) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the schedule");
+                    Vec::new()
+                }
+            };
+            let Some(id) = due.into_iter().next() else {
+                drop(permit);
+                let sleep_for = match this.queue.next_due() {
+                    Ok(Some(t)) => Duration::from_millis(t.saturating_sub(now_ms())).min(poll),
+                    _ => poll,
+                };
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(sleep_for) => {}
+                    _ = crate::server::stopped(&mut shutdown) => break,
+                }
+                continue;
+            };
+            let inserted = in_flight
+                .lock()
+                .map(|mut set| set.insert(id.clone()))
+                .unwrap_or(false);
+            if !inserted {
+                continue;
+            }
+            let this2 = this.clone();
+            let in_flight2 = in_flight.clone();
+            tokio::spawn(async move {
+                this2.attempt(&id).await;
+                if let Ok(mut set) = in_flight2.lock() {
+                    set.remove(&id);
+                }
+                drop(permit);
+            });
+        }
+        let grace = Duration::from_secs(this.config.server.shutdown_grace_secs);
+        let _ = tokio::time::timeout(grace, permits.acquire_many(workers as u32)).await;
+    }
+
+    fn route(&self, _project: &str) -> (String, Option<Arc<Upstream>>) {
+        let name = self.config.delivery.default_route.clone();
+        let up = self.upstreams.get(&name).cloned();
+        (name, up)
+    }
+
+    /// One delivery attempt for one message, and the bookkeeping after it.
+    pub async fn attempt(&self, id: &str) {
+        let (mut env, bytes) = match self.queue.load(id) {
+            Ok(Some(x)) => x,
+            Ok(None) => return, // deleted meanwhile
+            Err(e) => {
+                tracing::error!(id, error = %e, "cannot load queued message");
+                return;
+            }
+        };
+        if env.state.is_final() {
+            return;
+        }
+        let started = Instant::now();
+        let now = now_ms();
+        if now >= env.expires_ms {
+            env.state = MessageState::Expired;
+            env.last_reply = Some(format!(
+                "expired after {} attempts: {}",
+                env.attempts,
+                env.last_reply.clone().unwrap_or_default()
+            ));
+            self.save(&env).await;
+            tracing::warn!(id, project = %env.project, attempts = env.attempts, "message expired");
+            return;
+        }
+        let pending: Vec<usize> = env
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == RcptState::Pending)
+            .map(|(i, _)| i)
+            .collect();
+        let addrs: Vec<String> = pending
+            .iter()
+            .map(|&i| env.recipients[i].address.clone())
+            .collect();
+        let (name, upstream) = self.route(&env.project);
+        let attempt = match upstream {
+            Some(up) => up.deliver(&env, &addrs, &bytes).await,
+            None => Attempt::all(
+                addrs.len(),
+                RcptOutcome::Deferred(format!("451 4.3.0 no upstream named {name}")),
+            ),
+        };
+        env.attempts += 1;
+        env.upstream = Some(name.clone());
+        env.last_reply = Some(attempt.summary.clone());
+        for (&i, outcome) in pending.iter().zip(attempt.outcomes.iter()) {
+            let r = &mut env.recipients[i];
+            r.reply = Some(outcome.reply().to_string());
+            r.state = match outcome {
+                RcptOutcome::Delivered(_) => RcptState::Delivered,
+                RcptOutcome::Failed(_) => RcptState::Failed,
+                RcptOutcome::Deferred(_) => RcptState::Pending,
+            };
+        }
+        let still_pending = env.recipients.iter().any(|r| r.state == RcptState::Pending);
+        env.state = if still_pending {
+            let jitter = rand::random::<f64>() * 2.0 - 1.0;
+            let next = now_ms()
+                + retry_delay_ms(&self.config.queue.retry_schedule_secs, env.attempts, jitter);
+            if next >= env.expires_ms {
+                for r in env
+                    .recipients
+                    .iter_mut()
+                    .filter(|r| r.state == RcptState::Pending)
+                {
+                    r.state = RcptState::Failed;
+                }
+                MessageState::Expired
+            } else {
+                env.next_attempt_ms = next;
+                MessageState::Deferred
+            }
+        } else if env
+            .recipients
+            .iter()
+            .any(|r| r.state == RcptState::Delivered)
+        {
+            MessageState::Delivered
+        } else {
+            MessageState::Failed
+        };
+        tracing::info!(
+            id,
+            project = %env.project,
+            upstream = %name,
+            reply = %attempt.summary,
+            state = env.state.as_str(),
+            attempt = env.attempts,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "delivery attempt"
+        );
+        self.save(&env).await;
+    }
+
+    async fn save(&self, env: &Envelope) {
+        if let Err(e) = self.queue.update(env).await {
+            // The spool still holds the previous state; the message is retried after restart.
+            tracing::error!(id = %env.id, error = %e, "cannot record delivery outcome");
+        }
+    }
+}

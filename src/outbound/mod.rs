@@ -1,0 +1,43 @@
+//! Outbound takes due messages from the queue and forwards them to an upstream, recording
+//! per-recipient outcomes. `upstream` speaks SMTP to providers (mail-send), `outbox` is the
+//! no-server development upstream, `delivery` runs the workers and the retry discipline.
+
+pub mod delivery;
+pub mod outbox;
+pub mod upstream;
+
+/// The result of one attempt for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    Delivered(String),
+    /// Try again later (4xx, connection trouble, timeout).
+    Deferred(String),
+    /// Final refusal (5xx).
+    Failed(String),
+}
+
+impl RcptOutcome {
+    pub fn reply(&self) -> &str {
+        match self {
+            RcptOutcome::Delivered(r) | RcptOutcome::Deferred(r) | RcptOutcome::Failed(r) => r,
+        }
+    }
+}
+
+/// What an upstream reports for one attempt: an outcome per attempted recipient (same order)
+/// and the reply that best summarises the attempt.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub outcomes: Vec<RcptOutcome>,
+    pub summary: String,
+}
+
+impl Attempt {
+    /// The same outcome for every recipient (connection-level results).
+    pub fn all(n: usize, outcome: RcptOutcome) -> Attempt {
+        Attempt {
+            summary: outcome.reply().to_string(),
+            outcomes: vec![outcome; n],
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Policy answers a session's questions: who is this token (`projects`, `tokens`), may this
+//! project send as this address (`sender`), may it send this much (`limits`).
+//! It owns the project registry and knows nothing about sockets or upstreams.
+
+pub mod limits;
+pub mod projects;
+pub mod sender;
+pub mod tokens;

@@ -1,0 +1,339 @@
+//! The spool: every accepted, not yet finished message — its envelope and its exact bytes.
+//!
+//! Keys: `id ‖ 'e'` → envelope (JSON), `id ‖ 'm'` → message bytes. Each change to a message
+//! is written to spool, schedule and log in one sled transaction, then made durable.
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::queue::{now_ms, schedule};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("storage error: {0}")]
+    Store(#[from] StoreError),
+    #[error("no queued message {0}")]
+    NotFound(String),
+}
+
+impl From<sled::Error> for QueueError {
+    fn from(e: sled::Error) -> Self {
+        QueueError::Store(StoreError::Sled(e))
+    }
+}
+
+impl QueueError {
+    /// Out of space or an I/O failure: the session must answer 452/451, never 250.
+    pub fn is_disk_full(&self) -> bool {
+        let text = self.to_string();
+        text.contains("No space left") || text.contains("os error 28") || text.contains("quota")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageState {
+    Queued,
+    Deferred,
+    Delivered,
+    Failed,
+    Expired,
+    Deleted,
+}
+
+impl MessageState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, MessageState::Queued | MessageState::Deferred)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Queued => "queued",
+            MessageState::Deferred => "deferred",
+            MessageState::Delivered => "delivered",
+            MessageState::Failed => "failed",
+            MessageState::Expired => "expired",
+            MessageState::Deleted => "deleted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    pub state: RcptState,
+    pub reply: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: String,
+    pub project: String,
+    pub mail_from: String,
+    pub recipients: Vec<Recipient>,
+    pub size: usize,
+    pub client_ip: String,
+    pub received_ms: u64,
+    pub expires_ms: u64,
+    pub next_attempt_ms: u64,
+    pub attempts: u32,
+    pub state: MessageState,
+    pub upstream: Option<String>,
+    pub last_reply: Option<String>,
+}
+
+/// What a session hands to the queue.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// From [`new_id`], chosen by the session so the Received header can name it.
+    pub id: String,
+    pub project: String,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub client_ip: String,
+    pub max_age_secs: u64,
+}
+
+pub(crate) fn decode<T: for<'a> Deserialize<'a>>(v: &[u8]) -> Result<T, QueueError> {
+    serde_json::from_slice(v).map_err(|e| QueueError::Store(StoreError::Corrupt(e.to_string())))
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn env_key(id: &str) -> Vec<u8> {
+    let mut k = id.as_bytes().to_vec();
+    k.push(b'e');
+    k
+}
+
+fn msg_key(id: &str) -> Vec<u8> {
+    let mut k = id.as_bytes().to_vec();
+    k.push(b'm');
+    k
+}
+
+/// Time-ordered id: 12 hex digits of milliseconds, 12 of randomness.
+pub fn new_id(now: u64) -> String {
+    let r: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
+    format!("{:012x}{:012x}", now & 0xffff_ffff_ffff, r)
+}
+
+#[derive(Clone, Debug)]
+pub struct Queue {
+    store: Store,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+fn tx_err(e: TransactionError<()>) -> QueueError {
+    match e {
+        TransactionError::Storage(e) => QueueError::from(e),
+        TransactionError::Abort(()) => QueueError::Store(StoreError::Corrupt("aborted".into())),
+    }
+}
+
+impl Queue {
+    pub fn new(store: Store) -> Queue {
+        Queue {
+            store,
+            wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Woken when new work is scheduled, so delivery does not wait for its next poll.
+    pub fn wake_handle(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    /// Stores a message durably. Returns its id only once it is safe to answer `250`.
+    pub async fn enqueue(&self, msg: NewMessage, bytes: &[u8]) -> Result<Envelope, QueueError> {
+        let now = now_ms();
+        let env = Envelope {
+            id: msg.id,
+            project: msg.project,
+            mail_from: msg.mail_from,
+            recipients: msg
+                .recipients
+                .into_iter()
+                .map(|address| Recipient {
+                    address,
+                    state: RcptState::Pending,
+                    reply: None,
+                })
+                .collect(),
+            size: bytes.len(),
+            client_ip: msg.client_ip,
+            received_ms: now,
+            expires_ms: now + msg.max_age_secs * 1000,
+            next_attempt_ms: now,
+            attempts: 0,
+            state: MessageState::Queued,
+            upstream: None,
+            last_reply: None,
+        };
+        let encoded = encode(&env);
+        (&self.store.spool, &self.store.schedule, &self.store.log)
+            .transaction(|(spool, sched, log)| {
+                spool.insert(msg_key(&env.id), bytes)?;
+                spool.insert(env_key(&env.id), encoded.as_slice())?;
+                sched.insert(schedule::key(env.next_attempt_ms, &env.id), &[])?;
+                log.insert(env.id.as_bytes(), encoded.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)?;
+        self.store.durable().await?;
+        self.wake.notify_one();
+        Ok(env)
+    }
+
+    /// Removes and returns up to `limit` ids whose time has come.
+    pub fn take_due(&self, now: u64, limit: usize) -> Result<Vec<String>, QueueError> {
+        let mut out = Vec::new();
+        let end = schedule::key(now, "~");
+        for item in self.store.schedule.range(..end) {
+            let (k, _) = item?;
+            if self.store.schedule.remove(&k)?.is_some()
+                && let Some((_, id)) = schedule::parse_key(&k)
+            {
+                out.push(id);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Time of the earliest scheduled attempt, if any.
+    pub fn next_due(&self) -> Result<Option<u64>, QueueError> {
+        Ok(self
+            .store
+            .schedule
+            .first()?
+            .and_then(|(k, _)| schedule::parse_key(&k))
+            .map(|(due, _)| due))
+    }
+
+    pub fn load(&self, id: &str) -> Result<Option<(Envelope, Vec<u8>)>, QueueError> {
+        let Some(env) = self.store.spool.get(env_key(id))? else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.store.spool.get(msg_key(id))? else {
+            return Ok(None);
+        };
+        Ok(Some((decode(&env)?, bytes.to_vec())))
+    }
+
+    pub fn envelope(&self, id: &str) -> Result<Option<Envelope>, QueueError> {
+        match self.store.spool.get(env_key(id))? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a new state: final states leave the spool, others are rescheduled.
+    pub async fn update(&self, env: &Envelope) -> Result<(), QueueError> {
+        let encoded = encode(env);
+        let id = env.id.clone();
+        let state = env.state;
+        let due = env.next_attempt_ms;
+        (&self.store.spool, &self.store.schedule, &self.store.log)
+            .transaction(|(spool, sched, log)| {
+                if state.is_final() {
+                    spool.remove(msg_key(&id))?;
+                    spool.remove(env_key(&id))?;
+                } else {
+                    spool.insert(env_key(&id), encoded.as_slice())?;
+                    sched.insert(schedule::key(due, &id), &[])?;
+                }
+                log.insert(id.as_bytes(), encoded.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)?;
+        self.store.durable().await?;
+        if !state.is_final() {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// All messages still in the spool, oldest first.
+    pub fn list(&self) -> Result<Vec<Envelope>, QueueError> {
+        let mut out = Vec::new();
+        for item in self.store.spool.iter() {
+            let (k, v) = item?;
+            if k.last() == Some(&b'e') {
+                out.push(decode(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes a queued or deferred message due now.
+    pub fn retry_now(&self, id: &str) -> Result<Envelope, QueueError> {
+        let mut env = self
+            .envelope(id)?
+            .ok_or_else(|| QueueError::NotFound(id.into()))?;
+        self.remove_schedule_entries(id)?;
+        env.next_attempt_ms = now_ms();
+        self.store.spool.insert(env_key(id), encode(&env))?;
+        self.store
+            .schedule
+            .insert(schedule::key(env.next_attempt_ms, id), &[])?;
+        self.store.flush_now()?;
+        self.wake.notify_one();
+        Ok(env)
+    }
+
+    /// Deletes a message from the queue; the log keeps it as `deleted`.
+    pub fn delete(&self, id: &str) -> Result<Envelope, QueueError> {
+        let mut env = self
+            .envelope(id)?
+            .ok_or_else(|| QueueError::NotFound(id.into()))?;
+        self.remove_schedule_entries(id)?;
+        self.store.spool.remove(msg_key(id))?;
+        self.store.spool.remove(env_key(id))?;
+        env.state = MessageState::Deleted;
+        self.store.log.insert(id.as_bytes(), encode(&env))?;
+        self.store.flush_now()?;
+        Ok(env)
+    }
+
+    fn remove_schedule_entries(&self, id: &str) -> Result<(), QueueError> {
+        let mut stale = Vec::new();
+        for item in self.store.schedule.iter() {
+            let (k, _) = item?;
+            if schedule::parse_key(&k).is_some_and(|(_, i)| i == id) {
+                stale.push(k);
+            }
+        }
+        for k in stale {
+            self.store.schedule.remove(k)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the schedule from the spool. Run at startup: whatever was in flight when the
+    /// process died is due again.
+    pub fn recover(&self) -> Result<usize, QueueError> {
+        self.store.schedule.clear()?;
+        let envelopes = self.list()?;
+        for env in &envelopes {
+            self.store
+                .schedule
+                .insert(schedule::key(env.next_attempt_ms, &env.id), &[])?;
+        }
+        self.store.flush_now()?;
+        Ok(envelopes.len())
+    }
+}

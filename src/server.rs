@@ -1,0 +1,197 @@
+//! Wires the pipeline together and runs it: opens the store, binds listeners, starts the
+//! delivery workers and the admin socket, and shuts everything down in order on
+//! SIGTERM/SIGINT (stop accepting, let sessions finish up to the grace period, stop workers,
+//! flush).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::admin::{self, AdminContext};
+use crate::config::{Config, ListenerMode};
+use crate::inbound::{self, Shared, listener};
+use crate::outbound::delivery::{self, Delivery};
+use crate::policy::limits::MessageLimits;
+use crate::policy::projects::Registry;
+use crate::queue::{MessageLog, Queue};
+use crate::secret::ServerSecret;
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("state directory {path} is not writable: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
+    #[error(transparent)]
+    Tls(#[from] inbound::tls::TlsError),
+    #[error(transparent)]
+    Bind(#[from] listener::BindError),
+    #[error(transparent)]
+    Upstream(#[from] crate::outbound::upstream::UpstreamError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    #[error("cannot create admin socket {path}: {source}")]
+    AdminSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Makes sure the state directory exists and is writable, with a clear error otherwise.
+pub fn prepare_state_dir(config: &Config) -> Result<(), ServerError> {
+    let dir = &config.server.state_dir;
+    let fail = |source| ServerError::StateDir {
+        path: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"ok").map_err(fail)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Runs the relay until a termination signal.
+pub async fn serve(config: Config) -> Result<(), ServerError> {
+    let config = Arc::new(config);
+    prepare_state_dir(&config)?;
+    let mut store = Store::open(&config.server.state_dir)?;
+    if !config.server.durable_ack {
+        tracing::warn!("durable_ack = false: messages are acknowledged before they reach the disk");
+        store = store.without_fsync();
+    }
+    let secret = ServerSecret::load(
+        config.server.secret_file.as_deref(),
+        &config.server.state_dir,
+    )?;
+    let registry = Registry::new(store.clone(), secret);
+    let queue = Queue::new(store.clone());
+    let recovered = queue.recover()?;
+    let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
+    let upstreams = delivery::build_upstreams(&config)?;
+    let bound = listener::bind_all(&config.listeners).await?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let admin_path = config.admin_socket();
+    let admin_listener =
+        admin::socket::bind(&admin_path).map_err(|source| ServerError::AdminSocket {
+            path: admin_path.clone(),
+            source,
+        })?;
+    let admin_ctx = AdminContext {
+        registry: registry.clone(),
+        queue: queue.clone(),
+        log: MessageLog::new(store.clone()),
+    };
+    let admin_task = tokio::spawn(admin::socket::serve(
+        admin_listener,
+        admin_ctx,
+        shutdown_rx.clone(),
+    ));
+
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        registry: registry.clone(),
+        queue: queue.clone(),
+        tls,
+        limits: MessageLimits::from_config(&config),
+        shutdown: shutdown_rx.clone(),
+    });
+    let max = config.server.max_connections;
+    let permits = Arc::new(Semaphore::new(max));
+    let mut listeners_info = Vec::new();
+    let mut accept_tasks = Vec::new();
+    for b in bound {
+        let addr = b.local_addr();
+        tracing::info!(address = %addr, mode = b.config.mode.as_str(), "listening");
+        listeners_info.push(
+            serde_json::json!({ "mode": b.config.mode.as_str(), "address": addr.to_string() }),
+        );
+        accept_tasks.push(tokio::spawn(listener::serve(
+            b,
+            shared.clone(),
+            permits.clone(),
+        )));
+    }
+    // Lets scripts and tests find the ports (useful with port 0).
+    let _ = std::fs::write(
+        config.server.state_dir.join("listeners.json"),
+        serde_json::Value::Array(listeners_info).to_string(),
+    );
+
+    let delivery = Delivery {
+        queue: queue.clone(),
+        config: config.clone(),
+        upstreams,
+    };
+    let delivery_task = tokio::spawn(delivery.run(shutdown_rx.clone()));
+
+    if recovered > 0 {
+        tracing::info!(messages = recovered, "resuming queued messages");
+    }
+    if registry.is_empty() {
+        tracing::warn!(
+            "no projects yet; create one with: smtp-relay project add myapp --domain example.com"
+        );
+    }
+    tracing::info!(
+        starttls = ?port_of(&config, ListenerMode::Starttls),
+        implicit_tls = ?port_of(&config, ListenerMode::Implicit),
+        state_dir = %config.server.state_dir.display(),
+        "smtp-relay ready"
+    );
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections");
+    let _ = shutdown_tx.send(true);
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    if tokio::time::timeout(grace, permits.acquire_many(max as u32))
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions still open after the grace period; closing them");
+    }
+    let _ = tokio::time::timeout(grace, delivery_task).await;
+    admin_task.abort();
+    let _ = std::fs::remove_file(&admin_path);
+    store.flush_now()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+fn port_of(config: &Config, mode: ListenerMode) -> Option<u16> {
+    config
+        .listeners
+        .iter()
+        .find(|l| l.mode == mode)
+        .map(|l| l.address.port())
+}
+
+async fn wait_for_signal() -> Result<(), ServerError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
