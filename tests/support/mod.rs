@@ -1,3 +1,5 @@
 #![allow(dead_code)]
 pub mod certs;
+pub mod client;
+pub mod relay;
 pub mod upstream;

@@ -1,0 +1,277 @@
+//! Runs the real `smtp-relay` binary for black-box tests: a private state directory and
+//! config in a temp dir, listeners on port 0 (found through `listeners.json`), a test PKI the
+//! clients trust, and the CLI run against the same config.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::certs::{PkiFiles, TestPki};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_smtp-relay");
+
+pub struct RelayOptions {
+    /// `[upstream.*]` tables plus the route; default: the outbox in the state dir.
+    pub upstreams: Option<String>,
+    pub retry_schedule_secs: Vec<u64>,
+    pub max_age_secs: u64,
+    pub max_recipients: usize,
+    pub max_message_size: usize,
+    pub plain_listener: bool,
+    pub command_secs: u64,
+    pub data_secs: u64,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            upstreams: None,
+            retry_schedule_secs: vec![1],
+            max_age_secs: 3600,
+            max_recipients: 10,
+            max_message_size: 1024 * 1024,
+            plain_listener: false,
+            command_secs: 30,
+            data_secs: 30,
+        }
+    }
+}
+
+/// An `[upstream.test]` pointing at a test upstream on 127.0.0.1.
+pub fn smtp_upstream(port: u16, tls: &str, ca: &Path, auth: Option<(&str, &Path)>) -> String {
+    let mut s = format!(
+        "[delivery]\ndefault_route = \"test\"\n\n[upstream.test]\ntype = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"{tls}\"\nca_file = \"{}\"\nconnect_timeout_secs = 5\ncommand_timeout_secs = 10\ndata_timeout_secs = 10\n",
+        ca.display()
+    );
+    match auth {
+        Some((user, pw_file)) => s.push_str(&format!(
+            "auth = \"plain\"\nusername = \"{user}\"\npassword_file = \"{}\"\n",
+            pw_file.display()
+        )),
+        None => s.push_str("auth = \"none\"\n"),
+    }
+    s
+}
+
+pub struct Relay {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub pki: TestPki,
+    pub files: PkiFiles,
+    child: Option<Child>,
+    pub starttls: SocketAddr,
+    pub implicit: SocketAddr,
+    pub plain: Option<SocketAddr>,
+}
+
+impl Relay {
+    pub fn start(opts: RelayOptions) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = TestPki::generate();
+        let files = pki.write_to(&dir.path().join("pki"));
+        let state = dir.path().join("state");
+        let upstreams = opts.upstreams.clone().unwrap_or_else(|| {
+            format!(
+                "[delivery]\ndefault_route = \"outbox\"\n\n[upstream.outbox]\ntype = \"outbox\"\ndir = \"{}\"\n",
+                state.join("outbox").display()
+            )
+        });
+        let plain = if opts.plain_listener {
+            "[[listener]]\naddress = \"127.0.0.1:0\"\nmode = \"plain\"\nallow_plaintext_auth = true\n"
+        } else {
+            ""
+        };
+        let config = format!(
+            r#"[server]
+hostname = "relay.test"
+state_dir = "{state}"
+max_connections = 200
+max_message_size = {size}
+max_recipients = {rcpts}
+shutdown_grace_secs = 5
+
+[timeouts]
+tls_handshake_secs = 5
+command_secs = {cmd}
+data_secs = {data}
+
+[tls]
+cert_file = "{cert}"
+key_file = "{key}"
+
+[[listener]]
+address = "127.0.0.1:0"
+mode = "starttls"
+
+[[listener]]
+address = "127.0.0.1:0"
+mode = "implicit"
+
+{plain}
+[queue]
+workers = 4
+retry_schedule_secs = {sched:?}
+max_age_secs = {age}
+poll_interval_ms = 100
+
+{upstreams}
+"#,
+            state = state.display(),
+            size = opts.max_message_size,
+            rcpts = opts.max_recipients,
+            cmd = opts.command_secs,
+            data = opts.data_secs,
+            cert = files.cert.display(),
+            key = files.key.display(),
+            sched = opts.retry_schedule_secs,
+            age = opts.max_age_secs,
+        );
+        let config_path = dir.path().join("smtp-relay.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut relay = Relay {
+            dir,
+            config_path,
+            pki,
+            files,
+            child: None,
+            starttls: "0.0.0.0:0".parse().unwrap(),
+            implicit: "0.0.0.0:0".parse().unwrap(),
+            plain: None,
+        };
+        relay.spawn();
+        relay
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Starts the server process and waits until its listeners are bound.
+    pub fn spawn(&mut self) {
+        let ports = self.state_dir().join("listeners.json");
+        let _ = std::fs::remove_file(&ports);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("serve")
+            .env("SMTP_RELAY_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn smtp-relay");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ports)
+                && let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&text)
+            {
+                for l in list {
+                    let addr: SocketAddr = l["address"].as_str().unwrap().parse().unwrap();
+                    match l["mode"].as_str().unwrap() {
+                        "starttls" => self.starttls = addr,
+                        "implicit" => self.implicit = addr,
+                        _ => self.plain = Some(addr),
+                    }
+                }
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("smtp-relay exited early ({status}):\n{}", self.server_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay did not start:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        c.wait().expect("wait")
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .output()
+            .expect("run cli")
+    }
+
+    /// Runs a CLI command with --json and returns its parsed output (panics on failure).
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "smtp-relay {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json output")
+    }
+
+    /// Creates a project; returns (project id, token).
+    pub fn add_project(&self, name: &str, domains: &[&str]) -> (String, String) {
+        let mut args = vec!["project", "add", name];
+        for d in domains {
+            args.push("--domain");
+            args.push(d);
+        }
+        let v = self.cli_json(&args);
+        (
+            v["project"]["id"].as_str().unwrap().to_string(),
+            v["token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Polls `smtp-relay queue show <id>` until its state is one of `states`.
+    pub fn wait_state(&self, id: &str, states: &[&str], timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.cli_json(&["queue", "show", id]);
+            if states.contains(&v["state"].as_str().unwrap_or("")) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "message {id} never reached {states:?}; last: {v:#}\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
