@@ -78,8 +78,17 @@ async fn kill_9_loses_nothing_and_duplicates_nothing() {
                 .to_string()
         })
         .collect();
-    assert_eq!(delivered, subjects, "every acknowledged message arrives exactly once");
-    assert!(relay.cli_json(&["queue", "list"]).as_array().unwrap().is_empty());
+    assert_eq!(
+        delivered, subjects,
+        "every acknowledged message arrives exactly once"
+    );
+    assert!(
+        relay
+            .cli_json(&["queue", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
