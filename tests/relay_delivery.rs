@@ -197,3 +197,22 @@ async fn queue_commands_retry_and_delete() {
         "retrying a deleted message must fail"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_mail_expires_at_the_project_max_age() {
+    let s = setup(Script::default()).await;
+    s.up.stop();
+    s.relay.cli_json(&["project", "max-age", &s.id, "2"]);
+    let id = submit(&s, &["user@example.net"]).await;
+    let v = s
+        .relay
+        .wait_state(&id, &["expired"], Duration::from_secs(20));
+    assert!(v["attempts"].as_u64().unwrap() >= 1, "{v:#}");
+    assert!(
+        s.relay
+            .cli_json(&["queue", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
