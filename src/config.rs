@@ -672,7 +672,10 @@ mod tests {
         let text = DEFAULT_CONFIG.replace("[queue]\n", "[queue]\nwrokers = 4\n");
         let err = parse_err(&text);
         let n = line_of("wrokers", &text);
-        assert!(err.starts_with(&format!("x.toml:{n}:1: key `queue.wrokers`: unknown field")), "{err}");
+        assert!(
+            err.starts_with(&format!("x.toml:{n}:1: key `queue.wrokers`: unknown field")),
+            "{err}"
+        );
         // Wrong type.
         let text = DEFAULT_CONFIG.replace("max_recipients = 100", "max_recipients = \"many\"");
         let err = parse_err(&text);
@@ -682,7 +685,10 @@ mod tests {
         // Missing required key.
         let text = DEFAULT_CONFIG.replace("hostname = \"localhost\"", "");
         let err = parse_err(&text);
-        assert!(err.contains("key `server.hostname`") && err.contains("missing field"), "{err}");
+        assert!(
+            err.contains("key `server.hostname`") && err.contains("missing field"),
+            "{err}"
+        );
         // Bad address.
         let text = DEFAULT_CONFIG.replace("127.0.0.1:2587", "127.0.0.1:99999");
         let err = parse_err(&text);
@@ -697,7 +703,10 @@ mod tests {
         // Bad enum value.
         let text = DEFAULT_CONFIG.replace("mode = \"implicit\"", "mode = \"tls\"");
         let err = parse_err(&text);
-        assert!(err.contains("key `listener.mode`") && err.contains("tls"), "{err}");
+        assert!(
+            err.contains("key `listener.mode`") && err.contains("tls"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -706,8 +715,13 @@ mod tests {
         assert!(parse_err(&text).contains("log.level"));
         let text = format!("{DEFAULT_CONFIG}\n[metrics]\naddress = \"0.0.0.0:9187\"\n");
         let err = parse_err(&text);
-        assert!(err.contains("metrics.address") && err.contains("loopback"), "{err}");
-        let text = format!("{DEFAULT_CONFIG}\n[metrics]\naddress = \"127.0.0.1:9187\"\n[log]\nlevel = \"debug\"\n");
+        assert!(
+            err.contains("metrics.address") && err.contains("loopback"),
+            "{err}"
+        );
+        let text = format!(
+            "{DEFAULT_CONFIG}\n[metrics]\naddress = \"127.0.0.1:9187\"\n[log]\nlevel = \"debug\"\n"
+        );
         let c = Config::parse(&text, "x.toml").unwrap();
         assert_eq!(c.metrics.address.unwrap().port(), 9187);
         assert_eq!(c.log.level.as_deref(), Some("debug"));

@@ -17,10 +17,11 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod queue;
+pub mod reload;
 pub mod secret;
 pub mod server;
-pub mod systemd;
 pub mod store;
+pub mod systemd;
 pub mod transform;
 
 /// Seconds since the Unix epoch.

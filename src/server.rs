@@ -1,9 +1,9 @@
 //! Wires the pipeline together and runs it: opens the store, binds listeners, starts the
-//! delivery workers and the admin socket, and shuts everything down in order on
-//! SIGTERM/SIGINT (stop accepting, let sessions finish up to the grace period, stop workers,
-//! flush).
+//! delivery workers, the admin socket and the metrics endpoint, tells systemd it is ready,
+//! reloads the config on SIGHUP, and shuts everything down in order on SIGTERM/SIGINT (stop
+//! accepting, let sessions finish up to the grace period, stop workers, flush).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ pub enum ServerError {
     },
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::http::MetricsBindError),
 }
 
 /// Makes sure the state directory exists and is writable, with a clear error otherwise.
@@ -61,9 +63,18 @@ pub fn prepare_state_dir(config: &Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Runs the relay until a termination signal.
+/// Runs the relay until a termination signal; SIGHUP re-reads the built-in config.
 pub async fn serve(config: Config) -> Result<(), ServerError> {
+    serve_from(config, None).await
+}
+
+/// Runs the relay until a termination signal. SIGHUP re-reads `config_path` (the built-in
+/// config when `None`) and the TLS certificate; see [`crate::reload`].
+pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<(), ServerError> {
     let config = Arc::new(config);
+    if let Ok(level) = crate::logging::apply_level(config.log.level.as_deref()) {
+        tracing::debug!(level, "log level");
+    }
     prepare_state_dir(&config)?;
     let mut store = Store::open(&config.server.state_dir)?;
     if !config.server.durable_ack {
@@ -80,6 +91,10 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
     let upstreams = delivery::build_upstreams(&config)?;
     let bound = listener::bind_all(&config.listeners).await?;
+    let metrics_listener = match config.metrics.address {
+        Some(addr) => Some(crate::metrics::http::bind(addr).await?),
+        None => None,
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let admin_path = config.admin_socket();
@@ -99,14 +114,16 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         shutdown_rx.clone(),
     ));
 
-    let shared = Arc::new(Shared {
+    let shared = Shared {
         config: config.clone(),
         registry: registry.clone(),
         queue: queue.clone(),
         tls,
         limits: MessageLimits::from_config(&config),
         shutdown: shutdown_rx.clone(),
-    });
+    };
+    // Listeners read the current value at each accept; a reload replaces it.
+    let (shared_tx, shared_rx) = watch::channel(Arc::new(shared));
     let max = config.server.max_connections;
     let permits = Arc::new(Semaphore::new(max));
     let mut listeners_info = Vec::new();
@@ -119,9 +136,22 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         );
         accept_tasks.push(tokio::spawn(listener::serve(
             b,
-            shared.clone(),
+            shared_rx.clone(),
             permits.clone(),
         )));
+    }
+    if let Some(l) = metrics_listener {
+        let addr = l.local_addr().ok();
+        if let Some(addr) = addr {
+            tracing::info!(address = %addr, "metrics endpoint listening on /metrics");
+            listeners_info
+                .push(serde_json::json!({ "mode": "metrics", "address": addr.to_string() }));
+        }
+        tokio::spawn(crate::metrics::http::serve(
+            l,
+            queue.clone(),
+            shutdown_rx.clone(),
+        ));
     }
     // Lets scripts and tests find the ports (useful with port 0).
     let _ = std::fs::write(
@@ -151,7 +181,11 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         "smtp-relay ready"
     );
 
-    wait_for_signal().await?;
+    crate::systemd::ready("accepting mail");
+    tokio::spawn(crate::systemd::watchdog(store.clone(), shutdown_rx.clone()));
+
+    wait_for_signal(|| reload(config_path.as_deref(), &shared_tx, &config)).await?;
+    crate::systemd::stopping();
     tracing::info!("shutting down: no new connections");
     let _ = shutdown_tx.send(true);
     for t in accept_tasks {
@@ -185,13 +219,47 @@ fn port_of(config: &Config, mode: ListenerMode) -> Option<u16> {
         .map(|l| l.address.port())
 }
 
-async fn wait_for_signal() -> Result<(), ServerError> {
+/// Waits for SIGTERM or SIGINT, running `on_hup` for each SIGHUP meanwhile.
+async fn wait_for_signal(mut on_hup: impl FnMut()) -> Result<(), ServerError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => on_hup(),
+        }
     }
-    Ok(())
+}
+
+/// SIGHUP: swap in a new config and certificate for new sessions, or keep the running ones
+/// when the new config is broken.
+fn reload(path: Option<&Path>, shared: &watch::Sender<Arc<Shared>>, startup: &Config) {
+    crate::systemd::reloading();
+    let current = shared.borrow().clone();
+    match crate::reload::prepare(path, &current, startup) {
+        Ok(next) => {
+            let level = crate::logging::apply_level(next.shared.config.log.level.as_deref());
+            shared.send_replace(Arc::new(next.shared));
+            crate::metrics::config_reload(true);
+            if let Err(e) = level {
+                tracing::warn!(error = %e, "log level unchanged");
+            }
+            if next.needs_restart.is_empty() {
+                tracing::info!("configuration reloaded; new sessions use it");
+            } else {
+                tracing::warn!(
+                    not_applied = next.needs_restart.join(", "),
+                    "configuration reloaded; new sessions use it, but some changes need a restart"
+                );
+            }
+        }
+        Err(e) => {
+            crate::metrics::config_reload(false);
+            tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+        }
+    }
+    crate::systemd::ready("accepting mail");
 }

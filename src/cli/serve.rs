@@ -10,6 +10,9 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("smtp-relay")
         .build()?;
-    runtime.block_on(crate::server::serve(config))?;
+    runtime.block_on(crate::server::serve_from(
+        config,
+        config_path.map(Path::to_path_buf),
+    ))?;
     Ok(())
 }

@@ -166,8 +166,10 @@ impl Session {
         conn: &mut Connection<S>,
     ) -> Flow {
         self.auth_failures += 1;
+        crate::metrics::auth_failure();
         tracing::warn!(client = %self.peer, failures = self.auth_failures, "authentication failed");
         if self.auth_failures >= MAX_AUTH_FAILURES {
+            crate::metrics::rejected(self.project_id(), &reply::BAD_CREDENTIALS);
             let _ = conn.write_reply(&reply::BAD_CREDENTIALS).await;
             let _ = conn.write_reply(&reply::TOO_MANY_ERRORS).await;
             return Flow::Close;

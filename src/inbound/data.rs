@@ -47,6 +47,7 @@ impl Session {
             Err(e) => {
                 tracing::warn!(client = %self.peer, project = %auth.project.id, error = %e, "DATA aborted");
                 if let Some(r) = e.reply() {
+                    crate::metrics::rejected(&auth.project.id, &r);
                     let _ = conn.write_reply(&r).await;
                 }
                 return Flow::Close;
@@ -86,6 +87,8 @@ impl Session {
         match self.shared.queue.enqueue(new, &bytes).await {
             Ok(env) => {
                 self.accepted += 1;
+                self.message_ids.push(env.id.clone());
+                crate::metrics::accepted(&env.project);
                 tracing::info!(
                     id = %env.id,
                     project = %env.project,

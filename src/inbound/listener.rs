@@ -55,8 +55,14 @@ pub async fn bind_all(configs: &[ListenerConfig]) -> Result<Vec<BoundListener>, 
 }
 
 /// Accepts until shutdown. `permits` is the global connection limit, shared by all listeners.
-pub async fn serve(bound: BoundListener, shared: Arc<Shared>, permits: Arc<Semaphore>) {
-    let mut shutdown = shared.shutdown.clone();
+/// Each connection gets the [`Shared`] current at accept time, so a reload reaches new
+/// sessions only.
+pub async fn serve(
+    bound: BoundListener,
+    shared: tokio::sync::watch::Receiver<Arc<Shared>>,
+    permits: Arc<Semaphore>,
+) {
+    let mut shutdown = shared.borrow().shutdown.clone();
     loop {
         let accepted = tokio::select! {
             a = bound.listener.accept() => a,
@@ -82,9 +88,10 @@ pub async fn serve(bound: BoundListener, shared: Arc<Shared>, permits: Arc<Semap
                 .await;
             });
             tracing::warn!(client = %peer, "connection limit reached");
+            crate::metrics::rejected("", &reply::TOO_MANY_CONNECTIONS);
             continue;
         };
-        let session = Session::new(shared.clone(), peer, &bound.config);
+        let session = Session::new(shared.borrow().clone(), peer, &bound.config);
         tokio::spawn(async move {
             session.run(tcp).await;
             drop(permit);

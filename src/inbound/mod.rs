@@ -18,7 +18,9 @@ use crate::policy::limits::MessageLimits;
 use crate::policy::projects::Registry;
 use crate::queue::Queue;
 
-/// What every session of the running server shares.
+/// What every session of the running server shares. A reload builds a new one (a clone with
+/// the new config, TLS and limits); sessions keep the one they started with.
+#[derive(Clone)]
 pub struct Shared {
     pub config: Arc<Config>,
     pub registry: Registry,
