@@ -3,3 +3,4 @@ pub mod certs;
 pub mod client;
 pub mod relay;
 pub mod upstream;
+pub mod ops;
