@@ -21,7 +21,11 @@ fn notified_relay(dir: &tempfile::TempDir, extra_env: &[(&str, &str)]) -> (Relay
         "NOTIFY_SOCKET".to_string(),
         notify.path.display().to_string(),
     )];
-    env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let relay = Relay::start(RelayOptions {
         env,
         ..Default::default()
@@ -164,7 +168,11 @@ async fn broken_config_on_reload_keeps_the_old_one_running() {
     let mid = send_one(&mut c, "user@example.net").await;
     relay.wait_state(&mid, &["delivered"], WAIT);
     assert_eq!(c.cmd("QUIT").await.code, 221);
-    assert!(relay.server_log().contains("\"message\":\"session closed\""));
+    assert!(
+        relay
+            .server_log()
+            .contains("\"message\":\"session closed\"")
+    );
 
     // A session opened now keeps its settings across the next, valid, reload.
     let mut before = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;

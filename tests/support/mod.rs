@@ -1,6 +1,6 @@
 #![allow(dead_code)]
 pub mod certs;
 pub mod client;
+pub mod ops;
 pub mod relay;
 pub mod upstream;
-pub mod ops;
