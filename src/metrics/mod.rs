@@ -387,7 +387,6 @@ mod tests {
         let text = encode();
         for name in [
             "smtp_relay_messages_accepted_total{project=\"prj_unit\"}",
-            "# TYPE smtp_relay_delivery_latency_seconds histogram",
             "# TYPE smtp_relay_queue_oldest_message_age_seconds gauge",
             "# TYPE smtp_relay_auth_failures counter",
             "# EOF",
