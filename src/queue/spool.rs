@@ -267,16 +267,40 @@ impl Queue {
         Ok(())
     }
 
-    /// All messages still in the spool, oldest first.
+    /// All messages still in the spool, oldest first. Undecodable entries are skipped here
+    /// (and moved aside by [`Queue::recover`]).
     pub fn list(&self) -> Result<Vec<Envelope>, QueueError> {
         let mut out = Vec::new();
         for item in self.store.spool.iter() {
             let (k, v) = item?;
-            if k.last() == Some(&b'e') {
-                out.push(decode(&v)?);
+            if k.last() == Some(&b'e')
+                && let Ok(env) = decode::<Envelope>(&v)
+            {
+                out.push(env);
             }
         }
         Ok(out)
+    }
+
+    /// Moves a message whose stored form cannot be read out of the spool into the quarantine
+    /// tree, so one bad entry never blocks the rest of the queue.
+    pub fn quarantine(&self, id: &str, reason: &str) -> Result<(), QueueError> {
+        let env = self.store.spool.remove(env_key(id))?;
+        let msg = self.store.spool.remove(msg_key(id))?;
+        if let Some(v) = env {
+            self.store.quarantine.insert(env_key(id), v)?;
+        }
+        if let Some(v) = msg {
+            self.store.quarantine.insert(msg_key(id), v)?;
+        }
+        self.remove_schedule_entries(id)?;
+        self.store.flush_now()?;
+        tracing::error!(
+            id,
+            reason,
+            "queue entry quarantined (kept in the `quarantine` tree)"
+        );
+        Ok(())
     }
 
     /// Makes a queued or deferred message due now.
@@ -324,16 +348,36 @@ impl Queue {
     }
 
     /// Rebuilds the schedule from the spool. Run at startup: whatever was in flight when the
-    /// process died is due again.
+    /// process died is due again. Entries that cannot be decoded are quarantined.
     pub fn recover(&self) -> Result<usize, QueueError> {
         self.store.schedule.clear()?;
-        let envelopes = self.list()?;
-        for env in &envelopes {
-            self.store
-                .schedule
-                .insert(schedule::key(env.next_attempt_ms, &env.id), &[])?;
+        let mut ids = Vec::new();
+        let mut bad = Vec::new();
+        for item in self.store.spool.iter() {
+            let (k, v) = item?;
+            let Some((&kind, id)) = k.split_last() else {
+                continue;
+            };
+            let id = String::from_utf8_lossy(id).to_string();
+            match kind {
+                b'e' => match decode::<Envelope>(&v) {
+                    Ok(env) if env.id == id => ids.push((env.next_attempt_ms, id)),
+                    Ok(_) => bad.push((id, "envelope id does not match its key".to_string())),
+                    Err(e) => bad.push((id, e.to_string())),
+                },
+                b'm' if self.store.spool.get(env_key(&id))?.is_none() => {
+                    bad.push((id, "message without envelope".to_string()))
+                }
+                _ => {}
+            }
+        }
+        for (id, reason) in bad {
+            self.quarantine(&id, &reason)?;
+        }
+        for (due, id) in &ids {
+            self.store.schedule.insert(schedule::key(*due, id), &[])?;
         }
         self.store.flush_now()?;
-        Ok(envelopes.len())
+        Ok(ids.len())
     }
 }
