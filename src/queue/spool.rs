@@ -27,8 +27,10 @@ impl From<sled::Error> for QueueError {
 impl QueueError {
     /// Out of space or an I/O failure: the session must answer 452/451, never 250.
     pub fn is_disk_full(&self) -> bool {
-        let text = self.to_string();
-        text.contains("No space left") || text.contains("os error 28") || text.contains("quota")
+        match self {
+            QueueError::Store(e) => e.is_disk_full(),
+            QueueError::NotFound(_) => false,
+        }
     }
 }
 
@@ -133,13 +135,8 @@ pub fn new_id(now: u64) -> String {
 pub struct Queue {
     store: Store,
     wake: std::sync::Arc<tokio::sync::Notify>,
-}
-
-fn tx_err(e: TransactionError<()>) -> QueueError {
-    match e {
-        TransactionError::Storage(e) => QueueError::from(e),
-        TransactionError::Abort(()) => QueueError::Store(StoreError::Corrupt("aborted".into())),
-    }
+    /// Bytes that must stay free on the spool's filesystem (`server.min_free_space`).
+    min_free: u64,
 }
 
 impl Queue {
@@ -147,6 +144,23 @@ impl Queue {
         Queue {
             store,
             wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+            min_free: 0,
+        }
+    }
+
+    /// Refuse new messages while less than `bytes` would stay free on disk.
+    pub fn with_min_free(mut self, bytes: u64) -> Queue {
+        self.min_free = bytes;
+        self
+    }
+
+    fn tx_err(&self, e: TransactionError<()>) -> QueueError {
+        match e {
+            TransactionError::Storage(e) => {
+                self.store.note_error(&e);
+                QueueError::from(e)
+            }
+            TransactionError::Abort(()) => QueueError::Store(StoreError::Corrupt("aborted".into())),
         }
     }
 
@@ -157,6 +171,8 @@ impl Queue {
 
     /// Stores a message durably. Returns its id only once it is safe to answer `250`.
     pub async fn enqueue(&self, msg: NewMessage, bytes: &[u8]) -> Result<Envelope, QueueError> {
+        self.store.check_healthy()?;
+        self.store.ensure_space(bytes.len() as u64, self.min_free)?;
         let now = now_ms();
         let env = Envelope {
             id: msg.id,
@@ -190,7 +206,7 @@ impl Queue {
                 log.insert(env.id.as_bytes(), encoded.as_slice())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(tx_err)?;
+            .map_err(|e| self.tx_err(e))?;
         self.store.durable().await?;
         self.wake.notify_one();
         Ok(env)
@@ -198,6 +214,7 @@ impl Queue {
 
     /// Removes and returns up to `limit` ids whose time has come.
     pub fn take_due(&self, now: u64, limit: usize) -> Result<Vec<String>, QueueError> {
+        self.store.check_healthy()?;
         let mut out = Vec::new();
         let end = schedule::key(now, "~");
         for item in self.store.schedule.range(..end) {
@@ -243,6 +260,7 @@ impl Queue {
 
     /// Records a new state: final states leave the spool, others are rescheduled.
     pub async fn update(&self, env: &Envelope) -> Result<(), QueueError> {
+        self.store.check_healthy()?;
         let encoded = encode(env);
         let id = env.id.clone();
         let state = env.state;
@@ -259,7 +277,7 @@ impl Queue {
                 log.insert(id.as_bytes(), encoded.as_slice())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(tx_err)?;
+            .map_err(|e| self.tx_err(e))?;
         self.store.durable().await?;
         if !state.is_final() {
             self.wake.notify_one();
