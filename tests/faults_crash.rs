@@ -304,3 +304,60 @@ async fn tokens_are_never_written_anywhere() {
     }
     assert!(relay.server_log().contains("TRACE") || relay.server_log().contains("DEBUG"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_during_upstream_delivery_redelivers_only_in_flight() {
+    let pki = TestPki::generate();
+    // The upstream takes the message, then waits 3 s before its 250: we kill in between.
+    let up = TestUpstream::start(UpstreamOptions::starttls(&pki).with_script(Script {
+        delay_data_end: Some(Duration::from_secs(3)),
+        ..Default::default()
+    }))
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let files = pki.write_to(tmp.path());
+    let mut relay = Relay::start(RelayOptions {
+        upstreams: Some(smtp_upstream(up.port(), "starttls", &files.ca, None)),
+        retry_schedule_secs: vec![1],
+        ..Default::default()
+    });
+    let (id, token) = relay.add_project("a", &["a.test"]);
+    let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = c
+            .send(
+                "app@a.test",
+                &["u@example.net"],
+                &plain_message("app@a.test", "u@example.net", &format!("m{i}"), "x\r\n"),
+            )
+            .await;
+        assert_eq!(r.code, 250);
+        ids.push(r.text.rsplit(' ').next().unwrap().to_string());
+    }
+    drop(c);
+    // All three are in flight (4 workers) when the relay dies.
+    up.wait_for(3, Duration::from_secs(20)).await;
+    relay.kill9();
+    up.set_script(Script::default());
+    relay.spawn();
+    for qid in &ids {
+        relay.wait_state(qid, &["delivered"], Duration::from_secs(30));
+    }
+    let got = up.messages();
+    let mut subjects: Vec<String> = got
+        .iter()
+        .map(|m| {
+            m.text()
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+                .unwrap()
+        })
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects, vec!["m0", "m1", "m2"]);
+    // Duplicates only for what was in flight: at most one extra copy each (RFC 1047 window).
+    assert!(got.len() <= 6, "{} copies", got.len());
+    println!("in-flight at kill: 3, copies delivered: {}", got.len());
+}
