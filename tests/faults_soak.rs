@@ -68,7 +68,7 @@ async fn sustained_load_with_deletes_never_stalls() {
             while !stop.load(Ordering::Relaxed) {
                 let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
                 for _ in 0..10 {
-                    let to = if i % 5 == 0 {
+                    let to = if i.is_multiple_of(5) {
                         "later@example.net"
                     } else {
                         "now@example.net"
