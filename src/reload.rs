@@ -65,6 +65,10 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("server.durable_ack", o.durable_ack != n.durable_ack),
         (
+            "server.min_free_space_mb",
+            o.min_free_space_mb != n.min_free_space_mb,
+        ),
+        (
             "server.shutdown_grace_secs",
             o.shutdown_grace_secs != n.shutdown_grace_secs,
         ),

@@ -47,6 +47,8 @@ pub enum ServerError {
     Signal(std::io::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::http::MetricsBindError),
+    #[error("storage failed: {0}; exiting so the service manager restarts the relay")]
+    StorageFailed(String),
 }
 
 /// Makes sure the state directory exists and is writable, with a clear error otherwise.
@@ -86,7 +88,8 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         &config.server.state_dir,
     )?;
     let registry = Registry::new(store.clone(), secret);
-    let queue = Queue::new(store.clone());
+    let queue =
+        Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
     let upstreams = delivery::build_upstreams(&config)?;
@@ -184,10 +187,22 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     crate::systemd::ready("accepting mail");
     tokio::spawn(crate::systemd::watchdog(store.clone(), shutdown_rx.clone()));
 
-    wait_for_signal(|| reload(config_path.as_deref(), &shared_tx, &config)).await?;
+    let storage_failed = tokio::select! {
+        r = wait_for_signal(|| reload(config_path.as_deref(), &shared_tx, &config)) => { r?; false }
+        _ = store.failure.wait() => true,
+    };
     crate::systemd::stopping();
-    tracing::info!("shutting down: no new connections");
     let _ = shutdown_tx.send(true);
+    if storage_failed {
+        // sled hangs after an I/O error: don't wait for it, let the supervisor restart us.
+        // Everything acknowledged was flushed before its 250; the rest was refused.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = std::fs::remove_file(&admin_path);
+        return Err(ServerError::StorageFailed(
+            store.failure.get().unwrap_or_default(),
+        ));
+    }
+    tracing::info!("shutting down: no new connections");
     for t in accept_tasks {
         let _ = t.await;
     }

@@ -101,7 +101,9 @@ impl Session {
             }
             Err(e) => {
                 tracing::error!(client = %self.peer, project = %auth.project.id, error = %e, "cannot store message");
-                self.send(conn, &Reply::from(&e)).await
+                let r = Reply::from(&e);
+                crate::metrics::rejected(&auth.project.id, &r);
+                self.send(conn, &r).await
             }
         }
     }
