@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::Value;
 use support::certs::TestPki;
-use support::client::{Client, plain_message};
+use support::client::Client;
 use support::ops::{http_get, sample};
 use support::relay::{Relay, RelayOptions, smtp_upstream};
 use support::upstream::{Script, TestUpstream, UpstreamOptions};
@@ -18,18 +18,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-async fn send(c: &mut Client, to: &str) -> String {
-    let r = c
-        .send(
-            "noreply@app.test",
-            &[to],
-            &plain_message("noreply@app.test", to, "code", "Your code is 4711\r\n"),
-        )
-        .await;
-    assert_eq!(r.code, 250, "{r:?}");
-    r.text.rsplit(' ').next().unwrap().to_string()
 }
 
 async fn scrape(relay: &Relay) -> String {
@@ -68,10 +56,13 @@ async fn metrics_match_what_was_sent_and_what_the_upstream_received() {
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     let mut delivered = Vec::new();
     for i in 0..3 {
-        delivered.push(send(&mut c, &format!("ok{i}@example.net")).await);
+        delivered.push(
+            c.submit("noreply@app.test", &format!("ok{i}@example.net"))
+                .await,
+        );
     }
-    let failed = send(&mut c, "gone@example.net").await;
-    let deferred = send(&mut c, "busy@example.net").await;
+    let failed = c.submit("noreply@app.test", "gone@example.net").await;
+    let deferred = c.submit("noreply@app.test", "busy@example.net").await;
     assert_eq!(c.cmd("MAIL FROM:<someone@other.test>").await.code, 553);
     assert_eq!(
         c.cmd("MAIL FROM:<noreply@app.test> SIZE=99999999")
@@ -206,7 +197,7 @@ async fn json_logs_parse_and_never_contain_a_secret_even_at_trace() {
 
     // AUTH PLAIN.
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
-    let plain_id = send(&mut c, "user@example.net").await;
+    let plain_id = c.submit("noreply@app.test", "user@example.net").await;
     assert_eq!(c.cmd("QUIT").await.code, 221);
     // AUTH LOGIN, after a failed attempt with a secret-looking wrong token.
     let wrong = "smtpr_WrongButSecretLooking0123456789abcdefghi";
@@ -215,7 +206,7 @@ async fn json_logs_parse_and_never_contain_a_secret_even_at_trace() {
     assert_eq!(c.cmd("AUTH LOGIN").await.code, 334);
     assert_eq!(c.cmd(&b64(&id)).await.code, 334);
     assert_eq!(c.cmd(&b64(&token)).await.code, 235);
-    let login_id = send(&mut c, "user@example.net").await;
+    let login_id = c.submit("noreply@app.test", "user@example.net").await;
     assert_eq!(c.cmd("QUIT").await.code, 221);
     for m in [&plain_id, &login_id] {
         relay.wait_state(m, &["delivered"], WAIT);

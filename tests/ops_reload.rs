@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use support::certs::TestPki;
-use support::client::{Client, plain_message};
+use support::client::Client;
 use support::ops::{NotifySocket, implicit_peer_cert, starttls_peer_cert};
 use support::relay::{Relay, RelayOptions};
 
@@ -53,18 +53,6 @@ async fn greeting(relay: &Relay) -> String {
     r.text
 }
 
-async fn send_one(c: &mut Client, to: &str) -> String {
-    let r = c
-        .send(
-            "noreply@app.test",
-            &[to],
-            &plain_message("noreply@app.test", to, "hi", "Hello\r\n"),
-        )
-        .await;
-    assert_eq!(r.code, 250, "{r:?}");
-    r.text.rsplit(' ').next().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_swaps_the_certificate_for_new_connections_only() {
     let tmp = tempfile::tempdir().unwrap();
@@ -105,10 +93,10 @@ async fn sighup_swaps_the_certificate_for_new_connections_only() {
         .unwrap_err();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     let mut after = Client::logged_in(relay.starttls, &new_pki, &id, &token).await;
-    let id_after = send_one(&mut after, "new@example.net").await;
+    let id_after = after.submit("noreply@app.test", "new@example.net").await;
 
     // The connection from before the reload keeps working.
-    let id_before = send_one(&mut before, "old@example.net").await;
+    let id_before = before.submit("noreply@app.test", "old@example.net").await;
     assert_eq!(before.cmd("QUIT").await.code, 221);
     assert_eq!(after.cmd("QUIT").await.code, 221);
     for m in [&id_before, &id_after] {
@@ -165,7 +153,7 @@ async fn broken_config_on_reload_keeps_the_old_one_running() {
 
     // The relay still takes mail with the old config.
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
-    let mid = send_one(&mut c, "user@example.net").await;
+    let mid = c.submit("noreply@app.test", "user@example.net").await;
     relay.wait_state(&mid, &["delivered"], WAIT);
     assert_eq!(c.cmd("QUIT").await.code, 221);
     assert!(
