@@ -18,6 +18,7 @@ use crate::policy::projects::Registry;
 use crate::queue::{MessageLog, Queue};
 use crate::secret::ServerSecret;
 use crate::store::Store;
+use crate::transform::dkim_keys::DkimKeys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -75,6 +76,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         &config.server.state_dir,
     )?;
     let registry = Registry::new(store.clone(), secret);
+    let dkim = DkimKeys::new(store.clone(), &config);
     let queue = Queue::new(store.clone());
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
@@ -92,6 +94,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         registry: registry.clone(),
         queue: queue.clone(),
         log: MessageLog::new(store.clone()),
+        dkim: dkim.clone(),
     };
     let admin_task = tokio::spawn(admin::socket::serve(
         admin_listener,
@@ -105,6 +108,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         queue: queue.clone(),
         tls,
         limits: MessageLimits::from_config(&config),
+        dkim,
         shutdown: shutdown_rx.clone(),
     });
     let max = config.server.max_connections;

@@ -35,6 +35,10 @@ pub mod trees {
     pub const SCHEDULE: &str = "schedule";
     pub const LOG: &str = "log";
     pub const COUNTERS: &str = "counters";
+    /// DKIM key metadata, `domain \0 selector` → key info (private keys are files).
+    pub const DKIM: &str = "dkim";
+    /// Per-project DKIM settings (signing failure policy), by project id.
+    pub const DKIM_PROJECTS: &str = "dkim_projects";
 }
 
 /// Each waiter gets the result of the flush that covered its writes.
@@ -49,6 +53,8 @@ pub struct Store {
     pub schedule: sled::Tree,
     pub log: sled::Tree,
     pub counters: sled::Tree,
+    pub dkim: sled::Tree,
+    pub dkim_projects: sled::Tree,
     flusher: Arc<tokio::sync::OnceCell<FlushSender>>,
     /// When false (development only), `durable()` returns without flushing.
     fsync: bool,
@@ -87,6 +93,8 @@ impl Store {
             schedule: db.open_tree(trees::SCHEDULE)?,
             log: db.open_tree(trees::LOG)?,
             counters: db.open_tree(trees::COUNTERS)?,
+            dkim: db.open_tree(trees::DKIM)?,
+            dkim_projects: db.open_tree(trees::DKIM_PROJECTS)?,
             db,
             flusher: Arc::new(tokio::sync::OnceCell::new()),
             fsync: true,
