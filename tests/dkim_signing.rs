@@ -20,7 +20,11 @@ fn body() -> String {
 }
 
 fn assert_wire_is_clean(m: &support::upstream::ReceivedMessage) {
-    assert!(data_problems(&m.raw).is_empty(), "{:?}", data_problems(&m.raw));
+    assert!(
+        data_problems(&m.raw).is_empty(),
+        "{:?}",
+        data_problems(&m.raw)
+    );
     // The relay stuffed the dots again: what was signed is what the receiver unstuffs.
     let raw = String::from_utf8_lossy(&m.raw);
     assert!(raw.contains("\r\n..leading dot\r\n"), "{raw}");
@@ -56,7 +60,11 @@ async fn rsa_signature_verifies_at_the_upstream() {
         ("rsa-sha256", "app.test", "s1")
     );
     let lower: Vec<String> = v.headers.iter().map(|h| h.to_ascii_lowercase()).collect();
-    assert_eq!(lower.iter().filter(|h| *h == "from").count(), 2, "{lower:?}");
+    assert_eq!(
+        lower.iter().filter(|h| *h == "from").count(),
+        2,
+        "{lower:?}"
+    );
     for h in [
         "to",
         "subject",
@@ -105,7 +113,9 @@ async fn dual_signing_and_tampering() {
     dns.publish(&keygen(&s.relay, "app.test", "r1", "rsa", true));
     dns.publish(&keygen(&s.relay, "app.test", "e1", "ed25519", true));
 
-    let m = s.deliver("noreply@app.test", "Invitation", &body(), 1).await;
+    let m = s
+        .deliver("noreply@app.test", "Invitation", &body(), 1)
+        .await;
     assert_wire_is_clean(&m);
     let results = verify(&dns, &m.data).await;
     assert_eq!(results.len(), 2, "{results:?}");
@@ -158,11 +168,19 @@ async fn a_project_cannot_sign_for_another_projects_domain() {
     // Envelope from B's domain, header From A's: refused too.
     let mut c = Client::logged_in(s.relay.starttls, &s.relay.pki, &b_id, &b_token).await;
     let spoof = plain_message("noreply@a.test", "user@example.net", "hi", "spoof\r\n");
-    let r = c.send("noreply@b.test", &["user@example.net"], &spoof).await;
+    let r = c
+        .send("noreply@b.test", &["user@example.net"], &spoof)
+        .await;
     assert_eq!(r.code, 550, "{r:?}");
 
     let r = s
-        .submit_as(&b_id, &b_token, "noreply@mail.a.test", "sub", "from sub\r\n")
+        .submit_as(
+            &b_id,
+            &b_token,
+            "noreply@mail.a.test",
+            "sub",
+            "from sub\r\n",
+        )
         .await;
     assert_eq!(r.code, 250, "{r:?}");
     let got = s.up.wait_for(1, std::time::Duration::from_secs(30)).await;
@@ -179,7 +197,10 @@ async fn a_project_cannot_sign_for_another_projects_domain() {
     let got = s.up.wait_for(2, std::time::Duration::from_secs(30)).await;
     let results = verify(&dns, &got[1].data).await;
     assert_eq!(results.len(), 1, "{results:?}");
-    assert!(results[0].pass() && results[0].domain == "b.test", "{results:?}");
+    assert!(
+        results[0].pass() && results[0].domain == "b.test",
+        "{results:?}"
+    );
     // The spoof attempt never reached the upstream.
     assert_eq!(s.up.messages().len(), 2);
 }
@@ -198,7 +219,10 @@ async fn signing_failure_follows_the_project_policy() {
         .submit_as(&s.id, &s.token, "noreply@app.test", "code", "1234\r\n")
         .await;
     assert_eq!(r.code, 451, "{r:?}");
-    assert!(r.text.contains("4.3.0") && r.text.contains("app.test"), "{r:?}");
+    assert!(
+        r.text.contains("4.3.0") && r.text.contains("app.test"),
+        "{r:?}"
+    );
     assert!(s.up.messages().is_empty());
 
     let v = s

@@ -131,7 +131,9 @@ pub fn run(cli: &Cli, cmd: &DkimCommand) -> anyhow::Result<()> {
         DkimCommand::List { .. } => {
             let list = v.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
-                println!("no DKIM keys; create one with: smtp-relay dkim keygen --domain example.com");
+                println!(
+                    "no DKIM keys; create one with: smtp-relay dkim keygen --domain example.com"
+                );
             }
             for k in list {
                 println!(
@@ -213,12 +215,14 @@ fn owners(v: &Value) -> String {
 }
 
 fn print_new_key(v: &Value) {
+    let kind = match s(&v["algorithm"]) {
+        "rsa" => format!("RSA-{}", v["bits"].as_u64().unwrap_or(0)),
+        _ => "Ed25519".to_string(),
+    };
     println!(
-        "{} key {} for {} ({}-bit), {}.",
-        s(&v["algorithm"]),
+        "{kind} key {} for {}, {}.",
         s(&v["selector"]),
         s(&v["domain"]),
-        v["bits"].as_u64().unwrap_or(0),
         s(&v["state"])
     );
     println!("private key: {} (mode 0600)", s(&v["key_file"]));

@@ -92,7 +92,11 @@ fn from_domains(message: &[u8]) -> Vec<String> {
     let Some(parsed) = MessageParser::new().parse_headers(message) else {
         return out;
     };
-    for h in parsed.headers().iter().filter(|h| h.name == HeaderName::From) {
+    for h in parsed
+        .headers()
+        .iter()
+        .filter(|h| h.name == HeaderName::From)
+    {
         if let HeaderValue::Address(Address::List(list)) = &h.value {
             for a in list {
                 if let Some(d) = a.address.as_deref().and_then(address_domain)

@@ -136,7 +136,9 @@ impl std::str::FromStr for OnFailure {
         match s {
             "tempfail" => Ok(OnFailure::Tempfail),
             "send-unsigned" => Ok(OnFailure::SendUnsigned),
-            _ => Err(format!("unknown policy {s:?}: use tempfail or send-unsigned")),
+            _ => Err(format!(
+                "unknown policy {s:?}: use tempfail or send-unsigned"
+            )),
         }
     }
 }
@@ -170,12 +172,20 @@ impl KeyInfo {
     }
 
     pub fn txt_value(&self) -> String {
-        format!("v=DKIM1; k={}; p={}", self.algorithm.dns_k(), self.public_key)
+        format!(
+            "v=DKIM1; k={}; p={}",
+            self.algorithm.dns_k(),
+            self.public_key
+        )
     }
 
     /// The zone-file line to publish.
     pub fn txt_record(&self) -> String {
-        format!("{} IN TXT {}", self.dns_name(), quote_txt(&self.txt_value()))
+        format!(
+            "{} IN TXT {}",
+            self.dns_name(),
+            quote_txt(&self.txt_value())
+        )
     }
 }
 
@@ -285,7 +295,10 @@ impl KeyMaterial {
 }
 
 /// Generates a key: RSA with the `rsa` crate (ring cannot generate RSA), Ed25519 with ring.
-pub fn generate_key(algorithm: Algorithm, bits: Option<usize>) -> Result<KeyMaterial, DkimKeyError> {
+pub fn generate_key(
+    algorithm: Algorithm,
+    bits: Option<usize>,
+) -> Result<KeyMaterial, DkimKeyError> {
     match algorithm {
         Algorithm::Rsa => {
             let bits = bits.unwrap_or(DEFAULT_RSA_BITS);
@@ -306,9 +319,8 @@ pub fn generate_key(algorithm: Algorithm, bits: Option<usize>) -> Result<KeyMate
 
 /// Reads an existing private key: PKCS#8 (RSA or Ed25519) or PKCS#1 (RSA) PEM.
 pub fn parse_private_key(pem: &str) -> Result<KeyMaterial, DkimKeyError> {
-    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
-        DkimKeyError::BadKey(format!("expected a PEM private key ({e:?})"))
-    })?;
+    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| DkimKeyError::BadKey(format!("expected a PEM private key ({e:?})")))?;
     match der {
         PrivateKeyDer::Pkcs1(k) => {
             let key = RsaPrivateKey::from_pkcs1_der(k.secret_pkcs1_der())
@@ -839,14 +851,30 @@ pub struct DnsRecord {
 const SPF_INCLUDES: &[(&str, &str, &str)] = &[
     ("sendgrid.net", "include:sendgrid.net", "SendGrid"),
     ("amazonaws.com", "include:amazonses.com", "Amazon SES"),
-    ("resend.com", "include:amazonses.com", "Resend (sends through Amazon SES)"),
+    (
+        "resend.com",
+        "include:amazonses.com",
+        "Resend (sends through Amazon SES)",
+    ),
     ("gmail.com", "include:_spf.google.com", "Google Workspace"),
     ("google.com", "include:_spf.google.com", "Google Workspace"),
-    ("office365.com", "include:spf.protection.outlook.com", "Microsoft 365"),
-    ("outlook.com", "include:spf.protection.outlook.com", "Microsoft 365"),
+    (
+        "office365.com",
+        "include:spf.protection.outlook.com",
+        "Microsoft 365",
+    ),
+    (
+        "outlook.com",
+        "include:spf.protection.outlook.com",
+        "Microsoft 365",
+    ),
     ("mailgun.org", "include:mailgun.org", "Mailgun"),
     ("postmarkapp.com", "include:spf.mtasv.net", "Postmark"),
-    ("aliyun.com", "include:spf1.dm.aliyun.com", "Aliyun DirectMail"),
+    (
+        "aliyun.com",
+        "include:spf1.dm.aliyun.com",
+        "Aliyun DirectMail",
+    ),
 ];
 
 /// Every record to publish for `domain`: the DKIM record of each stored key, and a suggested
@@ -859,7 +887,10 @@ pub fn dns_records(domain: &str, keys: &[KeyInfo], upstream_host: Option<&str>) 
                 "{} {}-bit, pending: publish, wait for DNS to propagate, then `smtp-relay dkim activate {} {}`",
                 k.algorithm, k.bits, k.domain, k.selector
             ),
-            KeyState::Active => format!("{} {}-bit, active: signs outgoing mail", k.algorithm, k.bits),
+            KeyState::Active => format!(
+                "{} {}-bit, active: signs outgoing mail",
+                k.algorithm, k.bits
+            ),
             KeyState::Retiring => format!(
                 "{} {}-bit, retiring: keep published a few days so mail already sent still verifies, then `smtp-relay dkim remove {} {}` and delete this record",
                 k.algorithm, k.bits, k.domain, k.selector
@@ -1012,7 +1043,10 @@ mod tests {
         assert_eq!(replaced.len(), 1);
         assert_eq!(replaced[0].state, KeyState::Retiring);
         // The cache was dropped: the new key signs at once.
-        assert_eq!(keys.active("example.com").unwrap().keys[0].info.selector, "two");
+        assert_eq!(
+            keys.active("example.com").unwrap().keys[0].info.selector,
+            "two"
+        );
         assert!(matches!(
             keys.remove("example.com", "two"),
             Err(DkimKeyError::RemoveActive { .. })
@@ -1049,7 +1083,11 @@ mod tests {
         let (b, _) = keys
             .generate("example.com", None, Algorithm::Ed25519, None)
             .unwrap();
-        assert!(a.selector.starts_with('e') && a.selector.len() == 7, "{}", a.selector);
+        assert!(
+            a.selector.starts_with('e') && a.selector.len() == 7,
+            "{}",
+            a.selector
+        );
         assert_eq!(b.selector, format!("{}-2", a.selector));
         for bad in ["", "a/b", "..", "-a", "a b"] {
             assert!(normalize_selector(bad).is_err(), "{bad}");
@@ -1061,7 +1099,11 @@ mod tests {
         let recs = dns_records("example.com", &[], Some("smtp.sendgrid.net"));
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].value, "v=spf1 include:sendgrid.net ~all");
-        assert!(recs[1].record.starts_with("_dmarc.example.com. IN TXT \"v=DMARC1; p=none"));
+        assert!(
+            recs[1]
+                .record
+                .starts_with("_dmarc.example.com. IN TXT \"v=DMARC1; p=none")
+        );
         let recs = dns_records("example.com", &[], None);
         assert_eq!(recs[0].value, "v=spf1 mx ~all");
     }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt};
+use mail_auth::{
+    AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
+};
 
 use super::relay::Relay;
 
@@ -125,7 +127,13 @@ pub async fn verify(dns: &Dns, message: &[u8]) -> Vec<Verified> {
 
 /// Runs `smtp-relay dkim keygen` as an admin would (human output) and returns the DNS record
 /// line it told them to publish.
-pub fn keygen(relay: &Relay, domain: &str, selector: &str, algorithm: &str, activate: bool) -> String {
+pub fn keygen(
+    relay: &Relay,
+    domain: &str,
+    selector: &str,
+    algorithm: &str,
+    activate: bool,
+) -> String {
     let mut args = vec![
         "dkim",
         "keygen",
@@ -147,7 +155,10 @@ pub fn keygen(relay: &Relay, domain: &str, selector: &str, algorithm: &str, acti
         stdout,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!stdout.contains("PRIVATE KEY"), "private key printed:\n{stdout}");
+    assert!(
+        !stdout.contains("PRIVATE KEY"),
+        "private key printed:\n{stdout}"
+    );
     stdout
         .lines()
         .find(|l| l.contains("._domainkey.") && l.contains(" IN TXT "))
@@ -208,8 +219,7 @@ impl Setup {
         body: &str,
     ) -> super::client::Reply {
         let mut c =
-            super::client::Client::logged_in(self.relay.starttls, &self.relay.pki, id, token)
-                .await;
+            super::client::Client::logged_in(self.relay.starttls, &self.relay.pki, id, token).await;
         let msg = super::client::plain_message(from, "user@example.net", subject, body);
         c.send(from, &["user@example.net"], &msg).await
     }
@@ -223,7 +233,9 @@ impl Setup {
         body: &str,
         n: usize,
     ) -> super::upstream::ReceivedMessage {
-        let r = self.submit_as(&self.id, &self.token, from, subject, body).await;
+        let r = self
+            .submit_as(&self.id, &self.token, from, subject, body)
+            .await;
         assert_eq!(r.code, 250, "{r:?}\n{}", self.relay.server_log());
         let got = self.up.wait_for(n, Duration::from_secs(30)).await;
         got[n - 1].clone()
