@@ -492,6 +492,12 @@ impl DkimKeys {
         self.admin.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// sled hangs on every call after an I/O error, so once the store has failed nothing here
+    /// touches it (store.rs); signing then fails like any other key error.
+    fn healthy(&self) -> Result<(), DkimKeyError> {
+        Ok(self.store.check_healthy()?)
+    }
+
     fn changed(&self) {
         self.cache.generation.fetch_add(1, Ordering::SeqCst);
         self.cache
@@ -504,6 +510,7 @@ impl DkimKeys {
     pub fn get(&self, domain_name: &str, selector: &str) -> Result<KeyInfo, DkimKeyError> {
         let d = domain(domain_name)?;
         let s = normalize_selector(selector)?;
+        self.healthy()?;
         match self.store.dkim.get(record_key(&d, &s))? {
             Some(v) => decode(&v),
             None => Err(DkimKeyError::Unknown {
@@ -523,6 +530,7 @@ impl DkimKeys {
             }
             None => Vec::new(),
         };
+        self.healthy()?;
         let mut out: Vec<KeyInfo> = Vec::new();
         for item in self.store.dkim.scan_prefix(prefix) {
             let (_, v) = item?;
@@ -535,9 +543,11 @@ impl DkimKeys {
     }
 
     fn put(&self, info: &KeyInfo) -> Result<(), DkimKeyError> {
+        self.healthy()?;
         self.store
             .dkim
-            .insert(record_key(&info.domain, &info.selector), encode(info))?;
+            .insert(record_key(&info.domain, &info.selector), encode(info))
+            .inspect_err(|e| self.store.note_error(e))?;
         Ok(())
     }
 
@@ -549,6 +559,7 @@ impl DkimKeys {
             Algorithm::Ed25519 => 'e',
         };
         let base = format!("{prefix}{:04}{:02}", now.year, now.month);
+        self.healthy()?;
         let mut candidate = base.clone();
         let mut n = 2;
         while self.store.dkim.contains_key(record_key(d, &candidate))? {
@@ -596,6 +607,7 @@ impl DkimKeys {
     }
 
     fn add(&self, d: &str, s: &str, material: &KeyMaterial) -> Result<KeyInfo, DkimKeyError> {
+        self.healthy()?;
         if self.store.dkim.contains_key(record_key(d, s))? {
             return Err(DkimKeyError::Exists {
                 domain: d.into(),
@@ -692,7 +704,8 @@ impl DkimKeys {
         }
         self.store
             .dkim
-            .remove(record_key(&info.domain, &info.selector))?;
+            .remove(record_key(&info.domain, &info.selector))
+            .inspect_err(|e| self.store.note_error(e))?;
         self.store.flush_now()?;
         self.changed();
         let path = self.key_path(&info.domain, &info.selector);
@@ -781,6 +794,7 @@ impl DkimKeys {
     }
 
     pub fn on_failure(&self, project_id: &str) -> Result<OnFailure, DkimKeyError> {
+        self.healthy()?;
         Ok(match self.store.dkim_projects.get(project_id.as_bytes())? {
             Some(v) => decode::<ProjectDkim>(&v)?.on_failure,
             None => OnFailure::default(),
@@ -789,9 +803,11 @@ impl DkimKeys {
 
     pub fn set_on_failure(&self, project_id: &str, policy: OnFailure) -> Result<(), DkimKeyError> {
         let record = ProjectDkim { on_failure: policy };
+        self.healthy()?;
         self.store
             .dkim_projects
-            .insert(project_id.as_bytes(), encode(&record))?;
+            .insert(project_id.as_bytes(), encode(&record))
+            .inspect_err(|e| self.store.note_error(e))?;
         self.store.flush_now()?;
         Ok(())
     }
