@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dkim::SIGNED_HEADERS;
 use crate::config::{Config, UpstreamKind};
-use crate::policy::projects::normalize_domain;
+use crate::policy::projects::{is_dns_label, normalize_domain};
 use crate::store::{Store, StoreError};
 
 /// ring signs with RSA keys of 2048 to 4096 bits; below 2048 receivers treat DKIM as weak.
@@ -390,16 +390,7 @@ pub fn signer(key: DkimKey, domain: &str, selector: &str) -> DkimSigner<DkimKey,
 /// Lowercases and checks a selector (one or more DNS labels).
 pub fn normalize_selector(s: &str) -> Result<String, DkimKeyError> {
     let s = s.trim().to_ascii_lowercase();
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+    let ok = s.len() <= 63 && s.split('.').all(is_dns_label);
     if ok {
         Ok(s)
     } else {
