@@ -295,6 +295,9 @@ mod tests {
         assert_eq!(rest, b"NOOP\r\n");
         let (r, _) = data_of(b"..x\r\n..\r\na\r\n.\r\n").await;
         assert_eq!(message(r), b".x\r\n.\r\na\r\n");
+        // Fuzzer input: a stuffed lone dot on the first line is content, not the end.
+        let (r, _) = data_of(b"..\r\n.\r\n\x11").await;
+        assert_eq!(message(r), b".\r\n");
     }
 
     #[tokio::test]
