@@ -18,6 +18,7 @@ use crate::policy::projects::Registry;
 use crate::queue::{MessageLog, Queue};
 use crate::secret::ServerSecret;
 use crate::store::Store;
+use crate::transform::dkim_keys::DkimKeys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -88,6 +89,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         &config.server.state_dir,
     )?;
     let registry = Registry::new(store.clone(), secret);
+    let dkim = DkimKeys::new(store.clone(), &config);
     let queue =
         Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
     let recovered = queue.recover()?;
@@ -110,6 +112,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         registry: registry.clone(),
         queue: queue.clone(),
         log: MessageLog::new(store.clone()),
+        dkim: dkim.clone(),
     };
     let admin_task = tokio::spawn(admin::socket::serve(
         admin_listener,
@@ -123,6 +126,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         queue: queue.clone(),
         tls,
         limits: MessageLimits::from_config(&config),
+        dkim,
         shutdown: shutdown_rx.clone(),
     };
     // Listeners read the current value at each accept; a reload replaces it.

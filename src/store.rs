@@ -93,6 +93,10 @@ pub mod trees {
     pub const SCHEDULE: &str = "schedule";
     pub const LOG: &str = "log";
     pub const COUNTERS: &str = "counters";
+    /// DKIM key metadata, `domain \0 selector` → key info (private keys are files).
+    pub const DKIM: &str = "dkim";
+    /// Per-project DKIM settings (signing failure policy), by project id.
+    pub const DKIM_PROJECTS: &str = "dkim_projects";
     /// Spool entries that could not be decoded, kept for inspection instead of blocking the queue.
     pub const QUARANTINE: &str = "quarantine";
 }
@@ -109,6 +113,8 @@ pub struct Store {
     pub schedule: sled::Tree,
     pub log: sled::Tree,
     pub counters: sled::Tree,
+    pub dkim: sled::Tree,
+    pub dkim_projects: sled::Tree,
     pub quarantine: sled::Tree,
     flusher: Arc<tokio::sync::OnceCell<FlushSender>>,
     /// When false (development only), `durable()` returns without flushing.
@@ -150,6 +156,8 @@ impl Store {
             schedule: db.open_tree(trees::SCHEDULE)?,
             log: db.open_tree(trees::LOG)?,
             counters: db.open_tree(trees::COUNTERS)?,
+            dkim: db.open_tree(trees::DKIM)?,
+            dkim_projects: db.open_tree(trees::DKIM_PROJECTS)?,
             quarantine: db.open_tree(trees::QUARANTINE)?,
             db,
             flusher: Arc::new(tokio::sync::OnceCell::new()),

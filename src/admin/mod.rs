@@ -5,6 +5,7 @@
 //! (`socket.rs`), and only when no server is running does it open the database itself.
 //! Both paths end in [`execute`], so behaviour cannot drift between them.
 
+pub mod dkim;
 pub mod socket;
 
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,8 @@ pub enum AdminRequest {
         project: Option<String>,
         limit: usize,
     },
+    /// DKIM keys, DNS records and signing policy (`dkim.rs`).
+    Dkim(dkim::DkimRequest),
 }
 
 /// What the operations need; built from the server's handles or from a directly opened store.
@@ -75,6 +78,7 @@ pub struct AdminContext {
     pub registry: Registry,
     pub queue: Queue,
     pub log: MessageLog,
+    pub dkim: crate::transform::dkim_keys::DkimKeys,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,5 +161,6 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
                 .map(envelope_json)
                 .collect(),
         ),
+        Dkim(req) => dkim::execute(ctx, req)?,
     })
 }
