@@ -69,6 +69,7 @@ impl Session {
             client_ip: self.peer.ip(),
             tls: self.tls,
             received_ms: now_ms(),
+            from_rewrite: self.shared.routes.from_rewrite(&auth.project.id),
         };
         let bytes = transform::apply(&ctx, message);
         let max_age = auth

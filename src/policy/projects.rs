@@ -225,6 +225,7 @@ impl Registry {
             }
         }
         self.store.projects.remove(id.as_bytes())?;
+        self.store.routes.remove(id.as_bytes())?;
         self.store.flush_now()?;
         Ok(project)
     }

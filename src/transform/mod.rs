@@ -4,6 +4,7 @@
 //! DKIM signing last (a later issue) — nothing may touch the message after it is signed.
 //! The input is already validated (CRLF line ends, no line over 998 octets).
 
+pub mod from_rewrite;
 pub mod headers;
 
 /// Everything the transform stage may need to know about one message.
@@ -15,10 +16,18 @@ pub struct TransformContext<'a> {
     pub client_ip: std::net::IpAddr,
     pub tls: bool,
     pub received_ms: u64,
+    /// Rewrite header From to this mailbox (decided by the first upstream of the project's
+    /// route; see `from_rewrite`).
+    pub from_rewrite: Option<String>,
 }
 
 /// Runs every transformation in order and returns the bytes to spool.
 pub fn apply(ctx: &TransformContext<'_>, message: Vec<u8>) -> Vec<u8> {
     // Branding (issue 4) and DKIM (issue 5) slot in after this line, in that order.
-    headers::complete(ctx, message)
+    let message = headers::complete(ctx, message);
+    // From rewriting stays right before DKIM: the signature must cover the final From.
+    match &ctx.from_rewrite {
+        Some(mailbox) => from_rewrite::rewrite(message, mailbox),
+        None => message,
+    }
 }
