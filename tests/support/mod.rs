@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod certs;
 pub mod client;
+pub mod oauth;
 pub mod relay;
 pub mod upstream;
