@@ -183,5 +183,7 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> std::io::Result<Opt
         buf.extend_from_slice(&tmp[..n]);
     }
     let end = (head_end + len).min(buf.len());
-    Ok(Some(String::from_utf8_lossy(&buf[head_end..end]).into_owned()))
+    Ok(Some(
+        String::from_utf8_lossy(&buf[head_end..end]).into_owned(),
+    ))
 }

@@ -1015,8 +1015,9 @@ async fn handle_auth(
             }
             // Google's and Microsoft's way: a 334 with a JSON error, an empty client line,
             // then the final failure.
-            let err = base64::engine::general_purpose::STANDARD
-                .encode(br#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#);
+            let err = base64::engine::general_purpose::STANDARD.encode(
+                br#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#,
+            );
             conn.reply(&format!("334 {err}")).await?;
             let _ = conn.read_line().await?;
             conn.reply("535 5.7.8 Username and Password not accepted (XOAUTH2)")
