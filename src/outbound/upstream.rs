@@ -308,7 +308,8 @@ pub fn tls_words(host: &str, e: &rustls::Error) -> String {
                 utc(not_before.as_secs())
             ),
             CertificateError::NotValidYet => format!("TLS certificate for {host} is not valid yet"),
-            CertificateError::UnknownIssuer => format!(
+            // BadSignature: an issuer of the same name signed it, but not the trusted one.
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
                 "TLS certificate for {host} is not signed by a trusted authority (for a private CA set ca_file)"
             ),
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
