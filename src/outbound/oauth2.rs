@@ -71,8 +71,6 @@ pub struct TokenSource {
     refresh_token: std::sync::Mutex<Option<Secret>>,
     http: reqwest::Client,
     cache: tokio::sync::Mutex<Option<Cached>>,
-    /// Token requests made so far (for `send-test` output and tests).
-    requests: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -123,12 +121,7 @@ impl TokenSource {
             refresh_token: std::sync::Mutex::new(secrets.refresh_token.clone()),
             http,
             cache: tokio::sync::Mutex::new(None),
-            requests: std::sync::atomic::AtomicU64::new(0),
         })
-    }
-
-    pub fn requests(&self) -> u64 {
-        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A valid access token, from the cache or freshly requested.
@@ -165,8 +158,6 @@ impl TokenSource {
     }
 
     async fn request(&self) -> Result<(Secret, Duration), TokenError> {
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let refresh = self
             .refresh_token
             .lock()

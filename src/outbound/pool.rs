@@ -57,15 +57,6 @@ impl Pool {
         }))
     }
 
-    pub fn upstream(&self) -> &Arc<SmtpUpstream> {
-        &self.0.upstream
-    }
-
-    /// Idle sessions right now.
-    pub fn idle_count(&self) -> usize {
-        self.0.idle.lock().map(|v| v.len()).unwrap_or(0)
-    }
-
     fn take_idle(&self) -> Option<Idle> {
         self.0.idle.lock().ok()?.pop()
     }

@@ -175,10 +175,6 @@ impl Router {
         })
     }
 
-    pub fn slot(&self, name: &str) -> Option<&Arc<Slot>> {
-        self.slots.get(name)
-    }
-
     /// Delivers over the project's route.
     pub async fn deliver(&self, env: &Envelope, rcpts: &[String], bytes: &[u8]) -> RouteOutcome {
         let names = self.routes.resolve(&env.project).names();

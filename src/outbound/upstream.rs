@@ -95,19 +95,6 @@ pub enum SetupError {
     Protocol { addr: String, message: String },
 }
 
-impl SetupError {
-    /// The reply text a server gave, when the failure was a reply.
-    pub fn reply(&self) -> Option<&str> {
-        match self {
-            SetupError::Greeting { reply, .. }
-            | SetupError::Ehlo { reply, .. }
-            | SetupError::StartTlsRefused { reply, .. }
-            | SetupError::Auth { reply } => Some(reply),
-            _ => None,
-        }
-    }
-}
-
 /// What one transaction over an open connection produced.
 #[derive(Debug, Clone)]
 pub struct Transaction {
@@ -831,18 +818,6 @@ impl SmtpUpstream {
             reusable,
             failover,
             throttled,
-        }
-    }
-
-    /// Connect, one transaction, QUIT: for callers without a pool.
-    pub async fn deliver(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Attempt {
-        match self.connect().await {
-            Ok(mut conn) => {
-                let t = self.transaction(&mut conn, mail_from, rcpts, message).await;
-                self.quit(conn).await;
-                t.attempt
-            }
-            Err(e) => Attempt::all(rcpts.len(), RcptOutcome::Deferred(e.to_string())),
         }
     }
 }
