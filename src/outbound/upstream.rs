@@ -66,7 +66,7 @@ pub enum SetupError {
     Refused { addr: String },
     #[error("cannot connect to {addr}: {message}")]
     Connect { addr: String, message: String },
-    #[error("no answer from {addr} within {secs} s ({stage})")]
+    #[error("timeout: no answer from {addr} within {secs} s ({stage})")]
     Timeout {
         addr: String,
         stage: &'static str,
