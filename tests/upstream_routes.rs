@@ -50,17 +50,25 @@ async fn two(script_a: Script, extra_a: &str) -> Two {
     }
 }
 
+impl Two {
+    /// Submits a message to `rcpt` and waits until it is in `state`; returns id and status.
+    async fn send(&self, rcpt: &str, state: &str) -> (String, serde_json::Value) {
+        let id = self
+            .relay
+            .submit(&self.id, &self.token, FROM, &[rcpt])
+            .await;
+        let v = self
+            .relay
+            .wait_state(&id, &[state], Duration::from_secs(20));
+        (id, v)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_when_the_first_upstream_is_down() {
     let s = two(Script::default(), "").await;
     s.a.stop();
-    let id = s
-        .relay
-        .submit(&s.id, &s.token, FROM, &["user@example.net"])
-        .await;
-    let v = s
-        .relay
-        .wait_state(&id, &["delivered"], Duration::from_secs(20));
+    let (_, v) = s.send("user@example.net", "delivered").await;
     assert_eq!(v["upstream"], "b", "{v:#}");
     assert_eq!(
         v["attempts"], 1,
@@ -81,13 +89,7 @@ async fn failover_when_the_first_upstream_is_down() {
 async fn no_duplicate_when_the_first_upstream_accepted_or_may_have() {
     // Accepted by a: b never hears of it.
     let s = two(Script::default(), "").await;
-    let id = s
-        .relay
-        .submit(&s.id, &s.token, FROM, &["user@example.net"])
-        .await;
-    let v = s
-        .relay
-        .wait_state(&id, &["delivered"], Duration::from_secs(20));
+    let (_, v) = s.send("user@example.net", "delivered").await;
     assert_eq!(v["upstream"], "a");
     assert_eq!(s.a.messages().len(), 1);
     assert_eq!(s.b.connections(), 0, "nothing may go to the fallback");
@@ -98,13 +100,7 @@ async fn no_duplicate_when_the_first_upstream_accepted_or_may_have() {
         drop_after_data: true,
         ..Default::default()
     });
-    let id = s
-        .relay
-        .submit(&s.id, &s.token, FROM, &["other@example.net"])
-        .await;
-    let v = s
-        .relay
-        .wait_state(&id, &["deferred"], Duration::from_secs(20));
+    let (id, v) = s.send("other@example.net", "deferred").await;
     assert_eq!(v["upstream"], "a", "{v:#}");
     assert_eq!(s.b.connections(), 0, "no fan-out after DATA was sent");
     s.a.set_script(Script::default());
@@ -126,13 +122,7 @@ async fn failover_on_421_and_454_but_not_on_a_recipient_5xx() {
         "",
     )
     .await;
-    let id = s
-        .relay
-        .submit(&s.id, &s.token, FROM, &["one@example.net"])
-        .await;
-    let v = s
-        .relay
-        .wait_state(&id, &["delivered"], Duration::from_secs(20));
+    let (_, v) = s.send("one@example.net", "delivered").await;
     assert_eq!(
         (v["upstream"].as_str(), v["attempts"].as_u64()),
         (Some("b"), Some(1))
@@ -143,25 +133,13 @@ async fn failover_on_421_and_454_but_not_on_a_recipient_5xx() {
         mail: Some("454 4.7.0 Temporary service failure".into()),
         ..Default::default()
     });
-    let id = s
-        .relay
-        .submit(&s.id, &s.token, FROM, &["two@example.net"])
-        .await;
-    let v = s
-        .relay
-        .wait_state(&id, &["delivered"], Duration::from_secs(20));
+    let (_, v) = s.send("two@example.net", "delivered").await;
     assert_eq!(v["upstream"], "b", "{v:#}");
     assert_eq!(s.b.wait_for(2, Duration::from_secs(5)).await.len(), 2);
 
     // A 5xx for a recipient is final, whichever upstream said it: b never sees it.
     s.a.set_script(Script::default().with_rcpt("gone@example.net", "550 5.1.1 No such user"));
-    let id = s
-        .relay
-        .submit(&s.id, &s.token, FROM, &["gone@example.net"])
-        .await;
-    let v = s
-        .relay
-        .wait_state(&id, &["failed"], Duration::from_secs(20));
+    let (id, v) = s.send("gone@example.net", "failed").await;
     assert_eq!(v["upstream"], "a");
     assert!(
         v["last_reply"].as_str().unwrap().starts_with("550 5.1.1"),
@@ -345,13 +323,7 @@ async fn project_routes_from_the_cli() {
         (v["upstream"].as_str(), v["default"].as_bool()),
         (Some("b"), Some(false))
     );
-    let id = s
-        .relay
-        .submit(&s.id, &s.token, FROM, &["user@example.net"])
-        .await;
-    let v = s
-        .relay
-        .wait_state(&id, &["delivered"], Duration::from_secs(20));
+    let (_, v) = s.send("user@example.net", "delivered").await;
     assert_eq!(v["upstream"], "b");
     assert_eq!(s.a.connections(), 0);
 
