@@ -21,6 +21,7 @@ use crate::policy::routes::RouteTable;
 use crate::queue::{MessageLog, Queue};
 use crate::secret::ServerSecret;
 use crate::store::Store;
+use crate::transform::dkim_keys::DkimKeys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -80,6 +81,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         &config.server.state_dir,
     )?;
     let registry = Registry::new(store.clone(), secret);
+    let dkim = DkimKeys::new(store.clone(), &config);
     let queue =
         Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
     let recovered = queue.recover()?;
@@ -104,7 +106,9 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
             config: config.clone(),
             registry: registry.clone(),
             router: router.clone(),
+            dkim: dkim.clone(),
         })),
+        dkim: dkim.clone(),
     };
     let admin_task = tokio::spawn(admin::socket::serve(
         admin_listener,
@@ -119,6 +123,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         queue: queue.clone(),
         tls,
         limits: MessageLimits::from_config(&config),
+        dkim,
         shutdown: shutdown_rx.clone(),
     });
     let max = config.server.max_connections;

@@ -5,6 +5,7 @@
 //! (`socket.rs`), and only when no server is running does it open the database itself.
 //! Both paths end in [`execute`], so behaviour cannot drift between them.
 
+pub mod dkim;
 pub mod socket;
 
 use serde::{Deserialize, Serialize};
@@ -80,6 +81,8 @@ pub enum AdminRequest {
     },
     /// One test message through the pipeline, synchronously (`execute_async` only).
     SendTest(SendTest),
+    /// DKIM keys, DNS records and signing policy (`dkim.rs`).
+    Dkim(dkim::DkimRequest),
 }
 
 /// What the operations need; built from the server's handles or from a directly opened store.
@@ -91,6 +94,7 @@ pub struct AdminContext {
     pub routes: RouteTable,
     /// Runs `send-test`; present where the delivery side is built (server, CLI send-test).
     pub tester: Option<std::sync::Arc<Tester>>,
+    pub dkim: crate::transform::dkim_keys::DkimKeys,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,5 +223,6 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             route_json(ctx, &id)?
         }
         SendTest(_) => return Err(AdminError("send-test runs asynchronously".into())),
+        Dkim(req) => dkim::execute(ctx, req)?,
     })
 }

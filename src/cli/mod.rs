@@ -3,6 +3,7 @@
 //! directly on the database otherwise. `anyhow` lives here, at the edge, and nowhere else.
 
 pub mod config;
+pub mod dkim;
 pub mod project;
 pub mod queue;
 pub mod send_test;
@@ -64,6 +65,11 @@ pub enum Command {
     },
     /// Send a test message through the pipeline now and print the upstream's reply.
     SendTest(send_test::SendTestArgs),
+    /// DKIM keys: generate, import, rotate, and the DNS records to publish.
+    Dkim {
+        #[command(subcommand)]
+        command: dkim::DkimCommand,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -74,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Log { ref project, limit } => queue::log(&cli, project.clone(), limit),
         Command::Config { ref command } => config::run(&cli, command),
         Command::SendTest(ref args) => send_test::run(&cli, args),
+        Command::Dkim { ref command } => dkim::run(&cli, command),
     }
 }
 
@@ -112,6 +119,7 @@ pub fn offline_context(config: &Config) -> anyhow::Result<(crate::store::Store, 
             std::sync::Arc::new(config.clone()),
         ),
         tester: None,
+        dkim: crate::transform::dkim_keys::DkimKeys::new(store.clone(), config),
     };
     Ok((store, ctx))
 }

@@ -92,6 +92,7 @@ fn in_process(config: &Config, test: SendTest) -> anyhow::Result<serde_json::Val
             config,
             registry: ctx.registry.clone(),
             router: router.clone(),
+            dkim: ctx.dkim.clone(),
         }));
         let result = execute_async(&ctx, AdminRequest::SendTest(test)).await;
         router.close().await;

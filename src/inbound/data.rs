@@ -11,6 +11,7 @@ use super::session::{Flow, Session};
 use crate::policy::sender;
 use crate::queue::now_ms;
 use crate::queue::spool::{NewMessage, new_id};
+use crate::transform::dkim::Signing;
 use crate::transform::{self, TransformContext};
 
 impl Session {
@@ -70,8 +71,18 @@ impl Session {
             tls: self.tls,
             received_ms: now_ms(),
             from_rewrite: self.shared.routes.from_rewrite(&auth.project.id),
+            dkim: Some(Signing {
+                keys: &self.shared.dkim,
+                project: &auth.project,
+            }),
         };
-        let bytes = transform::apply(&ctx, message);
+        let bytes = match transform::apply(&ctx, message) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(id = %id, client = %self.peer, project = %auth.project.id, error = %e, "message refused by transform");
+                return self.send(conn, &Reply::from(&e)).await;
+            }
+        };
         let max_age = auth
             .project
             .max_age_secs

@@ -46,6 +46,8 @@ pub struct Tester {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub router: Arc<Router>,
+    /// DKIM keys: the test message is signed like real mail.
+    pub dkim: crate::transform::dkim_keys::DkimKeys,
 }
 
 impl std::fmt::Debug for Tester {
@@ -119,8 +121,13 @@ impl Tester {
             tls: true,
             received_ms: now_ms(),
             from_rewrite,
+            dkim: Some(transform::dkim::Signing {
+                keys: &self.dkim,
+                project: &project,
+            }),
         };
-        let bytes = transform::apply(&ctx, message(&from, &req.to, &project.id, &id));
+        let bytes = transform::apply(&ctx, message(&from, &req.to, &project.id, &id))
+            .map_err(|e| SendTestError::Refused(format!("transform failed: {e}")))?;
         let env = Envelope {
             id: id.clone(),
             project: project.id.clone(),

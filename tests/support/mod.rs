@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 pub mod certs;
 pub mod client;
+pub mod dkim;
 pub mod oauth;
 pub mod relay;
 pub mod upstream;
