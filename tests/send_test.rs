@@ -34,6 +34,10 @@ async fn sends_through_the_running_server_and_in_process() {
         ..Default::default()
     });
     let (id, _) = relay.add_project("app", &["app.test"]);
+    let dns = support::dkim::Dns::default();
+    dns.publish(&support::dkim::keygen(
+        &relay, "app.test", "s1", "ed25519", true,
+    ));
 
     let (ok, out, err) = run(
         &relay,
@@ -49,10 +53,15 @@ async fn sends_through_the_running_server_and_in_process() {
     assert_eq!(got[0].mail_from, "smtp-relay-test@app.test");
     assert_eq!(got[0].rcpt_to, vec!["you@example.net"]);
     let text = got[0].text();
-    assert!(text.starts_with("Received: from send-test"), "{text}");
+    assert!(text.contains("Received: from send-test"), "{text}");
     assert!(text.contains("Subject: smtp-relay test message"), "{text}");
     assert!(text.contains("\r\nMessage-ID: <"), "{text}");
     assert!(got[0].tls);
+    let verified = support::dkim::verify(&dns, &got[0].data).await;
+    assert!(
+        verified.len() == 1 && verified[0].pass() && verified[0].domain == "app.test",
+        "the test message is DKIM-signed like real mail: {verified:?}"
+    );
     assert!(up.violations().is_empty(), "{:?}", up.violations());
     // Not queued: send-test is synchronous.
     assert!(
