@@ -1,21 +1,26 @@
 //! `smtp-relay config check [path]`: validate a config and print the effective settings.
 //!
-//! The printed config has every default filled in and every secret replaced by
-//! `[redacted]` (see [`crate::secret::redact`]). Files the config points at (certificate,
-//! key, credentials) are checked too, but only warned about: under systemd some of them
-//! exist only inside the service (`$CREDENTIALS_DIRECTORY`).
+//! The printed config has every default and provider preset filled in and every secret
+//! replaced by `[redacted]` (see [`crate::secret::redact`]). Upstream secret files and
+//! variables are read (never printed) and a missing one is an error, unless `--skip-secrets`
+//! (systemd credentials exist only inside the service). The TLS certificate and key and CA
+//! files are checked too, but only warned about, for the same reason.
 
 use clap::Subcommand;
 
 use super::Cli;
-use crate::config::{Config, UpstreamKind};
+use crate::config::Config;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate a config file (default: --config, else the built-in one) and print it with
-    /// defaults filled in. Exits non-zero with the file, line and key on error.
+    /// defaults and provider presets filled in. Exits non-zero with the file, line and key on
+    /// error. Secret files and variables are read (never printed) to check they exist.
     Check {
         path: Option<std::path::PathBuf>,
+        /// Do not read secret files/variables (e.g. systemd credentials outside the service).
+        #[arg(long)]
+        skip_secrets: bool,
         /// Print nothing when the config is valid (for `ExecReload=`).
         #[arg(long, short)]
         quiet: bool,
@@ -23,9 +28,16 @@ pub enum ConfigCommand {
 }
 
 pub fn run(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<()> {
-    let ConfigCommand::Check { path, quiet } = cmd;
+    let ConfigCommand::Check {
+        path,
+        skip_secrets,
+        quiet,
+    } = cmd;
     let path = path.as_deref().or(cli.config.as_deref());
     let config = Config::load_or_builtin(path)?;
+    if !skip_secrets {
+        config.check_secrets()?;
+    }
     for w in file_warnings(&config) {
         eprintln!("smtp-relay: warning: {w}");
     }
@@ -43,7 +55,7 @@ pub fn run(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Problems with the files a valid config refers to.
+/// Problems with the non-secret files a valid config refers to.
 fn file_warnings(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let tls = &config.tls;
@@ -54,24 +66,6 @@ fn file_warnings(config: &Config) -> Vec<String> {
         out.push(format!("[tls]: {e}"));
     }
     for (name, u) in &config.upstreams {
-        if u.kind != UpstreamKind::Smtp {
-            continue;
-        }
-        if let Some(f) = &u.password_file
-            && let Err(e) = std::fs::metadata(f)
-        {
-            out.push(format!(
-                "upstream.{name}.password_file: {}: {e}",
-                f.display()
-            ));
-        }
-        if let Some(var) = &u.password_env
-            && std::env::var_os(var).is_none()
-        {
-            out.push(format!(
-                "upstream.{name}.password_env: {var} is not set in this environment"
-            ));
-        }
         if let Some(f) = &u.ca_file
             && let Err(e) = std::fs::metadata(f)
         {
