@@ -332,8 +332,10 @@ async fn sink_session(tcp: TcpStream, state: Arc<SinkState>) -> std::io::Result<
             .collect();
         match verb.as_str() {
             "EHLO" => {
-                w.write_all(b"250-sink.bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000000000\r\n")
-                    .await?
+                w.write_all(
+                    b"250-sink.bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000000000\r\n",
+                )
+                .await?
             }
             "HELO" | "MAIL" | "RCPT" | "RSET" | "NOOP" => w.write_all(b"250 2.0.0 Ok\r\n").await?,
             "QUIT" => {
@@ -341,7 +343,8 @@ async fn sink_session(tcp: TcpStream, state: Arc<SinkState>) -> std::io::Result<
                 return Ok(());
             }
             "DATA" => {
-                w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+                w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    .await?;
                 let mut in_headers = true;
                 let mut found = false;
                 loop {
@@ -370,7 +373,10 @@ async fn sink_session(tcp: TcpStream, state: Arc<SinkState>) -> std::io::Result<
                 }
                 w.write_all(b"250 2.0.0 Ok: queued\r\n").await?;
             }
-            _ => w.write_all(b"502 5.5.2 Error: command not recognized\r\n").await?,
+            _ => {
+                w.write_all(b"502 5.5.2 Error: command not recognized\r\n")
+                    .await?
+            }
         }
     }
 }
@@ -502,9 +508,10 @@ async fn send_one(
         s.send(chunk).await?;
     }
     s.send(b".\r\n").await?;
-    shared
-        .bytes_out
-        .fetch_add((headers.len() + shared.body.len()) as u64, Ordering::Relaxed);
+    shared.bytes_out.fetch_add(
+        (headers.len() + shared.body.len()) as u64,
+        Ordering::Relaxed,
+    );
     s.expect(250).await?;
     Ok(())
 }
