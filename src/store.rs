@@ -93,6 +93,8 @@ pub mod trees {
     pub const SCHEDULE: &str = "schedule";
     pub const LOG: &str = "log";
     pub const COUNTERS: &str = "counters";
+    /// Per-project upstream routes (project id → primary + fallbacks).
+    pub const ROUTES: &str = "routes";
     /// DKIM key metadata, `domain \0 selector` → key info (private keys are files).
     pub const DKIM: &str = "dkim";
     /// Per-project DKIM settings (signing failure policy), by project id.
@@ -113,6 +115,7 @@ pub struct Store {
     pub schedule: sled::Tree,
     pub log: sled::Tree,
     pub counters: sled::Tree,
+    pub routes: sled::Tree,
     pub dkim: sled::Tree,
     pub dkim_projects: sled::Tree,
     pub quarantine: sled::Tree,
@@ -156,6 +159,7 @@ impl Store {
             schedule: db.open_tree(trees::SCHEDULE)?,
             log: db.open_tree(trees::LOG)?,
             counters: db.open_tree(trees::COUNTERS)?,
+            routes: db.open_tree(trees::ROUTES)?,
             dkim: db.open_tree(trees::DKIM)?,
             dkim_projects: db.open_tree(trees::DKIM_PROJECTS)?,
             quarantine: db.open_tree(trees::QUARANTINE)?,
