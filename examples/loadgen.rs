@@ -318,11 +318,7 @@ async fn sink_session(tcp: TcpStream, state: Arc<SinkState>) -> std::io::Result<
     let mut line = Vec::with_capacity(1024);
     let idle = Duration::from_secs(600);
     loop {
-        line.clear();
-        let n = tokio::time::timeout(idle, r.read_until(b'\n', &mut line))
-            .await
-            .map_err(|_| std::io::Error::other("idle"))??;
-        if n == 0 {
+        if !read_line(&mut r, &mut line, idle).await? {
             return Ok(());
         }
         let verb: String = line
@@ -348,11 +344,7 @@ async fn sink_session(tcp: TcpStream, state: Arc<SinkState>) -> std::io::Result<
                 let mut in_headers = true;
                 let mut found = false;
                 loop {
-                    line.clear();
-                    let n = tokio::time::timeout(idle, r.read_until(b'\n', &mut line))
-                        .await
-                        .map_err(|_| std::io::Error::other("idle"))??;
-                    if n == 0 {
+                    if !read_line(&mut r, &mut line, idle).await? {
                         return Ok(());
                     }
                     if line == b".\r\n" {
@@ -379,6 +371,19 @@ async fn sink_session(tcp: TcpStream, state: Arc<SinkState>) -> std::io::Result<
             }
         }
     }
+}
+
+/// Reads one line into `line` (cleared first); false at end of stream.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    line: &mut Vec<u8>,
+    idle: Duration,
+) -> std::io::Result<bool> {
+    line.clear();
+    let n = tokio::time::timeout(idle, r.read_until(b'\n', line))
+        .await
+        .map_err(|_| std::io::Error::other("idle"))??;
+    Ok(n > 0)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
