@@ -35,6 +35,8 @@ pub mod trees {
     pub const SCHEDULE: &str = "schedule";
     pub const LOG: &str = "log";
     pub const COUNTERS: &str = "counters";
+    /// Per-project overrides of the `[limits]` defaults (policy::limits), keyed by project id.
+    pub const LIMITS: &str = "limits";
 }
 
 /// Each waiter gets the result of the flush that covered its writes.
@@ -49,6 +51,7 @@ pub struct Store {
     pub schedule: sled::Tree,
     pub log: sled::Tree,
     pub counters: sled::Tree,
+    pub limits: sled::Tree,
     flusher: Arc<tokio::sync::OnceCell<FlushSender>>,
     /// When false (development only), `durable()` returns without flushing.
     fsync: bool,
@@ -87,6 +90,7 @@ impl Store {
             schedule: db.open_tree(trees::SCHEDULE)?,
             log: db.open_tree(trees::LOG)?,
             counters: db.open_tree(trees::COUNTERS)?,
+            limits: db.open_tree(trees::LIMITS)?,
             db,
             flusher: Arc::new(tokio::sync::OnceCell::new()),
             fsync: true,
