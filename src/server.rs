@@ -13,8 +13,9 @@ use crate::admin::{self, AdminContext};
 use crate::config::{Config, ListenerMode};
 use crate::inbound::{self, Shared, listener};
 use crate::outbound::delivery::{self, Delivery};
-use crate::policy::limits::MessageLimits;
+use crate::policy::limits::{Defaults, Limiter, MessageLimits};
 use crate::policy::projects::Registry;
+use crate::policy::throttle::Throttle;
 use crate::queue::{MessageLog, Queue};
 use crate::secret::ServerSecret;
 use crate::store::Store;
@@ -76,6 +77,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     )?;
     let registry = Registry::new(store.clone(), secret);
     let queue = Queue::new(store.clone());
+    let limiter = Limiter::new(store.clone(), Defaults::from_config(&config));
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
     let upstreams = delivery::build_upstreams(&config)?;
@@ -92,6 +94,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         registry: registry.clone(),
         queue: queue.clone(),
         log: MessageLog::new(store.clone()),
+        limiter: limiter.clone(),
     };
     let admin_task = tokio::spawn(admin::socket::serve(
         admin_listener,
@@ -105,6 +108,8 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         queue: queue.clone(),
         tls,
         limits: MessageLimits::from_config(&config),
+        limiter,
+        throttle: Throttle::new(&config.throttle),
         shutdown: shutdown_rx.clone(),
     });
     let max = config.server.max_connections;

@@ -3,6 +3,7 @@
 //! directly on the database otherwise. `anyhow` lives here, at the edge, and nowhere else.
 
 pub mod config;
+pub mod limits;
 pub mod project;
 pub mod queue;
 pub mod serve;
@@ -92,6 +93,10 @@ pub fn admin(config: &Config, req: AdminRequest) -> anyhow::Result<Value> {
                 registry: crate::policy::projects::Registry::new(store.clone(), secret),
                 queue: crate::queue::Queue::new(store.clone()),
                 log: crate::queue::MessageLog::new(store.clone()),
+                limiter: crate::policy::limits::Limiter::new(
+                    store.clone(),
+                    crate::policy::limits::Defaults::from_config(config),
+                ),
             };
             let v = execute(&ctx, req)?;
             store.flush_now()?;

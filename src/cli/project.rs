@@ -54,6 +54,8 @@ pub enum ProjectCommand {
         id: String,
         secs: Option<u64>,
     },
+    /// Show or override the project's rate limits and quotas (defaults: `[limits]`).
+    Limits(super::limits::LimitsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +129,7 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             id: id.clone(),
             max_age_secs: *secs,
         },
+        ProjectCommand::Limits(args) => args.request(),
     };
     let creates_token = matches!(
         cmd,
@@ -199,6 +202,9 @@ fn print_project(p: &Value) {
         println!("max age   {age} s");
     }
     println!("created   {}", fmt_time(p["created"].as_u64().unwrap_or(0)));
+    if p.get("limits").is_some() {
+        super::limits::print(&p["limits"]);
+    }
     println!("tokens");
     for t in p["tokens"].as_array().cloned().unwrap_or_default() {
         println!(
