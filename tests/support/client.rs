@@ -34,6 +34,19 @@ impl Client {
         }
     }
 
+    /// Connects from a chosen local address (e.g. 127.0.0.2), to look like another client IP.
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind local address");
+        let tcp = socket.connect(addr).await.expect("connect");
+        Client {
+            stream: Box::new(tcp),
+            buf: Vec::new(),
+        }
+    }
+
     /// Connects with implicit TLS.
     pub async fn connect_tls(addr: SocketAddr, pki: &TestPki) -> Client {
         let tcp = TcpStream::connect(addr).await.expect("connect");

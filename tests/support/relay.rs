@@ -23,6 +23,8 @@ pub struct RelayOptions {
     pub plain_listener: bool,
     pub command_secs: u64,
     pub data_secs: u64,
+    /// TOML appended to the config (e.g. `[limits]` or `[throttle]` tables).
+    pub extra_config: String,
 }
 
 impl Default for RelayOptions {
@@ -36,6 +38,7 @@ impl Default for RelayOptions {
             plain_listener: false,
             command_secs: 30,
             data_secs: 30,
+            extra_config: String::new(),
         }
     }
 }
@@ -118,6 +121,8 @@ max_age_secs = {age}
 poll_interval_ms = 100
 
 {upstreams}
+
+{extra}
 "#,
             state = state.display(),
             size = opts.max_message_size,
@@ -128,6 +133,7 @@ poll_interval_ms = 100
             key = files.key.display(),
             sched = opts.retry_schedule_secs,
             age = opts.max_age_secs,
+            extra = opts.extra_config,
         );
         let config_path = dir.path().join("smtp-relay.toml");
         std::fs::write(&config_path, config).expect("write config");
