@@ -629,7 +629,21 @@ pub struct Limiter {
 struct Inner {
     store: Store,
     defaults: Defaults,
-    projects: RwLock<HashMap<String, Arc<Mutex<ProjectState>>>>,
+    /// Sharded by project, so sessions on different cores do not all bounce one lock's
+    /// reader count between them.
+    shards: Vec<RwLock<HashMap<String, Arc<Mutex<ProjectState>>>>>,
+}
+
+const SHARDS: usize = 64;
+
+impl Inner {
+    fn shard(&self, project: &str) -> &RwLock<HashMap<String, Arc<Mutex<ProjectState>>>> {
+        // FNV-1a: cheap, and project ids are ours (no hash flooding from clients).
+        let h = project.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        &self.shards[(h % SHARDS as u64) as usize]
+    }
 }
 
 impl std::fmt::Debug for Limiter {
@@ -642,12 +656,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn counter_key(project: &str, kind: WindowKind) -> Vec<u8> {
-    format!("rate/{project}/{}", kind.name()).into_bytes()
+/// One record per project in the counters tree: `rate/<project>` → for each persistent window,
+/// its kind (1 byte), TAT and period (big-endian u64 each). One write per accepted message.
+fn counter_key(project: &str) -> Vec<u8> {
+    format!("rate/{project}").into_bytes()
 }
 
-fn counter_prefix(project: &str) -> Vec<u8> {
-    format!("rate/{project}/").into_bytes()
+const COUNTER_ENTRY: usize = 17;
+
+fn kind_byte(kind: WindowKind) -> u8 {
+    match kind {
+        WindowKind::Second => 0,
+        WindowKind::Minute => 1,
+        WindowKind::Hour => 2,
+        WindowKind::Day => 3,
+        WindowKind::RecipientsDay => 4,
+    }
 }
 
 fn ms(ns: u64) -> u64 {
@@ -660,7 +684,7 @@ impl Limiter {
             inner: Arc::new(Inner {
                 store,
                 defaults,
-                projects: RwLock::new(HashMap::new()),
+                shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             }),
         }
     }
@@ -716,37 +740,34 @@ impl Limiter {
     /// Drops everything about a deleted project: override, counters, in-memory state.
     pub fn forget(&self, project: &str) -> Result<(), LimitsError> {
         self.inner
-            .projects
+            .shard(project)
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(project);
         self.inner.store.limits.remove(project.as_bytes())?;
-        for item in self.inner.store.counters.scan_prefix(counter_prefix(project)) {
-            let (k, _) = item?;
-            self.inner.store.counters.remove(k)?;
-        }
+        self.inner.store.counters.remove(counter_key(project))?;
         Ok(())
     }
 
     fn loaded(&self, project: &str) -> Option<Arc<Mutex<ProjectState>>> {
         self.inner
-            .projects
+            .shard(project)
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(project)
             .cloned()
     }
 
+    /// The stored (TAT, period) of one persistent window, if any.
     fn stored_counter(&self, project: &str, kind: WindowKind) -> Option<(u64, u64)> {
-        let v = self
-            .inner
-            .store
-            .counters
-            .get(counter_key(project, kind))
-            .ok()??;
-        let tat = crate::store::read_be64(&v)?;
-        let period = crate::store::read_be64(v.get(8..)?)?;
-        Some((tat, period))
+        let v = self.inner.store.counters.get(counter_key(project)).ok()??;
+        v.chunks_exact(COUNTER_ENTRY)
+            .find(|e| e[0] == kind_byte(kind))
+            .and_then(|e| {
+                let tat = crate::store::read_be64(&e[1..])?;
+                let period = crate::store::read_be64(&e[9..])?;
+                Some((tat, period))
+            })
     }
 
     /// The project's state, built (or rebuilt, keeping usage) for `effective`.
@@ -777,7 +798,7 @@ impl Limiter {
         );
         let mut map = self
             .inner
-            .projects
+            .shard(project)
             .write()
             .unwrap_or_else(|e| e.into_inner());
         Ok(map
@@ -903,14 +924,14 @@ impl Limiter {
     }
 
     fn persist(&self, project: &str, st: &ProjectState) -> Result<(), LimitsError> {
+        let mut v = Vec::with_capacity(3 * COUNTER_ENTRY);
         for w in st.windows.iter().filter(|w| w.spec.kind.persistent()) {
-            let mut v = Vec::with_capacity(16);
+            v.push(kind_byte(w.spec.kind));
             v.extend_from_slice(&crate::store::be64(w.tat.get()));
             v.extend_from_slice(&crate::store::be64(w.period));
-            self.inner
-                .store
-                .counters
-                .insert(counter_key(project, w.spec.kind), v)?;
+        }
+        if !v.is_empty() {
+            self.inner.store.counters.insert(counter_key(project), v)?;
         }
         Ok(())
     }
@@ -1161,6 +1182,33 @@ mod tests {
         assert_eq!(e.message.max_size, 4096);
         assert_eq!(e.message.max_recipients, 50);
         assert_eq!(e.max_connections, Some(5));
+    }
+
+    #[test]
+    fn long_windows_are_reloaded_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = defaults(LimitsConfig {
+            per_minute: Some(100),
+            per_day: Some(3),
+            ..Default::default()
+        });
+        let first = Limiter::new(store.clone(), d.clone());
+        for _ in 0..2 {
+            assert_eq!(
+                first.acquire("prj_a", Cost::message(1)).unwrap(),
+                Decision::Allowed
+            );
+        }
+        // A new limiter on the same database, as after a restart.
+        let second = Limiter::new(store.clone(), d);
+        let report = second.report("prj_a").unwrap();
+        let used: Vec<_> = report.windows.iter().map(|w| (w.window, w.used)).collect();
+        assert_eq!(used, vec![("per_minute", 0), ("per_day", 2)]);
+        assert_eq!(report.windows[1].remaining, 1);
+        assert!(second.report("prj_b").unwrap().windows[1].used == 0);
+        second.forget("prj_a").unwrap();
+        assert!(store.counters.is_empty());
     }
 
     #[test]
