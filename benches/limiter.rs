@@ -78,7 +78,11 @@ fn main() {
             });
         }
     });
-    report(&format!("check at MAIL FROM ({threads} threads)"), ops / threads * threads, t);
+    report(
+        &format!("check at MAIL FROM ({threads} threads)"),
+        ops / threads * threads,
+        t,
+    );
 
     // Consumes; sized so that no project runs out (stays within every window).
     let acquires = ops.min(PROJECTS * 1_000);
@@ -91,7 +95,10 @@ fn main() {
         }
     }
     report("acquire at DATA (+1 sled write)", acquires, t);
-    assert_eq!(allowed, acquires, "the benchmark should stay within the limits");
+    assert_eq!(
+        allowed, acquires,
+        "the benchmark should stay within the limits"
+    );
 
     let t = Instant::now();
     for i in 0..acquires {

@@ -509,8 +509,7 @@ impl Config {
                 format!("no [upstream.{}] is defined", self.delivery.default_route),
             ));
         }
-        if self.limits.burst.is_some_and(|b| b > 0)
-            && self.limits.per_second.is_none_or(|r| r == 0)
+        if self.limits.burst.is_some_and(|b| b > 0) && self.limits.per_second.is_none_or(|r| r == 0)
         {
             return Err(bad(
                 "limits",
@@ -661,6 +660,22 @@ mod tests {
         let text = DEFAULT_CONFIG.replace("[server]", "[server]\nhostnme = \"x\"");
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("hostnme"), "{err}");
+    }
+
+    #[test]
+    fn limits_sections_parse_and_are_checked() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(c.limits.per_second, Some(100));
+        assert_eq!(c.limits.mode, LimitMode::Reject);
+        assert_eq!(c.throttle.auth_failures_per_ip, 10);
+        let text = DEFAULT_CONFIG.replace("per_second = 100\n", "");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("limits.burst"), "{err}");
+        let text = DEFAULT_CONFIG.replace("mode = \"reject\"", "mode = \"accept-and-delay\"");
+        assert_eq!(
+            Config::parse(&text, "x.toml").unwrap().limits.mode,
+            LimitMode::AcceptAndDelay
+        );
     }
 
     #[test]

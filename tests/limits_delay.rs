@@ -50,7 +50,10 @@ async fn delayed_messages_are_released_in_order_never_faster_than_the_limit() {
         let r = c
             .send("noreply@app.test", &["user@example.net"], &body)
             .await;
-        assert_eq!(r.code, 250, "message {i} must be accepted, not refused: {r:?}");
+        assert_eq!(
+            r.code, 250,
+            "message {i} must be accepted, not refused: {r:?}"
+        );
     }
 
     let got = up.wait_for(N, Duration::from_secs(60)).await;
@@ -60,7 +63,12 @@ async fn delayed_messages_are_released_in_order_never_faster_than_the_limit() {
             m.text().contains(&format!("Subject: msg {i}\r\n")),
             "message {i} out of submission order: {:?}",
             got.iter()
-                .map(|m| m.text().lines().find(|l| l.starts_with("Subject")).unwrap_or("").to_string())
+                .map(|m| m
+                    .text()
+                    .lines()
+                    .find(|l| l.starts_with("Subject"))
+                    .unwrap_or("")
+                    .to_string())
                 .collect::<Vec<_>>()
         );
         // Message i may leave no earlier than i periods after the first could.
@@ -72,7 +80,11 @@ async fn delayed_messages_are_released_in_order_never_faster_than_the_limit() {
         );
     }
     assert!(up.violations().is_empty(), "{:?}", up.violations());
-    for v in relay.cli_json(&["log", "--project", &id]).as_array().unwrap() {
+    for v in relay
+        .cli_json(&["log", "--project", &id])
+        .as_array()
+        .unwrap()
+    {
         assert_eq!(v["state"], "delivered", "{v:#}");
     }
 }

@@ -25,7 +25,9 @@ async fn a_daily_quota_survives_kill_9() {
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     let msg = plain_message("noreply@app.test", "user@example.net", "code", "4711\r\n");
     for _ in 0..2 {
-        let r = c.send("noreply@app.test", &["user@example.net"], &msg).await;
+        let r = c
+            .send("noreply@app.test", &["user@example.net"], &msg)
+            .await;
         assert_eq!(r.code, 250, "{r:?}");
     }
     let r = c.cmd("MAIL FROM:<noreply@app.test>").await;
@@ -37,7 +39,10 @@ async fn a_daily_quota_survives_kill_9() {
 
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     let r = c.cmd("MAIL FROM:<noreply@app.test>").await;
-    assert_eq!(r.code, 451, "the daily quota was reset by the restart: {r:?}");
+    assert_eq!(
+        r.code, 451,
+        "the daily quota was reset by the restart: {r:?}"
+    );
     let n: u64 = r
         .text
         .rsplit("retry in ")
@@ -53,9 +58,15 @@ async fn a_daily_quota_survives_kill_9() {
     let day = windows.iter().find(|w| w["window"] == "per_day").unwrap();
     assert_eq!(day["used"], 2, "{show:#}");
     assert_eq!(day["remaining"], 0);
-    assert!(day["refills_in_secs"].as_f64().unwrap() > 86_000.0, "{day:#}");
+    assert!(
+        day["refills_in_secs"].as_f64().unwrap() > 86_000.0,
+        "{day:#}"
+    );
     // The minute window is not kept across restarts (and was never the limit here).
-    let minute = windows.iter().find(|w| w["window"] == "per_minute").unwrap();
+    let minute = windows
+        .iter()
+        .find(|w| w["window"] == "per_minute")
+        .unwrap();
     assert_eq!(minute["used"], 0, "{minute:#}");
 
     // The override itself survived too, and a graceful restart keeps the counters as well.

@@ -148,7 +148,10 @@ async fn with_several_windows_the_tightest_one_wins() {
             assert_eq!(r.code, 250, "{flags:?} message {n}: {r:?}");
         }
         let n = retry_in(&send(&mut c, fit).await, &id);
-        assert!(range.contains(&n), "{flags:?}: retry in {n} s, want {range:?}");
+        assert!(
+            range.contains(&n),
+            "{flags:?}: retry in {n} s, want {range:?}"
+        );
         if n == 1 {
             tokio::time::sleep(Duration::from_secs(1)).await;
             assert_eq!(send(&mut c, fit + 1).await.code, 250, "{flags:?}");
@@ -188,7 +191,9 @@ async fn refused_messages_consume_nothing_and_recipients_are_counted() {
         "big",
         &"0123456789abcdef\r\n".repeat(300),
     );
-    let r = c.send("noreply@app.test", &["user@example.net"], &big).await;
+    let r = c
+        .send("noreply@app.test", &["user@example.net"], &big)
+        .await;
     assert_eq!(r.code, 552, "{r:?}");
     let r = c.cmd("MAIL FROM:<noreply@app.test> SIZE=5000").await;
     assert_eq!(r.code, 552, "{r:?}");
@@ -196,10 +201,16 @@ async fn refused_messages_consume_nothing_and_recipients_are_counted() {
     // The project's own recipient limit.
     assert_eq!(c.cmd("MAIL FROM:<noreply@app.test>").await.code, 250);
     for i in 0..3 {
-        assert_eq!(c.cmd(&format!("RCPT TO:<u{i}@example.net>")).await.code, 250);
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<u{i}@example.net>")).await.code,
+            250
+        );
     }
     let r = c.cmd("RCPT TO:<u3@example.net>").await;
-    assert_eq!((r.code, r.text.as_str()), (452, "4.5.3 Too many recipients"));
+    assert_eq!(
+        (r.code, r.text.as_str()),
+        (452, "4.5.3 Too many recipients")
+    );
     assert_eq!(c.cmd("RSET").await.code, 250);
 
     // Nothing so far was counted: both messages of the minute are still available.
@@ -228,10 +239,16 @@ async fn refused_messages_consume_nothing_and_recipients_are_counted() {
 
     let show = relay.cli_json(&["project", "show", &id]);
     let minute = window(&show, "per_minute");
-    assert_eq!((minute["used"].as_u64(), minute["remaining"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(
+        (minute["used"].as_u64(), minute["remaining"].as_u64()),
+        (Some(2), Some(0))
+    );
     assert_eq!(minute["source"], "project");
     let rcpt = window(&show, "recipients_per_day");
-    assert_eq!((rcpt["used"].as_u64(), rcpt["remaining"].as_u64()), (Some(5), Some(0)));
+    assert_eq!(
+        (rcpt["used"].as_u64(), rcpt["remaining"].as_u64()),
+        (Some(5), Some(0))
+    );
     assert_eq!(rcpt["unit"], "recipients");
     assert_eq!(rcpt["persistent"], true);
     assert_eq!(show["limits"]["max_size"], 4096);
@@ -246,7 +263,10 @@ async fn refused_messages_consume_nothing_and_recipients_are_counted() {
 
     // --clear goes back to the defaults (no [limits] here: unlimited).
     let cleared = limits(&relay, &id, &["--clear"]);
-    assert!(cleared["limits"]["windows"].as_array().unwrap().is_empty(), "{cleared:#}");
+    assert!(
+        cleared["limits"]["windows"].as_array().unwrap().is_empty(),
+        "{cleared:#}"
+    );
     assert_eq!(send(&mut c, 3).await.code, 250);
 }
 
@@ -260,7 +280,10 @@ async fn a_project_has_at_most_its_sessions() {
     let (mut second, _) = Client::starttls(relay.starttls, &relay.pki).await;
     let r = second.auth_plain(&id, &token).await;
     assert_eq!(r.code, 421, "{r:?}");
-    assert!(r.text.starts_with("4.7.0 Too many connections for project"), "{r:?}");
+    assert!(
+        r.text.starts_with("4.7.0 Too many connections for project"),
+        "{r:?}"
+    );
     assert!(second.closed(Duration::from_secs(5)).await);
     let show = relay.cli_json(&["project", "show", &id]);
     assert_eq!(show["limits"]["connections"], 1);
@@ -275,7 +298,10 @@ async fn a_project_has_at_most_its_sessions() {
         if r.code == 235 {
             break;
         }
-        assert!(Instant::now() < deadline, "session place never freed: {r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "session place never freed: {r:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -59,7 +59,10 @@ async fn auth_failures_cool_down_the_ip_and_spare_everyone_else() {
     ] {
         let (r, took) = timed_auth(&mut c, user, tok).await;
         assert_eq!(r.code, 535, "{r:?}");
-        assert!(took >= delay, "a failure was answered after {took:?}, before {delay:?}");
+        assert!(
+            took >= delay,
+            "a failure was answered after {took:?}, before {delay:?}"
+        );
     }
     let r = c.reply().await;
     assert_eq!(r.code, 421, "{r:?}");

@@ -885,7 +885,12 @@ impl Limiter {
     }
 
     /// accept-and-delay: reserves the message's release slot, consuming at that instant.
-    pub fn reserve(&self, project: &str, cost: Cost, deadline_ms: u64) -> Result<Slot, LimitsError> {
+    pub fn reserve(
+        &self,
+        project: &str,
+        cost: Cost,
+        deadline_ms: u64,
+    ) -> Result<Slot, LimitsError> {
         let state = self.state(project)?;
         let mut st = lock(&state);
         let (slot, at) = Self::slot_in(&st, cost, deadline_ms);
@@ -950,7 +955,9 @@ impl Limiter {
                 let (used, remaining) = w.usage(now);
                 let kind = w.spec.kind;
                 let overridden = match kind {
-                    WindowKind::Second => overrides.per_second.is_some() || overrides.burst.is_some(),
+                    WindowKind::Second => {
+                        overrides.per_second.is_some() || overrides.burst.is_some()
+                    }
                     WindowKind::Minute => overrides.per_minute.is_some(),
                     WindowKind::Hour => overrides.per_hour.is_some(),
                     WindowKind::Day => overrides.per_day.is_some(),

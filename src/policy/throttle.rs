@@ -75,8 +75,11 @@ fn quota(n: u32, window: Duration) -> Option<Quota> {
 
 impl Throttle {
     pub fn new(config: &ThrottleConfig) -> Arc<Throttle> {
-        let connect_rate = quota(config.connections_per_ip_per_minute, Duration::from_secs(60))
-            .map(DefaultKeyedRateLimiter::keyed);
+        let connect_rate = quota(
+            config.connections_per_ip_per_minute,
+            Duration::from_secs(60),
+        )
+        .map(DefaultKeyedRateLimiter::keyed);
         let auth_failures = quota(
             config.auth_failures_per_ip,
             Duration::from_secs(config.auth_failure_window_secs.max(1)),
@@ -94,7 +97,11 @@ impl Throttle {
 
     /// A new connection from `ip`: admitted with a guard, or refused (421 and close).
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<IpGuard, Refusal> {
-        if self.admitted.fetch_add(1, Ordering::Relaxed) % HOUSEKEEPING_EVERY == 0 {
+        if self
+            .admitted
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(HOUSEKEEPING_EVERY)
+        {
             self.housekeeping();
         }
         if let Some(left) = self.cooling_down(ip) {
