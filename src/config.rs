@@ -76,6 +76,10 @@ pub struct ServerConfig {
     /// Wait for fsync before answering 250. Turn off only for development benchmarks.
     #[serde(default = "d_true")]
     pub durable_ack: bool,
+    /// New messages get 452 4.3.1 while less than this many MiB would stay free on the
+    /// state directory's filesystem.
+    #[serde(default = "d_min_free")]
+    pub min_free_space_mb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -333,6 +337,9 @@ fn d_auth_cooldown() -> u64 {
 
 fn d_true() -> bool {
     true
+}
+fn d_min_free() -> u64 {
+    64
 }
 fn d_max_connections() -> usize {
     1000
