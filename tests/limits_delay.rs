@@ -119,13 +119,7 @@ async fn a_message_that_could_only_expire_is_refused() {
         )),
         "{r:?}"
     );
-    let n: u64 = r
-        .text
-        .rsplit("retry in ")
-        .next()
-        .and_then(|t| t.strip_suffix(" s"))
-        .and_then(|t| t.parse().ok())
-        .unwrap();
+    let n = r.retry_in_secs().unwrap_or_else(|| panic!("{r:?}"));
     assert!((28..=30).contains(&n), "retry in {n}");
     assert_eq!(
         relay

@@ -43,13 +43,7 @@ async fn a_daily_quota_survives_kill_9() {
         r.code, 451,
         "the daily quota was reset by the restart: {r:?}"
     );
-    let n: u64 = r
-        .text
-        .rsplit("retry in ")
-        .next()
-        .and_then(|t| t.strip_suffix(" s"))
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("{r:?}"));
+    let n = r.retry_in_secs().unwrap_or_else(|| panic!("{r:?}"));
     // One message every 12 h; the first of the two was spent moments ago.
     assert!((43_000..=43_200).contains(&n), "retry in {n} s");
 

@@ -22,14 +22,9 @@ fn message(n: usize) -> String {
 /// `N` from `451 4.7.1 Rate limit exceeded for project <id>, retry in <N> s`, checking the
 /// whole reply.
 fn retry_in(r: &Reply, project: &str) -> u64 {
-    assert_eq!(r.code, 451, "{r:?}");
     let prefix = format!("4.7.1 Rate limit exceeded for project {project}, retry in ");
-    let rest = r
-        .text
-        .strip_prefix(&prefix)
-        .unwrap_or_else(|| panic!("unexpected 451 text: {r:?}"));
-    rest.strip_suffix(" s")
-        .and_then(|n| n.parse().ok())
+    assert!(r.text.starts_with(&prefix), "unexpected reply: {r:?}");
+    r.retry_in_secs()
         .unwrap_or_else(|| panic!("no retry time in {r:?}"))
 }
 

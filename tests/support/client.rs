@@ -25,6 +25,21 @@ pub struct Reply {
     pub text: String,
 }
 
+impl Reply {
+    /// `N` of a `451 4.7.1 Rate limit exceeded for project <id>, retry in <N> s` reply.
+    pub fn retry_in_secs(&self) -> Option<u64> {
+        if self.code != 451 {
+            return None;
+        }
+        self.text
+            .rsplit("retry in ")
+            .next()?
+            .strip_suffix(" s")?
+            .parse()
+            .ok()
+    }
+}
+
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let tcp = TcpStream::connect(addr).await.expect("connect");
