@@ -19,6 +19,7 @@ use crate::policy::throttle::Throttle;
 use crate::queue::{MessageLog, Queue};
 use crate::secret::ServerSecret;
 use crate::store::Store;
+use crate::transform::dkim_keys::DkimKeys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -78,6 +79,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         &config.server.state_dir,
     )?;
     let registry = Registry::new(store.clone(), secret);
+    let dkim = DkimKeys::new(store.clone(), &config);
     let queue =
         Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
     let limiter = Limiter::new(store.clone(), Defaults::from_config(&config));
@@ -98,6 +100,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         queue: queue.clone(),
         log: MessageLog::new(store.clone()),
         limiter: limiter.clone(),
+        dkim: dkim.clone(),
     };
     let admin_task = tokio::spawn(admin::socket::serve(
         admin_listener,
@@ -113,6 +116,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         limits: MessageLimits::from_config(&config),
         limiter,
         throttle: Throttle::new(&config.throttle),
+        dkim,
         shutdown: shutdown_rx.clone(),
     });
     let max = config.server.max_connections;

@@ -95,6 +95,10 @@ pub mod trees {
     pub const COUNTERS: &str = "counters";
     /// Per-project overrides of the `[limits]` defaults (policy::limits), keyed by project id.
     pub const LIMITS: &str = "limits";
+    /// DKIM key metadata, `domain \0 selector` → key info (private keys are files).
+    pub const DKIM: &str = "dkim";
+    /// Per-project DKIM settings (signing failure policy), by project id.
+    pub const DKIM_PROJECTS: &str = "dkim_projects";
     /// Spool entries that could not be decoded, kept for inspection instead of blocking the queue.
     pub const QUARANTINE: &str = "quarantine";
 }
@@ -112,6 +116,8 @@ pub struct Store {
     pub log: sled::Tree,
     pub counters: sled::Tree,
     pub limits: sled::Tree,
+    pub dkim: sled::Tree,
+    pub dkim_projects: sled::Tree,
     pub quarantine: sled::Tree,
     flusher: Arc<tokio::sync::OnceCell<FlushSender>>,
     /// When false (development only), `durable()` returns without flushing.
@@ -154,6 +160,8 @@ impl Store {
             log: db.open_tree(trees::LOG)?,
             counters: db.open_tree(trees::COUNTERS)?,
             limits: db.open_tree(trees::LIMITS)?,
+            dkim: db.open_tree(trees::DKIM)?,
+            dkim_projects: db.open_tree(trees::DKIM_PROJECTS)?,
             quarantine: db.open_tree(trees::QUARANTINE)?,
             db,
             flusher: Arc::new(tokio::sync::OnceCell::new()),

@@ -5,6 +5,7 @@
 //! (`socket.rs`), and only when no server is running does it open the database itself.
 //! Both paths end in [`execute`], so behaviour cannot drift between them.
 
+pub mod dkim;
 pub mod socket;
 
 use serde::{Deserialize, Serialize};
@@ -77,6 +78,8 @@ pub enum AdminRequest {
         project: Option<String>,
         limit: usize,
     },
+    /// DKIM keys, DNS records and signing policy (`dkim.rs`).
+    Dkim(dkim::DkimRequest),
 }
 
 /// What the operations need; built from the server's handles or from a directly opened store.
@@ -87,6 +90,7 @@ pub struct AdminContext {
     pub log: MessageLog,
     /// Per-project limits: overrides, and the usage `project show` reports.
     pub limiter: Limiter,
+    pub dkim: crate::transform::dkim_keys::DkimKeys,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,5 +192,6 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
                 .map(envelope_json)
                 .collect(),
         ),
+        Dkim(req) => dkim::execute(ctx, req)?,
     })
 }

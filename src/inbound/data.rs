@@ -12,6 +12,7 @@ use super::session::{Flow, Session};
 use crate::policy::sender;
 use crate::queue::now_ms;
 use crate::queue::spool::{NewMessage, new_id};
+use crate::transform::dkim::Signing;
 use crate::transform::{self, TransformContext};
 
 impl Session {
@@ -61,13 +62,6 @@ impl Session {
             return self.error(conn, &Reply::from(&e)).await;
         }
 
-        // Counted only now that nothing else can refuse it (but storage; refunded then).
-        let recipients = rcpts.len();
-        let not_before_ms = match self.consume_rate(recipients) {
-            Ok(slot) => slot,
-            Err(r) => return self.error(conn, &r).await,
-        };
-
         let id = new_id(now_ms());
         let helo = self.helo.clone().unwrap_or_default();
         let ctx = TransformContext {
@@ -77,8 +71,24 @@ impl Session {
             client_ip: self.peer.ip(),
             tls: self.tls,
             received_ms: now_ms(),
+            dkim: Some(Signing {
+                keys: &self.shared.dkim,
+                project: &auth.project,
+            }),
         };
-        let bytes = transform::apply(&ctx, message);
+        let bytes = match transform::apply(&ctx, message) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(id = %id, client = %self.peer, project = %auth.project.id, error = %e, "message refused by transform");
+                return self.send(conn, &Reply::from(&e)).await;
+            }
+        };
+        // Counted only now that nothing else can refuse it (but storage; refunded then).
+        let recipients = rcpts.len();
+        let not_before_ms = match self.consume_rate(recipients) {
+            Ok(slot) => slot,
+            Err(r) => return self.error(conn, &r).await,
+        };
         let max_age = self.max_age_secs();
         let new = NewMessage {
             id,

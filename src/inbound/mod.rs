@@ -31,6 +31,7 @@ pub struct Shared {
     pub limiter: Limiter,
     /// Per-client-IP connection and AUTH-failure throttles.
     pub throttle: Arc<Throttle>,
+    pub dkim: crate::transform::dkim_keys::DkimKeys,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

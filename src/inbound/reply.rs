@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use crate::policy::sender::SenderError;
 use crate::queue::QueueError;
+use crate::transform::TransformError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -142,6 +143,21 @@ impl From<&QueueError> for Reply {
             NO_STORAGE
         } else {
             LOCAL_ERROR
+        }
+    }
+}
+
+impl From<&TransformError> for Reply {
+    fn from(e: &TransformError) -> Reply {
+        match e {
+            // Only the `tempfail` policy turns a signing failure into an error (dkim.rs).
+            TransformError::Dkim(e) => Reply::owned(
+                451,
+                format!(
+                    "4.3.0 Cannot DKIM-sign for {}, try again later",
+                    printable(e.domain())
+                ),
+            ),
         }
     }
 }

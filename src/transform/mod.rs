@@ -1,9 +1,11 @@
 //! Transform turns the accepted bytes into the bytes that will leave.
 //!
 //! The order is fixed: trace and missing headers first, then branding (a later issue), then
-//! DKIM signing last (a later issue) — nothing may touch the message after it is signed.
+//! DKIM signing last (`dkim.rs`) — nothing may touch the message after it is signed.
 //! The input is already validated (CRLF line ends, no line over 998 octets).
 
+pub mod dkim;
+pub mod dkim_keys;
 pub mod headers;
 
 /// Everything the transform stage may need to know about one message.
@@ -15,10 +17,24 @@ pub struct TransformContext<'a> {
     pub client_ip: std::net::IpAddr,
     pub tls: bool,
     pub received_ms: u64,
+    /// DKIM keys and the sending project; `None` leaves the message unsigned.
+    pub dkim: Option<dkim::Signing<'a>>,
+}
+
+/// A transformation that could not be done; the message is refused with a 4xx, never lost.
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    #[error(transparent)]
+    Dkim(#[from] dkim::DkimError),
 }
 
 /// Runs every transformation in order and returns the bytes to spool.
-pub fn apply(ctx: &TransformContext<'_>, message: Vec<u8>) -> Vec<u8> {
-    // Branding (issue 4) and DKIM (issue 5) slot in after this line, in that order.
-    headers::complete(ctx, message)
+pub fn apply(ctx: &TransformContext<'_>, message: Vec<u8>) -> Result<Vec<u8>, TransformError> {
+    // Branding (issue 4) slots in after this line.
+    let message = headers::complete(ctx, message);
+    // DKIM last: nothing may change the bytes after this.
+    Ok(match &ctx.dkim {
+        Some(signing) => dkim::sign(ctx, signing, message)?,
+        None => message,
+    })
 }
