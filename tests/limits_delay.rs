@@ -6,22 +6,16 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::certs::TestPki;
 use support::client::{Client, plain_message};
-use support::relay::{Relay, RelayOptions, smtp_upstream};
-use support::upstream::{TestUpstream, UpstreamOptions};
+use support::dkim::Setup;
+use support::relay::{Relay, RelayOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_messages_are_released_in_order_never_faster_than_the_limit() {
-    let pki = TestPki::generate();
-    let up = TestUpstream::start(UpstreamOptions::implicit(&pki)).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = pki.write_to(tmp.path());
-    let relay = Relay::start(RelayOptions {
-        upstreams: Some(smtp_upstream(up.port(), "implicit", &files.ca, None)),
-        ..Default::default()
-    });
-    let (id, token) = relay.add_project("app", &["app.test"]);
+    // A relay forwarding to a test upstream over implicit TLS, with one project.
+    let setup = Setup::start(&["app.test"]).await;
+    let (relay, up) = (&setup.relay, &setup.up);
+    let (id, token) = (setup.id.clone(), setup.token.clone());
     // One message every 500 ms, no burst.
     let show = relay.cli_json(&[
         "project",
