@@ -12,9 +12,12 @@ use tokio::sync::{Semaphore, watch};
 use crate::admin::{self, AdminContext};
 use crate::config::{Config, ListenerMode};
 use crate::inbound::{self, Shared, listener};
-use crate::outbound::delivery::{self, Delivery};
+use crate::outbound::delivery::Delivery;
+use crate::outbound::routing::Router;
+use crate::outbound::send_test::Tester;
 use crate::policy::limits::{Defaults, Limiter, MessageLimits};
 use crate::policy::projects::Registry;
+use crate::policy::routes::RouteTable;
 use crate::policy::throttle::Throttle;
 use crate::queue::{MessageLog, Queue};
 use crate::secret::ServerSecret;
@@ -85,7 +88,8 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     let limiter = Limiter::new(store.clone(), Defaults::from_config(&config));
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
-    let upstreams = delivery::build_upstreams(&config)?;
+    let routes = RouteTable::new(store.clone(), config.clone());
+    let router = Arc::new(Router::new(&config, routes.clone())?);
     let bound = listener::bind_all(&config.listeners).await?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -100,6 +104,13 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         queue: queue.clone(),
         log: MessageLog::new(store.clone()),
         limiter: limiter.clone(),
+        routes: routes.clone(),
+        tester: Some(Arc::new(Tester {
+            config: config.clone(),
+            registry: registry.clone(),
+            router: router.clone(),
+            dkim: dkim.clone(),
+        })),
         dkim: dkim.clone(),
     };
     let admin_task = tokio::spawn(admin::socket::serve(
@@ -111,6 +122,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     let shared = Arc::new(Shared {
         config: config.clone(),
         registry: registry.clone(),
+        routes: routes.clone(),
         queue: queue.clone(),
         tls,
         limits: MessageLimits::from_config(&config),
@@ -144,7 +156,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     let delivery = Delivery {
         queue: queue.clone(),
         config: config.clone(),
-        upstreams,
+        router,
     };
     let delivery_task = tokio::spawn(delivery.run(shutdown_rx.clone()));
 

@@ -11,8 +11,10 @@ pub mod socket;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::outbound::send_test::{SendTest, Tester};
 use crate::policy::limits::{LimitOverride, Limiter};
 use crate::policy::projects::{Project, Registry};
+use crate::policy::routes::{Route, RouteTable};
 use crate::queue::{Envelope, MessageLog, Queue};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +80,17 @@ pub enum AdminRequest {
         project: Option<String>,
         limit: usize,
     },
+    /// Shows the project's route; with `upstream`, sets it; with `clear`, back to the default.
+    ProjectRoute {
+        id: String,
+        upstream: Option<String>,
+        #[serde(default)]
+        fallbacks: Vec<String>,
+        #[serde(default)]
+        clear: bool,
+    },
+    /// One test message through the pipeline, synchronously (`execute_async` only).
+    SendTest(SendTest),
     /// DKIM keys, DNS records and signing policy (`dkim.rs`).
     Dkim(dkim::DkimRequest),
 }
@@ -90,6 +103,9 @@ pub struct AdminContext {
     pub log: MessageLog,
     /// Per-project limits: overrides, and the usage `project show` reports.
     pub limiter: Limiter,
+    pub routes: RouteTable,
+    /// Runs `send-test`; present where the delivery side is built (server, CLI send-test).
+    pub tester: Option<std::sync::Arc<Tester>>,
     pub dkim: crate::transform::dkim_keys::DkimKeys,
 }
 
@@ -126,6 +142,33 @@ fn project_with_limits(ctx: &AdminContext, p: &Project) -> Result<Value, AdminEr
 
 pub fn envelope_json(e: &Envelope) -> Value {
     serde_json::to_value(e).unwrap_or(Value::Null)
+}
+
+fn route_json(ctx: &AdminContext, id: &str) -> Result<Value, AdminError> {
+    let own = ctx.routes.get(id).map_err(err)?;
+    let route = own.clone().unwrap_or_else(|| ctx.routes.default_route());
+    Ok(json!({
+        "project": id,
+        "upstream": route.upstream,
+        "fallbacks": route.fallbacks,
+        "default": own.is_none(),
+    }))
+}
+
+/// Like [`execute`], plus the operations that wait on the network (`SendTest`).
+pub async fn execute_async(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminError> {
+    match req {
+        AdminRequest::SendTest(t) => match &ctx.tester {
+            Some(tester) => tester.run(&t).await.map_err(err),
+            None => Err(AdminError("send-test is not available here".into())),
+        },
+        other => {
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || execute(&ctx, other))
+                .await
+                .map_err(|_| AdminError("internal error".into()))?
+        }
+    }
 }
 
 pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminError> {
@@ -192,6 +235,25 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
                 .map(envelope_json)
                 .collect(),
         ),
+        ProjectRoute {
+            id,
+            upstream,
+            fallbacks,
+            clear,
+        } => {
+            r.get(&id).map_err(err)?;
+            if clear {
+                ctx.routes.clear(&id).map_err(err)?;
+            } else if let Some(upstream) = upstream {
+                let route = Route {
+                    upstream,
+                    fallbacks,
+                };
+                ctx.routes.set(&id, &route).map_err(err)?;
+            }
+            route_json(ctx, &id)?
+        }
+        SendTest(_) => return Err(AdminError("send-test runs asynchronously".into())),
         Dkim(req) => dkim::execute(ctx, req)?,
     })
 }

@@ -56,6 +56,17 @@ pub enum ProjectCommand {
     },
     /// Show or override the project's rate limits and quotas (defaults: `[limits]`).
     Limits(super::limits::LimitsArgs),
+    /// Show the project's upstream route; with --upstream, set it (fallbacks tried in order
+    /// when the upstream is unreachable); with --default, go back to the config's route.
+    Route {
+        id: String,
+        #[arg(long)]
+        upstream: Option<String>,
+        #[arg(long = "fallback", requires = "upstream")]
+        fallbacks: Vec<String>,
+        #[arg(long = "default", conflicts_with = "upstream")]
+        clear: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +141,17 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             max_age_secs: *secs,
         },
         ProjectCommand::Limits(args) => args.request(),
+        ProjectCommand::Route {
+            id,
+            upstream,
+            fallbacks,
+            clear,
+        } => AdminRequest::ProjectRoute {
+            id: id.clone(),
+            upstream: upstream.clone(),
+            fallbacks: fallbacks.clone(),
+            clear: *clear,
+        },
     };
     let creates_token = matches!(
         cmd,
@@ -170,6 +192,27 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             }
         }
         _ if creates_token => print_new_token(&v),
+        ProjectCommand::Route { .. } => {
+            let mut order = vec![v["upstream"].as_str().unwrap_or("").to_string()];
+            order.extend(
+                v["fallbacks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string),
+            );
+            println!(
+                "project {} → {}{}",
+                v["project"].as_str().unwrap_or(""),
+                order.join(" → "),
+                if v["default"].as_bool() == Some(true) {
+                    "  (the config's default route)"
+                } else {
+                    ""
+                }
+            );
+        }
         _ => print_project(&v),
     }
     Ok(())

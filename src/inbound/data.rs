@@ -71,6 +71,7 @@ impl Session {
             client_ip: self.peer.ip(),
             tls: self.tls,
             received_ms: now_ms(),
+            from_rewrite: self.shared.routes.from_rewrite(&auth.project.id),
             dkim: Some(Signing {
                 keys: &self.shared.dkim,
                 project: &auth.project,

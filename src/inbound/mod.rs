@@ -24,6 +24,8 @@ use crate::queue::Queue;
 pub struct Shared {
     pub config: Arc<Config>,
     pub registry: Registry,
+    /// Per-project routes: the first upstream decides From rewriting at acceptance.
+    pub routes: crate::policy::routes::RouteTable,
     pub queue: Queue,
     pub tls: Arc<rustls::ServerConfig>,
     pub limits: MessageLimits,

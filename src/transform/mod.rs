@@ -6,6 +6,7 @@
 
 pub mod dkim;
 pub mod dkim_keys;
+pub mod from_rewrite;
 pub mod headers;
 
 /// Everything the transform stage may need to know about one message.
@@ -17,6 +18,9 @@ pub struct TransformContext<'a> {
     pub client_ip: std::net::IpAddr,
     pub tls: bool,
     pub received_ms: u64,
+    /// Rewrite header From to this mailbox (decided by the first upstream of the project's
+    /// route; see `from_rewrite`).
+    pub from_rewrite: Option<String>,
     /// DKIM keys and the sending project; `None` leaves the message unsigned.
     pub dkim: Option<dkim::Signing<'a>>,
 }
@@ -32,6 +36,11 @@ pub enum TransformError {
 pub fn apply(ctx: &TransformContext<'_>, message: Vec<u8>) -> Result<Vec<u8>, TransformError> {
     // Branding (issue 4) slots in after this line.
     let message = headers::complete(ctx, message);
+    // From rewriting right before DKIM: the signature must cover the final From.
+    let message = match &ctx.from_rewrite {
+        Some(mailbox) => from_rewrite::rewrite(message, mailbox),
+        None => message,
+    };
     // DKIM last: nothing may change the bytes after this.
     Ok(match &ctx.dkim {
         Some(signing) => dkim::sign(ctx, signing, message)?,
