@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod dkim;
+pub mod limits;
 pub mod project;
 pub mod queue;
 pub mod send_test;
@@ -120,6 +121,10 @@ pub fn offline_context(config: &Config) -> anyhow::Result<(crate::store::Store, 
         ),
         tester: None,
         dkim: crate::transform::dkim_keys::DkimKeys::new(store.clone(), config),
+        limiter: crate::policy::limits::Limiter::new(
+            store.clone(),
+            crate::policy::limits::Defaults::from_config(config),
+        ),
     };
     Ok((store, ctx))
 }

@@ -23,6 +23,8 @@ pub struct RelayOptions {
     pub plain_listener: bool,
     pub command_secs: u64,
     pub data_secs: u64,
+    /// TOML appended to the config (e.g. `[limits]` or `[throttle]` tables).
+    pub extra_config: String,
     /// `SMTP_RELAY_LOG` for the server process.
     pub log_level: &'static str,
     /// Where the state lives (default: `<tempdir>/state`), e.g. a small tmpfs.
@@ -41,6 +43,7 @@ impl Default for RelayOptions {
             plain_listener: false,
             command_secs: 30,
             data_secs: 30,
+            extra_config: String::new(),
             log_level: "debug",
             state_dir: None,
             min_free_space_mb: 64,
@@ -155,6 +158,8 @@ max_age_secs = {age}
 poll_interval_ms = 100
 
 {upstreams}
+
+{extra}
 "#,
             state = state.display(),
             size = opts.max_message_size,
@@ -165,6 +170,7 @@ poll_interval_ms = 100
             key = files.key.display(),
             sched = opts.retry_schedule_secs,
             age = opts.max_age_secs,
+            extra = opts.extra_config,
             min_free = opts.min_free_space_mb,
         );
         let config_path = dir.path().join("smtp-relay.toml");
