@@ -57,6 +57,12 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Default per-project rate limits and quotas (policy::limits).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Per-client-IP abuse throttles (policy::throttle).
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
     /// Where the config came from, for errors found after parsing (secret files).
     #[serde(skip)]
     pub origin: Option<std::sync::Arc<ConfigOrigin>>,
@@ -407,6 +413,101 @@ impl UpstreamConfig {
     }
 }
 
+/// What happens to a message that exceeds its project's rate windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitMode {
+    /// `451 4.7.1 … retry in N s`; nothing is queued.
+    #[default]
+    Reject,
+    /// Accept and queue, release to the upstream when the windows allow.
+    AcceptAndDelay,
+}
+
+impl LimitMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitMode::Reject => "reject",
+            LimitMode::AcceptAndDelay => "accept-and-delay",
+        }
+    }
+}
+
+/// `[limits]`: the defaults every project gets unless it has an override. An absent key, or 0,
+/// means no limit; without the section at all, projects are not rate-limited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Messages per second, sustained…
+    #[serde(default)]
+    pub per_second: Option<u32>,
+    /// …with bursts of up to this many (default: `per_second`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub per_minute: Option<u32>,
+    #[serde(default)]
+    pub per_hour: Option<u32>,
+    #[serde(default)]
+    pub per_day: Option<u32>,
+    #[serde(default)]
+    pub recipients_per_day: Option<u32>,
+    /// Concurrent authenticated sessions per project.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub mode: LimitMode,
+}
+
+/// `[throttle]`: per-client-IP protections, independent of projects. 0 turns one off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// Concurrent connections from one IP (default: off).
+    #[serde(default)]
+    pub max_connections_per_ip: u32,
+    /// New connections per minute from one IP (default: off).
+    #[serde(default)]
+    pub connections_per_ip_per_minute: u32,
+    /// Every failed AUTH is answered this long after the credentials arrived.
+    #[serde(default = "d_auth_delay")]
+    pub auth_failure_delay_ms: u64,
+    /// This many failed AUTHs from one IP within `auth_failure_window_secs`…
+    #[serde(default = "d_auth_failures")]
+    pub auth_failures_per_ip: u32,
+    #[serde(default = "d_auth_window")]
+    pub auth_failure_window_secs: u64,
+    /// …refuse that IP (`421 4.7.0`) for this long, even with a correct token.
+    #[serde(default = "d_auth_cooldown")]
+    pub auth_cooldown_secs: u64,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            max_connections_per_ip: 0,
+            connections_per_ip_per_minute: 0,
+            auth_failure_delay_ms: d_auth_delay(),
+            auth_failures_per_ip: d_auth_failures(),
+            auth_failure_window_secs: d_auth_window(),
+            auth_cooldown_secs: d_auth_cooldown(),
+        }
+    }
+}
+
+fn d_auth_delay() -> u64 {
+    500
+}
+fn d_auth_failures() -> u32 {
+    10
+}
+fn d_auth_window() -> u64 {
+    600
+}
+fn d_auth_cooldown() -> u64 {
+    900
+}
+
 fn d_true() -> bool {
     true
 }
@@ -606,6 +707,24 @@ impl Config {
                 "delivery",
                 "default_route",
                 format!("no [upstream.{}] is defined", self.delivery.default_route),
+            ));
+        }
+        if self.limits.burst.is_some_and(|b| b > 0) && self.limits.per_second.is_none_or(|r| r == 0)
+        {
+            return Err(bad(
+                "limits",
+                "burst",
+                "applies to per_second, which is not set".into(),
+            ));
+        }
+        if self.throttle.auth_failures_per_ip > 0
+            && (self.throttle.auth_failure_window_secs == 0
+                || self.throttle.auth_cooldown_secs == 0)
+        {
+            return Err(bad(
+                "throttle",
+                "auth_failure_window_secs",
+                "auth_failure_window_secs and auth_cooldown_secs must be at least 1".into(),
             ));
         }
         for f in &self.delivery.default_fallbacks {
@@ -1106,6 +1225,22 @@ mod tests {
         let c = Config::parse(&text, "x.toml").unwrap();
         assert_eq!(c.metrics.address.unwrap().port(), 9187);
         assert_eq!(c.log.level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn limits_sections_parse_and_are_checked() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(c.limits.per_second, Some(100));
+        assert_eq!(c.limits.mode, LimitMode::Reject);
+        assert_eq!(c.throttle.auth_failures_per_ip, 10);
+        let text = DEFAULT_CONFIG.replace("per_second = 100\n", "");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("limits.burst"), "{err}");
+        let text = DEFAULT_CONFIG.replace("mode = \"reject\"", "mode = \"accept-and-delay\"");
+        assert_eq!(
+            Config::parse(&text, "x.toml").unwrap().limits.mode,
+            LimitMode::AcceptAndDelay
+        );
     }
 
     #[test]

@@ -84,6 +84,19 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[delivery]", differs(&old.delivery, &new.delivery)),
         ("[upstream.*]", differs(&old.upstreams, &new.upstreams)),
         ("[metrics]", differs(&old.metrics, &new.metrics)),
+        // The limiter and the per-IP throttle keep live state (windows, counters), so they
+        // are built once, from the startup config; the limiter's defaults include the
+        // message size and recipient limits authenticated sessions use.
+        (
+            "server.max_message_size",
+            o.max_message_size != n.max_message_size,
+        ),
+        (
+            "server.max_recipients",
+            o.max_recipients != n.max_recipients,
+        ),
+        ("[limits]", differs(&old.limits, &new.limits)),
+        ("[throttle]", differs(&old.throttle, &new.throttle)),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

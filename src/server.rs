@@ -15,9 +15,10 @@ use crate::inbound::{self, Shared, listener};
 use crate::outbound::delivery::Delivery;
 use crate::outbound::routing::Router;
 use crate::outbound::send_test::Tester;
-use crate::policy::limits::MessageLimits;
+use crate::policy::limits::{Defaults, Limiter, MessageLimits};
 use crate::policy::projects::Registry;
 use crate::policy::routes::RouteTable;
+use crate::policy::throttle::Throttle;
 use crate::queue::{MessageLog, Queue};
 use crate::secret::ServerSecret;
 use crate::store::Store;
@@ -95,6 +96,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     let dkim = DkimKeys::new(store.clone(), &config);
     let queue =
         Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
+    let limiter = Limiter::new(store.clone(), Defaults::from_config(&config));
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
     let routes = RouteTable::new(store.clone(), config.clone());
@@ -116,6 +118,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         registry: registry.clone(),
         queue: queue.clone(),
         log: MessageLog::new(store.clone()),
+        limiter: limiter.clone(),
         routes: routes.clone(),
         tester: Some(Arc::new(Tester {
             config: config.clone(),
@@ -138,6 +141,8 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         queue: queue.clone(),
         tls,
         limits: MessageLimits::from_config(&config),
+        limiter,
+        throttle: Throttle::new(&config.throttle),
         dkim,
         shutdown: shutdown_rx.clone(),
     };

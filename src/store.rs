@@ -93,6 +93,8 @@ pub mod trees {
     pub const SCHEDULE: &str = "schedule";
     pub const LOG: &str = "log";
     pub const COUNTERS: &str = "counters";
+    /// Per-project overrides of the `[limits]` defaults (policy::limits), keyed by project id.
+    pub const LIMITS: &str = "limits";
     /// Per-project upstream routes (project id → primary + fallbacks).
     pub const ROUTES: &str = "routes";
     /// DKIM key metadata, `domain \0 selector` → key info (private keys are files).
@@ -115,6 +117,7 @@ pub struct Store {
     pub schedule: sled::Tree,
     pub log: sled::Tree,
     pub counters: sled::Tree,
+    pub limits: sled::Tree,
     pub routes: sled::Tree,
     pub dkim: sled::Tree,
     pub dkim_projects: sled::Tree,
@@ -159,6 +162,7 @@ impl Store {
             schedule: db.open_tree(trees::SCHEDULE)?,
             log: db.open_tree(trees::LOG)?,
             counters: db.open_tree(trees::COUNTERS)?,
+            limits: db.open_tree(trees::LIMITS)?,
             routes: db.open_tree(trees::ROUTES)?,
             dkim: db.open_tree(trees::DKIM)?,
             dkim_projects: db.open_tree(trees::DKIM_PROJECTS)?,

@@ -47,12 +47,14 @@ async fn metrics_match_what_was_sent_and_what_the_upstream_received() {
         // The deferred message stays put for the whole test.
         retry_schedule_secs: vec![600],
         metrics: true,
+        // Five messages a minute: the sixth attempt is a rate-limit hit.
+        extra_config: "[limits]\nper_minute = 5\n".into(),
         ..Default::default()
     });
     let (id, token) = relay.add_project("app", &["app.test"]);
 
-    // Session 1 (TLS): five messages accepted, then a wrong sender, an oversized one, and a
-    // bare LF that closes the connection.
+    // Session 1 (TLS): five messages accepted, then a wrong sender, an oversized one, one
+    // over the rate limit, and a bare LF that closes the connection.
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     let mut delivered = Vec::new();
     for i in 0..3 {
@@ -70,6 +72,9 @@ async fn metrics_match_what_was_sent_and_what_the_upstream_received() {
             .code,
         552
     );
+    let r = c.cmd("MAIL FROM:<noreply@app.test>").await;
+    assert_eq!(r.code, 451, "{r:?}");
+    assert!(r.text.starts_with("4.7.1 Rate limit exceeded"), "{r:?}");
     c.write(b"NOOP\n").await;
     assert_eq!(c.reply().await.code, 550);
     assert!(c.closed(Duration::from_secs(5)).await);
@@ -150,6 +155,7 @@ async fn metrics_match_what_was_sent_and_what_the_upstream_received() {
         ("sender", id.as_str(), 1.0),
         ("size", id.as_str(), 1.0),
         ("syntax", id.as_str(), 1.0),
+        ("limit", id.as_str(), 1.0),
         ("auth", "", 2.0),
     ] {
         let series =
@@ -163,9 +169,9 @@ async fn metrics_match_what_was_sent_and_what_the_upstream_received() {
     assert_eq!(value(&body, "smtp_relay_queue_depth"), 1.0);
     assert!(value(&body, "smtp_relay_queue_oldest_message_age_seconds") > 0.0);
     assert_eq!(value(&body, "smtp_relay_deliveries_in_flight"), 0.0);
-    assert!(
-        !body.contains("smtp_relay_rate_limit_hits_total{"),
-        "{body}"
+    assert_eq!(
+        value(&body, &format!("smtp_relay_rate_limit_hits_total{{{p}}}")),
+        1.0
     );
 
     let (status, _, _) = http_get(relay.metrics.unwrap(), "/other").await;

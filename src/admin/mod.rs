@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::outbound::send_test::{SendTest, Tester};
+use crate::policy::limits::{LimitOverride, Limiter};
 use crate::policy::projects::{Project, Registry};
 use crate::policy::routes::{Route, RouteTable};
 use crate::queue::{Envelope, MessageLog, Queue};
@@ -39,6 +40,15 @@ pub enum AdminRequest {
     ProjectMaxAge {
         id: String,
         max_age_secs: Option<u64>,
+    },
+    /// Merges `set` into the project's limit override (dropping it first with `clear`);
+    /// with neither, only shows. Answers like `ProjectShow`.
+    ProjectLimits {
+        id: String,
+        #[serde(default)]
+        set: LimitOverride,
+        #[serde(default)]
+        clear: bool,
     },
     TokenAdd {
         id: String,
@@ -91,6 +101,8 @@ pub struct AdminContext {
     pub registry: Registry,
     pub queue: Queue,
     pub log: MessageLog,
+    /// Per-project limits: overrides, and the usage `project show` reports.
+    pub limiter: Limiter,
     pub routes: RouteTable,
     /// Runs `send-test`; present where the delivery side is built (server, CLI send-test).
     pub tester: Option<std::sync::Arc<Tester>>,
@@ -118,6 +130,14 @@ pub fn project_json(p: &Project) -> Value {
             "id": t.id, "label": t.label, "created": t.created,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// `project_json` plus each limit and its current usage.
+fn project_with_limits(ctx: &AdminContext, p: &Project) -> Result<Value, AdminError> {
+    let mut v = project_json(p);
+    let report = ctx.limiter.report(&p.id).map_err(err)?;
+    v["limits"] = serde_json::to_value(report).map_err(err)?;
+    Ok(v)
 }
 
 pub fn envelope_json(e: &Envelope) -> Value {
@@ -168,9 +188,20 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             json!({ "project": project_json(&p), "token_id": token_id, "token": token.expose() })
         }
         ProjectList => Value::Array(r.list().map_err(err)?.iter().map(project_json).collect()),
-        ProjectShow { id } => project_json(&r.get(&id).map_err(err)?),
+        ProjectShow { id } => project_with_limits(ctx, &r.get(&id).map_err(err)?)?,
+        ProjectLimits { id, set, clear } => {
+            let p = r.get(&id).map_err(err)?;
+            if clear || !set.is_empty() {
+                ctx.limiter.set_override(&id, &set, clear).map_err(err)?;
+            }
+            project_with_limits(ctx, &p)?
+        }
         ProjectEnable { id, enabled } => project_json(&r.set_disabled(&id, !enabled).map_err(err)?),
-        ProjectDelete { id } => project_json(&r.delete(&id).map_err(err)?),
+        ProjectDelete { id } => {
+            let p = r.delete(&id).map_err(err)?;
+            ctx.limiter.forget(&id).map_err(err)?;
+            project_json(&p)
+        }
         ProjectMaxAge { id, max_age_secs } => {
             project_json(&r.set_max_age(&id, max_age_secs).map_err(err)?)
         }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod dkim;
+pub mod limits;
 pub mod project;
 pub mod queue;
 pub mod send_test;
@@ -129,6 +130,10 @@ pub fn offline_context(config: &Config) -> anyhow::Result<(crate::store::Store, 
         ),
         tester: None,
         dkim: crate::transform::dkim_keys::DkimKeys::new(store.clone(), config),
+        limiter: crate::policy::limits::Limiter::new(
+            store.clone(),
+            crate::policy::limits::Defaults::from_config(config),
+        ),
     };
     Ok((store, ctx))
 }

@@ -54,6 +54,8 @@ pub enum ProjectCommand {
         id: String,
         secs: Option<u64>,
     },
+    /// Show or override the project's rate limits and quotas (defaults: `[limits]`).
+    Limits(super::limits::LimitsArgs),
     /// Show the project's upstream route; with --upstream, set it (fallbacks tried in order
     /// when the upstream is unreachable); with --default, go back to the config's route.
     Route {
@@ -138,6 +140,7 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             id: id.clone(),
             max_age_secs: *secs,
         },
+        ProjectCommand::Limits(args) => args.request(),
         ProjectCommand::Route {
             id,
             upstream,
@@ -242,6 +245,9 @@ fn print_project(p: &Value) {
         println!("max age   {age} s");
     }
     println!("created   {}", fmt_time(p["created"].as_u64().unwrap_or(0)));
+    if p.get("limits").is_some() {
+        super::limits::print(&p["limits"]);
+    }
     println!("tokens");
     for t in p["tokens"].as_array().cloned().unwrap_or_default() {
         println!(

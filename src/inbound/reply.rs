@@ -86,6 +86,30 @@ pub const BAD_RCPT: Reply = Reply::new(501, "5.1.3 Bad recipient address syntax"
 pub const SMTPUTF8_UNSUPPORTED: Reply = Reply::new(555, "5.5.4 SMTPUTF8 is not supported");
 pub const EMPTY_MESSAGE: Reply = Reply::new(554, "5.6.0 Message has no header section");
 
+pub const IP_TOO_MANY_CONNECTIONS: Reply = Reply::new(
+    421,
+    "4.7.0 Too many connections from your address, try later",
+);
+pub const IP_COOLING_DOWN: Reply = Reply::new(
+    421,
+    "4.7.0 Too many failed logins from your address, try later",
+);
+
+/// A project over one of its rate windows; `secs` is when the same message would fit.
+pub fn rate_limited(project: &str, secs: u64) -> Reply {
+    Reply::owned(
+        451,
+        format!("4.7.1 Rate limit exceeded for project {project}, retry in {secs} s"),
+    )
+}
+
+pub fn project_connections(project: &str) -> Reply {
+    Reply::owned(
+        421,
+        format!("4.7.0 Too many connections for project {project}, try later"),
+    )
+}
+
 pub fn syntax(hint: &str) -> Reply {
     Reply::owned(501, format!("5.5.4 Syntax: {hint}"))
 }

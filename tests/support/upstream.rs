@@ -196,6 +196,8 @@ pub struct ReceivedMessage {
     pub connection: usize,
     /// The reply sent after the body (`250 ...`, or the scripted `data_end`; `""` if dropped).
     pub reply: String,
+    /// When the body had been received (timing of releases, e.g. rate limits).
+    pub received_at: std::time::Instant,
 }
 
 impl ReceivedMessage {
@@ -919,6 +921,7 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                     mail_params: tx.mail_params,
                     connection: id,
                     reply: String::new(),
+                    received_at: std::time::Instant::now(),
                 };
                 let script = shared.script();
                 if script.drop_after_data {
