@@ -18,6 +18,7 @@ use crate::policy::projects::Registry;
 use crate::queue::{MessageLog, Queue};
 use crate::secret::ServerSecret;
 use crate::store::Store;
+use crate::transform::branding::BrandingStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -76,6 +77,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     )?;
     let registry = Registry::new(store.clone(), secret);
     let queue = Queue::new(store.clone());
+    let branding = BrandingStore::new(store.clone());
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
     let upstreams = delivery::build_upstreams(&config)?;
@@ -92,6 +94,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         registry: registry.clone(),
         queue: queue.clone(),
         log: MessageLog::new(store.clone()),
+        branding: branding.clone(),
     };
     let admin_task = tokio::spawn(admin::socket::serve(
         admin_listener,
@@ -103,6 +106,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         config: config.clone(),
         registry: registry.clone(),
         queue: queue.clone(),
+        branding,
         tls,
         limits: MessageLimits::from_config(&config),
         shutdown: shutdown_rx.clone(),

@@ -35,6 +35,8 @@ pub mod trees {
     pub const SCHEDULE: &str = "schedule";
     pub const LOG: &str = "log";
     pub const COUNTERS: &str = "counters";
+    /// Per-project branding settings (transform::branding::settings).
+    pub const BRANDING: &str = "branding";
 }
 
 /// Each waiter gets the result of the flush that covered its writes.
@@ -49,6 +51,7 @@ pub struct Store {
     pub schedule: sled::Tree,
     pub log: sled::Tree,
     pub counters: sled::Tree,
+    pub branding: sled::Tree,
     flusher: Arc<tokio::sync::OnceCell<FlushSender>>,
     /// When false (development only), `durable()` returns without flushing.
     fsync: bool,
@@ -87,6 +90,7 @@ impl Store {
             schedule: db.open_tree(trees::SCHEDULE)?,
             log: db.open_tree(trees::LOG)?,
             counters: db.open_tree(trees::COUNTERS)?,
+            branding: db.open_tree(trees::BRANDING)?,
             db,
             flusher: Arc::new(tokio::sync::OnceCell::new()),
             fsync: true,

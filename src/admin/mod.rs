@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::policy::projects::{Project, Registry};
 use crate::queue::{Envelope, MessageLog, Queue};
+use crate::transform::branding::{BrandingStore, BrandingUpdate};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -67,6 +68,12 @@ pub enum AdminRequest {
         project: Option<String>,
         limit: usize,
     },
+    /// Shows the project's branding, or changes it when `update` is given.
+    ProjectBranding {
+        id: String,
+        #[serde(default)]
+        update: Option<BrandingUpdate>,
+    },
 }
 
 /// What the operations need; built from the server's handles or from a directly opened store.
@@ -75,6 +82,7 @@ pub struct AdminContext {
     pub registry: Registry,
     pub queue: Queue,
     pub log: MessageLog,
+    pub branding: BrandingStore,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +108,16 @@ pub fn project_json(p: &Project) -> Value {
     })
 }
 
+/// A project's branding as shown to admins (`null` when never set up).
+fn branding_json(ctx: &AdminContext, id: &str) -> Result<Value, AdminError> {
+    Ok(ctx
+        .branding
+        .get(id)
+        .map_err(err)?
+        .map(|b| b.to_json())
+        .unwrap_or(Value::Null))
+}
+
 pub fn envelope_json(e: &Envelope) -> Value {
     serde_json::to_value(e).unwrap_or(Value::Null)
 }
@@ -121,7 +139,11 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             json!({ "project": project_json(&p), "token_id": token_id, "token": token.expose() })
         }
         ProjectList => Value::Array(r.list().map_err(err)?.iter().map(project_json).collect()),
-        ProjectShow { id } => project_json(&r.get(&id).map_err(err)?),
+        ProjectShow { id } => {
+            let mut v = project_json(&r.get(&id).map_err(err)?);
+            v["branding"] = branding_json(ctx, &id)?;
+            v
+        }
         ProjectEnable { id, enabled } => project_json(&r.set_disabled(&id, !enabled).map_err(err)?),
         ProjectDelete { id } => project_json(&r.delete(&id).map_err(err)?),
         ProjectMaxAge { id, max_age_secs } => {
@@ -149,6 +171,13 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         },
         QueueRetry { id } => envelope_json(&ctx.queue.retry_now(&id).map_err(err)?),
         QueueDelete { id } => envelope_json(&ctx.queue.delete(&id).map_err(err)?),
+        ProjectBranding { id, update } => {
+            r.get(&id).map_err(err)?;
+            if let Some(u) = update {
+                ctx.branding.update(&id, u).map_err(err)?;
+            }
+            branding_json(ctx, &id)?
+        }
         Log { project, limit } => Value::Array(
             ctx.log
                 .recent(project.as_deref(), limit)

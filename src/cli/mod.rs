@@ -92,6 +92,7 @@ pub fn admin(config: &Config, req: AdminRequest) -> anyhow::Result<Value> {
                 registry: crate::policy::projects::Registry::new(store.clone(), secret),
                 queue: crate::queue::Queue::new(store.clone()),
                 log: crate::queue::MessageLog::new(store.clone()),
+                branding: crate::transform::branding::BrandingStore::new(store.clone()),
             };
             let v = execute(&ctx, req)?;
             store.flush_now()?;

@@ -60,6 +60,13 @@ impl Session {
             return self.error(conn, &Reply::from(&e)).await;
         }
 
+        let branding = match self.shared.branding.active(&auth.project.id) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(client = %self.peer, project = %auth.project.id, error = %e, "cannot load branding");
+                return self.send(conn, &Reply::from(&e)).await;
+            }
+        };
         let id = new_id(now_ms());
         let helo = self.helo.clone().unwrap_or_default();
         let ctx = TransformContext {
@@ -69,8 +76,15 @@ impl Session {
             client_ip: self.peer.ip(),
             tls: self.tls,
             received_ms: now_ms(),
+            branding: branding.as_deref(),
         };
-        let bytes = transform::apply(&ctx, message);
+        let bytes = match transform::apply(&ctx, message) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(client = %self.peer, project = %auth.project.id, error = %e, "message refused by transform");
+                return self.send(conn, &Reply::from(&e)).await;
+            }
+        };
         let max_age = auth
             .project
             .max_age_secs

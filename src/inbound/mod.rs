@@ -17,12 +17,14 @@ use crate::config::Config;
 use crate::policy::limits::MessageLimits;
 use crate::policy::projects::Registry;
 use crate::queue::Queue;
+use crate::transform::branding::BrandingStore;
 
 /// What every session of the running server shares.
 pub struct Shared {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub queue: Queue,
+    pub branding: BrandingStore,
     pub tls: Arc<rustls::ServerConfig>,
     pub limits: MessageLimits,
     /// Becomes `true` when the server is shutting down.

@@ -7,6 +7,8 @@ use std::borrow::Cow;
 
 use crate::policy::sender::SenderError;
 use crate::queue::QueueError;
+use crate::transform::TransformError;
+use crate::transform::branding::SettingsError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -84,6 +86,10 @@ pub const NULL_SENDER: Reply = Reply::new(
 pub const BAD_RCPT: Reply = Reply::new(501, "5.1.3 Bad recipient address syntax");
 pub const SMTPUTF8_UNSUPPORTED: Reply = Reply::new(555, "5.5.4 SMTPUTF8 is not supported");
 pub const EMPTY_MESSAGE: Reply = Reply::new(554, "5.6.0 Message has no header section");
+pub const TOO_COMPLEX: Reply = Reply::new(
+    554,
+    "5.6.0 Message structure too complex (MIME nesting or part count limit)",
+);
 
 pub fn syntax(hint: &str) -> Reply {
     Reply::owned(501, format!("5.5.4 Syntax: {hint}"))
@@ -119,6 +125,21 @@ impl From<&QueueError> for Reply {
         } else {
             LOCAL_ERROR
         }
+    }
+}
+
+impl From<&TransformError> for Reply {
+    fn from(e: &TransformError) -> Reply {
+        match e {
+            TransformError::Branding(_) => TOO_COMPLEX,
+        }
+    }
+}
+
+/// Branding settings that cannot be read: the message is kept by the client and retried.
+impl From<&SettingsError> for Reply {
+    fn from(_: &SettingsError) -> Reply {
+        LOCAL_ERROR
     }
 }
 

@@ -225,6 +225,7 @@ impl Registry {
             }
         }
         self.store.projects.remove(id.as_bytes())?;
+        self.store.branding.remove(id.as_bytes())?;
         self.store.flush_now()?;
         Ok(project)
     }
