@@ -225,7 +225,10 @@ impl Job<'_> {
         let charset = classify(e.param("charset"));
         if e.subtype == "html" {
             if header || footer {
-                self.brand_html(i, content, charset, header, footer);
+                // Non-ASCII goes in as character references unless the part is UTF-8 and
+                // already encoded: a 7bit part then stays 7bit and is not re-encoded.
+                let raw_utf8 = charset == Charset::Utf8 && e.cte != Cte::SevenBit;
+                self.brand_html(i, content, charset, raw_utf8, header, footer);
             }
         } else if footer {
             self.brand_text(i, content, charset);
@@ -252,7 +255,15 @@ impl Job<'_> {
         }
     }
 
-    fn brand_html(&mut self, i: usize, content: Vec<u8>, charset: Charset, header: bool, footer: bool) {
+    fn brand_html(
+        &mut self,
+        i: usize,
+        content: Vec<u8>,
+        charset: Charset,
+        raw_utf8: bool,
+        header: bool,
+        footer: bool,
+    ) {
         if matches!(charset, Charset::Incompatible(_))
             || memmem::find(&content, HTML_MARKER.as_bytes()).is_some()
         {
@@ -270,13 +281,12 @@ impl Job<'_> {
             }
         };
         let nl = newline_of(&content);
-        let utf8 = charset == Charset::Utf8;
         let block = |t: &Template, kind: &str| {
             let s = format!(
                 "{nl}<!--{HTML_MARKER}:{kind}-->{nl}{}{nl}",
                 t.render(&b.values, &logo_src, true, nl)
             );
-            if utf8 { s } else { ascii_html(&s) }
+            if raw_utf8 { s } else { ascii_html(&s) }
         };
         let (h, f) = html::insertion_points(&content);
         let mut out = Vec::with_capacity(content.len() + 4096);
