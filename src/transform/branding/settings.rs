@@ -594,4 +594,30 @@ mod tests {
         assert_eq!(json["logo"]["bytes"], png(10, 10).len());
         assert_eq!(json["header_template"], "built-in");
     }
+
+    #[test]
+    fn stored_per_project_cached_and_deleted_with_the_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let secret = crate::secret::ServerSecret::load(None, dir.path()).unwrap();
+        let registry = crate::policy::projects::Registry::new(store.clone(), secret);
+        let (p, _) = registry.create("shop", &["shop.test".into()], "t", None).unwrap();
+        let brandings = BrandingStore::new(store.clone());
+        assert!(brandings.active(&p.id).unwrap().is_none());
+        let named = |n: &str| BrandingUpdate {
+            display_name: Some(n.into()),
+            ..Default::default()
+        };
+        brandings.update(&p.id, named("Acme")).unwrap();
+        let first = brandings.active(&p.id).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &brandings.active(&p.id).unwrap().unwrap()));
+        brandings.update(&p.id, named("Acme 2")).unwrap();
+        assert_eq!(brandings.active(&p.id).unwrap().unwrap().values.display_name, "Acme 2");
+        brandings
+            .update(&p.id, BrandingUpdate { off: true, ..Default::default() })
+            .unwrap();
+        assert!(brandings.active(&p.id).unwrap().is_none());
+        registry.delete(&p.id).unwrap();
+        assert!(brandings.get(&p.id).unwrap().is_none());
+    }
 }
