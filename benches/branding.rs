@@ -30,7 +30,8 @@ fn message(size: usize) -> Vec<u8> {
 fn build(size: usize) -> Vec<u8> {
     let sentence = "Your order 4711 has shipped and will arrive on Tuesday – thank you! ";
     let text: String = sentence.repeat(size / 4 / sentence.len() + 1);
-    let mut html = String::from("<!DOCTYPE html><html><head><style>p{margin:0}</style></head><body>\n");
+    let mut html =
+        String::from("<!DOCTYPE html><html><head><style>p{margin:0}</style></head><body>\n");
     while html.len() < size / 2 {
         html.push_str("<p style=\"font-family:Arial\">Your order <a href=\"https://shop.test/o/4711?ref=mail&amp;utm=1\">4711</a> has shipped – thank you!</p>\n");
     }
@@ -60,8 +61,11 @@ fn build(size: usize) -> Vec<u8> {
 }
 
 fn main() {
-    let logo = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/branding/logo.png"))
-        .expect("logo fixture");
+    let logo = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/branding/logo.png"
+    ))
+    .expect("logo fixture");
     let b = Branding::prepare(
         "prj_bench",
         &BrandingSettings {
@@ -83,10 +87,15 @@ fn main() {
         received_ms: 0,
         branding: Some(&b),
     };
-    println!("{:<10} {:>10} {:>12} {:>10} {:>10}", "message", "bytes", "messages/s", "MB/s", "out bytes");
+    println!(
+        "{:<10} {:>10} {:>12} {:>10} {:>10}",
+        "message", "bytes", "messages/s", "MB/s", "out bytes"
+    );
     for (label, size) in [("4 KiB", 4 * 1024), ("1 MiB", 1024 * 1024)] {
         let msg = message(size);
-        let out_len = branding::apply(&ctx, &b, msg.clone()).expect("brands").len();
+        let out_len = branding::apply(&ctx, &b, msg.clone())
+            .expect("brands")
+            .len();
         let run = |limit: Duration| {
             let start = Instant::now();
             let mut n = 0u64;

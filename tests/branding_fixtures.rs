@@ -20,9 +20,11 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/branding")
 }
 
-/// (fixture, HTML parts with the header, HTML parts with the footer, text parts with the
-/// footer); `None` = must pass through byte-for-byte.
-const EXPECT: &[(&str, Option<(usize, usize, usize)>)] = &[
+/// HTML parts with the header, HTML parts with the footer, text parts with the footer.
+type Counts = (usize, usize, usize);
+
+/// Per fixture; `None` = must pass through byte-for-byte.
+const EXPECT: &[(&str, Option<Counts>)] = &[
     ("hand-plain-no-mime.eml", Some((0, 0, 1))),
     ("hand-plain-utf8-qp.eml", Some((0, 0, 1))),
     ("hand-plain-latin1-8bit.eml", Some((0, 0, 1))),
@@ -113,7 +115,11 @@ fn brand(b: &Branding, msg: &[u8]) -> Vec<u8> {
 
 fn assert_wire_clean(name: &str, out: &[u8]) {
     for (i, line) in out.split(|&b| b == b'\n').enumerate() {
-        assert!(line.len() <= 999, "{name}: line {i} is {} octets", line.len());
+        assert!(
+            line.len() <= 999,
+            "{name}: line {i} is {} octets",
+            line.len()
+        );
     }
     let mut prev = 0u8;
     for (i, &b) in out.iter().enumerate() {
@@ -156,9 +162,9 @@ fn inspect(name: &str, out: &[u8], text_mark: &str, logo: &[u8]) -> (usize, usiz
                 }
             }
             PartType::Text(text)
-                if part
-                    .content_type()
-                    .is_none_or(|c| c.subtype().is_none_or(|s| s.eq_ignore_ascii_case("plain"))) =>
+                if part.content_type().is_none_or(|c| {
+                    c.subtype().is_none_or(|s| s.eq_ignore_ascii_case("plain"))
+                }) =>
             {
                 texts += text.matches(text_mark).count();
             }
@@ -198,7 +204,10 @@ fn every_fixture_is_branded_correctly() {
     for entry in std::fs::read_dir(dir()).unwrap() {
         let file = entry.unwrap().file_name().into_string().unwrap();
         if file.ends_with(".eml") {
-            assert!(listed.contains(&file.as_str()), "fixture {file} has no expectation");
+            assert!(
+                listed.contains(&file.as_str()),
+                "fixture {file} has no expectation"
+            );
         }
     }
     for config in configs() {
@@ -209,7 +218,11 @@ fn every_fixture_is_branded_correctly() {
             assert_wire_clean(&format!("{name} (input)"), &input);
             let out = brand(&b, &input);
             assert_wire_clean(&name, &out);
-            assert_eq!(brand(&b, &out), out, "{name}: branding twice changed it again");
+            assert_eq!(
+                brand(&b, &out),
+                out,
+                "{name}: branding twice changed it again"
+            );
             match expect {
                 None => assert!(out == input, "{name}: must pass through untouched"),
                 Some(counts) => {
@@ -221,7 +234,11 @@ fn every_fixture_is_branded_correctly() {
                         1,
                         "{name}: marker header"
                     );
-                    let logo_bytes: &[u8] = if config.settings.logo.is_some() { &logo } else { &[] };
+                    let logo_bytes: &[u8] = if config.settings.logo.is_some() {
+                        &logo
+                    } else {
+                        &[]
+                    };
                     assert_eq!(
                         inspect(&name, &out, config.text_mark, logo_bytes),
                         *counts,
@@ -230,7 +247,10 @@ fn every_fixture_is_branded_correctly() {
                     );
                     assert_untouched_parts_kept(&name, &input, &out);
                     if config.settings.logo_url.is_some() {
-                        assert!(!out.windows(8).any(|w| w == b"cid:logo"), "{name}: hosted logo embedded");
+                        assert!(
+                            !out.windows(8).any(|w| w == b"cid:logo"),
+                            "{name}: hosted logo embedded"
+                        );
                     }
                 }
             }

@@ -82,7 +82,9 @@ enum Node {
 fn body_text() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-zA-Z0-9 .,=<>/\"'\\-éü€\n]{0,200}",
-        "[a-z ]{0,40}".prop_map(|s| format!("<html><head><title>t</title></head><body class=\"x\">\n<p>{s}</p>\n</body></html>\n")),
+        "[a-z ]{0,40}".prop_map(|s| format!(
+            "<html><head><title>t</title></head><body class=\"x\">\n<p>{s}</p>\n</body></html>\n"
+        )),
         "[a-z ]{0,40}".prop_map(|s| format!("<p>{s}</p><!-- <body> -->")),
         "[a-z]{900,1200}",
         Just(String::new()),
@@ -108,7 +110,14 @@ fn leaf() -> impl Strategy<Value = Node> {
             Just(Some("utf-16")),
             Just(Some("x-unknown")),
         ],
-        prop_oneof![Just(""), Just("7bit"), Just("8bit"), Just("quoted-printable"), Just("base64"), Just("x-uuencode")],
+        prop_oneof![
+            Just(""),
+            Just("7bit"),
+            Just("8bit"),
+            Just("quoted-printable"),
+            Just("base64"),
+            Just("x-uuencode")
+        ],
         prop_oneof![
             3 => Just(None),
             1 => Just(Some("inline")),
@@ -231,7 +240,8 @@ fn render(node: &Node, counter: &mut usize, keep: &mut Vec<String>, protected: b
         Node::Multi { subtype, children } => {
             *counter += 1;
             let b = format!("b{counter}x");
-            let mut s = format!("Content-Type: multipart/{subtype}; boundary=\"{b}\"\r\n\r\npreamble\r\n");
+            let mut s =
+                format!("Content-Type: multipart/{subtype}; boundary=\"{b}\"\r\n\r\npreamble\r\n");
             for c in children {
                 let inner = render(c, counter, keep, protected || *subtype == "signed");
                 s.push_str(&format!("--{b}\r\n{inner}\r\n"));
@@ -349,7 +359,13 @@ fn ten_thousand_nested_messages_are_left_alone_without_recursion() {
     let out = small_stack(move || apply(&branding(), msg.as_bytes()).unwrap());
     wire_clean(&out).unwrap();
     let text = String::from_utf8_lossy(&out);
-    assert!(text.contains("Hello\r\n\r\n--=20\r\nProp Caf=C3=A9"), "text part branded");
-    assert!(memmem::find(&out, nested.as_bytes()).is_some(), "nested message kept");
+    assert!(
+        text.contains("Hello\r\n\r\n--=20\r\nProp Caf=C3=A9"),
+        "text part branded"
+    );
+    assert!(
+        memmem::find(&out, nested.as_bytes()).is_some(),
+        "nested message kept"
+    );
     assert!(out.len() > input.len());
 }

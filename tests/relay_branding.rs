@@ -16,10 +16,8 @@ use support::relay::{Relay, RelayOptions, smtp_upstream};
 use support::upstream::{TestUpstream, UpstreamOptions, data_problems};
 
 fn logo() -> Vec<u8> {
-    std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/branding/logo.png"),
-    )
-    .unwrap()
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/branding/logo.png"))
+        .unwrap()
 }
 
 const MESSAGE: &str = concat!(
@@ -61,7 +59,15 @@ async fn branded_message_reaches_upstream() {
     for (name, bytes, expected) in bad {
         let path = tmp.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        let out = relay.cli(&["project", "branding", &id, "--display-name", "Acme", "--logo", path.to_str().unwrap()]);
+        let out = relay.cli(&[
+            "project",
+            "branding",
+            &id,
+            "--display-name",
+            "Acme",
+            "--logo",
+            path.to_str().unwrap(),
+        ]);
         assert!(!out.status.success(), "{name} accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected), "{name}: {err}");
@@ -72,11 +78,17 @@ async fn branded_message_reaches_upstream() {
     let logo_path = tmp.path().join("acme-logo.png");
     std::fs::write(&logo_path, logo()).unwrap();
     let set = relay.cli_json(&[
-        "project", "branding", &id,
-        "--logo", logo_path.to_str().unwrap(),
-        "--display-name", "Acme & Co",
-        "--contact-email", "help@acme.test",
-        "--contact-phone", "+1 555 0100",
+        "project",
+        "branding",
+        &id,
+        "--logo",
+        logo_path.to_str().unwrap(),
+        "--display-name",
+        "Acme & Co",
+        "--contact-email",
+        "help@acme.test",
+        "--contact-phone",
+        "+1 555 0100",
     ]);
     assert_eq!(set["enabled"], true, "{set:#}");
     assert_eq!(set["logo"]["content_type"], "image/png");
@@ -85,26 +97,37 @@ async fn branded_message_reaches_upstream() {
     assert_eq!(show["branding"]["display_name"], "Acme & Co");
     let text = relay.cli(&["project", "show", &id]);
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("branding  on — Acme & Co; logo image/png"), "{text}");
+    assert!(
+        text.contains("branding  on — Acme & Co; logo image/png"),
+        "{text}"
+    );
 
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
-    let r = c.send("noreply@shop.test", &["alice@example.net"], MESSAGE).await;
+    let r = c
+        .send("noreply@shop.test", &["alice@example.net"], MESSAGE)
+        .await;
     assert_eq!(r.code, 250, "{r:?}");
 
     // 10,000 nested multiparts: refused with 554 5.6.0; the session and server go on.
     let mut deep = String::from("From: Shop <noreply@shop.test>\r\nMIME-Version: 1.0\r\n");
     for i in 0..10_000 {
-        deep.push_str(&format!("Content-Type: multipart/mixed; boundary=\"d{i}\"\r\n\r\n--d{i}\r\n"));
+        deep.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"d{i}\"\r\n\r\n--d{i}\r\n"
+        ));
     }
     deep.push_str("Content-Type: text/plain\r\n\r\ndeep\r\n");
-    let r = c.send("noreply@shop.test", &["alice@example.net"], &deep).await;
+    let r = c
+        .send("noreply@shop.test", &["alice@example.net"], &deep)
+        .await;
     assert_eq!(r.code, 554, "{r:?}");
     assert!(r.text.starts_with("5.6.0"), "{r:?}");
 
     // Off: the next message leaves as it came (apart from the Received header).
     let off = relay.cli_json(&["project", "branding", &id, "--off"]);
     assert_eq!(off["enabled"], false);
-    let r = c.send("noreply@shop.test", &["alice@example.net"], MESSAGE).await;
+    let r = c
+        .send("noreply@shop.test", &["alice@example.net"], MESSAGE)
+        .await;
     assert_eq!(r.code, 250, "{r:?}");
 
     let got = up.wait_for(2, Duration::from_secs(30)).await;
@@ -114,24 +137,50 @@ async fn branded_message_reaches_upstream() {
     assert!(!plain.text().contains("X-Smtp-Relay-Branding"));
 
     for m in &got {
-        assert!(data_problems(&m.raw).is_empty(), "{:?}", data_problems(&m.raw));
+        assert!(
+            data_problems(&m.raw).is_empty(),
+            "{:?}",
+            data_problems(&m.raw)
+        );
     }
     let text = branded.text();
-    assert!(text.contains(&format!("\r\nX-Smtp-Relay-Branding: {id}\r\n")), "{text}");
+    assert!(
+        text.contains(&format!("\r\nX-Smtp-Relay-Branding: {id}\r\n")),
+        "{text}"
+    );
     let parsed = MessageParser::new().parse(&branded.data).expect("parses");
     let html = parsed.body_html(0).expect("html body").into_owned();
-    assert!(html.contains("smtp-relay-branding:header") && html.contains("smtp-relay-branding:footer"), "{html}");
-    assert!(html.contains("alt=\"Acme &amp; Co\"") && html.contains("mailto:help@acme.test"), "{html}");
-    let cid = html.split("src=\"cid:").nth(1).unwrap().split('"').next().unwrap();
+    assert!(
+        html.contains("smtp-relay-branding:header") && html.contains("smtp-relay-branding:footer"),
+        "{html}"
+    );
+    assert!(
+        html.contains("alt=\"Acme &amp; Co\"") && html.contains("mailto:help@acme.test"),
+        "{html}"
+    );
+    let cid = html
+        .split("src=\"cid:")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     let image = parsed
         .parts
         .iter()
         .find(|p| p.content_id() == Some(cid))
         .expect("cid resolves");
-    assert!(matches!(image.body, PartType::InlineBinary(_) | PartType::Binary(_)));
+    assert!(matches!(
+        image.body,
+        PartType::InlineBinary(_) | PartType::Binary(_)
+    ));
     assert_eq!(image.contents(), logo().as_slice());
     let plain_text = parsed.body_text(0).unwrap();
-    assert!(plain_text.contains("Welcome to Shop.") && plain_text.contains("-- \r\nAcme & Co\r\nhelp@acme.test | +1 555 0100"), "{plain_text}");
+    assert!(
+        plain_text.contains("Welcome to Shop.")
+            && plain_text.contains("-- \r\nAcme & Co\r\nhelp@acme.test | +1 555 0100"),
+        "{plain_text}"
+    );
 
     // And Python's email package agrees on what the upstream received.
     let dir = tmp.path().join("python");
@@ -151,5 +200,9 @@ async fn branded_message_reaches_upstream() {
         .arg(&dir)
         .output()
         .expect("python3");
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stdout));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
 }

@@ -345,10 +345,18 @@ fn branding_summary(b: &Value) -> String {
         .join(", ");
     format!(
         "{} — {}; {}{}",
-        if b["enabled"].as_bool() == Some(true) { "on" } else { "OFF" },
+        if b["enabled"].as_bool() == Some(true) {
+            "on"
+        } else {
+            "OFF"
+        },
         b["display_name"].as_str().unwrap_or(""),
         logo,
-        if contacts.is_empty() { String::new() } else { format!("; {contacts}") },
+        if contacts.is_empty() {
+            String::new()
+        } else {
+            format!("; {contacts}")
+        },
     )
 }
 

@@ -164,7 +164,15 @@ pub fn classify(charset: Option<&str>) -> Charset {
     }
     let incompatible = ["utf-16", "utf16", "utf-32", "utf32", "ucs-", "ucs2", "ucs4"]
         .iter()
-        .chain(&["utf-7", "utf7", "unicode", "iso-2022", "csiso2022", "hz-gb", "hz"])
+        .chain(&[
+            "utf-7",
+            "utf7",
+            "unicode",
+            "iso-2022",
+            "csiso2022",
+            "hz-gb",
+            "hz",
+        ])
         .any(|p| name.starts_with(p));
     if incompatible {
         Charset::Incompatible(name)
@@ -238,7 +246,10 @@ mod tests {
         assert!(!fits_identity(b"bare\nlf", false));
         assert!(!fits_identity(&[b'x'; 999], false));
         assert!(fits_identity(&[b'x'; 998], false));
-        assert_eq!(choose(Cte::SevenBit, "\u{e9}".as_bytes()), Cte::QuotedPrintable);
+        assert_eq!(
+            choose(Cte::SevenBit, "\u{e9}".as_bytes()),
+            Cte::QuotedPrintable
+        );
         assert_eq!(choose(Cte::Base64, b"x"), Cte::Base64);
     }
 

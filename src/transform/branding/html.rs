@@ -72,7 +72,10 @@ pub fn insertion_points(html: &[u8]) -> (usize, usize) {
         .or(html_open)
         .or(doctype)
         .unwrap_or(0);
-    let footer = body_close.or(html_close).filter(|&f| f >= header).unwrap_or(n);
+    let footer = body_close
+        .or(html_close)
+        .filter(|&f| f >= header)
+        .unwrap_or(n);
     (header, footer)
 }
 
@@ -121,7 +124,10 @@ mod tests {
     fn after_body_tag_and_before_its_end() {
         let doc = "<html><head><style>p{}</style></head><BODY class=\"a>b\" style='x'><p>hi</p></body></html>";
         let (before, after) = points(doc);
-        assert!(before.ends_with("<BODY class=\"a>b\" style='x'>"), "{before}");
+        assert!(
+            before.ends_with("<BODY class=\"a>b\" style='x'>"),
+            "{before}"
+        );
         assert_eq!(after, "</body></html>");
     }
 
@@ -137,7 +143,10 @@ mod tests {
     fn falls_back_without_body() {
         assert_eq!(
             points("<!DOCTYPE html><html><head></head><p>x</p></html>"),
-            ("<!DOCTYPE html><html><head></head>".into(), "</html>".into())
+            (
+                "<!DOCTYPE html><html><head></head>".into(),
+                "</html>".into()
+            )
         );
         assert_eq!(points("<p>fragment</p>"), (String::new(), String::new()));
         assert_eq!(
@@ -145,7 +154,10 @@ mod tests {
             ("<!doctype html>".into(), String::new())
         );
         // An unterminated comment or tag never panics.
-        assert_eq!(points("<p>a<!-- never closed"), (String::new(), String::new()));
+        assert_eq!(
+            points("<p>a<!-- never closed"),
+            (String::new(), String::new())
+        );
         assert_eq!(points("<body"), ("<body".into(), String::new()));
     }
 }

@@ -108,7 +108,10 @@ pub fn apply(
         Some(out) if encoding::fits_identity(&out, false) => out,
         _ => {
             // Cannot happen by construction; never let a bug put bad bytes on the wire.
-            tracing::error!(id = ctx.message_id, "branding produced invalid output; message left unbranded");
+            tracing::error!(
+                id = ctx.message_id,
+                "branding produced invalid output; message left unbranded"
+            );
             return Ok(msg);
         }
     };
@@ -164,7 +167,9 @@ fn bodies(tree: &Tree) -> Vec<(usize, bool, bool)> {
                     .children
                     .iter()
                     .copied()
-                    .filter(|&c| !e[c].attachment && (is_text_body(&e[c]) || e[c].multipart.is_some()))
+                    .filter(|&c| {
+                        !e[c].attachment && (is_text_body(&e[c]) || e[c].multipart.is_some())
+                    })
                     .collect();
                 match shown.as_slice() {
                     [] => {}
@@ -422,7 +427,8 @@ impl Job<'_> {
                 }
                 "content-transfer-encoding" => {
                     has_cte = true;
-                    format!("Content-Transfer-Encoding: {}\r\n", encoding::cte_name(cte)).into_bytes()
+                    format!("Content-Transfer-Encoding: {}\r\n", encoding::cte_name(cte))
+                        .into_bytes()
                 }
                 // No longer true for the changed body.
                 "content-md5" | "content-length" => continue,
@@ -516,7 +522,9 @@ fn utf8_content_type(e: &Entity) -> Option<String> {
             continue;
         }
         let safe = |t: &str| {
-            t.len() < 200 && t.chars().all(|c| c.is_ascii_graphic() || c == ' ') && !t.contains(['"', '\\'])
+            t.len() < 200
+                && t.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+                && !t.contains(['"', '\\'])
         };
         if !safe(name) || name.contains([' ', '=', ';']) || !safe(value) {
             return None;

@@ -29,7 +29,9 @@ pub const MAX_TEXT_FOOTER_BYTES: usize = 8 * 1024;
 pub enum SettingsError {
     #[error("logo is {0} bytes; the limit is {MAX_LOGO_BYTES} bytes (200 KiB)")]
     LogoTooLarge(usize),
-    #[error("SVG logos are refused: mail clients block SVG and it can carry script; use PNG, JPEG or GIF")]
+    #[error(
+        "SVG logos are refused: mail clients block SVG and it can carry script; use PNG, JPEG or GIF"
+    )]
     LogoSvg,
     #[error("logo is not a PNG, JPEG or GIF image (checked by content, not by file name)")]
     LogoNotImage,
@@ -238,7 +240,10 @@ fn check_text(field: &'static str, s: &str, max_chars: usize) -> Result<String, 
         return Err(invalid(field, "must not be empty"));
     }
     if s.chars().count() > max_chars {
-        return Err(invalid(field, format!("longer than {max_chars} characters")));
+        return Err(invalid(
+            field,
+            format!("longer than {max_chars} characters"),
+        ));
     }
     if s.chars().any(char::is_control) {
         return Err(invalid(field, "contains control characters"));
@@ -251,14 +256,16 @@ fn check_email(s: &str) -> Result<String, SettingsError> {
     let ok = s.len() <= 254
         && s.split('@').count() == 2
         && s.split('@').all(|p| !p.is_empty())
-        && s.chars().all(|c| {
-            c.is_alphanumeric() || ".!#$%&'*+/=?^_`{|}~-@".contains(c) && !c.is_control()
-        })
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || ".!#$%&'*+/=?^_`{|}~-@".contains(c) && !c.is_control())
         && s.rsplit('@').next().is_some_and(|d| d.contains('.'));
     if ok {
         Ok(s.to_string())
     } else {
-        Err(invalid(field, format!("{s:?} is not an address such as help@example.com")))
+        Err(invalid(
+            field,
+            format!("{s:?} is not an address such as help@example.com"),
+        ))
     }
 }
 
@@ -326,7 +333,10 @@ pub fn check_logo(data: Vec<u8>) -> Result<Logo, SettingsError> {
 fn looks_like_svg(data: &[u8]) -> bool {
     let head = String::from_utf8_lossy(&data[..data.len().min(4096)]).to_ascii_lowercase();
     let t = head.trim_start_matches('\u{feff}').trim_start();
-    t.starts_with("<?xml") || t.starts_with("<svg") || t.starts_with("<!doctype svg") || head.contains("<svg")
+    t.starts_with("<?xml")
+        || t.starts_with("<svg")
+        || t.starts_with("<!doctype svg")
+        || head.contains("<svg")
 }
 
 /// Width and height from a JPEG's first start-of-frame marker.
@@ -381,7 +391,11 @@ impl Branding {
                 contact_phone: s.contact_phone.clone().unwrap_or_default(),
                 logo_width: s.logo.as_ref().and_then(|l| l.width),
             },
-            header: parse("header template", &s.header_template, template::builtin_header())?,
+            header: parse(
+                "header template",
+                &s.header_template,
+                template::builtin_header(),
+            )?,
             footer: parse(
                 "footer template",
                 &s.footer_template,
@@ -443,7 +457,8 @@ impl BrandingStore {
         u: BrandingUpdate,
     ) -> Result<BrandingSettings, SettingsError> {
         let s = BrandingSettings::updated(self.get(project)?, u, crate::now_secs())?;
-        let bytes = serde_json::to_vec(&s).map_err(|e| SettingsError::Corrupt(project.into(), e.to_string()))?;
+        let bytes = serde_json::to_vec(&s)
+            .map_err(|e| SettingsError::Corrupt(project.into(), e.to_string()))?;
         self.store.branding.insert(project.as_bytes(), bytes)?;
         self.store.flush_now()?;
         Ok(s)
@@ -530,7 +545,10 @@ mod tests {
     #[test]
     fn logos_are_checked_by_content() {
         let l = check_logo(png(320, 80)).unwrap();
-        assert_eq!((l.content_type.as_str(), l.width, l.height), ("image/png", Some(320), Some(80)));
+        assert_eq!(
+            (l.content_type.as_str(), l.width, l.height),
+            ("image/png", Some(320), Some(80))
+        );
         let gif = check_logo(b"GIF89a\x10\x00\x20\x00rest".to_vec()).unwrap();
         assert_eq!((gif.width, gif.height), (Some(16), Some(32)));
         let jpeg = [
@@ -539,17 +557,34 @@ mod tests {
         ]
         .concat();
         let j = check_logo(jpeg).unwrap();
-        assert_eq!((j.content_type.as_str(), j.width, j.height), ("image/jpeg", Some(64), Some(48)));
+        assert_eq!(
+            (j.content_type.as_str(), j.width, j.height),
+            ("image/jpeg", Some(64), Some(48))
+        );
         assert!(matches!(
-            check_logo(b"<?xml version=\"1.0\"?><svg xmlns=\"http://www.w3.org/2000/svg\"/>".to_vec()),
+            check_logo(
+                b"<?xml version=\"1.0\"?><svg xmlns=\"http://www.w3.org/2000/svg\"/>".to_vec()
+            ),
             Err(SettingsError::LogoSvg)
         ));
-        assert!(matches!(check_logo(b"  <svg onload=alert(1)>".to_vec()), Err(SettingsError::LogoSvg)));
-        assert!(matches!(check_logo(b"RIFF....WEBP".to_vec()), Err(SettingsError::LogoNotImage)));
-        assert!(matches!(check_logo(b"\x89PNG\r\n\x1a\n".to_vec()), Err(SettingsError::LogoNotImage)));
+        assert!(matches!(
+            check_logo(b"  <svg onload=alert(1)>".to_vec()),
+            Err(SettingsError::LogoSvg)
+        ));
+        assert!(matches!(
+            check_logo(b"RIFF....WEBP".to_vec()),
+            Err(SettingsError::LogoNotImage)
+        ));
+        assert!(matches!(
+            check_logo(b"\x89PNG\r\n\x1a\n".to_vec()),
+            Err(SettingsError::LogoNotImage)
+        ));
         let mut big = png(1, 1);
         big.resize(MAX_LOGO_BYTES + 1, 0);
-        assert!(matches!(check_logo(big), Err(SettingsError::LogoTooLarge(_))));
+        assert!(matches!(
+            check_logo(big),
+            Err(SettingsError::LogoTooLarge(_))
+        ));
     }
 
     #[test]
@@ -568,7 +603,15 @@ mod tests {
         )
         .unwrap();
         assert!(s.enabled && s.display_name == "Acme" && s.logo.is_some());
-        let off = BrandingSettings::updated(Some(s.clone()), BrandingUpdate { off: true, ..Default::default() }, 2).unwrap();
+        let off = BrandingSettings::updated(
+            Some(s.clone()),
+            BrandingUpdate {
+                off: true,
+                ..Default::default()
+            },
+            2,
+        )
+        .unwrap();
         assert!(!off.enabled && off.logo.is_some());
         let url = BrandingSettings::updated(
             Some(off),
@@ -582,13 +625,32 @@ mod tests {
         .unwrap();
         assert!(url.enabled && url.logo.is_none() && url.contact_email.is_none());
         for bad in [
-            BrandingUpdate { logo_url: Some("http://x.test/l.png".into()), ..Default::default() },
-            BrandingUpdate { contact_email: Some("not an address".into()), ..Default::default() },
-            BrandingUpdate { display_name: Some("a\u{7}b".into()), ..Default::default() },
-            BrandingUpdate { header_template: Some("{{logo_uri}}".into()), ..Default::default() },
-            BrandingUpdate { logo: Some(png(1, 1)), logo_url: Some("https://x.test/l.png".into()), ..Default::default() },
+            BrandingUpdate {
+                logo_url: Some("http://x.test/l.png".into()),
+                ..Default::default()
+            },
+            BrandingUpdate {
+                contact_email: Some("not an address".into()),
+                ..Default::default()
+            },
+            BrandingUpdate {
+                display_name: Some("a\u{7}b".into()),
+                ..Default::default()
+            },
+            BrandingUpdate {
+                header_template: Some("{{logo_uri}}".into()),
+                ..Default::default()
+            },
+            BrandingUpdate {
+                logo: Some(png(1, 1)),
+                logo_url: Some("https://x.test/l.png".into()),
+                ..Default::default()
+            },
         ] {
-            assert!(BrandingSettings::updated(Some(s.clone()), bad.clone(), 4).is_err(), "{bad:?}");
+            assert!(
+                BrandingSettings::updated(Some(s.clone()), bad.clone(), 4).is_err(),
+                "{bad:?}"
+            );
         }
         let json = s.to_json();
         assert_eq!(json["logo"]["bytes"], png(10, 10).len());
@@ -601,7 +663,9 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let secret = crate::secret::ServerSecret::load(None, dir.path()).unwrap();
         let registry = crate::policy::projects::Registry::new(store.clone(), secret);
-        let (p, _) = registry.create("shop", &["shop.test".into()], "t", None).unwrap();
+        let (p, _) = registry
+            .create("shop", &["shop.test".into()], "t", None)
+            .unwrap();
         let brandings = BrandingStore::new(store.clone());
         assert!(brandings.active(&p.id).unwrap().is_none());
         let named = |n: &str| BrandingUpdate {
@@ -610,11 +674,28 @@ mod tests {
         };
         brandings.update(&p.id, named("Acme")).unwrap();
         let first = brandings.active(&p.id).unwrap().unwrap();
-        assert!(Arc::ptr_eq(&first, &brandings.active(&p.id).unwrap().unwrap()));
+        assert!(Arc::ptr_eq(
+            &first,
+            &brandings.active(&p.id).unwrap().unwrap()
+        ));
         brandings.update(&p.id, named("Acme 2")).unwrap();
-        assert_eq!(brandings.active(&p.id).unwrap().unwrap().values.display_name, "Acme 2");
+        assert_eq!(
+            brandings
+                .active(&p.id)
+                .unwrap()
+                .unwrap()
+                .values
+                .display_name,
+            "Acme 2"
+        );
         brandings
-            .update(&p.id, BrandingUpdate { off: true, ..Default::default() })
+            .update(
+                &p.id,
+                BrandingUpdate {
+                    off: true,
+                    ..Default::default()
+                },
+            )
             .unwrap();
         assert!(brandings.active(&p.id).unwrap().is_none());
         registry.delete(&p.id).unwrap();

@@ -44,7 +44,9 @@ pub struct Template {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown placeholder {{{{{0}}}}}; known: display_name, contact_email, contact_phone, logo_src, logo")]
+#[error(
+    "unknown placeholder {{{{{0}}}}}; known: display_name, contact_email, contact_phone, logo_src, logo"
+)]
 pub struct UnknownPlaceholder(pub String);
 
 /// The values a template can show.
@@ -228,7 +230,9 @@ mod tests {
         let t = Template::parse(&builtin_header()).unwrap();
         assert!(t.uses_logo());
         let with = t.render(&values(), "cid:logo@x", true, "\r\n");
-        assert!(with.contains("<img src=\"cid:logo@x\" alt=\"Acme &amp; &lt;Sons&gt; &quot;Ltd&quot;\" width=\"200\""));
+        assert!(with.contains(
+            "<img src=\"cid:logo@x\" alt=\"Acme &amp; &lt;Sons&gt; &quot;Ltd&quot;\" width=\"200\""
+        ));
         let without = t.render(&values(), "", true, "\r\n");
         assert!(!without.contains("<img") && without.contains(">Acme &amp;"));
         let footer = Template::parse(&builtin_footer(true, false)).unwrap();
