@@ -86,6 +86,7 @@ fn main() {
         tls: true,
         received_ms: 0,
         branding: Some(&b),
+        dkim: None,
     };
     println!(
         "{:<10} {:>10} {:>12} {:>10} {:>10}",

@@ -70,6 +70,10 @@ pub struct ServerConfig {
     /// Wait for fsync before answering 250. Turn off only for development benchmarks.
     #[serde(default = "d_true")]
     pub durable_ack: bool,
+    /// New messages get 452 4.3.1 while less than this many MiB would stay free on the
+    /// state directory's filesystem.
+    #[serde(default = "d_min_free")]
+    pub min_free_space_mb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -232,6 +236,9 @@ pub struct UpstreamConfig {
 
 fn d_true() -> bool {
     true
+}
+fn d_min_free() -> u64 {
+    64
 }
 fn d_max_connections() -> usize {
     1000

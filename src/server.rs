@@ -19,6 +19,7 @@ use crate::queue::{MessageLog, Queue};
 use crate::secret::ServerSecret;
 use crate::store::Store;
 use crate::transform::branding::BrandingStore;
+use crate::transform::dkim_keys::DkimKeys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -46,6 +47,8 @@ pub enum ServerError {
     },
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("storage failed: {0}; exiting so the service manager restarts the relay")]
+    StorageFailed(String),
 }
 
 /// Makes sure the state directory exists and is writable, with a clear error otherwise.
@@ -76,7 +79,9 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         &config.server.state_dir,
     )?;
     let registry = Registry::new(store.clone(), secret);
-    let queue = Queue::new(store.clone());
+    let dkim = DkimKeys::new(store.clone(), &config);
+    let queue =
+        Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
     let branding = BrandingStore::new(store.clone());
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
@@ -95,6 +100,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         queue: queue.clone(),
         log: MessageLog::new(store.clone()),
         branding: branding.clone(),
+        dkim: dkim.clone(),
     };
     let admin_task = tokio::spawn(admin::socket::serve(
         admin_listener,
@@ -109,6 +115,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         branding,
         tls,
         limits: MessageLimits::from_config(&config),
+        dkim,
         shutdown: shutdown_rx.clone(),
     });
     let max = config.server.max_connections;
@@ -155,9 +162,21 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         "smtp-relay ready"
     );
 
-    wait_for_signal().await?;
-    tracing::info!("shutting down: no new connections");
+    let storage_failed = tokio::select! {
+        r = wait_for_signal() => { r?; false }
+        _ = store.failure.wait() => true,
+    };
     let _ = shutdown_tx.send(true);
+    if storage_failed {
+        // sled hangs after an I/O error: don't wait for it, let the supervisor restart us.
+        // Everything acknowledged was flushed before its 250; the rest was refused.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = std::fs::remove_file(&admin_path);
+        return Err(ServerError::StorageFailed(
+            store.failure.get().unwrap_or_default(),
+        ));
+    }
+    tracing::info!("shutting down: no new connections");
     for t in accept_tasks {
         let _ = t.await;
     }

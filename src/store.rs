@@ -25,6 +25,64 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the durability flusher has stopped")]
     FlusherGone,
+    #[error("insufficient disk space in {path}: {free} bytes free, {needed} needed")]
+    Full {
+        path: PathBuf,
+        free: u64,
+        needed: u64,
+    },
+    #[error("storage has failed earlier in this process ({0}); refusing further writes")]
+    Failed(String),
+    #[error("the disk did not confirm a flush within {0} s")]
+    FlushTimeout(u64),
+}
+
+impl StoreError {
+    /// Out of space, before or after trying: the client should hear 452 4.3.1.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Full { .. } => true,
+            StoreError::Sled(sled::Error::Io(e)) => e.raw_os_error() == Some(libc::ENOSPC),
+            other => other.to_string().contains("No space left"),
+        }
+    }
+}
+
+/// How long a flush may take before the store is declared failed.
+const FLUSH_DEADLINE_SECS: u64 = 30;
+
+/// Set once storage has returned an I/O error or stalled. sled 0.34 hangs on every later
+/// call after an I/O error such as ENOSPC (reproduced here), so from then on nothing touches
+/// it: writes fail fast with 451 and the server exits for its supervisor to restart it.
+#[derive(Debug, Default)]
+pub struct FailureFlag {
+    reason: std::sync::Mutex<Option<String>>,
+    notify: tokio::sync::Notify,
+}
+
+impl FailureFlag {
+    pub fn get(&self) -> Option<String> {
+        self.reason.lock().ok().and_then(|r| r.clone())
+    }
+    pub fn set(&self, reason: String) {
+        if let Ok(mut r) = self.reason.lock()
+            && r.is_none()
+        {
+            tracing::error!(reason = %reason, "storage failed; no further writes, the server will exit");
+            *r = Some(reason);
+        }
+        self.notify.notify_waiters();
+    }
+    /// Resolves when the store fails.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.get().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Names of the trees, in one place.
@@ -37,6 +95,12 @@ pub mod trees {
     pub const COUNTERS: &str = "counters";
     /// Per-project branding settings (transform::branding::settings).
     pub const BRANDING: &str = "branding";
+    /// DKIM key metadata, `domain \0 selector` → key info (private keys are files).
+    pub const DKIM: &str = "dkim";
+    /// Per-project DKIM settings (signing failure policy), by project id.
+    pub const DKIM_PROJECTS: &str = "dkim_projects";
+    /// Spool entries that could not be decoded, kept for inspection instead of blocking the queue.
+    pub const QUARANTINE: &str = "quarantine";
 }
 
 /// Each waiter gets the result of the flush that covered its writes.
@@ -52,9 +116,14 @@ pub struct Store {
     pub log: sled::Tree,
     pub counters: sled::Tree,
     pub branding: sled::Tree,
+    pub dkim: sled::Tree,
+    pub dkim_projects: sled::Tree,
+    pub quarantine: sled::Tree,
     flusher: Arc<tokio::sync::OnceCell<FlushSender>>,
     /// When false (development only), `durable()` returns without flushing.
     fsync: bool,
+    state_dir: PathBuf,
+    pub failure: Arc<FailureFlag>,
 }
 
 impl std::fmt::Debug for Store {
@@ -91,9 +160,14 @@ impl Store {
             log: db.open_tree(trees::LOG)?,
             counters: db.open_tree(trees::COUNTERS)?,
             branding: db.open_tree(trees::BRANDING)?,
+            dkim: db.open_tree(trees::DKIM)?,
+            dkim_projects: db.open_tree(trees::DKIM_PROJECTS)?,
+            quarantine: db.open_tree(trees::QUARANTINE)?,
             db,
             flusher: Arc::new(tokio::sync::OnceCell::new()),
             fsync: true,
+            state_dir: state_dir.to_path_buf(),
+            failure: Arc::default(),
         })
     }
 
@@ -106,6 +180,7 @@ impl Store {
     /// Waits until everything written before this call is on disk. Concurrent callers share
     /// one flush (group commit).
     pub async fn durable(&self) -> Result<(), StoreError> {
+        self.check_healthy()?;
         if !self.fsync {
             return Ok(());
         }
@@ -115,16 +190,53 @@ impl Store {
             .await;
         let (done_tx, done_rx) = oneshot::channel();
         tx.send(done_tx).map_err(|_| StoreError::FlusherGone)?;
-        match done_rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(e)))),
-            Err(_) => Err(StoreError::FlusherGone),
+        let deadline = std::time::Duration::from_secs(FLUSH_DEADLINE_SECS);
+        let result = match tokio::time::timeout(deadline, done_rx).await {
+            Ok(Ok(Ok(()))) => return Ok(()),
+            Ok(Ok(Err(e))) => StoreError::Sled(sled::Error::Io(std::io::Error::other(e))),
+            Ok(Err(_)) => StoreError::FlusherGone,
+            Err(_) => StoreError::FlushTimeout(FLUSH_DEADLINE_SECS),
+        };
+        self.failure.set(result.to_string());
+        Err(result)
+    }
+
+    /// Fails fast once storage has failed (see [`FailureFlag`]).
+    pub fn check_healthy(&self) -> Result<(), StoreError> {
+        match self.failure.get() {
+            Some(reason) => Err(StoreError::Failed(reason)),
+            None => Ok(()),
         }
     }
 
-    /// Synchronous flush, for the CLI and shutdown.
+    /// Records an error from a write; I/O errors mark the store failed.
+    pub fn note_error(&self, e: &sled::Error) {
+        if matches!(e, sled::Error::Io(_) | sled::Error::ReportableBug(_)) {
+            self.failure.set(e.to_string());
+        }
+    }
+
+    /// Refuses a write of `needed` bytes when the state directory's filesystem would keep
+    /// less than `reserve` bytes free. Checked before sled is touched: sled must never see
+    /// ENOSPC (it hangs afterwards).
+    pub fn ensure_space(&self, needed: u64, reserve: u64) -> Result<(), StoreError> {
+        let free = free_bytes(&self.state_dir).unwrap_or(u64::MAX);
+        // sled writes each value to its log and may rewrite segments: count twice.
+        let want = needed.saturating_mul(2).saturating_add(reserve);
+        if free < want {
+            return Err(StoreError::Full {
+                path: self.state_dir.clone(),
+                free,
+                needed: want,
+            });
+        }
+        Ok(())
+    }
+
+    /// Synchronous flush, for the CLI and shutdown. Skipped once storage has failed.
     pub fn flush_now(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.check_healthy()?;
+        self.db.flush().inspect_err(|e| self.note_error(e))?;
         Ok(())
     }
 }
@@ -146,6 +258,16 @@ fn spawn_flusher(db: sled::Db) -> FlushSender {
         }
     });
     tx
+}
+
+/// Free bytes available to this (unprivileged) process on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Big-endian u64, so sled scans come out in numeric order.

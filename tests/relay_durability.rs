@@ -99,6 +99,7 @@ async fn graceful_stop_keeps_the_queue() {
                 .into(),
         ),
         retry_schedule_secs: vec![3600],
+        max_age_secs: 7 * 24 * 3600,
         ..Default::default()
     });
     let (id, token) = relay.add_project("app", &["app.test"]);

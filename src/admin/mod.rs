@@ -5,6 +5,7 @@
 //! (`socket.rs`), and only when no server is running does it open the database itself.
 //! Both paths end in [`execute`], so behaviour cannot drift between them.
 
+pub mod dkim;
 pub mod socket;
 
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,8 @@ pub enum AdminRequest {
         #[serde(default)]
         update: Option<BrandingUpdate>,
     },
+    /// DKIM keys, DNS records and signing policy (`dkim.rs`).
+    Dkim(dkim::DkimRequest),
 }
 
 /// What the operations need; built from the server's handles or from a directly opened store.
@@ -83,6 +86,7 @@ pub struct AdminContext {
     pub queue: Queue,
     pub log: MessageLog,
     pub branding: BrandingStore,
+    pub dkim: crate::transform::dkim_keys::DkimKeys,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,5 +190,6 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
                 .map(envelope_json)
                 .collect(),
         ),
+        Dkim(req) => dkim::execute(ctx, req)?,
     })
 }

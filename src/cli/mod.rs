@@ -3,6 +3,7 @@
 //! directly on the database otherwise. `anyhow` lives here, at the edge, and nowhere else.
 
 pub mod config;
+pub mod dkim;
 pub mod project;
 pub mod queue;
 pub mod serve;
@@ -61,6 +62,11 @@ pub enum Command {
         #[command(subcommand)]
         command: config::ConfigCommand,
     },
+    /// DKIM keys: generate, import, rotate, and the DNS records to publish.
+    Dkim {
+        #[command(subcommand)]
+        command: dkim::DkimCommand,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -70,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue { ref command } => queue::run(&cli, command),
         Command::Log { ref project, limit } => queue::log(&cli, project.clone(), limit),
         Command::Config { ref command } => config::run(&cli, command),
+        Command::Dkim { ref command } => dkim::run(&cli, command),
     }
 }
 
@@ -93,6 +100,7 @@ pub fn admin(config: &Config, req: AdminRequest) -> anyhow::Result<Value> {
                 queue: crate::queue::Queue::new(store.clone()),
                 log: crate::queue::MessageLog::new(store.clone()),
                 branding: crate::transform::branding::BrandingStore::new(store.clone()),
+                dkim: crate::transform::dkim_keys::DkimKeys::new(store.clone(), config),
             };
             let v = execute(&ctx, req)?;
             store.flush_now()?;

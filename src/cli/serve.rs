@@ -10,6 +10,9 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("smtp-relay")
         .build()?;
-    runtime.block_on(crate::server::serve(config))?;
+    let result = runtime.block_on(crate::server::serve(config));
+    // Tasks stuck in a blocking call (a failed disk) must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result?;
     Ok(())
 }

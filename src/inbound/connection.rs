@@ -239,8 +239,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Closes our side, then reads and discards what the client still sends for a moment
+    /// ("lingering close"): closing with unread input makes the kernel send a RST, which can
+    /// destroy our last reply (say, the 550 for a bare LF) before the client has read it.
     pub async fn shutdown(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
+        let mut sink = [0u8; 8192];
+        let mut drained = 0usize;
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while drained < 1024 * 1024 {
+            match timeout_at(deadline, self.stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
     }
 }
 
@@ -283,6 +295,9 @@ mod tests {
         assert_eq!(rest, b"NOOP\r\n");
         let (r, _) = data_of(b"..x\r\n..\r\na\r\n.\r\n").await;
         assert_eq!(message(r), b".x\r\n.\r\na\r\n");
+        // Fuzzer input: a stuffed lone dot on the first line is content, not the end.
+        let (r, _) = data_of(b"..\r\n.\r\n\x11").await;
+        assert_eq!(message(r), b".\r\n");
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use super::session::{Flow, Session};
 use crate::policy::sender;
 use crate::queue::now_ms;
 use crate::queue::spool::{NewMessage, new_id};
+use crate::transform::dkim::Signing;
 use crate::transform::{self, TransformContext};
 
 impl Session {
@@ -77,11 +78,15 @@ impl Session {
             tls: self.tls,
             received_ms: now_ms(),
             branding: branding.as_deref(),
+            dkim: Some(Signing {
+                keys: &self.shared.dkim,
+                project: &auth.project,
+            }),
         };
         let bytes = match transform::apply(&ctx, message) {
             Ok(bytes) => bytes,
             Err(e) => {
-                tracing::warn!(client = %self.peer, project = %auth.project.id, error = %e, "message refused by transform");
+                tracing::warn!(id = %id, client = %self.peer, project = %auth.project.id, error = %e, "message refused by transform");
                 return self.send(conn, &Reply::from(&e)).await;
             }
         };

@@ -27,6 +27,7 @@ pub struct Shared {
     pub branding: BrandingStore,
     pub tls: Arc<rustls::ServerConfig>,
     pub limits: MessageLimits,
+    pub dkim: crate::transform::dkim_keys::DkimKeys,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

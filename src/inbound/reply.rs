@@ -132,6 +132,14 @@ impl From<&TransformError> for Reply {
     fn from(e: &TransformError) -> Reply {
         match e {
             TransformError::Branding(_) => TOO_COMPLEX,
+            // Only the `tempfail` policy turns a signing failure into an error (dkim.rs).
+            TransformError::Dkim(e) => Reply::owned(
+                451,
+                format!(
+                    "4.3.0 Cannot DKIM-sign for {}, try again later",
+                    printable(e.domain())
+                ),
+            ),
         }
     }
 }

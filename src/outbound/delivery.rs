@@ -130,6 +130,12 @@ impl Delivery {
             Ok(None) => return, // deleted meanwhile
             Err(e) => {
                 tracing::error!(id, error = %e, "cannot load queued message");
+                if matches!(
+                    e,
+                    crate::queue::QueueError::Store(crate::store::StoreError::Corrupt(_))
+                ) {
+                    let _ = self.queue.quarantine(id, &e.to_string());
+                }
                 return;
             }
         };

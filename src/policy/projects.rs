@@ -75,6 +75,17 @@ pub struct Registry {
     secret: ServerSecret,
 }
 
+/// One DNS label of letters, digits and inner hyphens (also used for DKIM selectors).
+pub fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// Lowercases and checks a domain given by an admin.
 pub fn normalize_domain(d: &str) -> Result<String, RegistryError> {
     let d = d.trim().to_ascii_lowercase();
@@ -83,15 +94,7 @@ pub fn normalize_domain(d: &str) -> Result<String, RegistryError> {
         && !d.starts_with('.')
         && !d.ends_with('.')
         && d.split('.').count() >= 2
-        && d.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+        && d.split('.').all(is_dns_label);
     if ok {
         Ok(d)
     } else {
@@ -226,6 +229,7 @@ impl Registry {
         }
         self.store.projects.remove(id.as_bytes())?;
         self.store.branding.remove(id.as_bytes())?;
+        self.store.dkim_projects.remove(id.as_bytes())?;
         self.store.flush_now()?;
         Ok(project)
     }

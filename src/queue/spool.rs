@@ -27,8 +27,10 @@ impl From<sled::Error> for QueueError {
 impl QueueError {
     /// Out of space or an I/O failure: the session must answer 452/451, never 250.
     pub fn is_disk_full(&self) -> bool {
-        let text = self.to_string();
-        text.contains("No space left") || text.contains("os error 28") || text.contains("quota")
+        match self {
+            QueueError::Store(e) => e.is_disk_full(),
+            QueueError::NotFound(_) => false,
+        }
     }
 }
 
@@ -133,13 +135,8 @@ pub fn new_id(now: u64) -> String {
 pub struct Queue {
     store: Store,
     wake: std::sync::Arc<tokio::sync::Notify>,
-}
-
-fn tx_err(e: TransactionError<()>) -> QueueError {
-    match e {
-        TransactionError::Storage(e) => QueueError::from(e),
-        TransactionError::Abort(()) => QueueError::Store(StoreError::Corrupt("aborted".into())),
-    }
+    /// Bytes that must stay free on the spool's filesystem (`server.min_free_space`).
+    min_free: u64,
 }
 
 impl Queue {
@@ -147,6 +144,23 @@ impl Queue {
         Queue {
             store,
             wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+            min_free: 0,
+        }
+    }
+
+    /// Refuse new messages while less than `bytes` would stay free on disk.
+    pub fn with_min_free(mut self, bytes: u64) -> Queue {
+        self.min_free = bytes;
+        self
+    }
+
+    fn tx_err(&self, e: TransactionError<()>) -> QueueError {
+        match e {
+            TransactionError::Storage(e) => {
+                self.store.note_error(&e);
+                QueueError::from(e)
+            }
+            TransactionError::Abort(()) => QueueError::Store(StoreError::Corrupt("aborted".into())),
         }
     }
 
@@ -157,6 +171,8 @@ impl Queue {
 
     /// Stores a message durably. Returns its id only once it is safe to answer `250`.
     pub async fn enqueue(&self, msg: NewMessage, bytes: &[u8]) -> Result<Envelope, QueueError> {
+        self.store.check_healthy()?;
+        self.store.ensure_space(bytes.len() as u64, self.min_free)?;
         let now = now_ms();
         let env = Envelope {
             id: msg.id,
@@ -190,7 +206,7 @@ impl Queue {
                 log.insert(env.id.as_bytes(), encoded.as_slice())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(tx_err)?;
+            .map_err(|e| self.tx_err(e))?;
         self.store.durable().await?;
         self.wake.notify_one();
         Ok(env)
@@ -198,6 +214,7 @@ impl Queue {
 
     /// Removes and returns up to `limit` ids whose time has come.
     pub fn take_due(&self, now: u64, limit: usize) -> Result<Vec<String>, QueueError> {
+        self.store.check_healthy()?;
         let mut out = Vec::new();
         let end = schedule::key(now, "~");
         for item in self.store.schedule.range(..end) {
@@ -243,6 +260,7 @@ impl Queue {
 
     /// Records a new state: final states leave the spool, others are rescheduled.
     pub async fn update(&self, env: &Envelope) -> Result<(), QueueError> {
+        self.store.check_healthy()?;
         let encoded = encode(env);
         let id = env.id.clone();
         let state = env.state;
@@ -259,7 +277,7 @@ impl Queue {
                 log.insert(id.as_bytes(), encoded.as_slice())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(tx_err)?;
+            .map_err(|e| self.tx_err(e))?;
         self.store.durable().await?;
         if !state.is_final() {
             self.wake.notify_one();
@@ -267,16 +285,40 @@ impl Queue {
         Ok(())
     }
 
-    /// All messages still in the spool, oldest first.
+    /// All messages still in the spool, oldest first. Undecodable entries are skipped here
+    /// (and moved aside by [`Queue::recover`]).
     pub fn list(&self) -> Result<Vec<Envelope>, QueueError> {
         let mut out = Vec::new();
         for item in self.store.spool.iter() {
             let (k, v) = item?;
-            if k.last() == Some(&b'e') {
-                out.push(decode(&v)?);
+            if k.last() == Some(&b'e')
+                && let Ok(env) = decode::<Envelope>(&v)
+            {
+                out.push(env);
             }
         }
         Ok(out)
+    }
+
+    /// Moves a message whose stored form cannot be read out of the spool into the quarantine
+    /// tree, so one bad entry never blocks the rest of the queue.
+    pub fn quarantine(&self, id: &str, reason: &str) -> Result<(), QueueError> {
+        let env = self.store.spool.remove(env_key(id))?;
+        let msg = self.store.spool.remove(msg_key(id))?;
+        if let Some(v) = env {
+            self.store.quarantine.insert(env_key(id), v)?;
+        }
+        if let Some(v) = msg {
+            self.store.quarantine.insert(msg_key(id), v)?;
+        }
+        self.remove_schedule_entries(id)?;
+        self.store.flush_now()?;
+        tracing::error!(
+            id,
+            reason,
+            "queue entry quarantined (kept in the `quarantine` tree)"
+        );
+        Ok(())
     }
 
     /// Makes a queued or deferred message due now.
@@ -324,16 +366,36 @@ impl Queue {
     }
 
     /// Rebuilds the schedule from the spool. Run at startup: whatever was in flight when the
-    /// process died is due again.
+    /// process died is due again. Entries that cannot be decoded are quarantined.
     pub fn recover(&self) -> Result<usize, QueueError> {
         self.store.schedule.clear()?;
-        let envelopes = self.list()?;
-        for env in &envelopes {
-            self.store
-                .schedule
-                .insert(schedule::key(env.next_attempt_ms, &env.id), &[])?;
+        let mut ids = Vec::new();
+        let mut bad = Vec::new();
+        for item in self.store.spool.iter() {
+            let (k, v) = item?;
+            let Some((&kind, id)) = k.split_last() else {
+                continue;
+            };
+            let id = String::from_utf8_lossy(id).to_string();
+            match kind {
+                b'e' => match decode::<Envelope>(&v) {
+                    Ok(env) if env.id == id => ids.push((env.next_attempt_ms, id)),
+                    Ok(_) => bad.push((id, "envelope id does not match its key".to_string())),
+                    Err(e) => bad.push((id, e.to_string())),
+                },
+                b'm' if self.store.spool.get(env_key(&id))?.is_none() => {
+                    bad.push((id, "message without envelope".to_string()))
+                }
+                _ => {}
+            }
+        }
+        for (id, reason) in bad {
+            self.quarantine(&id, &reason)?;
+        }
+        for (due, id) in &ids {
+            self.store.schedule.insert(schedule::key(*due, id), &[])?;
         }
         self.store.flush_now()?;
-        Ok(envelopes.len())
+        Ok(ids.len())
     }
 }

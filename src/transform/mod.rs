@@ -1,11 +1,13 @@
 //! Transform turns the accepted bytes into the bytes that will leave.
 //!
-//! The order is fixed: trace and missing headers first, then the project's branding, then
-//! DKIM signing last (a later issue) — nothing may touch the message after it is signed.
-//! The input is already validated (CRLF line ends, no line over 998 octets), and every step
-//! keeps it so.
+//! The order is fixed: trace and missing headers first, then the project's branding
+//! (`branding/`), then DKIM signing last (`dkim.rs`) — nothing may touch the message after it
+//! is signed. The input is already validated (CRLF line ends, no line over 998 octets), and
+//! every step keeps it so.
 
 pub mod branding;
+pub mod dkim;
+pub mod dkim_keys;
 pub mod headers;
 
 use self::branding::{Branding, BrandingError};
@@ -21,13 +23,18 @@ pub struct TransformContext<'a> {
     pub received_ms: u64,
     /// The project's branding, when it is on.
     pub branding: Option<&'a Branding>,
+    /// DKIM keys and the sending project; `None` leaves the message unsigned.
+    pub dkim: Option<dkim::Signing<'a>>,
 }
 
-/// Why a message cannot be transformed (the session turns this into a reply).
+/// A transformation that could not be done; the message is refused (DKIM `tempfail`: 4xx,
+/// never lost; branding over its limits: 554), never sent half-done.
 #[derive(Debug, thiserror::Error)]
 pub enum TransformError {
     #[error(transparent)]
     Branding(#[from] BrandingError),
+    #[error(transparent)]
+    Dkim(#[from] dkim::DkimError),
 }
 
 /// Runs every transformation in order and returns the bytes to spool.
@@ -37,6 +44,9 @@ pub fn apply(ctx: &TransformContext<'_>, message: Vec<u8>) -> Result<Vec<u8>, Tr
         Some(b) => branding::apply(ctx, b, message)?,
         None => message,
     };
-    // DKIM (issue 5) slots in here, last.
-    Ok(message)
+    // DKIM last: nothing may change the bytes after this.
+    Ok(match &ctx.dkim {
+        Some(signing) => dkim::sign(ctx, signing, message)?,
+        None => message,
+    })
 }

@@ -49,6 +49,11 @@ impl Client {
         self.stream.flush().await.expect("flush");
     }
 
+    /// Writes, ignoring errors: for tests where the server may close mid-write.
+    pub async fn write_lossy(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).await.is_ok() && self.stream.flush().await.is_ok()
+    }
+
     /// Reads one (possibly multi-line) reply; panics on timeout or close.
     pub async fn reply(&mut self) -> Reply {
         self.try_reply(Duration::from_secs(20))

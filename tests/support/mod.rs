@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod certs;
 pub mod client;
+pub mod dkim;
 pub mod relay;
 pub mod upstream;

@@ -23,6 +23,11 @@ pub struct RelayOptions {
     pub plain_listener: bool,
     pub command_secs: u64,
     pub data_secs: u64,
+    /// `SMTP_RELAY_LOG` for the server process.
+    pub log_level: &'static str,
+    /// Where the state lives (default: `<tempdir>/state`), e.g. a small tmpfs.
+    pub state_dir: Option<PathBuf>,
+    pub min_free_space_mb: u64,
 }
 
 impl Default for RelayOptions {
@@ -36,6 +41,9 @@ impl Default for RelayOptions {
             plain_listener: false,
             command_secs: 30,
             data_secs: 30,
+            log_level: "debug",
+            state_dir: None,
+            min_free_space_mb: 64,
         }
     }
 }
@@ -62,6 +70,8 @@ pub struct Relay {
     pub pki: TestPki,
     pub files: PkiFiles,
     child: Option<Child>,
+    state: PathBuf,
+    log_level: &'static str,
     pub starttls: SocketAddr,
     pub implicit: SocketAddr,
     pub plain: Option<SocketAddr>,
@@ -72,7 +82,10 @@ impl Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = TestPki::generate();
         let files = pki.write_to(&dir.path().join("pki"));
-        let state = dir.path().join("state");
+        let state = opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         let upstreams = opts.upstreams.clone().unwrap_or_else(|| {
             format!(
                 "[delivery]\ndefault_route = \"outbox\"\n\n[upstream.outbox]\ntype = \"outbox\"\ndir = \"{}\"\n",
@@ -92,6 +105,7 @@ max_connections = 200
 max_message_size = {size}
 max_recipients = {rcpts}
 shutdown_grace_secs = 5
+min_free_space_mb = {min_free}
 
 [timeouts]
 tls_handshake_secs = 5
@@ -128,6 +142,7 @@ poll_interval_ms = 100
             key = files.key.display(),
             sched = opts.retry_schedule_secs,
             age = opts.max_age_secs,
+            min_free = opts.min_free_space_mb,
         );
         let config_path = dir.path().join("smtp-relay.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -137,6 +152,8 @@ poll_interval_ms = 100
             pki,
             files,
             child: None,
+            state,
+            log_level: opts.log_level,
             starttls: "0.0.0.0:0".parse().unwrap(),
             implicit: "0.0.0.0:0".parse().unwrap(),
             plain: None,
@@ -146,7 +163,7 @@ poll_interval_ms = 100
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state.clone()
     }
 
     /// Starts the server process and waits until its listeners are bound.
@@ -162,7 +179,7 @@ poll_interval_ms = 100
             .arg("--config")
             .arg(&self.config_path)
             .arg("serve")
-            .env("SMTP_RELAY_LOG", "debug")
+            .env("SMTP_RELAY_LOG", self.log_level)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -197,6 +214,19 @@ poll_interval_ms = 100
 
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Waits for the server process to exit on its own; returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().ok().flatten() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// SIGKILL: no chance to flush or clean up.

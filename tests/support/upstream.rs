@@ -82,6 +82,8 @@ pub struct Script {
     pub data_end: Option<String>,
     /// Read the whole body, then close the connection without replying.
     pub drop_after_data: bool,
+    /// Wait this long after the body before replying (the message counts as received first).
+    pub delay_data_end: Option<Duration>,
     /// Accept the TCP connection (and, in `Implicit` mode, the TLS handshake) but never send
     /// the greeting; the connection is closed when the client closes it or after
     /// [`READ_TIMEOUT`].
@@ -896,6 +898,9 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                     shared.count.send_replace(messages.len());
                 } else {
                     lock(&shared.rejected).push(msg);
+                }
+                if let Some(delay) = script.delay_data_end {
+                    tokio::time::sleep(delay).await;
                 }
                 conn.reply(&r).await?;
                 if closes(&r) {
