@@ -395,16 +395,9 @@ impl Job<'_> {
         let e = &self.tree.entities[i];
         let root = i == 0;
         let cte = encoding::choose(e.cte, &content);
-        let mut body = encoding::encode(&content, cte);
+        let body = encoding::encode(&content, cte);
         if cte == e.cte && !to_utf8 && wrap_cid.is_none() {
-            if root && !body.ends_with(b"\r\n") {
-                body.extend_from_slice(b"\r\n");
-            }
-            self.edits.push(Edit {
-                start: e.body_start,
-                end: e.end,
-                bytes: body,
-            });
+            self.push_edit(e.body_start, e.end, body, root);
             return;
         }
 
@@ -502,14 +495,15 @@ impl Job<'_> {
                 out.extend_from_slice(format!("\r\n--{boundary}--").as_bytes());
             }
         }
-        if root && !out.ends_with(b"\r\n") {
-            out.extend_from_slice(b"\r\n");
+        self.push_edit(e.start, e.end, out, root);
+    }
+
+    /// Records a replacement; what runs to the end of the message ends with CRLF.
+    fn push_edit(&mut self, start: usize, end: usize, mut bytes: Vec<u8>, to_end: bool) {
+        if to_end && !bytes.ends_with(b"\r\n") {
+            bytes.extend_from_slice(b"\r\n");
         }
-        self.edits.push(Edit {
-            start: e.start,
-            end: e.end,
-            bytes: out,
-        });
+        self.edits.push(Edit { start, end, bytes });
     }
 }
 
