@@ -86,6 +86,7 @@ fn main() {
         tls: true,
         received_ms: 0,
         branding: Some(&b),
+        from_rewrite: None,
         dkim: None,
     };
     println!(

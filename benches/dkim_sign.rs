@@ -127,6 +127,7 @@ fn main() {
         tls: true,
         received_ms: 0,
         branding: None,
+        from_rewrite: None,
         dkim: Some(Signing {
             keys: &keys,
             project: &project,

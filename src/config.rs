@@ -47,6 +47,22 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(rename = "upstream", default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Default per-project rate limits and quotas (policy::limits).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Per-client-IP abuse throttles (policy::throttle).
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+    /// Where the config came from, for errors found after parsing (secret files).
+    #[serde(skip)]
+    pub origin: Option<std::sync::Arc<ConfigOrigin>>,
+}
+
+/// The file name and text a [`Config`] was parsed from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOrigin {
+    pub path: String,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,8 +182,11 @@ impl Default for QueueConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
-    /// Name of the `[upstream.<name>]` every project uses.
+    /// Name of the `[upstream.<name>]` every project uses unless it has a route of its own.
     pub default_route: String,
+    /// Upstreams tried in order when `default_route` is unreachable (see `project route`).
+    #[serde(default)]
+    pub default_fallbacks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,7 +212,84 @@ pub enum UpstreamAuth {
     /// PLAIN or LOGIN, whichever the upstream offers.
     Plain,
     Login,
+    /// SASL XOAUTH2 with an OAuth2 access token (Gmail, Microsoft 365): see `[upstream.x.oauth2]`.
+    Xoauth2,
     None,
+}
+
+/// A sending rate such as `"30/min"`: at most `count` messages per `per_secs` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Rate {
+    pub count: u32,
+    pub per_secs: u64,
+}
+
+impl TryFrom<String> for Rate {
+    type Error = String;
+    fn try_from(s: String) -> Result<Rate, String> {
+        let bad = || {
+            format!("{s:?} is not a rate such as \"14/s\", \"30/min\", \"1000/h\" or \"2000/day\"")
+        };
+        let (n, unit) = s.split_once('/').ok_or_else(bad)?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        let per_secs = match unit.trim() {
+            "s" | "sec" | "second" => 1,
+            "m" | "min" | "minute" => 60,
+            "h" | "hour" => 3600,
+            "d" | "day" => 86_400,
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("{s:?}: the count must be at least 1"));
+        }
+        Ok(Rate { count, per_secs })
+    }
+}
+
+impl From<Rate> for String {
+    fn from(r: Rate) -> String {
+        let unit = match r.per_secs {
+            1 => "s",
+            60 => "min",
+            3600 => "h",
+            _ => "day",
+        };
+        format!("{}/{unit}", r.count)
+    }
+}
+
+/// OAuth2 for `auth = "xoauth2"`. With a refresh token the refresh-token flow is used (Gmail,
+/// delegated Microsoft 365), otherwise client credentials (Microsoft 365 app registration).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    /// Token endpoint; `provider = "gmail" | "office365"` fill it in (office365 from `tenant`).
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// Microsoft Entra directory (tenant) id or domain, for the office365 preset.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub refresh_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub refresh_token_env: Option<String>,
+    /// Deadline for one token request.
+    #[serde(default = "d_token_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl OAuth2Config {
+    pub fn uses_refresh_token(&self) -> bool {
+        self.refresh_token_file.is_some() || self.refresh_token_env.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -232,6 +328,157 @@ pub struct UpstreamConfig {
     pub command_timeout_secs: u64,
     #[serde(default = "d_upstream_data")]
     pub data_timeout_secs: u64,
+    /// Fill host, port, TLS, AUTH and documented limits from a preset (see
+    /// `outbound/providers.rs`); explicit fields win.
+    #[serde(default)]
+    pub provider: Option<crate::outbound::providers::Provider>,
+    /// AWS region for `provider = "ses"`.
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Config>,
+    /// Connections open at once toward this upstream (default 10).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Messages sent over one connection before it is closed (default 100).
+    #[serde(default)]
+    pub max_messages_per_connection: Option<usize>,
+    /// Messages per period toward this upstream, e.g. `"30/min"` (default: unlimited).
+    #[serde(default)]
+    pub max_rate: Option<Rate>,
+    /// Close a pooled connection unused for this long (default 30).
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
+    /// After a throttle reply, leave this upstream alone this long, doubling while the
+    /// throttling goes on (default 60, at most 16 times that).
+    #[serde(default)]
+    pub throttle_backoff_secs: Option<u64>,
+    /// Header From becomes `from_address` (display name kept), the original goes to
+    /// Reply-To — for providers that only send as the authenticated mailbox.
+    #[serde(default)]
+    pub rewrite_from: bool,
+    /// The mailbox From is rewritten to; defaults to `username` when it is an address.
+    #[serde(default)]
+    pub from_address: Option<String>,
+}
+
+impl UpstreamConfig {
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or(10)
+    }
+    pub fn max_messages_per_connection(&self) -> usize {
+        self.max_messages_per_connection.unwrap_or(100)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.unwrap_or(30))
+    }
+    pub fn throttle_backoff(&self) -> Duration {
+        Duration::from_secs(self.throttle_backoff_secs.unwrap_or(60))
+    }
+    /// The address From is rewritten to, when `rewrite_from` is on.
+    pub fn rewrite_address(&self) -> Option<String> {
+        if !self.rewrite_from {
+            return None;
+        }
+        self.from_address
+            .clone()
+            .or_else(|| self.username.clone().filter(|u| u.contains('@')))
+    }
+}
+
+/// What happens to a message that exceeds its project's rate windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitMode {
+    /// `451 4.7.1 … retry in N s`; nothing is queued.
+    #[default]
+    Reject,
+    /// Accept and queue, release to the upstream when the windows allow.
+    AcceptAndDelay,
+}
+
+impl LimitMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitMode::Reject => "reject",
+            LimitMode::AcceptAndDelay => "accept-and-delay",
+        }
+    }
+}
+
+/// `[limits]`: the defaults every project gets unless it has an override. An absent key, or 0,
+/// means no limit; without the section at all, projects are not rate-limited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Messages per second, sustained…
+    #[serde(default)]
+    pub per_second: Option<u32>,
+    /// …with bursts of up to this many (default: `per_second`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub per_minute: Option<u32>,
+    #[serde(default)]
+    pub per_hour: Option<u32>,
+    #[serde(default)]
+    pub per_day: Option<u32>,
+    #[serde(default)]
+    pub recipients_per_day: Option<u32>,
+    /// Concurrent authenticated sessions per project.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub mode: LimitMode,
+}
+
+/// `[throttle]`: per-client-IP protections, independent of projects. 0 turns one off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// Concurrent connections from one IP (default: off).
+    #[serde(default)]
+    pub max_connections_per_ip: u32,
+    /// New connections per minute from one IP (default: off).
+    #[serde(default)]
+    pub connections_per_ip_per_minute: u32,
+    /// Every failed AUTH is answered this long after the credentials arrived.
+    #[serde(default = "d_auth_delay")]
+    pub auth_failure_delay_ms: u64,
+    /// This many failed AUTHs from one IP within `auth_failure_window_secs`…
+    #[serde(default = "d_auth_failures")]
+    pub auth_failures_per_ip: u32,
+    #[serde(default = "d_auth_window")]
+    pub auth_failure_window_secs: u64,
+    /// …refuse that IP (`421 4.7.0`) for this long, even with a correct token.
+    #[serde(default = "d_auth_cooldown")]
+    pub auth_cooldown_secs: u64,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            max_connections_per_ip: 0,
+            connections_per_ip_per_minute: 0,
+            auth_failure_delay_ms: d_auth_delay(),
+            auth_failures_per_ip: d_auth_failures(),
+            auth_failure_window_secs: d_auth_window(),
+            auth_cooldown_secs: d_auth_cooldown(),
+        }
+    }
+}
+
+fn d_auth_delay() -> u64 {
+    500
+}
+fn d_auth_failures() -> u32 {
+    10
+}
+fn d_auth_window() -> u64 {
+    600
+}
+fn d_auth_cooldown() -> u64 {
+    900
 }
 
 fn d_true() -> bool {
@@ -279,6 +526,9 @@ fn d_upstream_cmd() -> u64 {
 fn d_upstream_data() -> u64 {
     600
 }
+fn d_token_timeout() -> u64 {
+    30
+}
 
 impl Config {
     /// The built-in defaults (the example config).
@@ -303,26 +553,32 @@ impl Config {
     }
 
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: source.to_string(),
             message: one_line(&e.to_string()),
         })?;
+        config.origin = Some(std::sync::Arc::new(ConfigOrigin {
+            path: source.to_string(),
+            text: text.to_string(),
+        }));
+        for (name, u) in config.upstreams.iter_mut() {
+            if let Err((key, message)) = crate::outbound::providers::apply(u) {
+                return Err(config_invalid(
+                    text,
+                    source,
+                    &format!("upstream.{name}"),
+                    key,
+                    message,
+                ));
+            }
+        }
         config.validate(text, source)?;
         Ok(config)
     }
 
     fn validate(&self, text: &str, source: &str) -> Result<(), ConfigError> {
-        let bad = |table: &str, key: &str, message: String| ConfigError::Invalid {
-            path: source.to_string(),
-            line: find_line(text, table, key)
-                .map(|n| format!(":{n}"))
-                .unwrap_or_default(),
-            key: if table.is_empty() {
-                key.to_string()
-            } else {
-                format!("{table}.{key}")
-            },
-            message,
+        let bad = |table: &str, key: &str, message: String| {
+            config_invalid(text, source, table, key, message)
         };
         if self.server.hostname.trim().is_empty()
             || self
@@ -415,6 +671,33 @@ impl Config {
                 format!("no [upstream.{}] is defined", self.delivery.default_route),
             ));
         }
+        if self.limits.burst.is_some_and(|b| b > 0) && self.limits.per_second.is_none_or(|r| r == 0)
+        {
+            return Err(bad(
+                "limits",
+                "burst",
+                "applies to per_second, which is not set".into(),
+            ));
+        }
+        if self.throttle.auth_failures_per_ip > 0
+            && (self.throttle.auth_failure_window_secs == 0
+                || self.throttle.auth_cooldown_secs == 0)
+        {
+            return Err(bad(
+                "throttle",
+                "auth_failure_window_secs",
+                "auth_failure_window_secs and auth_cooldown_secs must be at least 1".into(),
+            ));
+        }
+        for f in &self.delivery.default_fallbacks {
+            if !self.upstreams.contains_key(f) {
+                return Err(bad(
+                    "delivery",
+                    "default_fallbacks",
+                    format!("no [upstream.{f}] is defined"),
+                ));
+            }
+        }
         for (name, u) in &self.upstreams {
             let table = format!("upstream.{name}");
             match u.kind {
@@ -448,16 +731,53 @@ impl Config {
                         }
                     }
                     let auth = u.auth.unwrap_or(UpstreamAuth::None);
-                    if auth != UpstreamAuth::None {
-                        if u.username.is_none() {
-                            return Err(bad(&table, "username", "needed when auth is set".into()));
+                    if auth != UpstreamAuth::None && u.username.is_none() {
+                        return Err(bad(&table, "username", "needed when auth is set".into()));
+                    }
+                    match auth {
+                        UpstreamAuth::Plain | UpstreamAuth::Login => {
+                            if u.password_file.is_none() && u.password_env.is_none() {
+                                return Err(bad(
+                                    &table,
+                                    "password_file",
+                                    "auth needs password_file or password_env".into(),
+                                ));
+                            }
                         }
-                        if u.password_file.is_none() && u.password_env.is_none() {
-                            return Err(bad(
-                                &table,
-                                "password_file",
-                                "auth needs password_file or password_env".into(),
-                            ));
+                        UpstreamAuth::Xoauth2 => self.validate_oauth2(name, u, &bad)?,
+                        UpstreamAuth::None => {}
+                    }
+                    if u.rewrite_from && u.rewrite_address().is_none() {
+                        return Err(bad(
+                            &table,
+                            "from_address",
+                            "rewrite_from needs from_address (or a username that is an address)"
+                                .into(),
+                        ));
+                    }
+                    if let Some(a) = &u.from_address
+                        && crate::policy::sender::address_domain(a).is_none()
+                    {
+                        return Err(bad(
+                            &table,
+                            "from_address",
+                            format!("{a:?} is not a plain local@domain address"),
+                        ));
+                    }
+                    for (key, v) in [
+                        ("max_connections", u.max_connections),
+                        ("max_messages_per_connection", u.max_messages_per_connection),
+                    ] {
+                        if v == Some(0) {
+                            return Err(bad(&table, key, "must be at least 1".into()));
+                        }
+                    }
+                    for (key, v) in [
+                        ("idle_timeout_secs", u.idle_timeout_secs),
+                        ("throttle_backoff_secs", u.throttle_backoff_secs),
+                    ] {
+                        if v == Some(0) {
+                            return Err(bad(&table, key, "must be at least 1 second".into()));
                         }
                     }
                 }
@@ -475,6 +795,150 @@ impl Config {
         Ok(())
     }
 
+    fn validate_oauth2(
+        &self,
+        name: &str,
+        u: &UpstreamConfig,
+        bad: &dyn Fn(&str, &str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let table = format!("upstream.{name}");
+        let Some(o) = &u.oauth2 else {
+            return Err(bad(
+                &table,
+                "oauth2",
+                "auth = \"xoauth2\" needs an [upstream.NAME.oauth2] table (token_url, client_id, client_secret_file…)"
+                    .into(),
+            ));
+        };
+        let otable = format!("{table}.oauth2");
+        let Some(url) = &o.token_url else {
+            return Err(bad(
+                &otable,
+                "token_url",
+                "needed (no provider preset gives one)".into(),
+            ));
+        };
+        match reqwest::Url::parse(url) {
+            Ok(parsed) => {
+                let host = parsed.host_str().unwrap_or("").trim_matches(['[', ']']);
+                let loopback = host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
+                    return Err(bad(
+                        &otable,
+                        "token_url",
+                        "must be an https:// URL (http:// only toward a loopback address)".into(),
+                    ));
+                }
+            }
+            Err(e) => return Err(bad(&otable, "token_url", format!("not a URL: {e}"))),
+        }
+        if o.client_secret_file.is_none()
+            && o.client_secret_env.is_none()
+            && !o.uses_refresh_token()
+        {
+            return Err(bad(
+                &otable,
+                "client_secret_file",
+                "the client-credentials flow needs client_secret_file or client_secret_env".into(),
+            ));
+        }
+        if u.provider == Some(crate::outbound::providers::Provider::Gmail)
+            && !o.uses_refresh_token()
+        {
+            return Err(bad(
+                &otable,
+                "refresh_token_file",
+                "Gmail SMTP needs the refresh-token flow: set refresh_token_file or refresh_token_env"
+                    .into(),
+            ));
+        }
+        if o.timeout_secs == 0 {
+            return Err(bad(
+                &otable,
+                "timeout_secs",
+                "must be at least 1 second".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads every upstream secret (passwords, OAuth2 client secrets and refresh tokens) once,
+    /// so a missing file or variable is reported up front with its key. The values are
+    /// dropped here; nothing is printed.
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        for name in self.upstreams.keys() {
+            self.upstream_secrets(name)?;
+        }
+        Ok(())
+    }
+
+    /// The secrets of one upstream, read now.
+    pub fn upstream_secrets(&self, name: &str) -> Result<UpstreamSecrets, ConfigError> {
+        let mut out = UpstreamSecrets::default();
+        let Some(u) = self.upstreams.get(name) else {
+            return Ok(out);
+        };
+        let table = format!("upstream.{name}");
+        let read = |table: &str,
+                    file: &Option<PathBuf>,
+                    file_key: &str,
+                    env: &Option<String>,
+                    env_key: &str|
+         -> Result<Option<crate::secret::Secret>, ConfigError> {
+            if file.is_none() && env.is_none() {
+                return Ok(None);
+            }
+            let key = if file.is_some() { file_key } else { env_key };
+            crate::secret::read_credential(file.as_deref(), env.as_deref())
+                .map(Some)
+                .map_err(|e| self.invalid(table, key, e.to_string()))
+        };
+        if u.kind != UpstreamKind::Smtp {
+            return Ok(out);
+        }
+        if matches!(u.auth, Some(UpstreamAuth::Plain | UpstreamAuth::Login)) {
+            out.password = read(
+                &table,
+                &u.password_file,
+                "password_file",
+                &u.password_env,
+                "password_env",
+            )?;
+        }
+        if u.auth == Some(UpstreamAuth::Xoauth2)
+            && let Some(o) = &u.oauth2
+        {
+            let otable = format!("{table}.oauth2");
+            out.client_secret = read(
+                &otable,
+                &o.client_secret_file,
+                "client_secret_file",
+                &o.client_secret_env,
+                "client_secret_env",
+            )?;
+            out.refresh_token = read(
+                &otable,
+                &o.refresh_token_file,
+                "refresh_token_file",
+                &o.refresh_token_env,
+                "refresh_token_env",
+            )?;
+        }
+        Ok(out)
+    }
+
+    /// A [`ConfigError::Invalid`] for `table.key`, with the line when the source is known.
+    pub fn invalid(&self, table: &str, key: &str, message: String) -> ConfigError {
+        let (path, text) = match &self.origin {
+            Some(o) => (o.path.as_str(), o.text.as_str()),
+            None => ("<config>", ""),
+        };
+        config_invalid(text, path, table, key, message)
+    }
+
     pub fn command_timeout(&self) -> Duration {
         Duration::from_secs(self.timeouts.command_secs)
     }
@@ -488,6 +952,35 @@ impl Config {
     /// Path of the admin socket the CLI uses to talk to a running server.
     pub fn admin_socket(&self) -> PathBuf {
         self.server.state_dir.join("admin.sock")
+    }
+}
+
+/// Secrets of one upstream, as read at startup.
+#[derive(Debug, Default, Clone)]
+pub struct UpstreamSecrets {
+    pub password: Option<crate::secret::Secret>,
+    pub client_secret: Option<crate::secret::Secret>,
+    pub refresh_token: Option<crate::secret::Secret>,
+}
+
+fn config_invalid(
+    text: &str,
+    source: &str,
+    table: &str,
+    key: &str,
+    message: String,
+) -> ConfigError {
+    ConfigError::Invalid {
+        path: source.to_string(),
+        line: find_line(text, table, key)
+            .map(|n| format!(":{n}"))
+            .unwrap_or_default(),
+        key: if table.is_empty() {
+            key.to_string()
+        } else {
+            format!("{table}.{key}")
+        },
+        message,
     }
 }
 
@@ -548,6 +1041,22 @@ mod tests {
         let text = DEFAULT_CONFIG.replace("[server]", "[server]\nhostnme = \"x\"");
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("hostnme"), "{err}");
+    }
+
+    #[test]
+    fn limits_sections_parse_and_are_checked() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(c.limits.per_second, Some(100));
+        assert_eq!(c.limits.mode, LimitMode::Reject);
+        assert_eq!(c.throttle.auth_failures_per_ip, 10);
+        let text = DEFAULT_CONFIG.replace("per_second = 100\n", "");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("limits.burst"), "{err}");
+        let text = DEFAULT_CONFIG.replace("mode = \"reject\"", "mode = \"accept-and-delay\"");
+        assert_eq!(
+            Config::parse(&text, "x.toml").unwrap().limits.mode,
+            LimitMode::AcceptAndDelay
+        );
     }
 
     #[test]

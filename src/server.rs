@@ -12,9 +12,13 @@ use tokio::sync::{Semaphore, watch};
 use crate::admin::{self, AdminContext};
 use crate::config::{Config, ListenerMode};
 use crate::inbound::{self, Shared, listener};
-use crate::outbound::delivery::{self, Delivery};
-use crate::policy::limits::MessageLimits;
+use crate::outbound::delivery::Delivery;
+use crate::outbound::routing::Router;
+use crate::outbound::send_test::Tester;
+use crate::policy::limits::{Defaults, Limiter, MessageLimits};
 use crate::policy::projects::Registry;
+use crate::policy::routes::RouteTable;
+use crate::policy::throttle::Throttle;
 use crate::queue::{MessageLog, Queue};
 use crate::secret::ServerSecret;
 use crate::store::Store;
@@ -83,9 +87,11 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     let queue =
         Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
     let branding = BrandingStore::new(store.clone());
+    let limiter = Limiter::new(store.clone(), Defaults::from_config(&config));
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
-    let upstreams = delivery::build_upstreams(&config)?;
+    let routes = RouteTable::new(store.clone(), config.clone());
+    let router = Arc::new(Router::new(&config, routes.clone())?);
     let bound = listener::bind_all(&config.listeners).await?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -100,6 +106,15 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         queue: queue.clone(),
         log: MessageLog::new(store.clone()),
         branding: branding.clone(),
+        limiter: limiter.clone(),
+        routes: routes.clone(),
+        tester: Some(Arc::new(Tester {
+            config: config.clone(),
+            registry: registry.clone(),
+            router: router.clone(),
+            dkim: dkim.clone(),
+            branding: branding.clone(),
+        })),
         dkim: dkim.clone(),
     };
     let admin_task = tokio::spawn(admin::socket::serve(
@@ -111,10 +126,13 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     let shared = Arc::new(Shared {
         config: config.clone(),
         registry: registry.clone(),
+        routes: routes.clone(),
         queue: queue.clone(),
         branding,
         tls,
         limits: MessageLimits::from_config(&config),
+        limiter,
+        throttle: Throttle::new(&config.throttle),
         dkim,
         shutdown: shutdown_rx.clone(),
     });
@@ -143,7 +161,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     let delivery = Delivery {
         queue: queue.clone(),
         config: config.clone(),
-        upstreams,
+        router,
     };
     let delivery_task = tokio::spawn(delivery.run(shutdown_rx.clone()));
 

@@ -95,6 +95,10 @@ pub mod trees {
     pub const COUNTERS: &str = "counters";
     /// Per-project branding settings (transform::branding::settings).
     pub const BRANDING: &str = "branding";
+    /// Per-project overrides of the `[limits]` defaults (policy::limits), keyed by project id.
+    pub const LIMITS: &str = "limits";
+    /// Per-project upstream routes (project id → primary + fallbacks).
+    pub const ROUTES: &str = "routes";
     /// DKIM key metadata, `domain \0 selector` → key info (private keys are files).
     pub const DKIM: &str = "dkim";
     /// Per-project DKIM settings (signing failure policy), by project id.
@@ -116,6 +120,8 @@ pub struct Store {
     pub log: sled::Tree,
     pub counters: sled::Tree,
     pub branding: sled::Tree,
+    pub limits: sled::Tree,
+    pub routes: sled::Tree,
     pub dkim: sled::Tree,
     pub dkim_projects: sled::Tree,
     pub quarantine: sled::Tree,
@@ -160,6 +166,8 @@ impl Store {
             log: db.open_tree(trees::LOG)?,
             counters: db.open_tree(trees::COUNTERS)?,
             branding: db.open_tree(trees::BRANDING)?,
+            limits: db.open_tree(trees::LIMITS)?,
+            routes: db.open_tree(trees::ROUTES)?,
             dkim: db.open_tree(trees::DKIM)?,
             dkim_projects: db.open_tree(trees::DKIM_PROJECTS)?,
             quarantine: db.open_tree(trees::QUARANTINE)?,

@@ -109,6 +109,7 @@ fn brand(b: &Branding, msg: &[u8]) -> Vec<u8> {
         tls: true,
         received_ms: 1_795_255_200_000,
         branding: Some(b),
+        from_rewrite: None,
         dkim: None,
     };
     branding::apply(&ctx, b, msg.to_vec()).expect("fixture within limits")

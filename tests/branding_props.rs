@@ -39,6 +39,7 @@ fn apply(b: &Branding, msg: &[u8]) -> Result<Vec<u8>, BrandingError> {
         tls: false,
         received_ms: 0,
         branding: Some(b),
+        from_rewrite: None,
         dkim: None,
     };
     branding::apply(&ctx, b, msg.to_vec())

@@ -85,3 +85,120 @@ fn unwritable_state_directory_is_named() {
         "state directory /proc/smtp-relay-state is not writable",
     );
 }
+
+fn with_upstream(table: &str) -> String {
+    base()
+        .replace("default_route = \"outbox\"", "default_route = \"p\"")
+        .replace(
+            "[upstream.outbox]",
+            &format!("{table}\n\n[upstream.outbox]"),
+        )
+}
+
+#[test]
+fn a_missing_secret_file_names_its_key() {
+    let cfg = with_upstream(
+        "[upstream.p]\ntype = \"smtp\"\nprovider = \"sendgrid\"\npassword_file = \"/nonexistent/sendgrid.key\"",
+    );
+    for args in [&["config", "check"][..], &["serve"][..]] {
+        let (ok, err) = run(&cfg, args);
+        assert!(!ok, "{args:?}");
+        assert_one_line(&err, "key `upstream.p.password_file`");
+        assert!(err.contains("/nonexistent/sendgrid.key"), "{err}");
+    }
+    // Outside the service (systemd credentials are not there), the rest can still be checked.
+    let (ok, err) = run(&cfg, &["config", "check", "--skip-secrets"]);
+    assert!(ok, "{err}");
+
+    let cfg = with_upstream(
+        "[upstream.p]\ntype = \"smtp\"\nprovider = \"office365\"\nusername = \"box@corp.example\"\n[upstream.p.oauth2]\ntenant = \"contoso\"\nclient_id = \"id\"\nclient_secret_env = \"SMTP_RELAY_TEST_UNSET_VAR\"",
+    );
+    let (ok, err) = run(&cfg, &["config", "check"]);
+    assert!(!ok);
+    assert_one_line(&err, "key `upstream.p.oauth2.client_secret_env`");
+}
+
+#[test]
+fn config_check_never_prints_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("key");
+    std::fs::write(&secret_file, "file-secret-0123456789\n").unwrap();
+    let cfg = with_upstream(&format!(
+        "[upstream.p]\ntype = \"smtp\"\nprovider = \"sendgrid\"\npassword_env = \"SMTP_RELAY_TEST_SECRET\"\n\n[upstream.q]\ntype = \"smtp\"\nprovider = \"mailgun\"\nusername = \"postmaster@mg.example\"\npassword_file = \"{}\"",
+        secret_file.display()
+    ));
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        cfg.replace("@DIR@", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    for json in [false, true] {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&path)
+            .args(["config", "check"])
+            .env("SMTP_RELAY_TEST_SECRET", "env-secret-9876543210");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{all}");
+        assert!(!all.contains("env-secret-9876543210"), "{all}");
+        assert!(!all.contains("file-secret-0123456789"), "{all}");
+        assert!(
+            all.contains("smtp.sendgrid.net"),
+            "presets are shown: {all}"
+        );
+    }
+}
+
+#[test]
+fn presets_resolve_and_explicit_fields_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = with_upstream(
+        "[upstream.p]\ntype = \"smtp\"\nprovider = \"office365\"\nport = 2587\nauth = \"login\"\nusername = \"box@corp.example\"\npassword_env = \"HOME\"\nrewrite_from = true",
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        cfg.replace("@DIR@", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .args(["config", "check", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &v["upstream"]["p"];
+    assert_eq!(p["host"], "smtp.office365.com");
+    assert_eq!(p["port"], 2587, "explicit port wins");
+    assert_eq!(p["tls"], "starttls");
+    assert_eq!(
+        p["auth"], "login",
+        "explicit auth wins over the preset's xoauth2"
+    );
+    assert_eq!(p["max_rate"], "30/min");
+    assert_eq!(p["max_connections"], 3);
+
+    let (ok, err) = run(
+        &with_upstream(
+            "[upstream.p]\ntype = \"smtp\"\nprovider = \"gmail\"\nusername = \"a@b.example\"\nrewrite_from = true\nmax_rate = \"lots\"",
+        ),
+        &["config", "check"],
+    );
+    assert!(!ok);
+    assert_one_line(&err, "max_rate");
+}

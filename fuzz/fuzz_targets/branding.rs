@@ -59,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
         tls: true,
         received_ms: 0,
         branding: Some(b),
+        from_rewrite: None,
         dkim: None,
     };
     if let Ok(out) = branding::apply(&ctx, b, data.to_vec()) {

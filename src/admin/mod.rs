@@ -11,7 +11,10 @@ pub mod socket;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::outbound::send_test::{SendTest, Tester};
+use crate::policy::limits::{LimitOverride, Limiter};
 use crate::policy::projects::{Project, Registry};
+use crate::policy::routes::{Route, RouteTable};
 use crate::queue::{Envelope, MessageLog, Queue};
 use crate::transform::branding::{BrandingStore, BrandingUpdate};
 
@@ -38,6 +41,15 @@ pub enum AdminRequest {
     ProjectMaxAge {
         id: String,
         max_age_secs: Option<u64>,
+    },
+    /// Merges `set` into the project's limit override (dropping it first with `clear`);
+    /// with neither, only shows. Answers like `ProjectShow`.
+    ProjectLimits {
+        id: String,
+        #[serde(default)]
+        set: LimitOverride,
+        #[serde(default)]
+        clear: bool,
     },
     TokenAdd {
         id: String,
@@ -75,6 +87,17 @@ pub enum AdminRequest {
         #[serde(default)]
         update: Option<BrandingUpdate>,
     },
+    /// Shows the project's route; with `upstream`, sets it; with `clear`, back to the default.
+    ProjectRoute {
+        id: String,
+        upstream: Option<String>,
+        #[serde(default)]
+        fallbacks: Vec<String>,
+        #[serde(default)]
+        clear: bool,
+    },
+    /// One test message through the pipeline, synchronously (`execute_async` only).
+    SendTest(SendTest),
     /// DKIM keys, DNS records and signing policy (`dkim.rs`).
     Dkim(dkim::DkimRequest),
 }
@@ -86,6 +109,11 @@ pub struct AdminContext {
     pub queue: Queue,
     pub log: MessageLog,
     pub branding: BrandingStore,
+    /// Per-project limits: overrides, and the usage `project show` reports.
+    pub limiter: Limiter,
+    pub routes: RouteTable,
+    /// Runs `send-test`; present where the delivery side is built (server, CLI send-test).
+    pub tester: Option<std::sync::Arc<Tester>>,
     pub dkim: crate::transform::dkim_keys::DkimKeys,
 }
 
@@ -122,8 +150,43 @@ fn branding_json(ctx: &AdminContext, id: &str) -> Result<Value, AdminError> {
         .unwrap_or(Value::Null))
 }
 
+/// `project_json` plus each limit and its current usage.
+fn project_with_limits(ctx: &AdminContext, p: &Project) -> Result<Value, AdminError> {
+    let mut v = project_json(p);
+    let report = ctx.limiter.report(&p.id).map_err(err)?;
+    v["limits"] = serde_json::to_value(report).map_err(err)?;
+    Ok(v)
+}
+
 pub fn envelope_json(e: &Envelope) -> Value {
     serde_json::to_value(e).unwrap_or(Value::Null)
+}
+
+fn route_json(ctx: &AdminContext, id: &str) -> Result<Value, AdminError> {
+    let own = ctx.routes.get(id).map_err(err)?;
+    let route = own.clone().unwrap_or_else(|| ctx.routes.default_route());
+    Ok(json!({
+        "project": id,
+        "upstream": route.upstream,
+        "fallbacks": route.fallbacks,
+        "default": own.is_none(),
+    }))
+}
+
+/// Like [`execute`], plus the operations that wait on the network (`SendTest`).
+pub async fn execute_async(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminError> {
+    match req {
+        AdminRequest::SendTest(t) => match &ctx.tester {
+            Some(tester) => tester.run(&t).await.map_err(err),
+            None => Err(AdminError("send-test is not available here".into())),
+        },
+        other => {
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || execute(&ctx, other))
+                .await
+                .map_err(|_| AdminError("internal error".into()))?
+        }
+    }
 }
 
 pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminError> {
@@ -144,12 +207,23 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         }
         ProjectList => Value::Array(r.list().map_err(err)?.iter().map(project_json).collect()),
         ProjectShow { id } => {
-            let mut v = project_json(&r.get(&id).map_err(err)?);
+            let mut v = project_with_limits(ctx, &r.get(&id).map_err(err)?)?;
             v["branding"] = branding_json(ctx, &id)?;
             v
         }
+        ProjectLimits { id, set, clear } => {
+            let p = r.get(&id).map_err(err)?;
+            if clear || !set.is_empty() {
+                ctx.limiter.set_override(&id, &set, clear).map_err(err)?;
+            }
+            project_with_limits(ctx, &p)?
+        }
         ProjectEnable { id, enabled } => project_json(&r.set_disabled(&id, !enabled).map_err(err)?),
-        ProjectDelete { id } => project_json(&r.delete(&id).map_err(err)?),
+        ProjectDelete { id } => {
+            let p = r.delete(&id).map_err(err)?;
+            ctx.limiter.forget(&id).map_err(err)?;
+            project_json(&p)
+        }
         ProjectMaxAge { id, max_age_secs } => {
             project_json(&r.set_max_age(&id, max_age_secs).map_err(err)?)
         }
@@ -190,6 +264,25 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
                 .map(envelope_json)
                 .collect(),
         ),
+        ProjectRoute {
+            id,
+            upstream,
+            fallbacks,
+            clear,
+        } => {
+            r.get(&id).map_err(err)?;
+            if clear {
+                ctx.routes.clear(&id).map_err(err)?;
+            } else if let Some(upstream) = upstream {
+                let route = Route {
+                    upstream,
+                    fallbacks,
+                };
+                ctx.routes.set(&id, &route).map_err(err)?;
+            }
+            route_json(ctx, &id)?
+        }
+        SendTest(_) => return Err(AdminError("send-test runs asynchronously".into())),
         Dkim(req) => dkim::execute(ctx, req)?,
     })
 }

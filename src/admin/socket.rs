@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
-use super::{AdminContext, AdminRequest, execute};
+use super::{AdminContext, AdminRequest, execute_async};
 
 /// Large enough for a branding update: a 200 KiB logo in base64 plus two 64 KiB templates.
 const MAX_REQUEST: u64 = 1024 * 1024;
@@ -48,12 +48,11 @@ pub async fn serve(
                     Ok(Ok(_)) => match serde_json::from_str::<AdminRequest>(&line) {
                         Ok(req) => {
                             let op = format!("{req:?}");
-                            let op = op.split([' ', '{']).next().unwrap_or("").to_string();
+                            let op = op.split([' ', '{', '(']).next().unwrap_or("").to_string();
                             tracing::info!(op = %op, "admin request");
-                            match tokio::task::spawn_blocking(move || execute(&ctx, req)).await {
-                                Ok(Ok(v)) => json!({ "ok": v }),
-                                Ok(Err(e)) => json!({ "error": e.0 }),
-                                Err(_) => json!({ "error": "internal error" }),
+                            match execute_async(&ctx, req).await {
+                                Ok(v) => json!({ "ok": v }),
+                                Err(e) => json!({ "error": e.0 }),
                             }
                         }
                         Err(e) => json!({ "error": format!("bad request: {e}") }),
@@ -80,6 +79,15 @@ pub enum ClientError {
 
 /// Sends one request to a running server.
 pub fn request(path: &Path, req: &AdminRequest) -> Result<Value, ClientError> {
+    request_with_timeout(path, req, Duration::from_secs(30))
+}
+
+/// [`request`] with a longer wait for the answer (send-test waits on upstreams).
+pub fn request_with_timeout(
+    path: &Path,
+    req: &AdminRequest,
+    timeout: Duration,
+) -> Result<Value, ClientError> {
     let io = |e: std::io::Error| ClientError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -96,9 +104,7 @@ pub fn request(path: &Path, req: &AdminRequest) -> Result<Value, ClientError> {
         }
         Err(e) => return Err(io(e)),
     };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_string(req).map_err(|e| ClientError::Remote(e.to_string()))?;
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io)?;

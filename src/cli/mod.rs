@@ -4,8 +4,10 @@
 
 pub mod config;
 pub mod dkim;
+pub mod limits;
 pub mod project;
 pub mod queue;
+pub mod send_test;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -62,6 +64,8 @@ pub enum Command {
         #[command(subcommand)]
         command: config::ConfigCommand,
     },
+    /// Send a test message through the pipeline now and print the upstream's reply.
+    SendTest(send_test::SendTestArgs),
     /// DKIM keys: generate, import, rotate, and the DNS records to publish.
     Dkim {
         #[command(subcommand)]
@@ -76,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue { ref command } => queue::run(&cli, command),
         Command::Log { ref project, limit } => queue::log(&cli, project.clone(), limit),
         Command::Config { ref command } => config::run(&cli, command),
+        Command::SendTest(ref args) => send_test::run(&cli, args),
         Command::Dkim { ref command } => dkim::run(&cli, command),
     }
 }
@@ -89,25 +94,40 @@ pub fn admin(config: &Config, req: AdminRequest) -> anyhow::Result<Value> {
     match request(&config.admin_socket(), &req) {
         Ok(v) => Ok(v),
         Err(ClientError::NotRunning(_)) => {
-            crate::server::prepare_state_dir(config)?;
-            let store = crate::store::Store::open(&config.server.state_dir)?;
-            let secret = crate::secret::ServerSecret::load(
-                config.server.secret_file.as_deref(),
-                &config.server.state_dir,
-            )?;
-            let ctx = AdminContext {
-                registry: crate::policy::projects::Registry::new(store.clone(), secret),
-                queue: crate::queue::Queue::new(store.clone()),
-                log: crate::queue::MessageLog::new(store.clone()),
-                branding: crate::transform::branding::BrandingStore::new(store.clone()),
-                dkim: crate::transform::dkim_keys::DkimKeys::new(store.clone(), config),
-            };
+            let (store, ctx) = offline_context(config)?;
             let v = execute(&ctx, req)?;
             store.flush_now()?;
             Ok(v)
         }
         Err(e) => Err(e).context("cannot reach the running server"),
     }
+}
+
+/// Opens the database directly (no server running) and builds the admin operations on it.
+pub fn offline_context(config: &Config) -> anyhow::Result<(crate::store::Store, AdminContext)> {
+    crate::server::prepare_state_dir(config)?;
+    let store = crate::store::Store::open(&config.server.state_dir)?;
+    let secret = crate::secret::ServerSecret::load(
+        config.server.secret_file.as_deref(),
+        &config.server.state_dir,
+    )?;
+    let ctx = AdminContext {
+        registry: crate::policy::projects::Registry::new(store.clone(), secret),
+        queue: crate::queue::Queue::new(store.clone()),
+        log: crate::queue::MessageLog::new(store.clone()),
+        routes: crate::policy::routes::RouteTable::new(
+            store.clone(),
+            std::sync::Arc::new(config.clone()),
+        ),
+        tester: None,
+        branding: crate::transform::branding::BrandingStore::new(store.clone()),
+        dkim: crate::transform::dkim_keys::DkimKeys::new(store.clone(), config),
+        limiter: crate::policy::limits::Limiter::new(
+            store.clone(),
+            crate::policy::limits::Defaults::from_config(config),
+        ),
+    };
+    Ok((store, ctx))
 }
 
 pub fn print_json(v: &Value) {

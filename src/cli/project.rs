@@ -59,6 +59,19 @@ pub enum ProjectCommand {
         id: String,
         secs: Option<u64>,
     },
+    /// Show or override the project's rate limits and quotas (defaults: `[limits]`).
+    Limits(super::limits::LimitsArgs),
+    /// Show the project's upstream route; with --upstream, set it (fallbacks tried in order
+    /// when the upstream is unreachable); with --default, go back to the config's route.
+    Route {
+        id: String,
+        #[arg(long)]
+        upstream: Option<String>,
+        #[arg(long = "fallback", requires = "upstream")]
+        fallbacks: Vec<String>,
+        #[arg(long = "default", conflicts_with = "upstream")]
+        clear: bool,
+    },
     /// Show or set the branding injected into every message (no options: show it).
     Branding(BrandingArgs),
 }
@@ -235,6 +248,18 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             id: args.id.clone(),
             update: args.update()?,
         },
+        ProjectCommand::Limits(args) => args.request(),
+        ProjectCommand::Route {
+            id,
+            upstream,
+            fallbacks,
+            clear,
+        } => AdminRequest::ProjectRoute {
+            id: id.clone(),
+            upstream: upstream.clone(),
+            fallbacks: fallbacks.clone(),
+            clear: *clear,
+        },
     };
     let creates_token = matches!(
         cmd,
@@ -276,6 +301,27 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
         }
         _ if creates_token => print_new_token(&v),
         ProjectCommand::Branding(args) => print_branding(&args.id, &v),
+        ProjectCommand::Route { .. } => {
+            let mut order = vec![v["upstream"].as_str().unwrap_or("").to_string()];
+            order.extend(
+                v["fallbacks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string),
+            );
+            println!(
+                "project {} → {}{}",
+                v["project"].as_str().unwrap_or(""),
+                order.join(" → "),
+                if v["default"].as_bool() == Some(true) {
+                    "  (the config's default route)"
+                } else {
+                    ""
+                }
+            );
+        }
         _ => print_project(&v),
     }
     Ok(())
@@ -309,6 +355,9 @@ fn print_project(p: &Value) {
     }
     println!("created   {}", fmt_time(p["created"].as_u64().unwrap_or(0)));
     println!("branding  {}", branding_summary(&p["branding"]));
+    if p.get("limits").is_some() {
+        super::limits::print(&p["limits"]);
+    }
     println!("tokens");
     for t in p["tokens"].as_array().cloned().unwrap_or_default() {
         println!(

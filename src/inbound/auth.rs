@@ -1,10 +1,16 @@
 //! Decoding SASL PLAIN and LOGIN responses (RFC 4616, draft-murchison-sasl-login).
 //!
-//! Pure functions: the session drives the exchange and asks policy to check the result.
+//! The decoding is pure; the session drives the exchange and asks policy to check the result.
 //! The password is wrapped in [`Secret`] the moment it is decoded.
+//!
+//! Failures are slow on purpose: each is answered `throttle.auth_failure_delay_ms` after the
+//! credentials arrived — a fixed deadline, so how long the check took (unknown project or
+//! wrong token) never shows — three close the session, and an IP with too many failures
+//! across sessions is refused for a cool-down (policy::throttle), even with a correct token.
 
 use base64::Engine;
 
+use crate::policy::limits::LimitsError;
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -98,6 +104,10 @@ impl Session {
                 )
                 .await;
         }
+        if self.shared.throttle.cooling_down(self.peer.ip()).is_some() {
+            let _ = conn.write_reply(&reply::IP_COOLING_DOWN).await;
+            return Flow::Close;
+        }
         // `=` is an empty initial response (RFC 4954 §4).
         let initial = (!initial.is_empty()).then(|| {
             if initial == "=" {
@@ -136,24 +146,40 @@ impl Session {
         } else {
             return self.error(conn, &reply::AUTH_MECH).await;
         };
+        // The failure reply's deadline starts once the client has said everything.
+        let answer_at = tokio::time::Instant::now() + self.shared.throttle.auth_failure_delay();
         let creds = match decoded {
             Ok(c) => c,
             Err(AuthDecodeError::Cancelled) => {
                 return self.error(conn, &reply::AUTH_CANCELLED).await;
             }
-            Err(_) => return self.auth_failed(conn).await,
+            Err(_) => return self.auth_failed(conn, answer_at).await,
         };
         match self
             .shared
             .registry
             .authenticate(&creds.username, creds.password.expose())
         {
-            Ok(Some(who)) => {
-                tracing::info!(client = %self.peer, project = %who.project.id, token = %who.token_id, "authenticated");
-                self.auth = Some(who);
-                self.send(conn, &reply::AUTH_OK).await
-            }
-            Ok(None) => self.auth_failed(conn).await,
+            Ok(Some(who)) => match self.shared.limiter.open_session(&who.project.id) {
+                Ok(quota) => {
+                    tracing::info!(client = %self.peer, project = %who.project.id, token = %who.token_id, "authenticated");
+                    self.auth = Some(who);
+                    self.quota = Some(quota);
+                    self.send(conn, &reply::AUTH_OK).await
+                }
+                Err(LimitsError::TooManySessions { project, max }) => {
+                    tracing::warn!(client = %self.peer, project = %project, max, "too many sessions for project");
+                    let _ = conn
+                        .write_reply(&reply::project_connections(&project))
+                        .await;
+                    Flow::Close
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "limits unavailable during AUTH");
+                    self.error(conn, &reply::AUTH_TEMP).await
+                }
+            },
+            Ok(None) => self.auth_failed(conn, answer_at).await,
             Err(e) => {
                 tracing::error!(error = %e, "registry unavailable during AUTH");
                 self.error(conn, &reply::AUTH_TEMP).await
@@ -164,9 +190,18 @@ impl Session {
     async fn auth_failed<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Connection<S>,
+        answer_at: tokio::time::Instant,
     ) -> Flow {
         self.auth_failures += 1;
         tracing::warn!(client = %self.peer, failures = self.auth_failures, "authentication failed");
+        // Counted before the delay, so parallel sessions from the same IP see it at once.
+        let cooling_down = self.shared.throttle.auth_failed(self.peer.ip());
+        tokio::time::sleep_until(answer_at).await;
+        if cooling_down {
+            let _ = conn.write_reply(&reply::BAD_CREDENTIALS).await;
+            let _ = conn.write_reply(&reply::IP_COOLING_DOWN).await;
+            return Flow::Close;
+        }
         if self.auth_failures >= MAX_AUTH_FAILURES {
             let _ = conn.write_reply(&reply::BAD_CREDENTIALS).await;
             let _ = conn.write_reply(&reply::TOO_MANY_ERRORS).await;

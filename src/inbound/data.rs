@@ -2,6 +2,7 @@
 //!
 //! The `250` goes out only after the queue says the message is on disk. If storing fails the
 //! client gets a 4xx and keeps the message — never a `250` for something we might lose.
+//! The message counts against the project's rate windows just before it is queued.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -33,7 +34,7 @@ impl Session {
         }
         let idle = self.shared.config.data_timeout();
         let outcome = conn
-            .read_data(self.shared.limits.max_size, idle, idle * 4)
+            .read_data(self.message_limits().max_size, idle, idle * 4)
             .await;
         let message = match outcome {
             Ok(DataOutcome::Message(m)) => m,
@@ -78,6 +79,7 @@ impl Session {
             tls: self.tls,
             received_ms: now_ms(),
             branding: branding.as_deref(),
+            from_rewrite: self.shared.routes.from_rewrite(&auth.project.id),
             dkim: Some(Signing {
                 keys: &self.shared.dkim,
                 project: &auth.project,
@@ -90,10 +92,13 @@ impl Session {
                 return self.send(conn, &Reply::from(&e)).await;
             }
         };
-        let max_age = auth
-            .project
-            .max_age_secs
-            .unwrap_or(self.shared.config.queue.max_age_secs);
+        // Counted only now that nothing else can refuse it (but storage; refunded then).
+        let recipients = rcpts.len();
+        let not_before_ms = match self.consume_rate(recipients) {
+            Ok(slot) => slot,
+            Err(r) => return self.error(conn, &r).await,
+        };
+        let max_age = self.max_age_secs();
         let new = NewMessage {
             id,
             project: auth.project.id.clone(),
@@ -101,6 +106,7 @@ impl Session {
             recipients: rcpts,
             client_ip: self.peer.ip().to_string(),
             max_age_secs: max_age,
+            not_before_ms,
         };
         match self.shared.queue.enqueue(new, &bytes).await {
             Ok(env) => {
@@ -116,6 +122,7 @@ impl Session {
                 self.send(conn, &reply::queued(&env.id)).await
             }
             Err(e) => {
+                self.refund_rate(recipients);
                 tracing::error!(client = %self.peer, project = %auth.project.id, error = %e, "cannot store message");
                 self.send(conn, &Reply::from(&e)).await
             }

@@ -1,7 +1,8 @@
 //! MAIL FROM and RCPT TO: who may start a transaction, and with which addresses.
 //!
 //! Nothing is accepted before AUTH. The sender must belong to the authenticated project
-//! (policy decides); recipients are counted against the per-message limit.
+//! (policy decides); recipients are counted against the per-message limit. Both commands also
+//! ask whether the project's rate windows have room (`quota.rs`); neither consumes any.
 
 use smtp_proto::{MailFrom, RcptTo};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,7 +40,7 @@ impl Session {
         if from.flags & smtp_proto::MAIL_SMTPUTF8 != 0 {
             return self.error(conn, &reply::SMTPUTF8_UNSUPPORTED).await;
         }
-        if from.size > self.shared.limits.max_size {
+        if from.size > self.message_limits().max_size {
             return self.error(conn, &reply::TOO_LARGE).await;
         }
         if from.address.is_empty() {
@@ -53,6 +54,9 @@ impl Session {
         if let Err(e) = sender::check_envelope_sender(&auth.project, &from.address) {
             tracing::warn!(client = %self.peer, project = %auth.project.id, sender = %reply::printable(&from.address), "sender not owned by project");
             return self.error(conn, &Reply::from(&e)).await;
+        }
+        if let Some(r) = self.check_rate_at_mail() {
+            return self.error(conn, &r).await;
         }
         self.mail_from = Some(from.address);
         self.send(conn, &reply::SENDER_OK).await
@@ -69,8 +73,11 @@ impl Session {
         if !plausible_address(&to.address) {
             return self.error(conn, &reply::BAD_RCPT).await;
         }
-        if self.rcpts.len() >= self.shared.limits.max_recipients {
+        if self.rcpts.len() >= self.message_limits().max_recipients {
             return self.error(conn, &reply::TOO_MANY_RCPTS).await;
+        }
+        if let Some(r) = self.check_rate_at_rcpt(self.rcpts.len() + 1) {
+            return self.error(conn, &r).await;
         }
         self.rcpts.push(to.address);
         self.send(conn, &reply::RCPT_OK).await

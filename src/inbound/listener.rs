@@ -1,5 +1,6 @@
 //! Listeners: bind the configured addresses, accept connections, enforce the global
-//! connection limit, and start one task per connection.
+//! connection limit and the per-IP throttles (policy::throttle), and start one task per
+//! connection.
 //!
 //! The accept loop never does per-connection work (no TLS handshake, no reads): a slow or
 //! hostile client can only hold its own task.
@@ -8,13 +9,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::Shared;
-use super::reply;
+use super::reply::{self, Reply};
 use super::session::Session;
 use crate::config::ListenerConfig;
+use crate::policy::throttle::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {address} ({mode}): {source}")]
@@ -62,7 +64,7 @@ pub async fn serve(bound: BoundListener, shared: Arc<Shared>, permits: Arc<Semap
             a = bound.listener.accept() => a,
             _ = crate::server::stopped(&mut shutdown) => return,
         };
-        let (mut tcp, peer) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -71,16 +73,22 @@ pub async fn serve(bound: BoundListener, shared: Arc<Shared>, permits: Arc<Semap
                 continue;
             }
         };
+        let ip_guard = match shared.throttle.admit(peer.ip()) {
+            Ok(g) => g,
+            Err(refusal) => {
+                let r = match refusal {
+                    Refusal::CoolingDown(_) => reply::IP_COOLING_DOWN,
+                    Refusal::TooManyConnections | Refusal::ConnectionRate => {
+                        reply::IP_TOO_MANY_CONNECTIONS
+                    }
+                };
+                tracing::warn!(client = %peer, reason = ?refusal, "connection refused by the per-IP throttle");
+                refuse(tcp, r);
+                continue;
+            }
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                    let _ = tcp
-                        .write_all(reply::TOO_MANY_CONNECTIONS.to_line().as_bytes())
-                        .await;
-                    let _ = tcp.shutdown().await;
-                })
-                .await;
-            });
+            refuse(tcp, reply::TOO_MANY_CONNECTIONS);
             tracing::warn!(client = %peer, "connection limit reached");
             continue;
         };
@@ -88,6 +96,18 @@ pub async fn serve(bound: BoundListener, shared: Arc<Shared>, permits: Arc<Semap
         tokio::spawn(async move {
             session.run(tcp).await;
             drop(permit);
+            drop(ip_guard);
         });
     }
+}
+
+/// Answers `421` and closes, in a task of its own so the accept loop never waits on a client.
+fn refuse(mut tcp: TcpStream, r: Reply) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let _ = tcp.write_all(r.to_line().as_bytes()).await;
+            let _ = tcp.shutdown().await;
+        })
+        .await;
+    });
 }

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod data;
 pub mod envelope;
 pub mod listener;
+pub mod quota;
 pub mod reply;
 pub mod session;
 pub mod tls;
@@ -14,8 +15,9 @@ pub mod tls;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::policy::limits::MessageLimits;
+use crate::policy::limits::{Limiter, MessageLimits};
 use crate::policy::projects::Registry;
+use crate::policy::throttle::Throttle;
 use crate::queue::Queue;
 use crate::transform::branding::BrandingStore;
 
@@ -23,10 +25,16 @@ use crate::transform::branding::BrandingStore;
 pub struct Shared {
     pub config: Arc<Config>,
     pub registry: Registry,
+    /// Per-project routes: the first upstream decides From rewriting at acceptance.
+    pub routes: crate::policy::routes::RouteTable,
     pub queue: Queue,
     pub branding: BrandingStore,
     pub tls: Arc<rustls::ServerConfig>,
     pub limits: MessageLimits,
+    /// Per-project rate windows and session counts.
+    pub limiter: Limiter,
+    /// Per-client-IP connection and AUTH-failure throttles.
+    pub throttle: Arc<Throttle>,
     pub dkim: crate::transform::dkim_keys::DkimKeys,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

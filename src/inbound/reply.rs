@@ -91,6 +91,30 @@ pub const TOO_COMPLEX: Reply = Reply::new(
     "5.6.0 Message structure too complex (MIME nesting or part count limit)",
 );
 
+pub const IP_TOO_MANY_CONNECTIONS: Reply = Reply::new(
+    421,
+    "4.7.0 Too many connections from your address, try later",
+);
+pub const IP_COOLING_DOWN: Reply = Reply::new(
+    421,
+    "4.7.0 Too many failed logins from your address, try later",
+);
+
+/// A project over one of its rate windows; `secs` is when the same message would fit.
+pub fn rate_limited(project: &str, secs: u64) -> Reply {
+    Reply::owned(
+        451,
+        format!("4.7.1 Rate limit exceeded for project {project}, retry in {secs} s"),
+    )
+}
+
+pub fn project_connections(project: &str) -> Reply {
+    Reply::owned(
+        421,
+        format!("4.7.0 Too many connections for project {project}, try later"),
+    )
+}
+
 pub fn syntax(hint: &str) -> Reply {
     Reply::owned(501, format!("5.5.4 Syntax: {hint}"))
 }

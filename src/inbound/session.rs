@@ -16,6 +16,7 @@ use super::Shared;
 use super::connection::{Connection, FrameError, MAX_COMMAND_LINE};
 use super::reply::{self, Reply};
 use crate::config::{ListenerConfig, ListenerMode};
+use crate::policy::limits::ProjectSession;
 use crate::policy::projects::Authenticated;
 
 /// After this many protocol errors the session is closed with 421.
@@ -29,6 +30,8 @@ pub struct Session {
     pub(super) tls: bool,
     pub(super) helo: Option<String>,
     pub(super) auth: Option<Authenticated>,
+    /// The project's limits and its session place, from AUTH on (see `quota.rs`).
+    pub(super) quota: Option<ProjectSession>,
     pub(super) auth_failures: u32,
     pub(super) mail_from: Option<String>,
     pub(super) rcpts: Vec<String>,
@@ -54,6 +57,7 @@ impl Session {
             tls: listener.mode == ListenerMode::Implicit,
             helo: None,
             auth: None,
+            quota: None,
             auth_failures: 0,
             mail_from: None,
             rcpts: Vec::new(),
@@ -83,6 +87,7 @@ impl Session {
                         self.tls = true;
                         self.helo = None;
                         self.auth = None;
+                        self.quota = None;
                         self.reset_transaction();
                         let mut conn = Connection::new(tls);
                         self.serve(&mut conn, false).await;

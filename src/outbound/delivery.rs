@@ -5,57 +5,23 @@
 //! spool; temporary failure → rescheduled with backoff and jitter; permanent failure or
 //! expiry → failed, kept in the message log. Each attempt is one log line.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::outbox::Outbox;
-use super::upstream::{SmtpUpstream, UpstreamError};
-use super::{Attempt, RcptOutcome};
-use crate::config::{Config, UpstreamKind};
+use super::RcptOutcome;
+use super::routing::Router;
+use crate::config::Config;
 use crate::queue::schedule::retry_delay_ms;
 use crate::queue::{Envelope, MessageState, Queue, RcptState, now_ms};
-
-pub enum Upstream {
-    Outbox(Outbox),
-    Smtp(SmtpUpstream),
-}
-
-impl Upstream {
-    async fn deliver(&self, env: &Envelope, rcpts: &[String], bytes: &[u8]) -> Attempt {
-        match self {
-            Upstream::Outbox(o) => o.deliver(env, rcpts, bytes),
-            Upstream::Smtp(s) => s.deliver(&env.mail_from, rcpts, bytes).await,
-        }
-    }
-}
-
-/// Builds every configured upstream (reads credentials and CA files once, at startup).
-pub fn build_upstreams(config: &Config) -> Result<BTreeMap<String, Arc<Upstream>>, UpstreamError> {
-    let mut out = BTreeMap::new();
-    for (name, u) in &config.upstreams {
-        let up = match u.kind {
-            UpstreamKind::Outbox => Upstream::Outbox(Outbox {
-                dir: u
-                    .dir
-                    .clone()
-                    .unwrap_or_else(|| config.server.state_dir.join("outbox")),
-            }),
-            UpstreamKind::Smtp => {
-                Upstream::Smtp(SmtpUpstream::new(name, u, &config.server.hostname)?)
-            }
-        };
-        out.insert(name.clone(), Arc::new(up));
-    }
-    Ok(out)
-}
 
 pub struct Delivery {
     pub queue: Queue,
     pub config: Arc<Config>,
-    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Routes, upstreams and their connection pools (`routing.rs`).
+    pub router: Arc<Router>,
 }
 
 impl Delivery {
@@ -115,12 +81,7 @@ impl Delivery {
         }
         let grace = Duration::from_secs(this.config.server.shutdown_grace_secs);
         let _ = tokio::time::timeout(grace, permits.acquire_many(workers as u32)).await;
-    }
-
-    fn route(&self, _project: &str) -> (String, Option<Arc<Upstream>>) {
-        let name = self.config.delivery.default_route.clone();
-        let up = self.upstreams.get(&name).cloned();
-        (name, up)
+        this.router.close().await;
     }
 
     /// One delivery attempt for one message, and the bookkeeping after it.
@@ -166,14 +127,21 @@ impl Delivery {
             .iter()
             .map(|&i| env.recipients[i].address.clone())
             .collect();
-        let (name, upstream) = self.route(&env.project);
-        let attempt = match upstream {
-            Some(up) => up.deliver(&env, &addrs, &bytes).await,
-            None => Attempt::all(
-                addrs.len(),
-                RcptOutcome::Deferred(format!("451 4.3.0 no upstream named {name}")),
-            ),
-        };
+        let routed = self.router.deliver(&env, &addrs, &bytes).await;
+        if !routed.attempted && routed.retry_at_ms.is_some() {
+            // Every upstream of the route is resting: wait for it without spending a retry.
+            env.next_attempt_ms = routed
+                .retry_at_ms
+                .unwrap_or_else(now_ms)
+                .min(env.expires_ms);
+            env.state = MessageState::Deferred;
+            env.last_reply = Some(routed.attempt.summary.clone());
+            tracing::info!(id, project = %env.project, reply = %routed.attempt.summary, "delivery postponed");
+            self.save(&env).await;
+            return;
+        }
+        let attempt = routed.attempt;
+        let name = routed.upstream.unwrap_or_default();
         env.attempts += 1;
         env.upstream = Some(name.clone());
         env.last_reply = Some(attempt.summary.clone());
@@ -189,8 +157,9 @@ impl Delivery {
         let still_pending = env.recipients.iter().any(|r| r.state == RcptState::Pending);
         env.state = if still_pending {
             let jitter = rand::random::<f64>() * 2.0 - 1.0;
-            let next = now_ms()
-                + retry_delay_ms(&self.config.queue.retry_schedule_secs, env.attempts, jitter);
+            let next = (now_ms()
+                + retry_delay_ms(&self.config.queue.retry_schedule_secs, env.attempts, jitter))
+            .max(routed.retry_at_ms.unwrap_or(0));
             if next >= env.expires_ms {
                 for r in env
                     .recipients

@@ -1,24 +1,32 @@
-//! SMTP toward an upstream provider, with mail-send.
+//! SMTP toward an upstream provider, with mail-send's client primitives.
 //!
-//! Certificate verification is always on (public web roots, or the configured CA file).
-//! Every step has its own deadline: mail-send's defaults (one hour, and no greeting timeout on
-//! plain connections) are never relied on. MAIL/RCPT/DATA are driven one by one so every
-//! recipient gets its own result, and the body is dot-stuffed here rather than by mail-send,
-//! which misses a dot at the very start of the message.
+//! Connection setup is driven step by step here (TCP, greeting, EHLO, STARTTLS or implicit
+//! TLS, EHLO again, AUTH) rather than by `SmtpClientBuilder::connect`, for two reasons: every
+//! step gets its own deadline (mail-send's defaults are one hour, and no greeting timeout on
+//! plain connections), and every failure keeps its class — refused, unresolvable, TLS
+//! certificate expired, AUTH refused — which failover and `send-test` need.
+//!
+//! MAIL/RCPT/DATA are driven one by one so every recipient gets its own result, and the body
+//! is dot-stuffed here rather than by mail-send, which misses a dot at the very start of the
+//! message. A [`Connection`] outlives one transaction: the pool (`pool.rs`) sends RSET and
+//! reuses it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
-use rustls_pki_types::CertificateDer;
+use mail_send::{Credentials, SmtpClient};
+use rustls::CertificateError;
 use rustls_pki_types::pem::PemObject;
-use smtp_proto::Response;
+use rustls_pki_types::{CertificateDer, ServerName};
+use smtp_proto::{EhloResponse, Response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::oauth2::TokenSource;
 use super::{Attempt, RcptOutcome};
-use crate::config::{UpstreamAuth, UpstreamConfig, UpstreamTls};
-use crate::secret::{Secret, read_credential};
+use crate::config::{UpstreamAuth, UpstreamConfig, UpstreamSecrets, UpstreamTls};
+use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -32,6 +40,101 @@ pub enum UpstreamError {
     Credential { name: String, message: String },
     #[error("upstream {name}: TLS setup failed: {message}")]
     Tls { name: String, message: String },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Any byte stream an SMTP session runs over (plain TCP, or TLS over it).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An open, greeted and authenticated SMTP session with an upstream.
+pub struct Connection {
+    client: SmtpClient<Box<dyn Io>>,
+    /// Transactions completed over this connection.
+    pub sent: usize,
+    pub opened: Instant,
+}
+
+/// Why a connection could not be set up. Every variant is a temporary failure of this
+/// upstream: the message may move to the next upstream of its route.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot resolve {host}: {message}")]
+    Resolve { host: String, message: String },
+    #[error("connection refused by {addr}")]
+    Refused { addr: String },
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: String, message: String },
+    #[error("timeout: no answer from {addr} within {secs} s ({stage})")]
+    Timeout {
+        addr: String,
+        stage: &'static str,
+        secs: u64,
+    },
+    #[error("{addr} closed the connection ({stage})")]
+    Closed { addr: String, stage: &'static str },
+    #[error("{addr} refused the session: {reply}")]
+    Greeting { addr: String, reply: String },
+    #[error("{addr} refused EHLO: {reply}")]
+    Ehlo { addr: String, reply: String },
+    #[error("{addr} does not offer STARTTLS")]
+    NoStartTls { addr: String },
+    #[error("{addr} refused STARTTLS: {reply}")]
+    StartTlsRefused { addr: String, reply: String },
+    /// Plain words: "TLS certificate for smtp.example.com expired on …".
+    #[error("{0}")]
+    Tls(String),
+    #[error("authentication failed: {reply}")]
+    Auth { reply: String },
+    #[error("{addr} offers no AUTH mechanism we can use ({wanted})")]
+    AuthUnsupported { addr: String, wanted: &'static str },
+    #[error("OAuth2 token request failed: {0}")]
+    Token(String),
+    #[error("{addr}: {message}")]
+    Protocol { addr: String, message: String },
+}
+
+/// What one transaction over an open connection produced.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub attempt: Attempt,
+    /// The connection can carry another message (after RSET).
+    pub reusable: bool,
+    /// Nothing was accepted and the refusal concerned the connection, not a recipient
+    /// (421, 454, a throttle reply before DATA ended): the next upstream may be tried.
+    pub failover: bool,
+    /// The upstream asked us to slow down.
+    pub throttled: bool,
+}
+
+impl Transaction {
+    fn all(
+        n: usize,
+        outcome: RcptOutcome,
+        reusable: bool,
+        failover: bool,
+        throttled: bool,
+    ) -> Self {
+        Transaction {
+            attempt: Attempt::all(n, outcome),
+            reusable,
+            failover,
+            throttled,
+        }
+    }
+}
+
+enum AuthMethod {
+    None,
+    Password {
+        user: String,
+        secret: Secret,
+    },
+    XOAuth2 {
+        user: String,
+        tokens: Arc<TokenSource>,
+    },
 }
 
 pub struct SmtpUpstream {
@@ -40,10 +143,12 @@ pub struct SmtpUpstream {
     port: u16,
     tls: UpstreamTls,
     helo: String,
-    credentials: Option<(String, Secret)>,
+    auth: AuthMethod,
     connector: TlsConnector,
-    connect_timeout: Duration,
-    command_timeout: Duration,
+    /// Envelope sender to use instead of the message's (with `rewrite_from`).
+    envelope_from: Option<String>,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
     data_timeout: Duration,
 }
 
@@ -57,10 +162,11 @@ impl std::fmt::Debug for SmtpUpstream {
     }
 }
 
-pub fn tls_connector(
+/// Root store for upstream certificates: the CA file if given, else the public web roots.
+pub fn root_store(
     name: &str,
     ca_file: Option<&std::path::Path>,
-) -> Result<TlsConnector, UpstreamError> {
+) -> Result<rustls::RootCertStore, UpstreamError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -81,19 +187,36 @@ pub fn tls_connector(
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let config = rustls::ClientConfig::builder_with_provider(crate::inbound::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UpstreamError::Tls {
-            name: name.to_string(),
-            message: e.to_string(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    Ok(roots)
+}
+
+/// A rustls client config with the binary's one crypto provider.
+pub fn client_config(
+    name: &str,
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ClientConfig, UpstreamError> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(crate::inbound::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Tls {
+                name: name.to_string(),
+                message: e.to_string(),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+pub fn tls_connector(
+    name: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<TlsConnector, UpstreamError> {
+    let config = client_config(name, root_store(name, ca_file)?)?;
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// `250 2.0.0 text` from a parsed reply.
-fn reply_text(r: &Response<String>) -> String {
+pub fn reply_text(r: &Response<String>) -> String {
     let text = r.message.replace(['\r', '\n'], " ");
     if r.esc[0] != 0 {
         format!("{} {}.{}.{} {}", r.code, r.esc[0], r.esc[1], r.esc[2], text)
@@ -102,10 +225,35 @@ fn reply_text(r: &Response<String>) -> String {
     }
 }
 
+/// Office 365 answers `554 5.2.0 …SubmissionQuotaExceededException` when a mailbox is over
+/// its daily quota: a 5xx in form, temporary in fact.
+fn is_quota_5xx(r: &Response<String>) -> bool {
+    r.code / 100 == 5 && r.esc == [5, 2, 0] && r.message.to_ascii_lowercase().contains("quota")
+}
+
+/// Replies by which a provider says "slow down" rather than "no".
+pub fn is_throttle(r: &Response<String>) -> bool {
+    let text = r.message.to_ascii_lowercase();
+    let temp = r.code / 100 == 4;
+    (r.code == 421 && r.esc == [4, 7, 0])
+        || (r.code == 454 && (text.contains("throttl") || text.contains("rate")))
+        || (r.code == 450 && r.esc == [4, 2, 1])
+        || (r.code == 451 && r.esc[0] == 4 && r.esc[1] == 7)
+        || (temp && r.esc == [4, 3, 2])
+        || (temp && text.contains("throttl"))
+        || is_quota_5xx(r)
+}
+
+/// A reply about the whole connection rather than one recipient.
+fn is_connection_level(r: &Response<String>) -> bool {
+    r.code == 421 || r.code == 454 || is_throttle(r)
+}
+
 fn classify(r: &Response<String>) -> RcptOutcome {
     let text = reply_text(r);
     match r.code {
         200..=299 => RcptOutcome::Delivered(text),
+        _ if is_quota_5xx(r) => RcptOutcome::Deferred(text),
         500..=599 => RcptOutcome::Failed(text),
         _ => RcptOutcome::Deferred(text),
     }
@@ -119,11 +267,45 @@ fn describe(e: &mail_send::Error) -> String {
         mail_send::Error::Io(e) => format!("connection error: {e}"),
         mail_send::Error::Tls(e) => format!("TLS error: {e}"),
         mail_send::Error::Timeout => "timeout".into(),
-        mail_send::Error::MissingStartTls => "upstream does not offer STARTTLS".into(),
-        mail_send::Error::UnsupportedAuthMechanism => {
-            "upstream offers no supported AUTH mechanism".into()
-        }
-        other => format!("{other:?}"),
+        mail_send::Error::UnparseableReply => "connection closed or unreadable reply".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc(secs: u64) -> String {
+    let dt = mail_parser::DateTime::from_timestamp(secs as i64);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second
+    )
+}
+
+/// A TLS failure in plain words, naming the host.
+pub fn tls_words(host: &str, e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::ExpiredContext { not_after, .. } => format!(
+                "TLS certificate for {host} expired on {}",
+                utc(not_after.as_secs())
+            ),
+            CertificateError::Expired => format!("TLS certificate for {host} has expired"),
+            CertificateError::NotValidYetContext { not_before, .. } => format!(
+                "TLS certificate for {host} is not valid before {}",
+                utc(not_before.as_secs())
+            ),
+            CertificateError::NotValidYet => format!("TLS certificate for {host} is not valid yet"),
+            // BadSignature: an issuer of the same name signed it, but not the trusted one.
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
+                "TLS certificate for {host} is not signed by a trusted authority (for a private CA set ca_file)"
+            ),
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!("TLS certificate presented by {host} is not valid for that name")
+            }
+            CertificateError::Revoked => format!("TLS certificate for {host} has been revoked"),
+            other => format!("TLS certificate for {host} was refused: {other:?}"),
+        },
+        other => format!("TLS handshake with {host} failed: {other}"),
     }
 }
 
@@ -149,19 +331,27 @@ impl SmtpUpstream {
     pub fn new(
         name: &str,
         cfg: &UpstreamConfig,
+        secrets: UpstreamSecrets,
         default_helo: &str,
     ) -> Result<SmtpUpstream, UpstreamError> {
         let tls = cfg.tls.unwrap_or(UpstreamTls::Starttls);
-        let credentials = match cfg.auth.unwrap_or(UpstreamAuth::None) {
-            UpstreamAuth::None => None,
-            UpstreamAuth::Plain | UpstreamAuth::Login => {
-                let secret =
-                    read_credential(cfg.password_file.as_deref(), cfg.password_env.as_deref())
-                        .map_err(|e| UpstreamError::Credential {
-                            name: name.to_string(),
-                            message: e.to_string(),
-                        })?;
-                Some((cfg.username.clone().unwrap_or_default(), secret))
+        let user = cfg.username.clone().unwrap_or_default();
+        let missing = |what: &str| UpstreamError::Credential {
+            name: name.to_string(),
+            message: format!("{what} is not configured"),
+        };
+        let auth = match cfg.auth.unwrap_or(UpstreamAuth::None) {
+            UpstreamAuth::None => AuthMethod::None,
+            UpstreamAuth::Plain | UpstreamAuth::Login => AuthMethod::Password {
+                user,
+                secret: secrets.password.ok_or_else(|| missing("the password"))?,
+            },
+            UpstreamAuth::Xoauth2 => {
+                let o = cfg.oauth2.as_ref().ok_or_else(|| missing("oauth2"))?;
+                AuthMethod::XOAuth2 {
+                    user,
+                    tokens: Arc::new(TokenSource::new(name, o, &secrets)?),
+                }
             }
         };
         Ok(SmtpUpstream {
@@ -173,106 +363,372 @@ impl SmtpUpstream {
                 .helo_name
                 .clone()
                 .unwrap_or_else(|| default_helo.to_string()),
-            credentials,
+            auth,
             connector: tls_connector(name, cfg.ca_file.as_deref())?,
+            envelope_from: cfg.rewrite_address(),
             connect_timeout: Duration::from_secs(cfg.connect_timeout_secs),
             command_timeout: Duration::from_secs(cfg.command_timeout_secs),
             data_timeout: Duration::from_secs(cfg.data_timeout_secs),
         })
     }
 
-    fn builder(&self) -> SmtpClientBuilder<String> {
-        let mut b = SmtpClientBuilder::new_with_tls_connector(
-            self.host.clone(),
-            self.port,
-            self.connector.clone(),
-        )
-        .implicit_tls(self.tls == UpstreamTls::Implicit)
-        .helo_host(self.helo.clone())
-        .timeout(self.command_timeout);
-        if let Some((user, secret)) = &self.credentials {
-            b = b.credentials(Credentials::new(user.clone(), secret.expose().to_string()));
-        }
-        b
+    fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 
-    /// One delivery attempt of `message` to `rcpts`.
-    pub async fn deliver(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> Attempt {
-        let builder = self.builder();
-        // Connect, TLS, greeting, EHLO and AUTH together get connect + command timeouts.
-        let setup = self.connect_timeout + self.command_timeout;
-        match self.tls {
-            UpstreamTls::None => match tokio::time::timeout(setup, builder.connect_plain()).await {
-                Ok(Ok(mut client)) => {
-                    self.transaction(&mut client, mail_from, rcpts, message)
-                        .await
-                }
-                Ok(Err(e)) => Attempt::all(rcpts.len(), RcptOutcome::Deferred(describe(&e))),
-                Err(_) => Attempt::all(
-                    rcpts.len(),
-                    RcptOutcome::Deferred("timeout connecting".into()),
-                ),
+    fn timeout(&self, stage: &'static str, d: Duration) -> SetupError {
+        SetupError::Timeout {
+            addr: self.addr(),
+            stage,
+            secs: d.as_secs(),
+        }
+    }
+
+    /// Maps a mail-send error during setup to a [`SetupError`].
+    fn setup_err(&self, stage: &'static str, e: mail_send::Error) -> SetupError {
+        match e {
+            mail_send::Error::Io(e) => SetupError::Connect {
+                addr: self.addr(),
+                message: e.to_string(),
             },
-            UpstreamTls::Starttls | UpstreamTls::Implicit => {
-                match tokio::time::timeout(setup, builder.connect()).await {
-                    Ok(Ok(mut client)) => {
-                        self.transaction(&mut client, mail_from, rcpts, message)
-                            .await
-                    }
-                    Ok(Err(e)) => Attempt::all(rcpts.len(), RcptOutcome::Deferred(describe(&e))),
-                    Err(_) => Attempt::all(
-                        rcpts.len(),
-                        RcptOutcome::Deferred("timeout connecting".into()),
-                    ),
+            mail_send::Error::Timeout => self.timeout(stage, self.command_timeout),
+            mail_send::Error::UnparseableReply => SetupError::Closed {
+                addr: self.addr(),
+                stage,
+            },
+            other => SetupError::Protocol {
+                addr: self.addr(),
+                message: describe(&other),
+            },
+        }
+    }
+
+    async fn tcp(&self) -> Result<TcpStream, SetupError> {
+        let target = (self.host.as_str(), self.port);
+        let addrs: Vec<std::net::SocketAddr> =
+            match tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host(target)).await
+            {
+                Ok(Ok(a)) => a.collect(),
+                Ok(Err(e)) => {
+                    return Err(SetupError::Resolve {
+                        host: self.host.clone(),
+                        message: e.to_string(),
+                    });
                 }
+                Err(_) => return Err(self.timeout("resolving the host name", self.connect_timeout)),
+            };
+        let mut last = None;
+        for a in addrs {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(a)).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    last = Some(SetupError::Refused { addr: self.addr() });
+                }
+                Ok(Err(e)) => {
+                    last = Some(SetupError::Connect {
+                        addr: self.addr(),
+                        message: e.to_string(),
+                    })
+                }
+                Err(_) => last = Some(self.timeout("connecting", self.connect_timeout)),
             }
         }
+        Err(last.unwrap_or_else(|| SetupError::Resolve {
+            host: self.host.clone(),
+            message: "no address".into(),
+        }))
     }
 
-    async fn command<T: AsyncRead + AsyncWrite + Unpin>(
+    async fn handshake(&self, tcp: TcpStream) -> Result<Box<dyn Io>, SetupError> {
+        let name = ServerName::try_from(self.host.clone()).map_err(|_| {
+            SetupError::Tls(format!("{} is not a valid TLS server name", self.host))
+        })?;
+        match tokio::time::timeout(self.command_timeout, self.connector.connect(name, tcp)).await {
+            Ok(Ok(s)) => Ok(Box::new(s)),
+            Ok(Err(e)) => {
+                let kind = e.kind();
+                let text = e.to_string();
+                match e.into_inner().map(|i| i.downcast::<rustls::Error>()) {
+                    Some(Ok(tls)) => Err(SetupError::Tls(tls_words(&self.host, &tls))),
+                    _ if kind == std::io::ErrorKind::UnexpectedEof => {
+                        Err(SetupError::Tls(format!(
+                            "{} closed the connection during the TLS handshake (is it really TLS on port {}?)",
+                            self.addr(),
+                            self.port
+                        )))
+                    }
+                    _ => Err(SetupError::Tls(format!(
+                        "TLS handshake with {} failed: {text}",
+                        self.host
+                    ))),
+                }
+            }
+            Err(_) => Err(self.timeout("TLS handshake", self.command_timeout)),
+        }
+    }
+
+    async fn greeting<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: &mut SmtpClient<T>,
+    ) -> Result<(), SetupError> {
+        match tokio::time::timeout(self.command_timeout, client.read()).await {
+            Ok(Ok(r)) if r.code / 100 == 2 => Ok(()),
+            Ok(Ok(r)) => Err(SetupError::Greeting {
+                addr: self.addr(),
+                reply: reply_text(&r),
+            }),
+            Ok(Err(e)) => Err(self.setup_err("waiting for the greeting", e)),
+            Err(_) => Err(self.timeout("waiting for the greeting", self.command_timeout)),
+        }
+    }
+
+    async fn ehlo<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<T>,
+    ) -> Result<EhloResponse<String>, SetupError> {
+        match tokio::time::timeout(self.command_timeout, client.ehlo(&self.helo)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(mail_send::Error::UnexpectedReply(r))) => Err(SetupError::Ehlo {
+                addr: self.addr(),
+                reply: reply_text(&r),
+            }),
+            Ok(Err(e)) => Err(self.setup_err("EHLO", e)),
+            Err(_) => Err(self.timeout("EHLO", self.command_timeout)),
+        }
+    }
+
+    /// Opens a new session: TCP, TLS, greeting, EHLO, AUTH — each with its deadline.
+    pub async fn connect(&self) -> Result<Connection, SetupError> {
+        // Fetch the token first: a token failure must not leave a half-open session behind.
+        let token = match &self.auth {
+            AuthMethod::XOAuth2 { tokens, .. } => Some(
+                tokens
+                    .token()
+                    .await
+                    .map_err(|e| SetupError::Token(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let tcp = self.tcp().await?;
+        let new = |stream: Box<dyn Io>| SmtpClient {
+            stream,
+            timeout: self.command_timeout,
+        };
+        let mut client = match self.tls {
+            UpstreamTls::Implicit => {
+                let mut c = new(self.handshake(tcp).await?);
+                self.greeting(&mut c).await?;
+                c
+            }
+            UpstreamTls::None => {
+                let mut c = new(Box::new(tcp));
+                self.greeting(&mut c).await?;
+                c
+            }
+            UpstreamTls::Starttls => {
+                let mut plain = SmtpClient {
+                    stream: tcp,
+                    timeout: self.command_timeout,
+                };
+                self.greeting(&mut plain).await?;
+                let caps = self.ehlo(&mut plain).await?;
+                if !caps.has_capability(smtp_proto::EXT_START_TLS) {
+                    return Err(SetupError::NoStartTls { addr: self.addr() });
+                }
+                let r = match tokio::time::timeout(self.command_timeout, plain.cmd(b"STARTTLS\r\n"))
+                    .await
+                {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => return Err(self.setup_err("STARTTLS", e)),
+                    Err(_) => return Err(self.timeout("STARTTLS", self.command_timeout)),
+                };
+                if r.code != 220 {
+                    return Err(SetupError::StartTlsRefused {
+                        addr: self.addr(),
+                        reply: reply_text(&r),
+                    });
+                }
+                new(self.handshake(plain.stream).await?)
+            }
+        };
+        let caps = self.ehlo(&mut client).await?;
+        match (&self.auth, token) {
+            (AuthMethod::None, _) => {}
+            (AuthMethod::Password { user, secret }, _) => {
+                let creds = Credentials::new(user.clone(), secret.expose().to_string());
+                match tokio::time::timeout(self.command_timeout, client.authenticate(&creds, &caps))
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(
+                        mail_send::Error::AuthenticationFailed(r)
+                        | mail_send::Error::UnexpectedReply(r),
+                    )) => {
+                        return Err(SetupError::Auth {
+                            reply: reply_text(&r),
+                        });
+                    }
+                    Ok(Err(mail_send::Error::UnsupportedAuthMechanism)) => {
+                        return Err(SetupError::AuthUnsupported {
+                            addr: self.addr(),
+                            wanted: "PLAIN or LOGIN",
+                        });
+                    }
+                    Ok(Err(e)) => return Err(self.setup_err("AUTH", e)),
+                    Err(_) => return Err(self.timeout("AUTH", self.command_timeout)),
+                }
+            }
+            (AuthMethod::XOAuth2 { user, .. }, Some(token)) => {
+                self.auth_xoauth2(&mut client, &caps, user, &token).await?;
+            }
+            (AuthMethod::XOAuth2 { .. }, None) => {}
+        }
+        Ok(Connection {
+            client,
+            sent: 0,
+            opened: Instant::now(),
+        })
+    }
+
+    /// SASL XOAUTH2 (Google's and Microsoft's SMTP OAuth). On failure the server sends a 334
+    /// with a JSON error; the client answers with an empty line and gets the final 5xx.
+    async fn auth_xoauth2(
+        &self,
+        client: &mut SmtpClient<Box<dyn Io>>,
+        caps: &EhloResponse<String>,
+        user: &str,
+        token: &Secret,
+    ) -> Result<(), SetupError> {
+        if caps.auth_mechanisms & smtp_proto::AUTH_XOAUTH2 == 0 {
+            return Err(SetupError::AuthUnsupported {
+                addr: self.addr(),
+                wanted: "XOAUTH2",
+            });
+        }
+        let creds = Credentials::new_xoauth2(user, token.expose());
+        let initial = creds
+            .encode(smtp_proto::AUTH_XOAUTH2, "")
+            .map_err(|e| self.setup_err("AUTH", e))?;
+        let r = self
+            .auth_step(client, format!("AUTH XOAUTH2 {initial}\r\n"))
+            .await?;
+        match r.code {
+            235 => Ok(()),
+            334 => {
+                let fin = self.auth_step(client, "\r\n".to_string()).await?;
+                Err(SetupError::Auth {
+                    reply: reply_text(&fin),
+                })
+            }
+            _ => Err(SetupError::Auth {
+                reply: reply_text(&r),
+            }),
+        }
+    }
+
+    async fn auth_step(
+        &self,
+        client: &mut SmtpClient<Box<dyn Io>>,
+        line: String,
+    ) -> Result<Response<String>, SetupError> {
+        match tokio::time::timeout(self.command_timeout, client.cmd(line.as_bytes())).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(self.setup_err("AUTH", e)),
+            Err(_) => Err(self.timeout("AUTH", self.command_timeout)),
+        }
+    }
+
+    async fn command(
+        &self,
+        conn: &mut Connection,
         line: String,
     ) -> Result<Response<String>, String> {
-        match tokio::time::timeout(self.command_timeout, client.cmd(line.as_bytes())).await {
+        match tokio::time::timeout(self.command_timeout, conn.client.cmd(line.as_bytes())).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(describe(&e)),
             Err(_) => Err("timeout".into()),
         }
     }
 
-    async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
+    /// RSET before reusing a pooled connection; `false` means it is dead.
+    pub async fn reset(&self, conn: &mut Connection) -> bool {
+        matches!(self.command(conn, "RSET\r\n".into()).await, Ok(r) if r.code == 250)
+    }
+
+    /// Polite close; errors do not matter any more.
+    pub async fn quit(&self, mut conn: Connection) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.client.cmd(b"QUIT\r\n")).await;
+        let _ = conn.client.stream.shutdown().await;
+    }
+
+    /// One transaction of `message` to `rcpts` over an open connection.
+    pub async fn transaction(
         &self,
-        client: &mut SmtpClient<T>,
+        conn: &mut Connection,
         mail_from: &str,
         rcpts: &[String],
         message: &[u8],
-    ) -> Attempt {
+    ) -> Transaction {
         let n = rcpts.len();
+        let mail_from = self.envelope_from.as_deref().unwrap_or(mail_from);
         let r = match self
-            .command(client, format!("MAIL FROM:<{mail_from}>\r\n"))
+            .command(conn, format!("MAIL FROM:<{mail_from}>\r\n"))
             .await
         {
             Ok(r) => r,
-            Err(e) => return Attempt::all(n, RcptOutcome::Deferred(e)),
+            Err(e) => return Transaction::all(n, RcptOutcome::Deferred(e), false, true, false),
         };
         if r.code != 250 {
-            let outcome = classify(&r);
-            return Attempt::all(n, outcome);
+            let level = is_connection_level(&r);
+            return Transaction::all(n, classify(&r), r.code != 421, level, is_throttle(&r));
         }
         let mut outcomes = Vec::with_capacity(n);
         for rcpt in rcpts {
-            match self.command(client, format!("RCPT TO:<{rcpt}>\r\n")).await {
+            match self.command(conn, format!("RCPT TO:<{rcpt}>\r\n")).await {
+                Ok(r) if r.code == 421 => {
+                    // The server is closing: nothing was accepted, every recipient not
+                    // refused for good may go elsewhere.
+                    let text = reply_text(&r);
+                    outcomes.resize(n, RcptOutcome::Deferred(text.clone()));
+                    for o in outcomes.iter_mut() {
+                        if matches!(o, RcptOutcome::Delivered(_)) {
+                            *o = RcptOutcome::Deferred(text.clone());
+                        }
+                    }
+                    return Transaction {
+                        attempt: Attempt {
+                            outcomes,
+                            summary: text,
+                        },
+                        reusable: false,
+                        failover: true,
+                        throttled: is_throttle(&r),
+                    };
+                }
                 Ok(r) => outcomes.push(match r.code {
                     250 | 251 => RcptOutcome::Delivered(reply_text(&r)),
                     _ => classify(&r),
                 }),
                 Err(e) => {
-                    // The connection is gone: this and all remaining recipients wait.
+                    // The connection is gone: this and all remaining recipients wait, and so
+                    // do the ones accepted so far (no DATA was sent).
+                    for o in outcomes.iter_mut() {
+                        if matches!(o, RcptOutcome::Delivered(_)) {
+                            *o = RcptOutcome::Deferred(e.clone());
+                        }
+                    }
                     outcomes.resize(n, RcptOutcome::Deferred(e.clone()));
-                    return Attempt {
-                        outcomes,
-                        summary: e,
+                    return Transaction {
+                        attempt: Attempt {
+                            outcomes,
+                            summary: e,
+                        },
+                        reusable: false,
+                        failover: true,
+                        throttled: false,
                     };
                 }
             }
@@ -284,45 +740,84 @@ impl SmtpUpstream {
             .map(|(i, _)| i)
             .collect();
         if accepted.is_empty() {
-            let _ = self.command(client, "RSET\r\n".into()).await;
+            let reusable = self.reset(conn).await;
             let summary = outcomes
                 .last()
                 .map(|o| o.reply().to_string())
                 .unwrap_or_default();
-            return Attempt { outcomes, summary };
+            return Transaction {
+                attempt: Attempt { outcomes, summary },
+                reusable,
+                failover: false,
+                throttled: false,
+            };
         }
         // Accepted recipients are only delivered once DATA is accepted.
-        let data_result: RcptOutcome = match self.command(client, "DATA\r\n".into()).await {
+        let reusable;
+        let mut failover = false;
+        let mut throttled = false;
+        let data_result: RcptOutcome = match self.command(conn, "DATA\r\n".into()).await {
             Ok(r) if r.code == 354 => {
                 let stuffed = dot_stuff(message);
                 let io = async {
-                    client.stream.write_all(&stuffed).await?;
-                    client.stream.flush().await
+                    conn.client.stream.write_all(&stuffed).await?;
+                    conn.client.stream.flush().await
                 };
                 match tokio::time::timeout(self.data_timeout, io).await {
                     Ok(Ok(())) => {
-                        match tokio::time::timeout(self.data_timeout, client.read()).await {
-                            Ok(Ok(r)) => classify(&r),
-                            Ok(Err(e)) => RcptOutcome::Deferred(describe(&e)),
+                        match tokio::time::timeout(self.data_timeout, conn.client.read()).await {
+                            Ok(Ok(r)) => {
+                                // An explicit refusal after the body: nothing was accepted.
+                                failover = r.code == 421 || r.code == 454;
+                                throttled = is_throttle(&r);
+                                reusable = r.code != 421;
+                                classify(&r)
+                            }
+                            // Sent but unanswered: it may have been accepted, so it must not
+                            // go to another upstream (no fan-out), only be retried here.
+                            Ok(Err(e)) => {
+                                reusable = false;
+                                RcptOutcome::Deferred(describe(&e))
+                            }
                             Err(_) => {
+                                reusable = false;
                                 RcptOutcome::Deferred("timeout waiting for DATA reply".into())
                             }
                         }
                     }
-                    Ok(Err(e)) => RcptOutcome::Deferred(format!("connection error: {e}")),
-                    Err(_) => RcptOutcome::Deferred("timeout sending DATA".into()),
+                    Ok(Err(e)) => {
+                        reusable = false;
+                        RcptOutcome::Deferred(format!("connection error: {e}"))
+                    }
+                    Err(_) => {
+                        reusable = false;
+                        RcptOutcome::Deferred("timeout sending DATA".into())
+                    }
                 }
             }
-            Ok(r) => classify(&r),
-            Err(e) => RcptOutcome::Deferred(e),
+            Ok(r) => {
+                failover = is_connection_level(&r);
+                throttled = is_throttle(&r);
+                reusable = r.code != 421 && self.reset(conn).await;
+                classify(&r)
+            }
+            Err(e) => {
+                reusable = false;
+                failover = true;
+                RcptOutcome::Deferred(e)
+            }
         };
         for i in accepted {
             outcomes[i] = data_result.clone();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), client.cmd(b"QUIT\r\n")).await;
-        Attempt {
-            summary: data_result.reply().to_string(),
-            outcomes,
+        Transaction {
+            attempt: Attempt {
+                summary: data_result.reply().to_string(),
+                outcomes,
+            },
+            reusable,
+            failover,
+            throttled,
         }
     }
 }
@@ -335,5 +830,46 @@ mod tests {
     fn stuffing() {
         assert_eq!(dot_stuff(b".a\r\nb\r\n..\r\n"), b"..a\r\nb\r\n...\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
+    }
+
+    fn resp(code: u16, esc: [u8; 3], msg: &str) -> Response<String> {
+        Response {
+            code,
+            esc,
+            message: msg.to_string(),
+        }
+    }
+
+    #[test]
+    fn throttle_replies() {
+        for r in [
+            resp(
+                454,
+                [4, 7, 0],
+                "Throttling failure: Maximum sending rate exceeded.",
+            ),
+            resp(421, [4, 7, 0], "Try again later, closing connection."),
+            resp(450, [4, 2, 1], "Too many messages, slow down"),
+            resp(451, [4, 7, 1], "Rate limited"),
+            resp(432, [4, 3, 2], "Concurrent connections limit exceeded."),
+            resp(
+                554,
+                [5, 2, 0],
+                "STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+            ),
+        ] {
+            assert!(is_throttle(&r), "{r:?}");
+        }
+        for r in [
+            resp(550, [5, 1, 1], "No such user"),
+            resp(451, [4, 3, 0], "Local error"),
+            resp(554, [5, 2, 0], "Message rejected"),
+        ] {
+            assert!(!is_throttle(&r), "{r:?}");
+        }
+        assert!(matches!(
+            classify(&resp(554, [5, 2, 0], "SubmissionQuotaExceededException")),
+            RcptOutcome::Deferred(_)
+        ));
     }
 }

@@ -1,8 +1,12 @@
 //! Policy answers a session's questions: who is this token (`projects`, `tokens`), may this
-//! project send as this address (`sender`), may it send this much (`limits`).
-//! It owns the project registry and knows nothing about sockets or upstreams.
+//! project send as this address (`sender`), may it send this much, this fast (`limits`), may
+//! this client address go on at all (`throttle`), which named upstreams does its mail go to
+//! (`routes`). It owns the project registry and knows nothing about sockets or how upstreams
+//! are reached.
 
 pub mod limits;
 pub mod projects;
+pub mod routes;
 pub mod sender;
+pub mod throttle;
 pub mod tokens;

@@ -103,6 +103,9 @@ pub struct NewMessage {
     pub recipients: Vec<String>,
     pub client_ip: String,
     pub max_age_secs: u64,
+    /// First delivery no earlier than this (ms since the epoch): the release slot of a project
+    /// in accept-and-delay mode. `None`: due at once.
+    pub not_before_ms: Option<u64>,
 }
 
 pub(crate) fn decode<T: for<'a> Deserialize<'a>>(v: &[u8]) -> Result<T, QueueError> {
@@ -191,7 +194,7 @@ impl Queue {
             client_ip: msg.client_ip,
             received_ms: now,
             expires_ms: now + msg.max_age_secs * 1000,
-            next_attempt_ms: now,
+            next_attempt_ms: msg.not_before_ms.unwrap_or(now).max(now),
             attempts: 0,
             state: MessageState::Queued,
             upstream: None,

@@ -71,6 +71,7 @@ mod tests {
             tls: true,
             received_ms: 1_700_000_000_000,
             branding: None,
+            from_rewrite: None,
             dkim: None,
         }
     }

@@ -8,6 +8,7 @@
 pub mod branding;
 pub mod dkim;
 pub mod dkim_keys;
+pub mod from_rewrite;
 pub mod headers;
 
 use self::branding::{Branding, BrandingError};
@@ -23,6 +24,9 @@ pub struct TransformContext<'a> {
     pub received_ms: u64,
     /// The project's branding, when it is on.
     pub branding: Option<&'a Branding>,
+    /// Rewrite header From to this mailbox (decided by the first upstream of the project's
+    /// route; see `from_rewrite`).
+    pub from_rewrite: Option<String>,
     /// DKIM keys and the sending project; `None` leaves the message unsigned.
     pub dkim: Option<dkim::Signing<'a>>,
 }
@@ -42,6 +46,11 @@ pub fn apply(ctx: &TransformContext<'_>, message: Vec<u8>) -> Result<Vec<u8>, Tr
     let message = headers::complete(ctx, message);
     let message = match ctx.branding {
         Some(b) => branding::apply(ctx, b, message)?,
+        None => message,
+    };
+    // From rewriting right before DKIM: the signature must cover the final From.
+    let message = match &ctx.from_rewrite {
+        Some(mailbox) => from_rewrite::rewrite(message, mailbox),
         None => message,
     };
     // DKIM last: nothing may change the bytes after this.

@@ -45,6 +45,16 @@ impl TestPki {
     /// Generates a fresh CA and a leaf for DNS `localhost` and IP `127.0.0.1`.
     /// Each call gives an unrelated PKI (handy for "untrusted certificate" tests).
     pub fn generate() -> TestPki {
+        Self::generate_with(false)
+    }
+
+    /// Like [`generate`](Self::generate), but the leaf expired on 2021-01-02 (for "certificate
+    /// expired" errors); the CA is still valid.
+    pub fn generate_expired() -> TestPki {
+        Self::generate_with(true)
+    }
+
+    fn generate_with(expired: bool) -> TestPki {
         // CA
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params
@@ -77,6 +87,10 @@ impl TestPki {
             KeyUsagePurpose::KeyEncipherment,
         ];
         leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if expired {
+            leaf_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            leaf_params.not_after = rcgen::date_time_ymd(2021, 1, 2);
+        }
         let leaf_key = KeyPair::generate().expect("generate leaf key");
         let leaf_cert = leaf_params
             .signed_by(&leaf_key, &issuer)

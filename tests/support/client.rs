@@ -25,9 +25,37 @@ pub struct Reply {
     pub text: String,
 }
 
+impl Reply {
+    /// `N` of a `451 4.7.1 Rate limit exceeded for project <id>, retry in <N> s` reply.
+    pub fn retry_in_secs(&self) -> Option<u64> {
+        if self.code != 451 {
+            return None;
+        }
+        self.text
+            .rsplit("retry in ")
+            .next()?
+            .strip_suffix(" s")?
+            .parse()
+            .ok()
+    }
+}
+
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let tcp = TcpStream::connect(addr).await.expect("connect");
+        Client {
+            stream: Box::new(tcp),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects from a chosen local address (e.g. 127.0.0.2), to look like another client IP.
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind local address");
+        let tcp = socket.connect(addr).await.expect("connect");
         Client {
             stream: Box::new(tcp),
             buf: Vec::new(),

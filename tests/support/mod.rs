@@ -2,5 +2,6 @@
 pub mod certs;
 pub mod client;
 pub mod dkim;
+pub mod oauth;
 pub mod relay;
 pub mod upstream;

@@ -23,6 +23,8 @@ pub struct RelayOptions {
     pub plain_listener: bool,
     pub command_secs: u64,
     pub data_secs: u64,
+    /// TOML appended to the config (e.g. `[limits]` or `[throttle]` tables).
+    pub extra_config: String,
     /// `SMTP_RELAY_LOG` for the server process.
     pub log_level: &'static str,
     /// Where the state lives (default: `<tempdir>/state`), e.g. a small tmpfs.
@@ -41,6 +43,7 @@ impl Default for RelayOptions {
             plain_listener: false,
             command_secs: 30,
             data_secs: 30,
+            extra_config: String::new(),
             log_level: "debug",
             state_dir: None,
             min_free_space_mb: 64,
@@ -62,6 +65,29 @@ pub fn smtp_upstream(port: u16, tls: &str, ca: &Path, auth: Option<(&str, &Path)
         None => s.push_str("auth = \"none\"\n"),
     }
     s
+}
+
+/// An `[upstream.<name>]` table toward a test upstream on 127.0.0.1 (implicit/starttls/none
+/// TLS, no AUTH unless `extra` says so), with `extra` lines appended (limits, auth, …).
+pub fn upstream_table(name: &str, port: u16, tls: &str, ca: &Path, extra: &str) -> String {
+    let mut s = format!(
+        "[upstream.{name}]\ntype = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"{tls}\"\nca_file = \"{}\"\nconnect_timeout_secs = 5\ncommand_timeout_secs = 10\ndata_timeout_secs = 10\n",
+        ca.display()
+    );
+    if !extra.contains("auth =") {
+        s.push_str("auth = \"none\"\n");
+    }
+    s.push_str(extra);
+    if !extra.ends_with('\n') {
+        s.push('\n');
+    }
+    s.push('\n');
+    s
+}
+
+/// A `[delivery]` table: the default route and its fallbacks.
+pub fn delivery_table(default: &str, fallbacks: &[&str]) -> String {
+    format!("[delivery]\ndefault_route = \"{default}\"\ndefault_fallbacks = {fallbacks:?}\n\n")
 }
 
 pub struct Relay {
@@ -132,6 +158,8 @@ max_age_secs = {age}
 poll_interval_ms = 100
 
 {upstreams}
+
+{extra}
 "#,
             state = state.display(),
             size = opts.max_message_size,
@@ -142,6 +170,7 @@ poll_interval_ms = 100
             key = files.key.display(),
             sched = opts.retry_schedule_secs,
             age = opts.max_age_secs,
+            extra = opts.extra_config,
             min_free = opts.min_free_space_mb,
         );
         let config_path = dir.path().join("smtp-relay.toml");
@@ -280,6 +309,20 @@ poll_interval_ms = 100
             v["project"]["id"].as_str().unwrap().to_string(),
             v["token"].as_str().unwrap().to_string(),
         )
+    }
+
+    /// Submits one message over STARTTLS as `from` (header From too); returns the queue id.
+    pub async fn submit(&self, id: &str, token: &str, from: &str, rcpts: &[&str]) -> String {
+        let mut c = super::client::Client::logged_in(self.starttls, &self.pki, id, token).await;
+        let r = c
+            .send(
+                from,
+                rcpts,
+                &super::client::plain_message(from, rcpts[0], "hello", "Your code is 4711\r\n"),
+            )
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+        r.text.rsplit(' ').next().unwrap().to_string()
     }
 
     /// Polls `smtp-relay queue show <id>` until its state is one of `states`.

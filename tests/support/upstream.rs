@@ -6,7 +6,8 @@
 //! * binds `127.0.0.1:0` (or [`UpstreamOptions::addr`], to simulate "down, then up again on the
 //!   same port"), one tokio task per connection;
 //! * `Plain`, `StartTls` and `Implicit` TLS modes (certificates from [`TestPki`]);
-//! * optional AUTH PLAIN / LOGIN with one required user/password;
+//! * optional AUTH PLAIN / LOGIN with one required user/password, and optional AUTH XOAUTH2
+//!   whose bearer tokens a test-supplied function checks (e.g. against a test token endpoint);
 //! * every stage's reply can be overridden by a [`Script`], changeable at any time with
 //!   [`TestUpstream::set_script`];
 //! * records every completed transaction with the exact wire bytes of DATA
@@ -98,6 +99,9 @@ impl Script {
     }
 }
 
+/// Decides whether an XOAUTH2 bearer token is currently valid.
+pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// How to start a [`TestUpstream`]. `Default` is a plain, unauthenticated upstream on an
 /// ephemeral port.
 #[derive(Clone)]
@@ -107,6 +111,8 @@ pub struct UpstreamOptions {
     pub pki: Option<TestPki>,
     /// Required credentials (user, password) for AUTH PLAIN and LOGIN; `None` = no AUTH.
     pub auth: Option<(String, String)>,
+    /// Required user and bearer-token check for AUTH XOAUTH2; `None` = not offered.
+    pub xoauth2: Option<(String, TokenCheck)>,
     pub script: Script,
     /// Bind here instead of `127.0.0.1:0`.
     pub addr: Option<SocketAddr>,
@@ -118,6 +124,7 @@ impl Default for UpstreamOptions {
             tls: UpstreamTls::Plain,
             pki: None,
             auth: None,
+            xoauth2: None,
             script: Script::default(),
             addr: None,
         }
@@ -147,6 +154,12 @@ impl UpstreamOptions {
 
     pub fn with_auth(mut self, user: &str, password: &str) -> Self {
         self.auth = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    /// Offers AUTH XOAUTH2 for `user`, accepting a bearer token when `check` says it is valid.
+    pub fn with_xoauth2(mut self, user: &str, check: TokenCheck) -> Self {
+        self.xoauth2 = Some((user.to_string(), check));
         self
     }
 
@@ -183,6 +196,8 @@ pub struct ReceivedMessage {
     pub connection: usize,
     /// The reply sent after the body (`250 ...`, or the scripted `data_end`; `""` if dropped).
     pub reply: String,
+    /// When the body had been received (timing of releases, e.g. rate limits).
+    pub received_at: std::time::Instant,
 }
 
 impl ReceivedMessage {
@@ -196,6 +211,8 @@ struct Shared {
     tls: UpstreamTls,
     acceptor: Option<TlsAcceptor>,
     auth: Option<(String, String)>,
+    xoauth2: Option<(String, TokenCheck)>,
+    bearer_tokens: Mutex<Vec<String>>,
     script: Mutex<Script>,
     messages: Mutex<Vec<ReceivedMessage>>,
     rejected: Mutex<Vec<ReceivedMessage>>,
@@ -250,6 +267,8 @@ impl TestUpstream {
             tls: opts.tls,
             acceptor,
             auth: opts.auth,
+            xoauth2: opts.xoauth2,
+            bearer_tokens: Mutex::new(Vec::new()),
             script: Mutex::new(opts.script),
             messages: Mutex::new(Vec::new()),
             rejected: Mutex::new(Vec::new()),
@@ -320,6 +339,11 @@ impl TestUpstream {
             );
         }
         self.messages()
+    }
+
+    /// Every bearer token presented with AUTH XOAUTH2, valid or not, in arrival order.
+    pub fn bearer_tokens(&self) -> Vec<String> {
+        lock(&self.shared.bearer_tokens).clone()
     }
 
     /// TCP connections accepted so far.
@@ -641,6 +665,16 @@ fn size_param(params: &str) -> Option<usize> {
     })
 }
 
+/// `user=<u>\x01auth=Bearer <token>\x01\x01` → (user, token).
+fn parse_xoauth2(bytes: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let rest = text.strip_suffix("\x01\x01")?;
+    let (user, auth) = rest.split_once('\x01')?;
+    let user = user.strip_prefix("user=")?;
+    let token = auth.strip_prefix("auth=Bearer ")?;
+    Some((user.to_string(), token.to_string()))
+}
+
 fn b64_decode(s: &str) -> Option<Vec<u8>> {
     if s == "=" {
         return Some(Vec::new());
@@ -722,7 +756,14 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                     lines.push("STARTTLS".to_string());
                 }
                 if auth_allowed(shared, &session) {
-                    lines.push("AUTH PLAIN LOGIN".to_string());
+                    let mut mechs = Vec::new();
+                    if shared.auth.is_some() {
+                        mechs.push("PLAIN LOGIN");
+                    }
+                    if shared.xoauth2.is_some() {
+                        mechs.push("XOAUTH2");
+                    }
+                    lines.push(format!("AUTH {}", mechs.join(" ")));
                 }
                 let last = lines.len() - 1;
                 let text: Vec<String> = lines
@@ -768,7 +809,7 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                 };
             }
             "AUTH" => {
-                if shared.auth.is_none() {
+                if !auth_configured(shared) {
                     conn.reply("502 5.5.1 AUTH not supported").await?;
                 } else if !auth_allowed(shared, &session) {
                     conn.reply("530 5.7.0 Must issue a STARTTLS command first")
@@ -790,7 +831,7 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                 } else if shared.tls == UpstreamTls::StartTls && !session.tls {
                     conn.reply("530 5.7.0 Must issue a STARTTLS command first")
                         .await?;
-                } else if shared.auth.is_some() && session.auth_user.is_none() {
+                } else if auth_configured(shared) && session.auth_user.is_none() {
                     conn.reply("530 5.7.0 Authentication required").await?;
                 } else if session.tx.is_some() {
                     conn.reply("503 5.5.1 Nested MAIL command").await?;
@@ -880,6 +921,7 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                     mail_params: tx.mail_params,
                     connection: id,
                     reply: String::new(),
+                    received_at: std::time::Instant::now(),
                 };
                 let script = shared.script();
                 if script.drop_after_data {
@@ -922,8 +964,12 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
     }
 }
 
+fn auth_configured(shared: &Shared) -> bool {
+    shared.auth.is_some() || shared.xoauth2.is_some()
+}
+
 fn auth_allowed(shared: &Shared, session: &Session) -> bool {
-    shared.auth.is_some() && (shared.tls == UpstreamTls::Plain || session.tls)
+    auth_configured(shared) && (shared.tls == UpstreamTls::Plain || session.tls)
 }
 
 /// Runs one AUTH exchange. Returns `Ok(false)` if the connection must close.
@@ -952,6 +998,45 @@ async fn handle_auth(
     }
 
     let creds: Option<(String, String)> = match mech.as_str() {
+        "XOAUTH2" if conn.shared.xoauth2.is_some() => {
+            let resp = match initial {
+                Some(i) => i,
+                None => match continuation(conn, "334 ").await? {
+                    Some(l) => l,
+                    None => return Ok(true),
+                },
+            };
+            let Some((user, token)) = b64_decode(&resp).and_then(|b| parse_xoauth2(&b)) else {
+                conn.reply("501 5.5.2 Cannot decode AUTH response").await?;
+                return Ok(true);
+            };
+            lock(&conn.shared.bearer_tokens).push(token.clone());
+            let (want_user, check) = conn.shared.xoauth2.clone().expect("xoauth2 configured");
+            let ok = match &script.auth {
+                Some(r) => is_positive(r),
+                None => user == want_user && check(&token),
+            };
+            if ok {
+                session.auth_user = Some(user);
+                conn.reply("235 2.7.0 Accepted").await?;
+                return Ok(true);
+            }
+            // Google's and Microsoft's way: a 334 with a JSON error, an empty client line,
+            // then the final failure.
+            let err = base64::engine::general_purpose::STANDARD.encode(
+                br#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#,
+            );
+            conn.reply(&format!("334 {err}")).await?;
+            let _ = conn.read_line().await?;
+            conn.reply("535 5.7.8 Username and Password not accepted (XOAUTH2)")
+                .await?;
+            return Ok(true);
+        }
+        _ if conn.shared.auth.is_none() => {
+            conn.reply("504 5.5.4 Unrecognized authentication type")
+                .await?;
+            return Ok(true);
+        }
         "PLAIN" => {
             let resp = match initial {
                 Some(i) => i,

@@ -1,0 +1,378 @@
+#!/usr/bin/env bash
+# smtp-relay vs Postfix, side by side, on this machine, in one run (see BENCHMARKS.md).
+#
+# Starts a private Postfix (config, queue and data under a temp dir, 127.0.0.1 high ports only,
+# Cyrus SASL sasldb, STARTTLS / implicit TLS / plaintext listeners, relayhost = the sink, OpenDKIM
+# milter over a Unix socket for the DKIM listener) and private smtp-relay instances, then runs the
+# same load generator (examples/loadgen.rs) against each, alternately, ROUNDS times per case, and
+# prints medians and ratios. Every process it starts is stopped by PID on exit.
+#
+# Must run as root (Postfix's master and OpenDKIM drop privileges themselves).
+# Knobs (environment): ROUNDS CLIENTS MESSAGES SIZE CASES PER_CONNS EXTRAS KEEP
+#   CASES:     plain starttls implicit dkim
+#   PER_CONNS: messages per connection, e.g. "1 10"
+#   EXTRAS:    durable idle bigmsg   (cost of fsync, RSS at 1,000 idle TLS, peak RSS at 20 x 25 MiB)
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+CLIENTS=${CLIENTS:-16}
+MESSAGES=${MESSAGES:-1000}
+SIZE=${SIZE:-4096}
+CASES=${CASES:-"plain starttls implicit dkim"}
+PER_CONNS=${PER_CONNS:-"1 10"}
+EXTRAS=${EXTRAS:-"durable idle bigmsg"}
+IDLE_CONNS=${IDLE_CONNS:-1000}
+BIG_CLIENTS=${BIG_CLIENTS:-20}
+BIG_SIZE=${BIG_SIZE:-26214400}
+MAX_SECS=${MAX_SECS:-600}
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+SINK=127.0.0.1:31999
+PF_PLAIN=31025 PF_STARTTLS=31587 PF_IMPLICIT=31465 PF_DKIM=31588
+RL_PLAIN=32025 RL_STARTTLS=32587 RL_IMPLICIT=32465
+RN_STARTTLS=33587 # the no-fsync relay
+RM_IMPLICIT=34465 RM_STARTTLS=34587 # the relay used for memory figures
+
+say() { printf '== %s\n' "$*" >&2; }
+die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (Postfix and OpenDKIM need it to drop privileges)"
+
+# --- tools -------------------------------------------------------------------------------
+need=()
+command -v postfix >/dev/null || need+=(postfix)
+command -v saslpasswd2 >/dev/null || need+=(sasl2-bin)
+[ -e /usr/lib/x86_64-linux-gnu/sasl2/libsasldb.so ] || ls /usr/lib/*/sasl2/libplain.so >/dev/null 2>&1 || need+=(libsasl2-modules)
+command -v opendkim >/dev/null || need+=(opendkim)
+command -v opendkim-genkey >/dev/null || need+=(opendkim-tools)
+command -v python3 >/dev/null || need+=(python3)
+command -v openssl >/dev/null || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+    say "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q "${need[@]}" libsasl2-modules >/dev/null
+fi
+
+say "building smtp-relay and the load generator (release)"
+(cd "$REPO" && cargo build -q --release --bin smtp-relay --example loadgen)
+RELAY_BIN=$CARGO_TARGET_DIR/release/smtp-relay
+LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
+
+# --- scratch dir and cleanup -------------------------------------------------------------
+W=$(mktemp -d /tmp/smtp-bench.XXXXXX)
+chmod 755 "$W"
+OUT=${OUT:-$W/results.jsonl}
+PIDS=()
+PF_CONF=$W/postfix
+cleanup() {
+    set +e
+    if [ -f "$W/pf-queue/pid/master.pid" ]; then
+        postfix -c "$PF_CONF" stop >/dev/null 2>&1
+        local mp
+        mp=$(tr -d ' ' <"$W/pf-queue/pid/master.pid")
+        for _ in $(seq 50); do kill -0 "$mp" 2>/dev/null || break; sleep 0.1; done
+        kill "$mp" 2>/dev/null
+    fi
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    if [ -z "${KEEP:-}" ]; then rm -rf "$W"; else say "kept $W"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# One certificate for both servers, so TLS costs the same key operations on each side.
+# A private CA and a leaf (rustls refuses a self-signed CA certificate as a server certificate).
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/ca-key.pem" -out "$W/ca.pem" -days 2 \
+    -subj /CN=bench-ca 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout "$W/key.pem" -out "$W/leaf.csr" -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$W/leaf.ext"
+openssl x509 -req -in "$W/leaf.csr" -CA "$W/ca.pem" -CAkey "$W/ca-key.pem" -CAcreateserial \
+    -out "$W/cert.pem" -days 2 -extfile "$W/leaf.ext" 2>/dev/null
+chmod 644 "$W/key.pem"
+
+PASS=bench-$(openssl rand -hex 12)
+
+# --- Postfix -----------------------------------------------------------------------------
+start_postfix() {
+    # Debian's smtpd reads <config_directory>/sasl/smtpd.conf whatever cyrus_sasl_config_path says.
+    mkdir -p "$PF_CONF/sasl" "$W/pf-queue" "$W/pf-data" "$W/opendkim"
+    chown postfix "$W/pf-data"
+    cat >"$PF_CONF/sasl/smtpd.conf" <<EOF
+pwcheck_method: auxprop
+auxprop_plugin: sasldb
+mech_list: PLAIN LOGIN
+sasldb_path: $W/sasldb2
+EOF
+    printf '%s' "$PASS" | saslpasswd2 -p -c -f "$W/sasldb2" -u bench.example bench
+    chown postfix "$W/sasldb2"
+    local milter="unix:$W/opendkim/opendkim.sock"
+    cat >"$PF_CONF/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $W/pf-queue
+data_directory = $W/pf-data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.bench
+mydomain = bench
+myorigin = \$myhostname
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks =
+relayhost = [127.0.0.1]:${SINK##*:}
+smtpd_relay_restrictions = permit_sasl_authenticated, reject
+smtpd_recipient_restrictions =
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+cyrus_sasl_config_path = $PF_CONF/sasl
+smtpd_tls_cert_file = $W/cert.pem
+smtpd_tls_key_file = $W/key.pem
+smtpd_tls_security_level = may
+smtpd_tls_auth_only = yes
+smtpd_tls_session_cache_database = btree:\$data_directory/smtpd_scache
+smtp_tls_security_level = none
+maillog_file = $W/postfix.log
+maillog_file_prefixes = $W
+biff = no
+default_process_limit = 200
+EOF
+    local opts="-o smtpd_sasl_auth_enable=yes"
+    cat >"$PF_CONF/master.cf" <<EOF
+127.0.0.1:$PF_PLAIN inet n - n - - smtpd $opts -o smtpd_tls_security_level=none -o smtpd_tls_auth_only=no
+127.0.0.1:$PF_STARTTLS inet n - n - - smtpd $opts -o smtpd_tls_security_level=encrypt
+127.0.0.1:$PF_IMPLICIT inet n - n - - smtpd $opts -o smtpd_tls_wrappermode=yes
+127.0.0.1:$PF_DKIM inet n - n - - smtpd $opts -o smtpd_tls_security_level=encrypt -o smtpd_milters=$milter
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+    # OpenDKIM: same key type and size as the relay's (RSA 2048), relaxed/simple like mail-auth.
+    opendkim-genkey -b 2048 -d dkim.example -s bench -D "$W/opendkim"
+    chown -R postfix "$W/opendkim"
+    cat >"$W/opendkim/opendkim.conf" <<EOF
+Syslog no
+Mode s
+Domain dkim.example
+Selector bench
+KeyFile $W/opendkim/bench.private
+Socket local:$W/opendkim/opendkim.sock
+UserID postfix
+Canonicalization relaxed/simple
+RequireSafeKeys false
+EOF
+    opendkim -f -x "$W/opendkim/opendkim.conf" 2>"$W/opendkim.log" &
+    PIDS+=($!)
+    postfix -c "$PF_CONF" check
+    postfix -c "$PF_CONF" start 2>"$W/postfix-start.log" || { cat "$W/postfix-start.log" >&2; die "postfix did not start"; }
+    for _ in $(seq 100); do
+        [ -S "$W/opendkim/opendkim.sock" ] && [ -f "$W/pf-queue/pid/master.pid" ] && return 0
+        sleep 0.1
+    done
+    die "postfix or opendkim did not come up (see $W/postfix.log, $W/opendkim.log)"
+}
+
+# --- smtp-relay --------------------------------------------------------------------------
+# relay_config NAME PLAIN_PORT STARTTLS_PORT IMPLICIT_PORT DURABLE
+relay_config() {
+    local d=$W/$1
+    mkdir -p "$d"
+    local plain=""
+    [ "$2" != 0 ] && plain="[[listener]]
+address = \"127.0.0.1:$2\"
+mode = \"plain\"
+allow_plaintext_auth = true"
+    cat >"$d/smtp-relay.toml" <<EOF
+[server]
+hostname = "relay.bench"
+state_dir = "$d/state"
+max_connections = 4000
+max_message_size = 27262976
+max_recipients = 10
+durable_ack = $5
+min_free_space_mb = 64
+
+[timeouts]
+tls_handshake_secs = 10
+command_secs = 300
+data_secs = 300
+
+[tls]
+cert_file = "$W/cert.pem"
+key_file = "$W/key.pem"
+
+$plain
+
+[[listener]]
+address = "127.0.0.1:$3"
+mode = "starttls"
+
+[[listener]]
+address = "127.0.0.1:$4"
+mode = "implicit"
+
+[queue]
+workers = 16
+retry_schedule_secs = [1, 2, 5]
+max_age_secs = 3600
+poll_interval_ms = 100
+
+[delivery]
+default_route = "sink"
+
+[upstream.sink]
+type = "smtp"
+host = "127.0.0.1"
+port = ${SINK##*:}
+tls = "none"
+auth = "none"
+EOF
+}
+
+# relay_start NAME  -> sets RELAY_PID
+relay_start() {
+    local d=$W/$1
+    rm -f "$d/state/listeners.json"
+    SMTP_RELAY_LOG=warn "$RELAY_BIN" --config "$d/smtp-relay.toml" serve 2>>"$d/server.log" &
+    RELAY_PID=$!
+    PIDS+=("$RELAY_PID")
+    for _ in $(seq 300); do
+        [ -f "$d/state/listeners.json" ] && return 0
+        kill -0 "$RELAY_PID" 2>/dev/null || { cat "$d/server.log" >&2; die "smtp-relay $1 exited"; }
+        sleep 0.1
+    done
+    die "smtp-relay $1 did not start"
+}
+
+relay_stop() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# relay_project NAME -> sets RELAY_USER RELAY_PASS (runs the CLI against the running server)
+relay_project() {
+    local d=$W/$1 json
+    json=$("$RELAY_BIN" --config "$d/smtp-relay.toml" project add bench \
+        --domain bench.example --domain dkim.example --json)
+    RELAY_USER=$(printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["project"]["id"])')
+    RELAY_PASS=$(printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+}
+
+relay_dkim() {
+    "$RELAY_BIN" --config "$W/$1/smtp-relay.toml" dkim keygen --domain dkim.example \
+        --selector bench --algorithm rsa --activate --json >/dev/null
+}
+
+rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+
+# --- the load ----------------------------------------------------------------------------
+# load SYSTEM CASE PER_CONN ROUND PORT USER PASS FROM [extra loadgen args]
+load() {
+    local system=$1 case=$2 per=$3 round=$4 port=$5 user=$6 pass=$7 from=$8
+    shift 8
+    local mode=starttls
+    case $case in plain) mode=plain ;; implicit) mode=implicit ;; esac
+    local line
+    line=$(LOADGEN_PASS=$pass "$LOADGEN" run --addr "127.0.0.1:$port" --mode "$mode" \
+        --ca "$W/ca.pem" --user "$user" --clients "$CLIENTS" --messages "$MESSAGES" \
+        --size "$SIZE" --per-conn "$per" --from "$from" --sink "$SINK" --max-secs "$MAX_SECS" \
+        --label "$system/$case/$per" "$@")
+    printf '%s\n' "$line" | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+r.update(system=sys.argv[1], case=sys.argv[2], round=int(sys.argv[3]))
+print(json.dumps(r))' "$system" "$case" "$round" >>"$OUT"
+}
+
+say "work dir $W; results in $OUT"
+say "machine: $(nproc) cores, $(awk '/MemTotal/ {print int($2/1024)" MiB"}' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
+start_postfix
+relay_config relay "$RL_PLAIN" "$RL_STARTTLS" "$RL_IMPLICIT" true
+relay_start relay
+MAIN_RELAY=$RELAY_PID
+relay_project relay
+relay_dkim relay
+
+pf_port() { case $1 in plain) echo $PF_PLAIN ;; starttls) echo $PF_STARTTLS ;; implicit) echo $PF_IMPLICIT ;; dkim) echo $PF_DKIM ;; esac; }
+rl_port() { case $1 in plain) echo $RL_PLAIN ;; implicit) echo $RL_IMPLICIT ;; *) echo $RL_STARTTLS ;; esac; }
+from_for() { [ "$1" = dkim ] && echo bench@dkim.example || echo bench@bench.example; }
+
+for round in $(seq "$ROUNDS"); do
+    for case in $CASES; do
+        for per in $PER_CONNS; do
+            from=$(from_for "$case")
+            load postfix "$case" "$per" "$round" "$(pf_port "$case")" bench@bench.example "$PASS" "$from"
+            load smtp-relay "$case" "$per" "$round" "$(rl_port "$case")" "$RELAY_USER" "$RELAY_PASS" "$from"
+        done
+    done
+done
+
+if [[ " $EXTRAS " == *" durable "* ]]; then
+    relay_config relay-nofsync 0 "$RN_STARTTLS" $((RN_STARTTLS + 1)) false
+    relay_start relay-nofsync
+    NOFSYNC=$RELAY_PID
+    DURABLE_USER=$RELAY_USER DURABLE_PASS=$RELAY_PASS
+    relay_project relay-nofsync
+    for round in $(seq "$ROUNDS"); do
+        load smtp-relay "fsync:durable" 1 "$round" "$RL_STARTTLS" "$DURABLE_USER" "$DURABLE_PASS" bench@bench.example
+        load smtp-relay "fsync:no-fsync" 1 "$round" "$RN_STARTTLS" "$RELAY_USER" "$RELAY_PASS" bench@bench.example
+    done
+    relay_stop "$NOFSYNC"
+fi
+relay_stop "$MAIN_RELAY"
+
+MEM=$W/memory.txt
+: >"$MEM"
+if [[ " $EXTRAS " == *" idle "* ]]; then
+    relay_config relay-mem 0 "$RM_STARTTLS" "$RM_IMPLICIT" true
+    relay_start relay-mem
+    sleep 1
+    base=$(rss_kib "$RELAY_PID" VmRSS)
+    "$LOADGEN" idle --addr "127.0.0.1:$RM_IMPLICIT" --mode implicit --ca "$W/ca.pem" \
+        --connections "$IDLE_CONNS" --hold-secs 600 >"$W/idle.out" &
+    IDLE_PID=$!
+    PIDS+=("$IDLE_PID")
+    for _ in $(seq 1200); do grep -q ready "$W/idle.out" 2>/dev/null && break; sleep 0.1; done
+    sleep 2
+    held=$(rss_kib "$RELAY_PID" VmRSS)
+    echo "idle: baseline ${base} KiB; with $(cut -d' ' -f2 "$W/idle.out") idle implicit-TLS connections after EHLO: ${held} KiB" | tee -a "$MEM" >&2
+    kill "$IDLE_PID"; wait "$IDLE_PID" 2>/dev/null || true
+    relay_stop "$RELAY_PID"
+fi
+
+if [[ " $EXTRAS " == *" bigmsg "* ]]; then
+    relay_config relay-mem 0 "$RM_STARTTLS" "$RM_IMPLICIT" true
+    rm -rf "$W/relay-mem/state"
+    relay_start relay-mem
+    relay_project relay-mem
+    CLIENTS=$BIG_CLIENTS MESSAGES=$BIG_CLIENTS SIZE=$((BIG_SIZE - 4096)) \
+        load smtp-relay "bigmsg" 1 1 "$RM_STARTTLS" "$RELAY_USER" "$RELAY_PASS" bench@bench.example
+    hwm=$(rss_kib "$RELAY_PID" VmHWM)
+    echo "bigmsg: $BIG_CLIENTS clients x $((BIG_SIZE / 1048576)) MiB at once: relay peak RSS (VmHWM) ${hwm} KiB" | tee -a "$MEM" >&2
+    relay_stop "$RELAY_PID"
+fi
+
+python3 "$REPO/bench/report.py" "$OUT" "$MEM"
+[ -n "${KEEP:-}" ] || cp "$OUT" "${RESULTS_COPY:-/tmp/smtp-bench-results.jsonl}"

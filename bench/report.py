@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Turns bench/compare.sh's results.jsonl into the table of medians and ratios.
+
+Usage: report.py results.jsonl [memory.txt]
+Ratios are smtp-relay / Postfix: above 1 is better for throughput, below 1 is better for latency.
+"""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def med(rows, key):
+    return statistics.median(r[key] for r in rows) if rows else float("nan")
+
+
+def main():
+    rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["case"], r["per_conn"], r["system"])].append(r)
+
+    print()
+    print("Medians over rounds; e2e = accepted by the server and held by the sink.")
+    hdr = f"{'case':<10}{'msg/conn':>9} | {'system':<11}{'e2e msg/s':>10}{'submit/s':>10}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}  errors"
+    print(hdr)
+    print("-" * len(hdr))
+    cases = []
+    for (case, per, _system) in groups:
+        if (case, per) not in cases and not case.startswith(("fsync:", "bigmsg")):
+            cases.append((case, per))
+    ratios = []
+    for case, per in cases:
+        pf = groups.get((case, per, "postfix"), [])
+        rl = groups.get((case, per, "smtp-relay"), [])
+        for name, rs in (("postfix", pf), ("smtp-relay", rl)):
+            if not rs:
+                continue
+            errs = defaultdict(int)
+            for r in rs:
+                for k, v in r["errors"].items():
+                    errs[k] += v
+                if not r["complete"]:
+                    errs["incomplete"] += 1
+            print(
+                f"{case:<10}{per:>9} | {name:<11}{med(rs, 'e2e_mps'):>10.1f}{med(rs, 'submit_mps'):>10.1f}"
+                f"{med(rs, 'p50_ms'):>8.1f}{med(rs, 'p90_ms'):>8.1f}{med(rs, 'p99_ms'):>8.1f}{med(rs, 'max_ms'):>8.1f}  {dict(errs) or '-'}"
+            )
+        if pf and rl:
+            ratios.append(
+                (case, per, med(rl, "e2e_mps") / med(pf, "e2e_mps"), med(rl, "p99_ms") / med(pf, "p99_ms"), len(rl))
+            )
+    print()
+    print("smtp-relay / Postfix (throughput: higher is better; p99: lower is better)")
+    print(f"{'case':<10}{'msg/conn':>9} {'e2e msg/s':>10} {'p99':>7} rounds")
+    for case, per, t, p, n in ratios:
+        print(f"{case:<10}{per:>9} {t:>9.2f}x {p:>6.2f}x {n}")
+
+    fs = {k[0]: v for k, v in groups.items() if k[0].startswith("fsync:")}
+    if fs:
+        print()
+        print("Durable ack (fsync before 250) vs no-fsync dev mode, smtp-relay, STARTTLS+AUTH, 1 msg/conn")
+        for case, rs in sorted(fs.items()):
+            print(f"  {case[6:]:<10} e2e {med(rs, 'e2e_mps'):8.1f} msg/s  submit {med(rs, 'submit_mps'):8.1f} msg/s  p99 {med(rs, 'p99_ms'):7.1f} ms")
+        d, n = fs.get("fsync:durable"), fs.get("fsync:no-fsync")
+        if d and n and med(d, "submit_mps") > 0:
+            print(f"  no-fsync / durable submit throughput: {med(n, 'submit_mps') / med(d, 'submit_mps'):.2f}x")
+    big = [r for r in rows if r["case"] == "bigmsg"]
+    for r in big:
+        print()
+        print(f"bigmsg: {r['accepted']}/{r['messages']} accepted, {r['delivered']} delivered, errors {r['errors'] or '-'}, first error {r['first_error']}")
+    if len(sys.argv) > 2:
+        print()
+        print(open(sys.argv[2]).read().rstrip())
+
+
+if __name__ == "__main__":
+    main()
