@@ -22,8 +22,14 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
+    #[error("{path}{}: {message}", location(*.line, *.column, .key.as_deref()))]
+    Parse {
+        path: String,
+        line: Option<usize>,
+        column: Option<usize>,
+        key: Option<String>,
+        message: String,
+    },
     #[error("{path}{line}: key `{key}`: {message}")]
     Invalid {
         path: String,
@@ -47,6 +53,10 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(rename = "upstream", default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Default per-project rate limits and quotas (policy::limits).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -63,6 +73,23 @@ pub struct Config {
 pub struct ConfigOrigin {
     pub path: String,
     pub text: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Level or filter (`info`, `debug`, `info,smtp_relay=trace`). Unset: `SMTP_RELAY_LOG`,
+    /// else `info`. A reload applies a change.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Loopback address of the Prometheus endpoint (`GET /metrics`). Unset: no endpoint.
+    #[serde(default)]
+    pub address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -553,10 +580,7 @@ impl Config {
     }
 
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: source.to_string(),
-            message: one_line(&e.to_string()),
-        })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_error(text, source, &e))?;
         config.origin = Some(std::sync::Arc::new(ConfigOrigin {
             path: source.to_string(),
             text: text.to_string(),
@@ -662,6 +686,20 @@ impl Config {
                 "queue",
                 "poll_interval_ms",
                 "must be at least 1".into(),
+            ));
+        }
+        if let Some(level) = &self.log.level
+            && let Err(e) = crate::logging::parse_level(level)
+        {
+            return Err(bad("log", "level", e.to_string()));
+        }
+        if let Some(addr) = self.metrics.address
+            && !addr.ip().is_loopback()
+        {
+            return Err(bad(
+                "metrics",
+                "address",
+                format!("the metrics endpoint is only allowed on a loopback address, not {addr}"),
             ));
         }
         if !self.upstreams.contains_key(&self.delivery.default_route) {
@@ -992,6 +1030,84 @@ fn one_line(s: &str) -> String {
         .join(" | ")
 }
 
+/// `:line:column: key `k`` for a parse error, as much of it as is known.
+fn location(line: Option<usize>, column: Option<usize>, key: Option<&str>) -> String {
+    let mut out = String::new();
+    if let Some(l) = line {
+        out.push_str(&format!(":{l}"));
+        if let Some(c) = column {
+            out.push_str(&format!(":{c}"));
+        }
+    }
+    if let Some(k) = key {
+        out.push_str(&format!(": key `{k}`"));
+    }
+    out
+}
+
+/// Turns toml's error into file, line, column and the dotted key it is about. toml points
+/// its span at the offending key or value; the key is recovered from that line and the
+/// table header above it (or from the message, for unknown and missing fields).
+fn parse_error(text: &str, source: &str, e: &toml::de::Error) -> ConfigError {
+    let message = one_line(e.message());
+    let Some(span) = e.span() else {
+        return ConfigError::Parse {
+            path: source.to_string(),
+            line: None,
+            column: None,
+            key: None,
+            message,
+        };
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = text[line_start..start].chars().count() + 1;
+    let line_end = text[line_start..]
+        .find('\n')
+        .map(|i| line_start + i)
+        .unwrap_or(text.len());
+    let line_text = text[line_start..line_end].trim();
+    // The table in force at the error: the last header at or above it.
+    let table = text[..line_end]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+        .unwrap_or_default();
+    let named = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|p| message.split_once(p))
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(k, _)| k.to_string());
+    let key = if line_text.starts_with('[') {
+        named.or_else(|| (!table.is_empty()).then(|| table.clone()))
+    } else {
+        named.or_else(|| {
+            line_text
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_matches('"').to_string())
+                .filter(|k| !k.is_empty() && !k.contains(char::is_whitespace))
+        })
+    };
+    let key = key.map(|k| {
+        if table.is_empty() || k == table || k.starts_with(&format!("{table}.")) {
+            k
+        } else {
+            format!("{table}.{k}")
+        }
+    });
+    ConfigError::Parse {
+        path: source.to_string(),
+        line: Some(line_no),
+        column: Some(column),
+        key,
+        message,
+    }
+}
+
 /// Finds the 1-based line of `key = …` inside `[table]` (or `[[table]]`), best effort.
 fn find_line(text: &str, table: &str, key: &str) -> Option<usize> {
     let mut current = String::new();
@@ -1041,6 +1157,74 @@ mod tests {
         let text = DEFAULT_CONFIG.replace("[server]", "[server]\nhostnme = \"x\"");
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("hostnme"), "{err}");
+    }
+
+    fn parse_err(text: &str) -> String {
+        Config::parse(text, "x.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parse_errors_name_line_and_key() {
+        let line_of = |needle: &str, text: &str| {
+            text.lines().position(|l| l.starts_with(needle)).unwrap() + 1
+        };
+        // Unknown key.
+        let text = DEFAULT_CONFIG.replace("[queue]\n", "[queue]\nwrokers = 4\n");
+        let err = parse_err(&text);
+        let n = line_of("wrokers", &text);
+        assert!(
+            err.starts_with(&format!("x.toml:{n}:1: key `queue.wrokers`: unknown field")),
+            "{err}"
+        );
+        // Wrong type.
+        let text = DEFAULT_CONFIG.replace("max_recipients = 100", "max_recipients = \"many\"");
+        let err = parse_err(&text);
+        let n = line_of("max_recipients", &text);
+        assert!(err.starts_with(&format!("x.toml:{n}:")), "{err}");
+        assert!(err.contains("key `server.max_recipients`"), "{err}");
+        // Missing required key.
+        let text = DEFAULT_CONFIG.replace("hostname = \"localhost\"", "");
+        let err = parse_err(&text);
+        assert!(
+            err.contains("key `server.hostname`") && err.contains("missing field"),
+            "{err}"
+        );
+        // Bad address.
+        let text = DEFAULT_CONFIG.replace("127.0.0.1:2587", "127.0.0.1:99999");
+        let err = parse_err(&text);
+        let n = line_of("address = \"127.0.0.1:99999", &text);
+        assert!(err.starts_with(&format!("x.toml:{n}:")), "{err}");
+        assert!(err.contains("key `listener.address`"), "{err}");
+        // Broken syntax.
+        let text = DEFAULT_CONFIG.replace("workers = 4", "workers = = 4");
+        let err = parse_err(&text);
+        let n = line_of("workers = = 4", &text);
+        assert!(err.starts_with(&format!("x.toml:{n}:")), "{err}");
+        // Bad enum value.
+        let text = DEFAULT_CONFIG.replace("mode = \"implicit\"", "mode = \"tls\"");
+        let err = parse_err(&text);
+        assert!(
+            err.contains("key `listener.mode`") && err.contains("tls"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn log_level_and_metrics_address_are_checked() {
+        let text = format!("{DEFAULT_CONFIG}\n[log]\nlevel = \"info,=loud\"\n");
+        assert!(parse_err(&text).contains("log.level"));
+        let text = format!("{DEFAULT_CONFIG}\n[metrics]\naddress = \"0.0.0.0:9187\"\n");
+        let err = parse_err(&text);
+        assert!(
+            err.contains("metrics.address") && err.contains("loopback"),
+            "{err}"
+        );
+        let text = format!(
+            "{DEFAULT_CONFIG}\n[metrics]\naddress = \"127.0.0.1:9187\"\n[log]\nlevel = \"debug\"\n"
+        );
+        let c = Config::parse(&text, "x.toml").unwrap();
+        assert_eq!(c.metrics.address.unwrap().port(), 9187);
+        assert_eq!(c.log.level.as_deref(), Some("debug"));
     }
 
     #[test]

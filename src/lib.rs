@@ -5,18 +5,23 @@
 //! what it may send; [`transform`] turns accepted bytes into the bytes that will leave;
 //! [`queue`] makes them durable before the `250` and keeps them until they are done;
 //! [`outbound`] forwards them to the upstream provider with retries. [`store`] opens the one
-//! sled database, [`admin`] holds the operations the CLI runs, [`server`] wires it together.
+//! sled database, [`admin`] holds the operations the CLI runs, [`server`] wires it together;
+//! [`logging`], [`metrics`] and [`systemd`] are how operators watch and run it.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod inbound;
+pub mod logging;
+pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod queue;
+pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod systemd;
 pub mod transform;
 
 /// Seconds since the Unix epoch.

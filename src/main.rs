@@ -8,13 +8,7 @@ fn main() -> std::process::ExitCode {
         smtp_relay::cli::Command::Serve => "info",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SMTP_RELAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    smtp_relay::logging::init(cli.log_format, default_level);
     match smtp_relay::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

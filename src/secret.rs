@@ -34,6 +34,64 @@ impl std::fmt::Display for Secret {
     }
 }
 
+/// A secret written inline in a config is read like a string but always serialised as
+/// `[redacted]`, so printing a config (`config check`) cannot reveal it.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(REDACTED)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+pub const REDACTED: &str = "[redacted]";
+
+/// Whether a config key names a secret value (`password`, `client_secret`, `api_key`,
+/// `refresh_token`…) rather than where one is kept (`password_file`, `password_env`,
+/// `token_url`): the last `_`-separated word decides.
+pub fn is_secret_key(key: &str) -> bool {
+    let last = key
+        .rsplit(['_', '-'])
+        .next()
+        .unwrap_or(key)
+        .to_ascii_lowercase();
+    matches!(
+        last.as_str(),
+        "password"
+            | "passwd"
+            | "pass"
+            | "passphrase"
+            | "secret"
+            | "token"
+            | "key"
+            | "apikey"
+            | "credential"
+            | "credentials"
+    )
+}
+
+/// Replaces every secret-named string (or list of strings) in a config tree with
+/// `[redacted]`, however deep; the safety net under [`Secret`] for fields typed as plain text.
+pub fn redact(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                if is_secret_key(k) && matches!(v, toml::Value::String(_) | toml::Value::Array(_)) {
+                    *v = toml::Value::String(REDACTED.into());
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read secret file {path}: {source}")]
@@ -142,5 +200,22 @@ mod tests {
     fn secrets_never_print() {
         let s = Secret::new("smtpr_supersecret");
         assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"[redacted]\"");
+    }
+
+    #[test]
+    fn secret_keys_are_redacted_at_any_depth() {
+        let mut v: toml::Value = toml::from_str(
+            "[upstream.a]\npassword = \"p\"\npassword_file = \"/f\"\n[upstream.a.oauth2]\nclient_secret = \"s\"\nrefresh_token = \"t\"\ntoken_url = \"https://x\"\nclient_id = \"id\"\n",
+        )
+        .unwrap();
+        redact(&mut v);
+        let a = &v["upstream"]["a"];
+        assert_eq!(a["password"].as_str(), Some(REDACTED));
+        assert_eq!(a["password_file"].as_str(), Some("/f"));
+        assert_eq!(a["oauth2"]["client_secret"].as_str(), Some(REDACTED));
+        assert_eq!(a["oauth2"]["refresh_token"].as_str(), Some(REDACTED));
+        assert_eq!(a["oauth2"]["token_url"].as_str(), Some("https://x"));
+        assert_eq!(a["oauth2"]["client_id"].as_str(), Some("id"));
     }
 }

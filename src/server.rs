@@ -1,9 +1,9 @@
 //! Wires the pipeline together and runs it: opens the store, binds listeners, starts the
-//! delivery workers and the admin socket, and shuts everything down in order on
-//! SIGTERM/SIGINT (stop accepting, let sessions finish up to the grace period, stop workers,
-//! flush).
+//! delivery workers, the admin socket and the metrics endpoint, tells systemd it is ready,
+//! reloads the config on SIGHUP, and shuts everything down in order on SIGTERM/SIGINT (stop
+//! accepting, let sessions finish up to the grace period, stop workers, flush).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +51,8 @@ pub enum ServerError {
     },
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::http::MetricsBindError),
     #[error("storage failed: {0}; exiting so the service manager restarts the relay")]
     StorageFailed(String),
 }
@@ -69,9 +71,18 @@ pub fn prepare_state_dir(config: &Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Runs the relay until a termination signal.
+/// Runs the relay until a termination signal; SIGHUP re-reads the built-in config.
 pub async fn serve(config: Config) -> Result<(), ServerError> {
+    serve_from(config, None).await
+}
+
+/// Runs the relay until a termination signal. SIGHUP re-reads `config_path` (the built-in
+/// config when `None`) and the TLS certificate; see [`crate::reload`].
+pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<(), ServerError> {
     let config = Arc::new(config);
+    if let Ok(level) = crate::logging::apply_level(config.log.level.as_deref()) {
+        tracing::debug!(level, "log level");
+    }
     prepare_state_dir(&config)?;
     let mut store = Store::open(&config.server.state_dir)?;
     if !config.server.durable_ack {
@@ -93,6 +104,10 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     let routes = RouteTable::new(store.clone(), config.clone());
     let router = Arc::new(Router::new(&config, routes.clone())?);
     let bound = listener::bind_all(&config.listeners).await?;
+    let metrics_listener = match config.metrics.address {
+        Some(addr) => Some(crate::metrics::http::bind(addr).await?),
+        None => None,
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let admin_path = config.admin_socket();
@@ -123,7 +138,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         shutdown_rx.clone(),
     ));
 
-    let shared = Arc::new(Shared {
+    let shared = Shared {
         config: config.clone(),
         registry: registry.clone(),
         routes: routes.clone(),
@@ -135,7 +150,9 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         throttle: Throttle::new(&config.throttle),
         dkim,
         shutdown: shutdown_rx.clone(),
-    });
+    };
+    // Listeners read the current value at each accept; a reload replaces it.
+    let (shared_tx, shared_rx) = watch::channel(Arc::new(shared));
     let max = config.server.max_connections;
     let permits = Arc::new(Semaphore::new(max));
     let mut listeners_info = Vec::new();
@@ -148,9 +165,22 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         );
         accept_tasks.push(tokio::spawn(listener::serve(
             b,
-            shared.clone(),
+            shared_rx.clone(),
             permits.clone(),
         )));
+    }
+    if let Some(l) = metrics_listener {
+        let addr = l.local_addr().ok();
+        if let Some(addr) = addr {
+            tracing::info!(address = %addr, "metrics endpoint listening on /metrics");
+            listeners_info
+                .push(serde_json::json!({ "mode": "metrics", "address": addr.to_string() }));
+        }
+        tokio::spawn(crate::metrics::http::serve(
+            l,
+            queue.clone(),
+            shutdown_rx.clone(),
+        ));
     }
     // Lets scripts and tests find the ports (useful with port 0).
     let _ = std::fs::write(
@@ -180,10 +210,14 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
         "smtp-relay ready"
     );
 
+    crate::systemd::ready("accepting mail");
+    tokio::spawn(crate::systemd::watchdog(store.clone(), shutdown_rx.clone()));
+
     let storage_failed = tokio::select! {
-        r = wait_for_signal() => { r?; false }
+        r = wait_for_signal(|| reload(config_path.as_deref(), &shared_tx, &config)) => { r?; false }
         _ = store.failure.wait() => true,
     };
+    crate::systemd::stopping();
     let _ = shutdown_tx.send(true);
     if storage_failed {
         // sled hangs after an I/O error: don't wait for it, let the supervisor restart us.
@@ -226,13 +260,47 @@ fn port_of(config: &Config, mode: ListenerMode) -> Option<u16> {
         .map(|l| l.address.port())
 }
 
-async fn wait_for_signal() -> Result<(), ServerError> {
+/// Waits for SIGTERM or SIGINT, running `on_hup` for each SIGHUP meanwhile.
+async fn wait_for_signal(mut on_hup: impl FnMut()) -> Result<(), ServerError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => on_hup(),
+        }
     }
-    Ok(())
+}
+
+/// SIGHUP: swap in a new config and certificate for new sessions, or keep the running ones
+/// when the new config is broken.
+fn reload(path: Option<&Path>, shared: &watch::Sender<Arc<Shared>>, startup: &Config) {
+    crate::systemd::reloading();
+    let current = shared.borrow().clone();
+    match crate::reload::prepare(path, &current, startup) {
+        Ok(next) => {
+            let level = crate::logging::apply_level(next.shared.config.log.level.as_deref());
+            shared.send_replace(Arc::new(next.shared));
+            crate::metrics::config_reload(true);
+            if let Err(e) = level {
+                tracing::warn!(error = %e, "log level unchanged");
+            }
+            if next.needs_restart.is_empty() {
+                tracing::info!("configuration reloaded; new sessions use it");
+            } else {
+                tracing::warn!(
+                    not_applied = next.needs_restart.join(", "),
+                    "configuration reloaded; new sessions use it, but some changes need a restart"
+                );
+            }
+        }
+        Err(e) => {
+            crate::metrics::config_reload(false);
+            tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+        }
+    }
+    crate::systemd::ready("accepting mail");
 }

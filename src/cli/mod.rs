@@ -33,6 +33,15 @@ pub struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log format on stderr: text on a terminal and JSON lines otherwise (auto), or forced.
+    #[arg(
+        long,
+        global = true,
+        env = "SMTP_RELAY_LOG_FORMAT",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub log_format: crate::logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

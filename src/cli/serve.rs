@@ -10,7 +10,10 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("smtp-relay")
         .build()?;
-    let result = runtime.block_on(crate::server::serve(config));
+    let result = runtime.block_on(crate::server::serve_from(
+        config,
+        config_path.map(Path::to_path_buf),
+    ));
     // Tasks stuck in a blocking call (a failed disk) must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     result?;

@@ -169,9 +169,10 @@ impl Session {
                 }
                 Err(LimitsError::TooManySessions { project, max }) => {
                     tracing::warn!(client = %self.peer, project = %project, max, "too many sessions for project");
-                    let _ = conn
-                        .write_reply(&reply::project_connections(&project))
-                        .await;
+                    let r = reply::project_connections(&project);
+                    crate::metrics::rejected(&project, &r);
+                    crate::metrics::rate_limit_hit(&project);
+                    let _ = conn.write_reply(&r).await;
                     Flow::Close
                 }
                 Err(e) => {
@@ -193,6 +194,7 @@ impl Session {
         answer_at: tokio::time::Instant,
     ) -> Flow {
         self.auth_failures += 1;
+        crate::metrics::auth_failure();
         tracing::warn!(client = %self.peer, failures = self.auth_failures, "authentication failed");
         // Counted before the delay, so parallel sessions from the same IP see it at once.
         let cooling_down = self.shared.throttle.auth_failed(self.peer.ip());
@@ -203,6 +205,7 @@ impl Session {
             return Flow::Close;
         }
         if self.auth_failures >= MAX_AUTH_FAILURES {
+            crate::metrics::rejected(self.project_id(), &reply::BAD_CREDENTIALS);
             let _ = conn.write_reply(&reply::BAD_CREDENTIALS).await;
             let _ = conn.write_reply(&reply::TOO_MANY_ERRORS).await;
             return Flow::Close;

@@ -68,6 +68,8 @@ pub struct Connection<S> {
     stream: S,
     buf: Vec<u8>,
     start: usize,
+    /// Code of the last reply written, for the session's outcome log line.
+    last_code: u16,
 }
 
 /// Checks raw bytes for CR/LF/NUL misuse, with the previous byte carried across reads.
@@ -98,6 +100,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             stream,
             buf: Vec::with_capacity(4096),
             start: 0,
+            last_code: 0,
         }
     }
 
@@ -109,6 +112,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     pub fn get_ref(&self) -> &S {
         &self.stream
+    }
+
+    /// The code of the last reply sent (0 before any).
+    pub fn last_code(&self) -> u16 {
+        self.last_code
     }
 
     pub fn has_buffered_input(&self) -> bool {
@@ -228,6 +236,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
+        if let Some(code) = bytes
+            .get(..3)
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.parse().ok())
+        {
+            self.last_code = code;
+        }
         let io = async {
             self.stream.write_all(bytes).await?;
             self.stream.flush().await

@@ -49,6 +49,7 @@ impl Session {
             Err(e) => {
                 tracing::warn!(client = %self.peer, project = %auth.project.id, error = %e, "DATA aborted");
                 if let Some(r) = e.reply() {
+                    crate::metrics::rejected(&auth.project.id, &r);
                     let _ = conn.write_reply(&r).await;
                 }
                 return Flow::Close;
@@ -111,6 +112,8 @@ impl Session {
         match self.shared.queue.enqueue(new, &bytes).await {
             Ok(env) => {
                 self.accepted += 1;
+                self.message_ids.push(env.id.clone());
+                crate::metrics::accepted(&env.project);
                 tracing::info!(
                     id = %env.id,
                     project = %env.project,
@@ -124,7 +127,9 @@ impl Session {
             Err(e) => {
                 self.refund_rate(recipients);
                 tracing::error!(client = %self.peer, project = %auth.project.id, error = %e, "cannot store message");
-                self.send(conn, &Reply::from(&e)).await
+                let r = Reply::from(&e);
+                crate::metrics::rejected(&auth.project.id, &r);
+                self.send(conn, &r).await
             }
         }
     }

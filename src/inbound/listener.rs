@@ -57,8 +57,14 @@ pub async fn bind_all(configs: &[ListenerConfig]) -> Result<Vec<BoundListener>, 
 }
 
 /// Accepts until shutdown. `permits` is the global connection limit, shared by all listeners.
-pub async fn serve(bound: BoundListener, shared: Arc<Shared>, permits: Arc<Semaphore>) {
-    let mut shutdown = shared.shutdown.clone();
+/// Each connection gets the [`Shared`] current at accept time, so a reload reaches new
+/// sessions only.
+pub async fn serve(
+    bound: BoundListener,
+    shared: tokio::sync::watch::Receiver<Arc<Shared>>,
+    permits: Arc<Semaphore>,
+) {
+    let mut shutdown = shared.borrow().shutdown.clone();
     loop {
         let accepted = tokio::select! {
             a = bound.listener.accept() => a,
@@ -73,7 +79,9 @@ pub async fn serve(bound: BoundListener, shared: Arc<Shared>, permits: Arc<Semap
                 continue;
             }
         };
-        let ip_guard = match shared.throttle.admit(peer.ip()) {
+        // What new sessions get now; a reload swaps it for later connections.
+        let current = shared.borrow().clone();
+        let ip_guard = match current.throttle.admit(peer.ip()) {
             Ok(g) => g,
             Err(refusal) => {
                 let r = match refusal {
@@ -83,6 +91,7 @@ pub async fn serve(bound: BoundListener, shared: Arc<Shared>, permits: Arc<Semap
                     }
                 };
                 tracing::warn!(client = %peer, reason = ?refusal, "connection refused by the per-IP throttle");
+                crate::metrics::rejected("", &r);
                 refuse(tcp, r);
                 continue;
             }
@@ -90,9 +99,10 @@ pub async fn serve(bound: BoundListener, shared: Arc<Shared>, permits: Arc<Semap
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             refuse(tcp, reply::TOO_MANY_CONNECTIONS);
             tracing::warn!(client = %peer, "connection limit reached");
+            crate::metrics::rejected("", &reply::TOO_MANY_CONNECTIONS);
             continue;
         };
-        let session = Session::new(shared.clone(), peer, &bound.config);
+        let session = Session::new(current, peer, &bound.config);
         tokio::spawn(async move {
             session.run(tcp).await;
             drop(permit);

@@ -21,7 +21,9 @@ use crate::policy::throttle::Throttle;
 use crate::queue::Queue;
 use crate::transform::branding::BrandingStore;
 
-/// What every session of the running server shares.
+/// What every session of the running server shares. A reload builds a new one (a clone with
+/// the new config, TLS and limits); sessions keep the one they started with.
+#[derive(Clone)]
 pub struct Shared {
     pub config: Arc<Config>,
     pub registry: Registry,

@@ -38,6 +38,10 @@ pub struct Session {
     pub(super) errors: u32,
     pub(super) accepted: u32,
     pub(super) started: Instant,
+    /// Ids of the messages accepted in this session, for the outcome log line.
+    pub(super) message_ids: Vec<String>,
+    /// Code of the last reply sent.
+    pub(super) last_code: u16,
 }
 
 /// How a run of the command loop ended.
@@ -64,23 +68,29 @@ impl Session {
             errors: 0,
             accepted: 0,
             started: Instant::now(),
+            message_ids: Vec::new(),
+            last_code: 0,
         }
     }
 
     /// Runs a whole connection, including the TLS handshake(s), in the connection's own task.
     pub async fn run(mut self, tcp: TcpStream) {
+        let _active = crate::metrics::connection_opened();
         let _ = tcp.set_nodelay(true);
         match self.mode {
             ListenerMode::Implicit => {
                 if let Some(tls) = self.handshake(tcp).await {
                     let mut conn = Connection::new(tls);
                     self.serve(&mut conn, true).await;
+                    self.last_code = conn.last_code();
                     conn.shutdown().await;
                 }
             }
             ListenerMode::Starttls | ListenerMode::Plain => {
                 let mut conn = Connection::new(tcp);
-                if let Flow::StartTls = self.serve(&mut conn, true).await {
+                let flow = self.serve(&mut conn, true).await;
+                self.last_code = conn.last_code();
+                if let Flow::StartTls = flow {
                     // Anything buffered beyond STARTTLS is dropped with the plaintext framing.
                     let tcp = conn.into_inner();
                     if let Some(tls) = self.handshake(tcp).await {
@@ -91,6 +101,7 @@ impl Session {
                         self.reset_transaction();
                         let mut conn = Connection::new(tls);
                         self.serve(&mut conn, false).await;
+                        self.last_code = conn.last_code();
                         conn.shutdown().await;
                     }
                 } else {
@@ -103,6 +114,8 @@ impl Session {
             project = self.auth.as_ref().map(|a| a.project.id.as_str()).unwrap_or("-"),
             tls = self.tls,
             accepted = self.accepted,
+            message_ids = %self.message_ids.join(","),
+            last_reply = self.last_code,
             errors = self.errors,
             duration_ms = self.started.elapsed().as_millis() as u64,
             "session closed"
@@ -117,12 +130,17 @@ impl Session {
         match tokio::time::timeout(self.shared.config.handshake_timeout(), acceptor.accept(tcp))
             .await
         {
-            Ok(Ok(stream)) => Some(stream),
+            Ok(Ok(stream)) => {
+                crate::metrics::tls_handshake(true);
+                Some(stream)
+            }
             Ok(Err(e)) => {
+                crate::metrics::tls_handshake(false);
                 tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
                 None
             }
             Err(_) => {
+                crate::metrics::tls_handshake(false);
                 tracing::debug!(client = %self.peer, "TLS handshake timed out");
                 None
             }
@@ -132,6 +150,14 @@ impl Session {
     pub(super) fn reset_transaction(&mut self) {
         self.mail_from = None;
         self.rcpts.clear();
+    }
+
+    /// The authenticated project's id, or "" before AUTH (for metrics labels).
+    pub(super) fn project_id(&self) -> &str {
+        self.auth
+            .as_ref()
+            .map(|a| a.project.id.as_str())
+            .unwrap_or("")
     }
 
     /// Whether AUTH may be offered and used on this connection right now.
@@ -167,6 +193,7 @@ impl Session {
                 Err(FrameError::TooLong) => self.error(conn, &reply::LINE_TOO_LONG).await,
                 Err(e) => {
                     if let Some(r) = e.reply() {
+                        crate::metrics::rejected(self.project_id(), &r);
                         let _ = conn.write_reply(&r).await;
                     }
                     Flow::Close
@@ -185,6 +212,7 @@ impl Session {
         conn: &mut Connection<S>,
         r: &Reply,
     ) -> Flow {
+        crate::metrics::rejected(self.project_id(), r);
         self.errors += 1;
         if self.errors > MAX_ERRORS {
             let _ = conn.write_reply(&reply::TOO_MANY_ERRORS).await;

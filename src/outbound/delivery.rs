@@ -103,6 +103,7 @@ impl Delivery {
         if env.state.is_final() {
             return;
         }
+        let _in_flight = crate::metrics::delivery_started();
         let started = Instant::now();
         let now = now_ms();
         if now >= env.expires_ms {
@@ -113,7 +114,10 @@ impl Delivery {
                 env.last_reply.clone().unwrap_or_default()
             ));
             self.save(&env).await;
-            tracing::warn!(id, project = %env.project, attempts = env.attempts, "message expired");
+            // Never attempted: no upstream to name.
+            let upstream = env.upstream.clone().unwrap_or_else(|| "-".into());
+            crate::metrics::delivery_outcome(&env, &upstream);
+            tracing::warn!(id, project = %env.project, client = %env.client_ip, upstream, attempts = env.attempts, "message expired");
             return;
         }
         let pending: Vec<usize> = env
@@ -182,10 +186,13 @@ impl Delivery {
         } else {
             MessageState::Failed
         };
+        crate::metrics::delivery_outcome(&env, &name);
         tracing::info!(
             id,
             project = %env.project,
+            client = %env.client_ip,
             upstream = %name,
+            code = reply_code(&attempt.summary),
             reply = %attempt.summary,
             state = env.state.as_str(),
             attempt = env.attempts,
@@ -201,4 +208,9 @@ impl Delivery {
             tracing::error!(id = %env.id, error = %e, "cannot record delivery outcome");
         }
     }
+}
+
+/// The SMTP code a reply summary starts with (0 when it has none, e.g. a connection error).
+fn reply_code(summary: &str) -> u16 {
+    summary.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
 }

@@ -9,7 +9,7 @@ pub mod schedule;
 pub mod spool;
 
 pub use log::MessageLog;
-pub use spool::{Envelope, MessageState, Queue, QueueError, RcptState, Recipient};
+pub use spool::{Envelope, MessageState, Queue, QueueError, QueueStats, RcptState, Recipient};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

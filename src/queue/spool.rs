@@ -93,6 +93,15 @@ pub struct Envelope {
     pub last_reply: Option<String>,
 }
 
+/// Queue size for monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages waiting for a delivery attempt (not counting attempts in flight).
+    pub scheduled: u64,
+    /// When the oldest message still in the spool was accepted.
+    pub oldest_received_ms: Option<u64>,
+}
+
 /// What a session hands to the queue.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -132,6 +141,12 @@ fn msg_key(id: &str) -> Vec<u8> {
 pub fn new_id(now: u64) -> String {
     let r: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
     format!("{:012x}{:012x}", now & 0xffff_ffff_ffff, r)
+}
+
+/// The acceptance time encoded in the first 12 hex digits of an id (see [`new_id`]).
+fn id_time_ms(key: &[u8]) -> Option<u64> {
+    let hex = std::str::from_utf8(key.get(..12)?).ok()?;
+    u64::from_str_radix(hex, 16).ok()
 }
 
 #[derive(Clone, Debug)]
@@ -286,6 +301,21 @@ impl Queue {
             self.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Counts scheduled messages and finds the oldest one. Reads only schedule keys and the
+    /// first spool key (ids start with their acceptance time), never message bodies.
+    pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        let mut scheduled = 0u64;
+        for item in self.store.schedule.iter().keys() {
+            item?;
+            scheduled += 1;
+        }
+        let oldest_received_ms = self.store.spool.first()?.and_then(|(k, _)| id_time_ms(&k));
+        Ok(QueueStats {
+            scheduled,
+            oldest_received_ms,
+        })
     }
 
     /// All messages still in the spool, oldest first. Undecodable entries are skipped here

@@ -161,6 +161,16 @@ impl Client {
         c
     }
 
+    /// Sends a short plain-text message from `from` to `to`, asserts the `250`, and returns
+    /// the queue id from it.
+    pub async fn submit(&mut self, from: &str, to: &str) -> String {
+        let r = self
+            .send(from, &[to], &plain_message(from, to, "hi", "Hello\r\n"))
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+        r.text.rsplit(' ').next().unwrap().to_string()
+    }
+
     /// MAIL, RCPT…, DATA with `body` (already dot-stuffed, without the terminator).
     pub async fn send(&mut self, from: &str, to: &[&str], body: &str) -> Reply {
         let r = self.cmd(&format!("MAIL FROM:<{from}>")).await;

@@ -3,5 +3,6 @@ pub mod certs;
 pub mod client;
 pub mod dkim;
 pub mod oauth;
+pub mod ops;
 pub mod relay;
 pub mod upstream;

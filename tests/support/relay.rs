@@ -23,7 +23,11 @@ pub struct RelayOptions {
     pub plain_listener: bool,
     pub command_secs: u64,
     pub data_secs: u64,
-    /// TOML appended to the config (e.g. `[limits]` or `[throttle]` tables).
+    /// Serve the metrics endpoint on a loopback port (found through `listeners.json`).
+    pub metrics: bool,
+    /// Extra environment for the server process (overrides `SMTP_RELAY_LOG=debug`).
+    pub env: Vec<(String, String)>,
+    /// TOML appended to the generated config (e.g. a `[log]` table).
     pub extra_config: String,
     /// `SMTP_RELAY_LOG` for the server process.
     pub log_level: &'static str,
@@ -43,6 +47,8 @@ impl Default for RelayOptions {
             plain_listener: false,
             command_secs: 30,
             data_secs: 30,
+            metrics: false,
+            env: Vec::new(),
             extra_config: String::new(),
             log_level: "debug",
             state_dir: None,
@@ -101,6 +107,8 @@ pub struct Relay {
     pub starttls: SocketAddr,
     pub implicit: SocketAddr,
     pub plain: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    env: Vec<(String, String)>,
 }
 
 impl Relay {
@@ -158,7 +166,7 @@ max_age_secs = {age}
 poll_interval_ms = 100
 
 {upstreams}
-
+{metrics}
 {extra}
 "#,
             state = state.display(),
@@ -170,6 +178,11 @@ poll_interval_ms = 100
             key = files.key.display(),
             sched = opts.retry_schedule_secs,
             age = opts.max_age_secs,
+            metrics = if opts.metrics {
+                "[metrics]\naddress = \"127.0.0.1:0\"\n"
+            } else {
+                ""
+            },
             extra = opts.extra_config,
             min_free = opts.min_free_space_mb,
         );
@@ -186,6 +199,8 @@ poll_interval_ms = 100
             starttls: "0.0.0.0:0".parse().unwrap(),
             implicit: "0.0.0.0:0".parse().unwrap(),
             plain: None,
+            metrics: None,
+            env: opts.env,
         };
         relay.spawn();
         relay
@@ -209,6 +224,7 @@ poll_interval_ms = 100
             .arg(&self.config_path)
             .arg("serve")
             .env("SMTP_RELAY_LOG", self.log_level)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -224,6 +240,7 @@ poll_interval_ms = 100
                     match l["mode"].as_str().unwrap() {
                         "starttls" => self.starttls = addr,
                         "implicit" => self.implicit = addr,
+                        "metrics" => self.metrics = Some(addr),
                         _ => self.plain = Some(addr),
                     }
                 }
@@ -273,6 +290,30 @@ poll_interval_ms = 100
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
         c.wait().expect("wait")
+    }
+
+    /// Sends a signal to the running server (e.g. `libc::SIGHUP` to reload).
+    pub fn signal(&self, sig: i32) {
+        let c = self.child.as_ref().expect("running");
+        unsafe {
+            libc::kill(c.id() as i32, sig);
+        }
+    }
+
+    /// Waits until the server log has `n` lines containing `needle`; returns the log.
+    pub fn wait_log(&self, needle: &str, n: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.server_log();
+            if log.lines().filter(|l| l.contains(needle)).count() >= n {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} did not appear {n} time(s) in the server log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
