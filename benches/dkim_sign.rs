@@ -126,6 +126,7 @@ fn main() {
         client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
         tls: true,
         received_ms: 0,
+        branding: None,
         from_rewrite: None,
         dkim: Some(Signing {
             keys: &keys,

@@ -22,6 +22,7 @@ use crate::policy::throttle::Throttle;
 use crate::queue::{MessageLog, Queue};
 use crate::secret::ServerSecret;
 use crate::store::Store;
+use crate::transform::branding::BrandingStore;
 use crate::transform::dkim_keys::DkimKeys;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +97,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     let dkim = DkimKeys::new(store.clone(), &config);
     let queue =
         Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
+    let branding = BrandingStore::new(store.clone());
     let limiter = Limiter::new(store.clone(), Defaults::from_config(&config));
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
@@ -118,6 +120,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         registry: registry.clone(),
         queue: queue.clone(),
         log: MessageLog::new(store.clone()),
+        branding: branding.clone(),
         limiter: limiter.clone(),
         routes: routes.clone(),
         tester: Some(Arc::new(Tester {
@@ -125,6 +128,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
             registry: registry.clone(),
             router: router.clone(),
             dkim: dkim.clone(),
+            branding: branding.clone(),
         })),
         dkim: dkim.clone(),
     };
@@ -139,6 +143,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         registry: registry.clone(),
         routes: routes.clone(),
         queue: queue.clone(),
+        branding,
         tls,
         limits: MessageLimits::from_config(&config),
         limiter,

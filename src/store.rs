@@ -93,6 +93,8 @@ pub mod trees {
     pub const SCHEDULE: &str = "schedule";
     pub const LOG: &str = "log";
     pub const COUNTERS: &str = "counters";
+    /// Per-project branding settings (transform::branding::settings).
+    pub const BRANDING: &str = "branding";
     /// Per-project overrides of the `[limits]` defaults (policy::limits), keyed by project id.
     pub const LIMITS: &str = "limits";
     /// Per-project upstream routes (project id → primary + fallbacks).
@@ -117,6 +119,7 @@ pub struct Store {
     pub schedule: sled::Tree,
     pub log: sled::Tree,
     pub counters: sled::Tree,
+    pub branding: sled::Tree,
     pub limits: sled::Tree,
     pub routes: sled::Tree,
     pub dkim: sled::Tree,
@@ -162,6 +165,7 @@ impl Store {
             schedule: db.open_tree(trees::SCHEDULE)?,
             log: db.open_tree(trees::LOG)?,
             counters: db.open_tree(trees::COUNTERS)?,
+            branding: db.open_tree(trees::BRANDING)?,
             limits: db.open_tree(trees::LIMITS)?,
             routes: db.open_tree(trees::ROUTES)?,
             dkim: db.open_tree(trees::DKIM)?,

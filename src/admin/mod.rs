@@ -16,6 +16,7 @@ use crate::policy::limits::{LimitOverride, Limiter};
 use crate::policy::projects::{Project, Registry};
 use crate::policy::routes::{Route, RouteTable};
 use crate::queue::{Envelope, MessageLog, Queue};
+use crate::transform::branding::{BrandingStore, BrandingUpdate};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -80,6 +81,12 @@ pub enum AdminRequest {
         project: Option<String>,
         limit: usize,
     },
+    /// Shows the project's branding, or changes it when `update` is given.
+    ProjectBranding {
+        id: String,
+        #[serde(default)]
+        update: Option<BrandingUpdate>,
+    },
     /// Shows the project's route; with `upstream`, sets it; with `clear`, back to the default.
     ProjectRoute {
         id: String,
@@ -101,6 +108,7 @@ pub struct AdminContext {
     pub registry: Registry,
     pub queue: Queue,
     pub log: MessageLog,
+    pub branding: BrandingStore,
     /// Per-project limits: overrides, and the usage `project show` reports.
     pub limiter: Limiter,
     pub routes: RouteTable,
@@ -130,6 +138,16 @@ pub fn project_json(p: &Project) -> Value {
             "id": t.id, "label": t.label, "created": t.created,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// A project's branding as shown to admins (`null` when never set up).
+fn branding_json(ctx: &AdminContext, id: &str) -> Result<Value, AdminError> {
+    Ok(ctx
+        .branding
+        .get(id)
+        .map_err(err)?
+        .map(|b| b.to_json())
+        .unwrap_or(Value::Null))
 }
 
 /// `project_json` plus each limit and its current usage.
@@ -188,7 +206,11 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             json!({ "project": project_json(&p), "token_id": token_id, "token": token.expose() })
         }
         ProjectList => Value::Array(r.list().map_err(err)?.iter().map(project_json).collect()),
-        ProjectShow { id } => project_with_limits(ctx, &r.get(&id).map_err(err)?)?,
+        ProjectShow { id } => {
+            let mut v = project_with_limits(ctx, &r.get(&id).map_err(err)?)?;
+            v["branding"] = branding_json(ctx, &id)?;
+            v
+        }
         ProjectLimits { id, set, clear } => {
             let p = r.get(&id).map_err(err)?;
             if clear || !set.is_empty() {
@@ -227,6 +249,13 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         },
         QueueRetry { id } => envelope_json(&ctx.queue.retry_now(&id).map_err(err)?),
         QueueDelete { id } => envelope_json(&ctx.queue.delete(&id).map_err(err)?),
+        ProjectBranding { id, update } => {
+            r.get(&id).map_err(err)?;
+            if let Some(u) = update {
+                ctx.branding.update(&id, u).map_err(err)?;
+            }
+            branding_json(ctx, &id)?
+        }
         Log { project, limit } => Value::Array(
             ctx.log
                 .recent(project.as_deref(), limit)

@@ -12,7 +12,8 @@ use tokio::net::UnixListener;
 
 use super::{AdminContext, AdminRequest, execute_async};
 
-const MAX_REQUEST: u64 = 64 * 1024;
+/// Large enough for a branding update: a 200 KiB logo in base64 plus two 64 KiB templates.
+const MAX_REQUEST: u64 = 1024 * 1024;
 
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if path.exists() {

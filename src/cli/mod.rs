@@ -129,6 +129,7 @@ pub fn offline_context(config: &Config) -> anyhow::Result<(crate::store::Store, 
             std::sync::Arc::new(config.clone()),
         ),
         tester: None,
+        branding: crate::transform::branding::BrandingStore::new(store.clone()),
         dkim: crate::transform::dkim_keys::DkimKeys::new(store.clone(), config),
         limiter: crate::policy::limits::Limiter::new(
             store.clone(),

@@ -1,11 +1,16 @@
 //! `smtp-relay project …`: projects, domains and tokens.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::{Cli, admin, fmt_time, load_config, print_json};
 use crate::admin::AdminRequest;
 use crate::config::{Config, ListenerMode};
+use crate::transform::branding::settings::MAX_LOGO_BYTES;
+use crate::transform::branding::{BrandingUpdate, SettingsError};
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectCommand {
@@ -67,6 +72,105 @@ pub enum ProjectCommand {
         #[arg(long = "default", conflicts_with = "upstream")]
         clear: bool,
     },
+    /// Show or set the branding injected into every message (no options: show it).
+    Branding(BrandingArgs),
+}
+
+/// `project branding`: every option given changes that setting and turns branding on.
+#[derive(Debug, clap::Args)]
+pub struct BrandingArgs {
+    pub id: String,
+    /// Logo shown on top of HTML mail: PNG, JPEG or GIF, at most 200 KiB (embedded, cid:).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["logo_url", "no_logo"])]
+    pub logo: Option<PathBuf>,
+    /// Use a hosted https:// image instead of embedding the logo.
+    #[arg(long, value_name = "URL", conflicts_with = "no_logo")]
+    pub logo_url: Option<String>,
+    /// Remove the logo.
+    #[arg(long)]
+    pub no_logo: bool,
+    /// Organisation name (alt text of the logo, footer).
+    #[arg(long)]
+    pub display_name: Option<String>,
+    /// Contact address shown in the footer ("" removes it).
+    #[arg(long)]
+    pub contact_email: Option<String>,
+    /// Contact phone shown in the footer ("" removes it).
+    #[arg(long)]
+    pub contact_phone: Option<String>,
+    /// HTML inserted after <body>; placeholders {{logo}}, {{logo_src}}, {{display_name}},
+    /// {{contact_email}}, {{contact_phone}} (values are HTML-escaped).
+    #[arg(long, value_name = "FILE")]
+    pub header_template: Option<PathBuf>,
+    /// HTML inserted before </body>; same placeholders.
+    #[arg(long, value_name = "FILE")]
+    pub footer_template: Option<PathBuf>,
+    /// Plain text appended to text parts; same placeholders (inserted as they are).
+    #[arg(long, value_name = "FILE")]
+    pub text_footer: Option<PathBuf>,
+    /// Go back to the built-in header, footer and text footer.
+    #[arg(long, conflicts_with_all = ["header_template", "footer_template", "text_footer"])]
+    pub default_templates: bool,
+    /// Turn branding on again without changing anything.
+    #[arg(long, conflicts_with = "off")]
+    pub on: bool,
+    /// Turn branding off (settings are kept).
+    #[arg(long)]
+    pub off: bool,
+}
+
+impl BrandingArgs {
+    /// The update to send, or `None` to just show the branding. Files are read here and sent
+    /// by content; the server validates them.
+    fn update(&self) -> anyhow::Result<Option<BrandingUpdate>> {
+        let text = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
+            p.as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {} as UTF-8 text", p.display()))
+                })
+                .transpose()
+        };
+        let logo = match &self.logo {
+            Some(p) => {
+                let len = std::fs::metadata(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?
+                    .len() as usize;
+                // Checked here too so a huge file is not pushed through the admin socket.
+                if len > MAX_LOGO_BYTES {
+                    anyhow::bail!("{}: {}", p.display(), SettingsError::LogoTooLarge(len));
+                }
+                Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
+            }
+            None => None,
+        };
+        let u = BrandingUpdate {
+            display_name: self.display_name.clone(),
+            contact_email: self.contact_email.clone(),
+            contact_phone: self.contact_phone.clone(),
+            logo,
+            logo_url: self.logo_url.clone(),
+            no_logo: self.no_logo,
+            header_template: text(&self.header_template)?,
+            footer_template: text(&self.footer_template)?,
+            text_footer: text(&self.text_footer)?,
+            default_templates: self.default_templates,
+            off: self.off,
+        };
+        let changes = self.on
+            || self.off
+            || self.no_logo
+            || self.default_templates
+            || u.display_name.is_some()
+            || u.contact_email.is_some()
+            || u.contact_phone.is_some()
+            || u.logo.is_some()
+            || u.logo_url.is_some()
+            || u.header_template.is_some()
+            || u.footer_template.is_some()
+            || u.text_footer.is_some();
+        Ok(changes.then_some(u))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +244,10 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             id: id.clone(),
             max_age_secs: *secs,
         },
+        ProjectCommand::Branding(args) => AdminRequest::ProjectBranding {
+            id: args.id.clone(),
+            update: args.update()?,
+        },
         ProjectCommand::Limits(args) => args.request(),
         ProjectCommand::Route {
             id,
@@ -192,6 +300,7 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             }
         }
         _ if creates_token => print_new_token(&v),
+        ProjectCommand::Branding(args) => print_branding(&args.id, &v),
         ProjectCommand::Route { .. } => {
             let mut order = vec![v["upstream"].as_str().unwrap_or("").to_string()];
             order.extend(
@@ -245,6 +354,7 @@ fn print_project(p: &Value) {
         println!("max age   {age} s");
     }
     println!("created   {}", fmt_time(p["created"].as_u64().unwrap_or(0)));
+    println!("branding  {}", branding_summary(&p["branding"]));
     if p.get("limits").is_some() {
         super::limits::print(&p["limits"]);
     }
@@ -255,6 +365,59 @@ fn print_project(p: &Value) {
             t["id"].as_str().unwrap_or(""),
             t["label"].as_str().unwrap_or(""),
             fmt_time(t["created"].as_u64().unwrap_or(0))
+        );
+    }
+}
+
+/// One line: on/off, name, logo, contacts.
+fn branding_summary(b: &Value) -> String {
+    if b.is_null() {
+        return "not set up (smtp-relay project branding <id> --display-name …)".into();
+    }
+    let logo = match (&b["logo"], b["logo_url"].as_str()) {
+        (l, _) if !l.is_null() => format!(
+            "logo {} {} bytes{}",
+            l["content_type"].as_str().unwrap_or(""),
+            l["bytes"].as_u64().unwrap_or(0),
+            match (l["width"].as_u64(), l["height"].as_u64()) {
+                (Some(w), Some(h)) => format!(" {w}x{h}"),
+                _ => String::new(),
+            }
+        ),
+        (_, Some(url)) => format!("logo {url}"),
+        _ => "no logo".into(),
+    };
+    let contacts = [&b["contact_email"], &b["contact_phone"]]
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{} — {}; {}{}",
+        if b["enabled"].as_bool() == Some(true) {
+            "on"
+        } else {
+            "OFF"
+        },
+        b["display_name"].as_str().unwrap_or(""),
+        logo,
+        if contacts.is_empty() {
+            String::new()
+        } else {
+            format!("; {contacts}")
+        },
+    )
+}
+
+fn print_branding(id: &str, b: &Value) {
+    println!("project   {id}");
+    println!("branding  {}", branding_summary(b));
+    if !b.is_null() {
+        println!(
+            "templates header {}, footer {}, text footer {}",
+            b["header_template"].as_str().unwrap_or(""),
+            b["footer_template"].as_str().unwrap_or(""),
+            b["text_footer"].as_str().unwrap_or("")
         );
     }
 }

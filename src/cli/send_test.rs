@@ -93,6 +93,7 @@ fn in_process(config: &Config, test: SendTest) -> anyhow::Result<serde_json::Val
             registry: ctx.registry.clone(),
             router: router.clone(),
             dkim: ctx.dkim.clone(),
+            branding: ctx.branding.clone(),
         }));
         let result = execute_async(&ctx, AdminRequest::SendTest(test)).await;
         router.close().await;

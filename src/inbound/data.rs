@@ -63,6 +63,13 @@ impl Session {
             return self.error(conn, &Reply::from(&e)).await;
         }
 
+        let branding = match self.shared.branding.active(&auth.project.id) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(client = %self.peer, project = %auth.project.id, error = %e, "cannot load branding");
+                return self.send(conn, &Reply::from(&e)).await;
+            }
+        };
         let id = new_id(now_ms());
         let helo = self.helo.clone().unwrap_or_default();
         let ctx = TransformContext {
@@ -72,6 +79,7 @@ impl Session {
             client_ip: self.peer.ip(),
             tls: self.tls,
             received_ms: now_ms(),
+            branding: branding.as_deref(),
             from_rewrite: self.shared.routes.from_rewrite(&auth.project.id),
             dkim: Some(Signing {
                 keys: &self.shared.dkim,
@@ -79,7 +87,7 @@ impl Session {
             }),
         };
         let bytes = match transform::apply(&ctx, message) {
-            Ok(b) => b,
+            Ok(bytes) => bytes,
             Err(e) => {
                 tracing::warn!(id = %id, client = %self.peer, project = %auth.project.id, error = %e, "message refused by transform");
                 return self.send(conn, &Reply::from(&e)).await;

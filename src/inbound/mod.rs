@@ -19,6 +19,7 @@ use crate::policy::limits::{Limiter, MessageLimits};
 use crate::policy::projects::Registry;
 use crate::policy::throttle::Throttle;
 use crate::queue::Queue;
+use crate::transform::branding::BrandingStore;
 
 /// What every session of the running server shares. A reload builds a new one (a clone with
 /// the new config, TLS and limits); sessions keep the one they started with.
@@ -29,6 +30,7 @@ pub struct Shared {
     /// Per-project routes: the first upstream decides From rewriting at acceptance.
     pub routes: crate::policy::routes::RouteTable,
     pub queue: Queue,
+    pub branding: BrandingStore,
     pub tls: Arc<rustls::ServerConfig>,
     pub limits: MessageLimits,
     /// Per-project rate windows and session counts.

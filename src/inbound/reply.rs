@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use crate::policy::sender::SenderError;
 use crate::queue::QueueError;
 use crate::transform::TransformError;
+use crate::transform::branding::SettingsError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -85,6 +86,10 @@ pub const NULL_SENDER: Reply = Reply::new(
 pub const BAD_RCPT: Reply = Reply::new(501, "5.1.3 Bad recipient address syntax");
 pub const SMTPUTF8_UNSUPPORTED: Reply = Reply::new(555, "5.5.4 SMTPUTF8 is not supported");
 pub const EMPTY_MESSAGE: Reply = Reply::new(554, "5.6.0 Message has no header section");
+pub const TOO_COMPLEX: Reply = Reply::new(
+    554,
+    "5.6.0 Message structure too complex (MIME nesting or part count limit)",
+);
 
 pub const IP_TOO_MANY_CONNECTIONS: Reply = Reply::new(
     421,
@@ -150,6 +155,7 @@ impl From<&QueueError> for Reply {
 impl From<&TransformError> for Reply {
     fn from(e: &TransformError) -> Reply {
         match e {
+            TransformError::Branding(_) => TOO_COMPLEX,
             // Only the `tempfail` policy turns a signing failure into an error (dkim.rs).
             TransformError::Dkim(e) => Reply::owned(
                 451,
@@ -159,6 +165,13 @@ impl From<&TransformError> for Reply {
                 ),
             ),
         }
+    }
+}
+
+/// Branding settings that cannot be read: the message is kept by the client and retried.
+impl From<&SettingsError> for Reply {
+    fn from(_: &SettingsError) -> Reply {
+        LOCAL_ERROR
     }
 }
 

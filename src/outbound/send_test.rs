@@ -48,6 +48,8 @@ pub struct Tester {
     pub router: Arc<Router>,
     /// DKIM keys: the test message is signed like real mail.
     pub dkim: crate::transform::dkim_keys::DkimKeys,
+    /// Project branding: the test message is branded like real mail.
+    pub branding: crate::transform::branding::BrandingStore,
 }
 
 impl std::fmt::Debug for Tester {
@@ -112,6 +114,10 @@ impl Tester {
             .first()
             .and_then(|n| self.config.upstreams.get(n))
             .and_then(|u| u.rewrite_address());
+        let branding = self
+            .branding
+            .active(&project.id)
+            .map_err(|e| SendTestError::Refused(format!("cannot load branding: {e}")))?;
         let id = new_id(now_ms());
         let ctx = TransformContext {
             message_id: &id,
@@ -120,6 +126,7 @@ impl Tester {
             client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             tls: true,
             received_ms: now_ms(),
+            branding: branding.as_deref(),
             from_rewrite,
             dkim: Some(transform::dkim::Signing {
                 keys: &self.dkim,

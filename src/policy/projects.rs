@@ -228,6 +228,7 @@ impl Registry {
             }
         }
         self.store.projects.remove(id.as_bytes())?;
+        self.store.branding.remove(id.as_bytes())?;
         self.store.routes.remove(id.as_bytes())?;
         self.store.dkim_projects.remove(id.as_bytes())?;
         self.store.flush_now()?;

@@ -70,6 +70,7 @@ mod tests {
             client_ip: "127.0.0.1".parse().unwrap(),
             tls: true,
             received_ms: 1_700_000_000_000,
+            branding: None,
             from_rewrite: None,
             dkim: None,
         }
