@@ -61,7 +61,7 @@ async fn corrupted_queue_entry_is_quarantined() {
             )
             .await;
         assert_eq!(r.code, 250);
-        ids.push(r.text.rsplit(' ').next().unwrap().to_string());
+        ids.push(r.queued_id());
     }
     drop(c);
     assert!(relay.terminate().success());
@@ -352,7 +352,7 @@ async fn kill_during_upstream_delivery_redelivers_only_in_flight() {
             )
             .await;
         assert_eq!(r.code, 250);
-        ids.push(r.text.rsplit(' ').next().unwrap().to_string());
+        ids.push(r.queued_id());
     }
     drop(c);
     // All three are in flight (4 workers) when the relay dies.

@@ -7,21 +7,13 @@ mod support;
 use std::time::Duration;
 
 use support::certs::TestPki;
-use support::client::{Client, plain_message};
 use support::relay::{Relay, RelayOptions, smtp_upstream};
 use support::upstream::{Script, TestUpstream, UpstreamOptions};
 
 async fn submit(relay: &Relay, id: &str, token: &str) -> String {
-    let mut c = Client::logged_in(relay.starttls, &relay.pki, id, token).await;
-    let r = c
-        .send(
-            "app@a.test",
-            &["u@example.net"],
-            &plain_message("app@a.test", "u@example.net", "s", "hello\r\n"),
-        )
-        .await;
-    assert_eq!(r.code, 250, "{r:?}");
-    r.text.rsplit(' ').next().unwrap().to_string()
+    relay
+        .submit(id, token, "app@a.test", &["u@example.net"])
+        .await
 }
 
 fn start_relay(upstream_toml: String) -> (Relay, String, String) {

@@ -6,7 +6,6 @@ mod support;
 use std::time::Duration;
 
 use support::certs::TestPki;
-use support::client::{Client, plain_message};
 use support::relay::{Relay, RelayOptions, smtp_upstream};
 use support::upstream::{Script, TestUpstream, UpstreamOptions};
 
@@ -41,21 +40,9 @@ async fn setup(script: Script) -> Setup {
 }
 
 async fn submit(s: &Setup, rcpts: &[&str]) -> String {
-    let mut c = Client::logged_in(s.relay.starttls, &s.relay.pki, &s.id, &s.token).await;
-    let r = c
-        .send(
-            "noreply@app.test",
-            rcpts,
-            &plain_message(
-                "noreply@app.test",
-                rcpts[0],
-                "code",
-                "Your code is 4711\r\n",
-            ),
-        )
-        .await;
-    assert_eq!(r.code, 250, "{r:?}");
-    r.text.rsplit(' ').next().unwrap().to_string()
+    s.relay
+        .submit(&s.id, &s.token, "noreply@app.test", rcpts)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

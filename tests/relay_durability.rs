@@ -112,7 +112,7 @@ async fn graceful_stop_keeps_the_queue() {
         )
         .await;
     assert_eq!(r.code, 250);
-    let msg_id = r.text.rsplit(' ').next().unwrap().to_string();
+    let msg_id = r.queued_id();
     relay.wait_state(&msg_id, &["deferred"], Duration::from_secs(20));
     drop(c);
     let status = relay.terminate();

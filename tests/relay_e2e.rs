@@ -145,7 +145,7 @@ async fn missing_date_and_message_id_are_added_and_outbox_is_default() {
     let body = "From: <noreply@app.test>\r\nTo: <u@example.net>\r\nSubject: hi\r\n\r\nhello\r\n";
     let r = c.send("noreply@app.test", &["u@example.net"], body).await;
     assert_eq!(r.code, 250, "{r:?}");
-    let queued_id = r.text.rsplit(' ').next().unwrap().to_string();
+    let queued_id = r.queued_id();
     relay.wait_state(&queued_id, &["delivered"], Duration::from_secs(20));
     let eml = std::fs::read_to_string(
         relay

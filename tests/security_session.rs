@@ -335,7 +335,7 @@ async fn hostile_content_is_handled() {
         )
         .await;
     assert_eq!(r.code, 250, "{r:?}");
-    let qid = r.text.rsplit(' ').next().unwrap().to_string();
+    let qid = r.queued_id();
     relay.wait_state(&qid, &["delivered"], Duration::from_secs(20));
     let eml = std::fs::read(relay.state_dir().join("outbox").join(format!("{qid}.eml"))).unwrap();
     let received = String::from_utf8_lossy(&eml)

@@ -26,6 +26,13 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The queue id from `250 2.0.0 Ok: queued as <id>`.
+    pub fn queued_id(&self) -> String {
+        self.text.rsplit(' ').next().unwrap_or_default().to_string()
+    }
+}
+
+impl Reply {
     /// `N` of a `451 4.7.1 Rate limit exceeded for project <id>, retry in <N> s` reply.
     pub fn retry_in_secs(&self) -> Option<u64> {
         if self.code != 451 {
@@ -168,7 +175,7 @@ impl Client {
             .send(from, &[to], &plain_message(from, to, "hi", "Hello\r\n"))
             .await;
         assert_eq!(r.code, 250, "{r:?}");
-        r.text.rsplit(' ').next().unwrap().to_string()
+        r.queued_id()
     }
 
     /// MAIL, RCPT…, DATA with `body` (already dot-stuffed, without the terminator).

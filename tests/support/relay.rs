@@ -363,7 +363,7 @@ poll_interval_ms = 100
             )
             .await;
         assert_eq!(r.code, 250, "{r:?}");
-        r.text.rsplit(' ').next().unwrap().to_string()
+        r.queued_id()
     }
 
     /// Polls `smtp-relay queue show <id>` until its state is one of `states`.
