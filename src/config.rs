@@ -117,6 +117,10 @@ pub struct ServerConfig {
     /// state directory's filesystem.
     #[serde(default = "d_min_free")]
     pub min_free_space_mb: u64,
+    /// MiB of whole large messages (over 256 KiB) held in memory at once, receiving and
+    /// delivering; larger bodies wait on disk for their turn (`memory_budget.rs`).
+    #[serde(default = "d_message_memory")]
+    pub message_memory_mb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -517,6 +521,10 @@ fn d_min_free() -> u64 {
 fn d_max_connections() -> usize {
     1000
 }
+fn d_message_memory() -> u64 {
+    128
+}
+
 fn d_max_message_size() -> usize {
     25 * 1024 * 1024
 }
@@ -628,6 +636,13 @@ impl Config {
                 "server",
                 "max_message_size",
                 "must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.server.message_memory_mb == 0 {
+            return Err(bad(
+                "server",
+                "message_memory_mb",
+                "must be at least 1 (MiB of large messages held in memory at once)".into(),
             ));
         }
         if self.server.max_recipients == 0 {

@@ -6,13 +6,15 @@
 //! [`queue`] makes them durable before the `250` and keeps them until they are done;
 //! [`outbound`] forwards them to the upstream provider with retries. [`store`] opens the one
 //! sled database, [`admin`] holds the operations the CLI runs, [`server`] wires it together;
-//! [`logging`], [`metrics`] and [`systemd`] are how operators watch and run it.
+//! [`logging`], [`metrics`] and [`systemd`] are how operators watch and run it;
+//! [`memory_budget`] bounds how many large messages are in memory at once.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod inbound;
 pub mod logging;
+pub mod memory_budget;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;

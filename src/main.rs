@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    smtp_relay::memory_budget::release_large_blocks();
     let cli = smtp_relay::cli::Cli::parse();
     let default_level = match cli.command {
         smtp_relay::cli::Command::Serve => "info",

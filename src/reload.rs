@@ -69,6 +69,10 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             o.min_free_space_mb != n.min_free_space_mb,
         ),
         (
+            "server.message_memory_mb",
+            o.message_memory_mb != n.message_memory_mb,
+        ),
+        (
             "server.shutdown_grace_secs",
             o.shutdown_grace_secs != n.shutdown_grace_secs,
         ),

@@ -138,6 +138,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         shutdown_rx.clone(),
     ));
 
+    let memory = crate::memory_budget::MemoryBudget::new(config.server.message_memory_mb);
     let shared = Shared {
         config: config.clone(),
         registry: registry.clone(),
@@ -149,6 +150,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         limiter,
         throttle: Throttle::new(&config.throttle),
         dkim,
+        memory: memory.clone(),
         shutdown: shutdown_rx.clone(),
     };
     // Listeners read the current value at each accept; a reload replaces it.
@@ -192,6 +194,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         queue: queue.clone(),
         config: config.clone(),
         router,
+        memory,
     };
     let delivery_task = tokio::spawn(delivery.run(shutdown_rx.clone()));
 

@@ -245,6 +245,11 @@ impl Store {
         Ok(())
     }
 
+    /// The directory the database lives in (large bodies are spilled next to it).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     /// Synchronous flush, for the CLI and shutdown. Skipped once storage has failed.
     pub fn flush_now(&self) -> Result<(), StoreError> {
         self.check_healthy()?;

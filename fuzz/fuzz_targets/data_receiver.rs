@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use smtp_relay::inbound::connection::{Connection, DataOutcome};
+use smtp_relay::inbound::connection::{Body, Connection, DataOutcome};
 use smtp_relay::outbound::upstream::dot_stuff;
 use tokio::io::AsyncWriteExt;
 
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         let r = conn
             .read_data(64 * 1024, Duration::from_millis(50), Duration::from_millis(100))
             .await;
-        if let Ok(DataOutcome::Message(m)) = r {
+        if let Ok(DataOutcome::Message(Body::Memory(m))) = r {
             for (i, &b) in m.iter().enumerate() {
                 assert_ne!(b, 0);
                 if b == b'\n' {
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 .read_data(1 << 20, Duration::from_millis(50), Duration::from_millis(100))
                 .await;
             match again {
-                Ok(DataOutcome::Message(m2)) => assert_eq!(m2, m, "stuffing round trip"),
+                Ok(DataOutcome::Message(Body::Memory(m2))) => assert_eq!(m2, m, "stuffing round trip"),
                 other => panic!("re-reading the stuffed message failed: {other:?}"),
             }
         }

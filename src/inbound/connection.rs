@@ -12,6 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout_at};
 
 use super::reply::Reply;
+use crate::memory_budget::SPILL_THRESHOLD;
+use crate::queue::QueueError;
 
 /// RFC 5321 §4.5.3.1.4: 512 octets including CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -57,11 +59,85 @@ impl FrameError {
 #[derive(Debug)]
 pub enum DataOutcome {
     /// The unstuffed message, CRLF line ends, no terminator.
-    Message(Vec<u8>),
+    Message(Body),
     /// Terminated properly but larger than allowed: the bytes were discarded.
     TooLarge,
     /// Terminated properly but a line exceeds 998 octets.
     LineTooLong,
+    /// Terminated properly, but a large body could not be written to disk (space guard, I/O).
+    NotStored(QueueError),
+}
+
+/// A received message body: in memory, or (over [`SPILL_THRESHOLD`]) in an unnamed file on
+/// the spool's filesystem, so that a slow upload does not hold memory.
+#[derive(Debug)]
+pub enum Body {
+    Memory(Vec<u8>),
+    Spilled { file: std::fs::File, len: usize },
+}
+
+/// Makes the file a large body is spilled to (`Queue::spill_file`).
+pub type SpillFn<'a> = dyn Fn() -> Result<std::fs::File, QueueError> + Send + Sync + 'a;
+
+impl Body {
+    pub fn len(&self) -> usize {
+        match self {
+            Body::Memory(v) => v.len(),
+            Body::Spilled { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes in memory. A spilled body is read back off the async workers; the caller
+    /// reserves memory for it first (`memory_budget.rs`).
+    pub async fn into_vec(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Body::Memory(v) => Ok(v),
+            Body::Spilled { mut file, len } => tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Seek};
+                file.seek(std::io::SeekFrom::Start(0))?;
+                let mut v = Vec::with_capacity(len);
+                file.read_to_end(&mut v)?;
+                Ok(v)
+            })
+            .await
+            .map_err(std::io::Error::other)?,
+        }
+    }
+}
+
+/// Longest line of a body seen in pieces, excluding CRLF (the spilled path cannot look at the
+/// whole message at the end).
+#[derive(Debug, Default)]
+struct LineLength {
+    current: usize,
+    longest: usize,
+}
+
+impl LineLength {
+    fn feed(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while let Some(i) = memchr::memchr(b'\n', rest) {
+            // CrlfCheck guarantees a CR before every LF.
+            let line = self.current + i;
+            self.longest = self.longest.max(line.saturating_sub(1));
+            self.current = 0;
+            rest = &rest[i + 1..];
+        }
+        self.current += rest.len();
+        self.longest = self.longest.max(self.current);
+    }
+}
+
+/// Where DATA bytes go while they arrive.
+enum Sink {
+    Memory,
+    File(tokio::fs::File),
+    /// Too large, or the spill failed: count and drop until the terminator.
+    Discard,
 }
 
 pub struct Connection<S> {
@@ -189,19 +265,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Receives DATA up to CRLF.CRLF. `idle` bounds each read, `total` the whole transfer.
+    /// Reads DATA into memory (tests and fuzzing; the server spills large bodies).
     pub async fn read_data(
         &mut self,
         max_size: usize,
         idle: Duration,
         total: Duration,
     ) -> Result<DataOutcome, FrameError> {
+        self.read_data_spilling(max_size, idle, total, None).await
+    }
+
+    /// Reads DATA up to the terminator. Bodies over [`SPILL_THRESHOLD`] go to the file `spill`
+    /// makes as they arrive, so memory per session stays near the threshold.
+    pub async fn read_data_spilling(
+        &mut self,
+        max_size: usize,
+        idle: Duration,
+        total: Duration,
+        spill: Option<&SpillFn<'_>>,
+    ) -> Result<DataOutcome, FrameError> {
+        self.read_data_inner(max_size, idle, total, spill, SPILL_THRESHOLD)
+            .await
+    }
+
+    /// `threshold` is a parameter so tests can spill tiny bodies at every chunk boundary.
+    async fn read_data_inner(
+        &mut self,
+        max_size: usize,
+        idle: Duration,
+        total: Duration,
+        spill: Option<&SpillFn<'_>>,
+        threshold: usize,
+    ) -> Result<DataOutcome, FrameError> {
         let overall = Instant::now() + total;
         let mut receiver = DataReceiver::new();
         let mut out = Vec::with_capacity(16 * 1024);
         // smtp-proto misreads the very first line unless primed with a CRLF (DESIGN.md).
         receiver.ingest(&mut b"\r\n".iter(), &mut out);
+        let mut primed = true;
         let mut check = CrlfCheck::default();
+        let mut lines = LineLength::default();
+        let mut sink = Sink::Memory;
+        // Bytes moved out of `out` (to the file or dropped), priming CRLF excluded.
+        let mut moved = 0usize;
         let mut too_large = false;
+        let mut not_stored: Option<QueueError> = None;
         loop {
             if self.has_buffered_input() {
                 let pending = &self.buf[self.start..];
@@ -210,20 +318,70 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let used = pending.len() - iter.as_slice().len();
                 check.feed(&pending[..used])?;
                 self.consume(used);
-                if out.len() > max_size + 2 {
+                let body_len = moved + out.len() - if primed { 2 } else { 0 };
+                if !too_large && body_len > max_size {
                     too_large = true;
-                    // Keep only the CRLF the terminator logic may pop.
-                    out.drain(..out.len() - 2);
+                    sink = Sink::Discard;
+                }
+                let spill_now = match sink {
+                    Sink::Memory => spill.is_some() && out.len() > threshold + 2,
+                    Sink::File(_) => out.len() > threshold.min(64 * 1024) + 2,
+                    Sink::Discard => out.len() > 4096 + 2,
+                };
+                if spill_now {
+                    // Keep the last CRLF: the terminator logic may pop a byte (DESIGN.md).
+                    let from = if primed { 2 } else { 0 };
+                    let to = out.len() - 2;
+                    primed = false;
+                    if let (Sink::Memory, Some(make)) = (&sink, spill) {
+                        sink = match make() {
+                            Ok(f) => Sink::File(tokio::fs::File::from_std(f)),
+                            Err(e) => {
+                                not_stored = Some(e);
+                                Sink::Discard
+                            }
+                        };
+                    }
+                    if let Sink::File(f) = &mut sink {
+                        lines.feed(&out[from..to]);
+                        if let Err(e) = f.write_all(&out[from..to]).await {
+                            not_stored = Some(QueueError::Spill(e));
+                            sink = Sink::Discard;
+                        }
+                    }
+                    moved += to - from;
+                    out.drain(..to);
                 }
                 if done {
                     if too_large {
                         return Ok(DataOutcome::TooLarge);
                     }
-                    out.drain(..2);
-                    if longest_line(&out) > MAX_TEXT_LINE {
-                        return Ok(DataOutcome::LineTooLong);
+                    if let Some(e) = not_stored {
+                        return Ok(DataOutcome::NotStored(e));
                     }
-                    return Ok(DataOutcome::Message(out));
+                    if primed {
+                        out.drain(..2);
+                    }
+                    return Ok(match sink {
+                        Sink::File(mut f) => {
+                            lines.feed(&out);
+                            let written = async {
+                                f.write_all(&out).await?;
+                                f.flush().await?;
+                                Ok::<_, std::io::Error>(f.into_std().await)
+                            };
+                            match written.await {
+                                Err(e) => DataOutcome::NotStored(QueueError::Spill(e)),
+                                Ok(_) if lines.longest > MAX_TEXT_LINE => DataOutcome::LineTooLong,
+                                Ok(file) => DataOutcome::Message(Body::Spilled {
+                                    file,
+                                    len: moved + out.len(),
+                                }),
+                            }
+                        }
+                        _ if longest_line(&out) > MAX_TEXT_LINE => DataOutcome::LineTooLong,
+                        _ => DataOutcome::Message(Body::Memory(out)),
+                    });
                 }
             }
             let deadline = std::cmp::min(Instant::now() + idle, overall);
@@ -298,9 +456,95 @@ mod tests {
 
     fn message(r: Result<DataOutcome, FrameError>) -> Vec<u8> {
         match r {
-            Ok(DataOutcome::Message(m)) => m,
-            other => panic!("expected a message, got {other:?}"),
+            Ok(DataOutcome::Message(Body::Memory(m))) => m,
+            other => panic!("expected a message in memory, got {other:?}"),
         }
+    }
+
+    fn spill_ok() -> Result<std::fs::File, QueueError> {
+        tempfile::tempfile().map_err(QueueError::Spill)
+    }
+
+    /// Reads DATA from `wire` written in `split`-byte pieces, spilling past `threshold`.
+    async fn spilled(
+        wire: Vec<u8>,
+        split: usize,
+        threshold: usize,
+        spill: &SpillFn<'_>,
+    ) -> (Result<DataOutcome, FrameError>, Vec<u8>) {
+        let (mut client, server) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            for c in wire.chunks(split) {
+                if client.write_all(c).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut conn = Connection::new(server);
+        let t = Duration::from_secs(5);
+        let r = conn
+            .read_data_inner(1 << 20, t, t, Some(spill), threshold)
+            .await;
+        let rest = match conn.read_line(512, Duration::from_millis(200)).await {
+            Ok(l) => l,
+            Err(_) => Vec::new(),
+        };
+        (r, rest)
+    }
+
+    #[tokio::test]
+    async fn large_bodies_spill_to_a_file_and_come_back_intact() {
+        let mut body = Vec::new();
+        let mut i = 0;
+        while body.len() < 3 * SPILL_THRESHOLD {
+            body.extend_from_slice(format!("line {i} of a large message\r\n").as_bytes());
+            i += 1;
+        }
+        let mut wire = b"..first line dot-stuffed\r\n".to_vec();
+        wire.extend_from_slice(&body);
+        wire.extend_from_slice(b".\r\nQUIT\r\n");
+        let (r, rest) = spilled(wire, 7000, SPILL_THRESHOLD, &spill_ok).await;
+        let Ok(DataOutcome::Message(b @ Body::Spilled { .. })) = r else {
+            panic!("expected a spilled body, got {r:?}");
+        };
+        let mut expect = b".first line dot-stuffed\r\n".to_vec();
+        expect.extend_from_slice(&body);
+        assert_eq!(b.len(), expect.len());
+        assert_eq!(b.into_vec().await.unwrap(), expect);
+        assert_eq!(rest, b"QUIT");
+    }
+
+    #[tokio::test]
+    async fn spilled_bodies_are_still_checked_for_lines_and_size() {
+        let mut wire = b"short\r\n".repeat(100);
+        wire.extend_from_slice(&[b'a'; 999]);
+        wire.extend_from_slice(b"\r\nend\r\n.\r\nNOOP\r\n");
+        let (r, rest) = spilled(wire, 33, 16, &spill_ok).await;
+        assert!(matches!(r, Ok(DataOutcome::LineTooLong)), "{r:?}");
+        assert_eq!(rest, b"NOOP");
+
+        let mut wire = b"0123456789abcdef\r\n".repeat(70_000); // > 1 MiB limit
+        wire.extend_from_slice(b".\r\nNOOP\r\n");
+        let (r, rest) = spilled(wire, 4096, 1000, &spill_ok).await;
+        assert!(matches!(r, Ok(DataOutcome::TooLarge)), "{r:?}");
+        assert_eq!(rest, b"NOOP");
+    }
+
+    #[tokio::test]
+    async fn a_failed_spill_reads_to_the_end_and_reports_it() {
+        let refuse = || -> Result<std::fs::File, QueueError> {
+            Err(QueueError::Spill(std::io::Error::from_raw_os_error(
+                libc::ENOSPC,
+            )))
+        };
+        let mut wire = b"0123456789abcdef\r\n".repeat(1000);
+        wire.extend_from_slice(b".\r\nRSET\r\n");
+        let (r, rest) = spilled(wire, 4096, 100, &refuse).await;
+        match r {
+            Ok(DataOutcome::NotStored(e)) => assert!(e.is_disk_full(), "{e}"),
+            other => panic!("expected NotStored, got {other:?}"),
+        }
+        assert_eq!(rest, b"RSET");
     }
 
     #[tokio::test]
@@ -396,9 +640,18 @@ mod tests {
                 conn.read_data(1 << 20, Duration::from_secs(5), Duration::from_secs(5)).await
             });
             match got {
-                Ok(DataOutcome::Message(m)) => prop_assert_eq!(m, body),
+                Ok(DataOutcome::Message(Body::Memory(m))) => prop_assert_eq!(m, body.clone()),
                 other => prop_assert!(false, "{:?}", other),
             }
+            // The same body spilled to a file at a tiny threshold, split anywhere.
+            let got = rt.block_on(async {
+                let (r, _) = spilled(wire.clone(), split, 8, &spill_ok).await;
+                match r {
+                    Ok(DataOutcome::Message(b)) => b.into_vec().await.ok(),
+                    _ => None,
+                }
+            });
+            prop_assert_eq!(got, Some(body));
         }
     }
 }

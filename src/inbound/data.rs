@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::connection::{Connection, DataOutcome};
 use super::reply::{self, Reply};
 use super::session::{Flow, Session};
+use crate::memory_budget::MemoryBudget;
 use crate::policy::sender;
 use crate::queue::now_ms;
 use crate::queue::spool::{NewMessage, new_id};
@@ -33,11 +34,21 @@ impl Session {
             return Flow::Close;
         }
         let idle = self.shared.config.data_timeout();
+        let max_size = self.message_limits().max_size;
+        let queue = self.shared.queue.clone();
+        let spill = move || queue.spill_file(max_size);
         let outcome = conn
-            .read_data(self.message_limits().max_size, idle, idle * 4)
+            .read_data_spilling(max_size, idle, idle * 4, Some(&spill))
             .await;
-        let message = match outcome {
-            Ok(DataOutcome::Message(m)) => m,
+        let body = match outcome {
+            Ok(DataOutcome::Message(b)) => b,
+            Ok(DataOutcome::NotStored(e)) => {
+                self.reset_transaction();
+                tracing::error!(client = %self.peer, project = %auth.project.id, error = %e, "cannot spool a large message");
+                let r = Reply::from(&e);
+                crate::metrics::rejected(&auth.project.id, &r);
+                return self.send(conn, &r).await;
+            }
             Ok(DataOutcome::TooLarge) => {
                 self.reset_transaction();
                 return self.error(conn, &reply::TOO_LARGE).await;
@@ -57,6 +68,24 @@ impl Session {
         };
         let rcpts = std::mem::take(&mut self.rcpts);
         self.reset_transaction();
+
+        // Held until the message is queued: a large one is in memory only under it.
+        let size = body.len();
+        let memory = match self.shared.memory.reserve(size, idle).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(client = %self.peer, project = %auth.project.id, error = %e, "large message refused");
+                crate::metrics::rejected(&auth.project.id, &reply::MEMORY_BUSY);
+                return self.send(conn, &reply::MEMORY_BUSY).await;
+            }
+        };
+        let message = match body.into_vec().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(client = %self.peer, project = %auth.project.id, error = %e, "cannot read back a spooled message");
+                return self.send(conn, &reply::LOCAL_ERROR).await;
+            }
+        };
 
         if let Err(e) = sender::check_header_from(&auth.project, &message) {
             tracing::warn!(client = %self.peer, project = %auth.project.id, error = %e, "header From refused");
@@ -86,7 +115,16 @@ impl Session {
                 project: &auth.project,
             }),
         };
-        let bytes = match transform::apply(&ctx, message) {
+        // Branding and signing a large message take milliseconds per MiB: off the async
+        // worker, so other sessions keep being served.
+        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
+        let transformed = if MemoryBudget::is_large(size) && multi_thread {
+            tokio::task::block_in_place(|| transform::apply(&ctx, message))
+        } else {
+            transform::apply(&ctx, message)
+        };
+        let bytes = match transformed {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::warn!(id = %id, client = %self.peer, project = %auth.project.id, error = %e, "message refused by transform");
@@ -109,7 +147,10 @@ impl Session {
             max_age_secs: max_age,
             not_before_ms,
         };
-        match self.shared.queue.enqueue(new, &bytes).await {
+        let queued = self.shared.queue.enqueue(new, &bytes).await;
+        drop(bytes);
+        drop(memory);
+        match queued {
             Ok(env) => {
                 self.accepted += 1;
                 self.message_ids.push(env.id.clone());

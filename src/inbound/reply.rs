@@ -64,6 +64,11 @@ pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0 Too many errors, closi
 pub const TIMEOUT: Reply = Reply::new(421, "4.4.2 Timeout, closing connection");
 pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.2 Service shutting down, closing connection");
 pub const NO_STORAGE: Reply = Reply::new(452, "4.3.1 Insufficient system storage");
+/// A large message waited too long for its turn in memory (`memory_budget.rs`).
+pub const MEMORY_BUSY: Reply = Reply::new(
+    451,
+    "4.3.1 Too many large messages in progress, try again later",
+);
 pub const LOCAL_ERROR: Reply = Reply::new(451, "4.3.0 Local error in processing");
 pub const BARE_LF: Reply = Reply::new(550, "5.5.2 Error: bare <LF> received");
 pub const BARE_CR: Reply = Reply::new(550, "5.5.2 Error: bare <CR> received");

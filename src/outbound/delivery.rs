@@ -22,7 +22,12 @@ pub struct Delivery {
     pub config: Arc<Config>,
     /// Routes, upstreams and their connection pools (`routing.rs`).
     pub router: Arc<Router>,
+    /// Shared with inbound: a large message is loaded only under a reservation.
+    pub memory: crate::memory_budget::MemoryBudget,
 }
+
+/// How long an attempt waits for memory before it gives the turn to others.
+const MEMORY_WAIT: Duration = Duration::from_secs(60);
 
 impl Delivery {
     /// Runs until `shutdown` turns true, then waits up to the grace period for attempts in
@@ -86,23 +91,28 @@ impl Delivery {
 
     /// One delivery attempt for one message, and the bookkeeping after it.
     pub async fn attempt(&self, id: &str) {
-        let (mut env, bytes) = match self.queue.load(id) {
-            Ok(Some(x)) => x,
-            Ok(None) => return, // deleted meanwhile
-            Err(e) => {
-                tracing::error!(id, error = %e, "cannot load queued message");
-                if matches!(
-                    e,
-                    crate::queue::QueueError::Store(crate::store::StoreError::Corrupt(_))
-                ) {
-                    let _ = self.queue.quarantine(id, &e.to_string());
-                }
-                return;
-            }
+        let loaded = self.queue.envelope(id).and_then(|env| match env {
+            Some(env) if env.state.is_final() => Ok(None),
+            Some(env) => Ok(Some(env)),
+            None => Ok(None),
+        });
+        let mut env = match loaded {
+            Ok(Some(env)) => env,
+            Ok(None) => return, // deleted meanwhile, or done
+            Err(e) => return self.unreadable(id, e),
         };
-        if env.state.is_final() {
+        let Ok(_memory) = self.memory.reserve(env.size, MEMORY_WAIT).await else {
+            // Other large messages hold the budget: try again shortly, no attempt spent.
+            env.next_attempt_ms = now_ms() + MEMORY_WAIT.as_millis() as u64 / 2;
+            tracing::info!(id, size = env.size, "delivery postponed: waiting for memory for a large message");
+            self.save(&env).await;
             return;
-        }
+        };
+        let bytes = match self.queue.body(id).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => return self.unreadable(id, e),
+        };
         let _in_flight = crate::metrics::delivery_started();
         let started = Instant::now();
         let now = now_ms();
@@ -131,7 +141,7 @@ impl Delivery {
             .iter()
             .map(|&i| env.recipients[i].address.clone())
             .collect();
-        let routed = self.router.deliver(&env, &addrs, &bytes).await;
+        let routed = self.router.deliver(&env, &addrs, &bytes[..]).await;
         if !routed.attempted && routed.retry_at_ms.is_some() {
             // Every upstream of the route is resting: wait for it without spending a retry.
             env.next_attempt_ms = routed
@@ -200,6 +210,16 @@ impl Delivery {
             "delivery attempt"
         );
         self.save(&env).await;
+    }
+
+    fn unreadable(&self, id: &str, e: crate::queue::QueueError) {
+        tracing::error!(id, error = %e, "cannot load queued message");
+        if matches!(
+            e,
+            crate::queue::QueueError::Store(crate::store::StoreError::Corrupt(_))
+        ) {
+            let _ = self.queue.quarantine(id, &e.to_string());
+        }
     }
 
     async fn save(&self, env: &Envelope) {

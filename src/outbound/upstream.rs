@@ -313,18 +313,51 @@ pub fn tls_words(host: &str, e: &rustls::Error) -> String {
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
     let mut at_line_start = true;
-    for &b in message {
-        if at_line_start && b == b'.' {
+    stuff_into(&mut out, message, &mut at_line_start);
+    finish_stuffed(&mut out, message);
+    out
+}
+
+fn stuff_into(out: &mut Vec<u8>, chunk: &[u8], at_line_start: &mut bool) {
+    for &b in chunk {
+        if *at_line_start && b == b'.' {
             out.push(b'.');
         }
         out.push(b);
-        at_line_start = b == b'\n';
+        *at_line_start = b == b'\n';
     }
+}
+
+fn finish_stuffed(out: &mut Vec<u8>, message: &[u8]) {
     if !message.is_empty() && !message.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
-    out
+}
+
+/// Writes the message dot-stuffed, with its terminator, a chunk at a time: a large message is
+/// not copied whole a second time.
+pub async fn write_dot_stuffed<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    message: &[u8],
+) -> std::io::Result<()> {
+    const CHUNK: usize = 64 * 1024;
+    let mut buf = Vec::with_capacity(CHUNK + CHUNK / 16);
+    let mut at_line_start = true;
+    let mut chunks = message.chunks(CHUNK).peekable();
+    while let Some(chunk) = chunks.next() {
+        stuff_into(&mut buf, chunk, &mut at_line_start);
+        if chunks.peek().is_none() {
+            finish_stuffed(&mut buf, message);
+        }
+        w.write_all(&buf).await?;
+        buf.clear();
+    }
+    if message.is_empty() {
+        finish_stuffed(&mut buf, message);
+        w.write_all(&buf).await?;
+    }
+    w.flush().await
 }
 
 impl SmtpUpstream {
@@ -758,11 +791,7 @@ impl SmtpUpstream {
         let mut throttled = false;
         let data_result: RcptOutcome = match self.command(conn, "DATA\r\n".into()).await {
             Ok(r) if r.code == 354 => {
-                let stuffed = dot_stuff(message);
-                let io = async {
-                    conn.client.stream.write_all(&stuffed).await?;
-                    conn.client.stream.flush().await
-                };
+                let io = write_dot_stuffed(&mut conn.client.stream, message);
                 match tokio::time::timeout(self.data_timeout, io).await {
                     Ok(Ok(())) => {
                         match tokio::time::timeout(self.data_timeout, conn.client.read()).await {
@@ -830,6 +859,27 @@ mod tests {
     fn stuffing() {
         assert_eq!(dot_stuff(b".a\r\nb\r\n..\r\n"), b"..a\r\nb\r\n...\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
+    }
+
+    #[tokio::test]
+    async fn chunked_stuffing_matches_whole_stuffing() {
+        // Lines that start with a dot right at a 64 KiB chunk boundary must be stuffed too.
+        let mut msg = Vec::new();
+        let mut i = 0;
+        while msg.len() < 300 * 1024 {
+            let line = if i % 3 == 0 { ".dot line\r\n".to_string() } else { format!("l{i}\r\n") };
+            msg.extend_from_slice(line.as_bytes());
+            i += 1;
+        }
+        for cut in [0usize, 1, 5, 64 * 1024 - 1, 64 * 1024, 200_000] {
+            let m = &msg[..cut.min(msg.len())];
+            let mut wire = Vec::new();
+            write_dot_stuffed(&mut wire, m).await.unwrap();
+            assert_eq!(wire, dot_stuff(m), "cut {cut}");
+        }
+        let mut wire = Vec::new();
+        write_dot_stuffed(&mut wire, &msg).await.unwrap();
+        assert_eq!(wire, dot_stuff(&msg));
     }
 
     fn resp(code: u16, esc: [u8; 3], msg: &str) -> Response<String> {

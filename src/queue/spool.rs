@@ -2,6 +2,13 @@
 //!
 //! Keys: `id ‖ 'e'` → envelope (JSON), `id ‖ 'm'` → message bytes. Each change to a message
 //! is written to spool, schedule and log in one sled transaction, then made durable.
+//!
+//! Bodies over `memory_budget::SPILL_THRESHOLD` are not put in sled: sled keeps large values
+//! in memory long after they are written (20 × 25 MiB held over 1 GiB). They go to
+//! `<state_dir>/bodies/<id>`, written and fsync'd (file and directory) before the transaction,
+//! which then records `id ‖ 'f'` instead of `id ‖ 'm'`. A crash between the two leaves only an
+//! orphan file, removed by [`Queue::recover`]; the file is unlinked after the transaction that
+//! finishes or deletes the message.
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -16,6 +23,8 @@ pub enum QueueError {
     Store(#[from] StoreError),
     #[error("no queued message {0}")]
     NotFound(String),
+    #[error("cannot write a large message to disk: {0}")]
+    Spill(std::io::Error),
 }
 
 impl From<sled::Error> for QueueError {
@@ -29,6 +38,7 @@ impl QueueError {
     pub fn is_disk_full(&self) -> bool {
         match self {
             QueueError::Store(e) => e.is_disk_full(),
+            QueueError::Spill(e) => e.raw_os_error() == Some(libc::ENOSPC),
             QueueError::NotFound(_) => false,
         }
     }
@@ -137,6 +147,47 @@ fn msg_key(id: &str) -> Vec<u8> {
     k
 }
 
+/// Marks a body kept in a file of its own.
+fn file_key(id: &str) -> Vec<u8> {
+    let mut k = id.as_bytes().to_vec();
+    k.push(b'f');
+    k
+}
+
+/// A queued body: as sled holds it (no copy), or read from its own file.
+pub enum StoredBody {
+    Inline(sled::IVec),
+    File(Vec<u8>),
+}
+
+impl std::ops::Deref for StoredBody {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            StoredBody::Inline(v) => v,
+            StoredBody::File(v) => v,
+        }
+    }
+}
+
+/// Writes `bytes` to `path` and makes file and directory entry durable.
+fn write_durable(dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Runs blocking file work off the async workers when the runtime allows it.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Time-ordered id: 12 hex digits of milliseconds, 12 of randomness.
 pub fn new_id(now: u64) -> String {
     let r: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
@@ -182,6 +233,17 @@ impl Queue {
         }
     }
 
+    /// An unnamed file on the spool's filesystem for a large body while it arrives
+    /// (`inbound/connection.rs`); it disappears when closed, and after a crash. Refused, like a
+    /// new message, while space is short: the database must never be the one to hit ENOSPC.
+    pub fn spill_file(&self, max_size: usize) -> Result<std::fs::File, QueueError> {
+        self.store.check_healthy()?;
+        self.store.ensure_space(max_size as u64, self.min_free)?;
+        let dir = self.store.state_dir().join("incoming");
+        std::fs::create_dir_all(&dir).map_err(QueueError::Spill)?;
+        tempfile::tempfile_in(&dir).map_err(QueueError::Spill)
+    }
+
     /// Woken when new work is scheduled, so delivery does not wait for its next poll.
     pub fn wake_handle(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.wake.clone()
@@ -216,15 +278,32 @@ impl Queue {
             last_reply: None,
         };
         let encoded = encode(&env);
+        let in_file = crate::memory_budget::MemoryBudget::is_large(bytes.len());
+        if in_file {
+            let path = self.body_path(&env.id);
+            if let Err(e) = blocking(|| write_durable(&self.bodies_dir(), &path, bytes)) {
+                let _ = std::fs::remove_file(&path);
+                return Err(QueueError::Spill(e));
+            }
+        }
         (&self.store.spool, &self.store.schedule, &self.store.log)
             .transaction(|(spool, sched, log)| {
-                spool.insert(msg_key(&env.id), bytes)?;
+                if in_file {
+                    spool.insert(file_key(&env.id), &[])?;
+                } else {
+                    spool.insert(msg_key(&env.id), bytes)?;
+                }
                 spool.insert(env_key(&env.id), encoded.as_slice())?;
                 sched.insert(schedule::key(env.next_attempt_ms, &env.id), &[])?;
                 log.insert(env.id.as_bytes(), encoded.as_slice())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| self.tx_err(e))?;
+            .map_err(|e| {
+                if in_file {
+                    let _ = std::fs::remove_file(self.body_path(&env.id));
+                }
+                self.tx_err(e)
+            })?;
         self.store.durable().await?;
         self.wake.notify_one();
         Ok(env)
@@ -259,14 +338,40 @@ impl Queue {
             .map(|(due, _)| due))
     }
 
-    pub fn load(&self, id: &str) -> Result<Option<(Envelope, Vec<u8>)>, QueueError> {
-        let Some(env) = self.store.spool.get(env_key(id))? else {
+    /// The message bytes. A large body is read from its file: reserve memory first.
+    pub async fn body(&self, id: &str) -> Result<Option<StoredBody>, QueueError> {
+        if let Some(v) = self.store.spool.get(msg_key(id))? {
+            return Ok(Some(StoredBody::Inline(v)));
+        }
+        if self.store.spool.get(file_key(id))?.is_none() {
             return Ok(None);
-        };
-        let Some(bytes) = self.store.spool.get(msg_key(id))? else {
-            return Ok(None);
-        };
-        Ok(Some((decode(&env)?, bytes.to_vec())))
+        }
+        match tokio::fs::read(self.body_path(id)).await {
+            Ok(v) => Ok(Some(StoredBody::File(v))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(QueueError::Store(
+                StoreError::Corrupt(format!("body file of {id} is missing")),
+            )),
+            Err(e) => Err(QueueError::Spill(e)),
+        }
+    }
+
+    fn bodies_dir(&self) -> std::path::PathBuf {
+        self.store.state_dir().join("bodies")
+    }
+
+    fn body_path(&self, id: &str) -> std::path::PathBuf {
+        self.bodies_dir().join(id)
+    }
+
+    /// Unlinks a body file once sled no longer refers to it (best effort: a leftover is
+    /// removed by the next `recover`).
+    fn remove_body_file(&self, id: &str) {
+        match std::fs::remove_file(self.body_path(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(id, error = %e, "cannot remove a delivered message's body file")
+            }
+            _ => {}
+        }
     }
 
     pub fn envelope(&self, id: &str) -> Result<Option<Envelope>, QueueError> {
@@ -287,6 +392,7 @@ impl Queue {
             .transaction(|(spool, sched, log)| {
                 if state.is_final() {
                     spool.remove(msg_key(&id))?;
+                    spool.remove(file_key(&id))?;
                     spool.remove(env_key(&id))?;
                 } else {
                     spool.insert(env_key(&id), encoded.as_slice())?;
@@ -299,6 +405,8 @@ impl Queue {
         self.store.durable().await?;
         if !state.is_final() {
             self.wake.notify_one();
+        } else if crate::memory_budget::MemoryBudget::is_large(env.size) {
+            self.remove_body_file(&id);
         }
         Ok(())
     }
@@ -338,6 +446,10 @@ impl Queue {
     pub fn quarantine(&self, id: &str, reason: &str) -> Result<(), QueueError> {
         let env = self.store.spool.remove(env_key(id))?;
         let msg = self.store.spool.remove(msg_key(id))?;
+        // A body file stays where it is, for inspection; the marker goes with the entry.
+        if let Some(v) = self.store.spool.remove(file_key(id))? {
+            self.store.quarantine.insert(file_key(id), v)?;
+        }
         if let Some(v) = env {
             self.store.quarantine.insert(env_key(id), v)?;
         }
@@ -377,10 +489,14 @@ impl Queue {
             .ok_or_else(|| QueueError::NotFound(id.into()))?;
         self.remove_schedule_entries(id)?;
         self.store.spool.remove(msg_key(id))?;
+        let had_file = self.store.spool.remove(file_key(id))?.is_some();
         self.store.spool.remove(env_key(id))?;
         env.state = MessageState::Deleted;
         self.store.log.insert(id.as_bytes(), encode(&env))?;
         self.store.flush_now()?;
+        if had_file {
+            self.remove_body_file(id);
+        }
         Ok(env)
     }
 
@@ -416,10 +532,22 @@ impl Queue {
                     Ok(_) => bad.push((id, "envelope id does not match its key".to_string())),
                     Err(e) => bad.push((id, e.to_string())),
                 },
-                b'm' if self.store.spool.get(env_key(&id))?.is_none() => {
+                b'm' | b'f' if self.store.spool.get(env_key(&id))?.is_none() => {
                     bad.push((id, "message without envelope".to_string()))
                 }
                 _ => {}
+            }
+        }
+        // Body files sled does not know: written just before a crash that lost their
+        // transaction (the client got no 250), or left after delivery. Never referenced again.
+        if let Ok(entries) = std::fs::read_dir(self.bodies_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if self.store.spool.get(file_key(&name))?.is_none()
+                    && self.store.quarantine.get(file_key(&name))?.is_none()
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
         for (id, reason) in bad {
