@@ -51,7 +51,9 @@ pub struct Reservation {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("no memory for a {size}-byte message within {waited:?}: the relay is busy with other large messages")]
+#[error(
+    "no memory for a {size}-byte message within {waited:?}: the relay is busy with other large messages"
+)]
 pub struct BudgetTimeout {
     pub size: usize,
     pub waited: Duration,

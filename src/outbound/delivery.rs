@@ -104,7 +104,11 @@ impl Delivery {
         let Ok(_memory) = self.memory.reserve(env.size, MEMORY_WAIT).await else {
             // Other large messages hold the budget: try again shortly, no attempt spent.
             env.next_attempt_ms = now_ms() + MEMORY_WAIT.as_millis() as u64 / 2;
-            tracing::info!(id, size = env.size, "delivery postponed: waiting for memory for a large message");
+            tracing::info!(
+                id,
+                size = env.size,
+                "delivery postponed: waiting for memory for a large message"
+            );
             self.save(&env).await;
             return;
         };

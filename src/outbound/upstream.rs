@@ -867,7 +867,11 @@ mod tests {
         let mut msg = Vec::new();
         let mut i = 0;
         while msg.len() < 300 * 1024 {
-            let line = if i % 3 == 0 { ".dot line\r\n".to_string() } else { format!("l{i}\r\n") };
+            let line = if i % 3 == 0 {
+                ".dot line\r\n".to_string()
+            } else {
+                format!("l{i}\r\n")
+            };
             msg.extend_from_slice(line.as_bytes());
             i += 1;
         }

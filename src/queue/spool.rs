@@ -171,7 +171,11 @@ impl std::ops::Deref for StoredBody {
 }
 
 /// Writes `bytes` to `path` and makes file and directory entry durable.
-fn write_durable(dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_durable(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let mut f = std::fs::File::create(path)?;

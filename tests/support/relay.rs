@@ -34,6 +34,8 @@ pub struct RelayOptions {
     /// Where the state lives (default: `<tempdir>/state`), e.g. a small tmpfs.
     pub state_dir: Option<PathBuf>,
     pub min_free_space_mb: u64,
+    /// Extra lines for the `[server]` table (e.g. `message_memory_mb = 1`).
+    pub server_extra: String,
 }
 
 impl Default for RelayOptions {
@@ -53,6 +55,7 @@ impl Default for RelayOptions {
             log_level: "debug",
             state_dir: None,
             min_free_space_mb: 64,
+            server_extra: String::new(),
         }
     }
 }
@@ -140,6 +143,7 @@ max_message_size = {size}
 max_recipients = {rcpts}
 shutdown_grace_secs = 5
 min_free_space_mb = {min_free}
+{server_extra}
 
 [timeouts]
 tls_handshake_secs = 5
@@ -185,6 +189,7 @@ poll_interval_ms = 100
             },
             extra = opts.extra_config,
             min_free = opts.min_free_space_mb,
+            server_extra = opts.server_extra,
         );
         let config_path = dir.path().join("smtp-relay.toml");
         std::fs::write(&config_path, config).expect("write config");
