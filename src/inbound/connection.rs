@@ -485,10 +485,10 @@ mod tests {
         let r = conn
             .read_data_inner(1 << 20, t, t, Some(spill), threshold)
             .await;
-        let rest = match conn.read_line(512, Duration::from_millis(200)).await {
-            Ok(l) => l,
-            Err(_) => Vec::new(),
-        };
+        let rest = conn
+            .read_line(512, Duration::from_millis(200))
+            .await
+            .unwrap_or_default();
         (r, rest)
     }
 

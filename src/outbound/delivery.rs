@@ -91,11 +91,10 @@ impl Delivery {
 
     /// One delivery attempt for one message, and the bookkeeping after it.
     pub async fn attempt(&self, id: &str) {
-        let loaded = self.queue.envelope(id).and_then(|env| match env {
-            Some(env) if env.state.is_final() => Ok(None),
-            Some(env) => Ok(Some(env)),
-            None => Ok(None),
-        });
+        let loaded = self
+            .queue
+            .envelope(id)
+            .map(|env| env.filter(|e| !e.state.is_final()));
         let mut env = match loaded {
             Ok(Some(env)) => env,
             Ok(None) => return, // deleted meanwhile, or done
