@@ -370,7 +370,9 @@ if [[ " $EXTRAS " == *" bigmsg "* ]]; then
     CLIENTS=$BIG_CLIENTS MESSAGES=$BIG_CLIENTS SIZE=$((BIG_SIZE - 4096)) \
         load smtp-relay "bigmsg" 1 1 "$RM_STARTTLS" "$RELAY_USER" "$RELAY_PASS" bench@bench.example
     hwm=$(rss_kib "$RELAY_PID" VmHWM)
-    echo "bigmsg: $BIG_CLIENTS clients x $((BIG_SIZE / 1048576)) MiB at once: relay peak RSS (VmHWM) ${hwm} KiB" | tee -a "$MEM" >&2
+    sleep 1
+    after=$(rss_kib "$RELAY_PID" VmRSS)
+    echo "bigmsg: $BIG_CLIENTS clients x $((BIG_SIZE / 1048576)) MiB at once: relay peak RSS (VmHWM) ${hwm} KiB, ${after} KiB once delivered (message_memory_mb = 128)" | tee -a "$MEM" >&2
     relay_stop "$RELAY_PID"
 fi
 
