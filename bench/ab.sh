@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# A/B two (or more) smtp-relay binaries under the same load, alternately, fresh state each run.
+#
+#   bench/ab.sh target/release/smtp-relay /tmp/smtp-relay-before
+#
+# For every round and binary: start the relay on 127.0.0.1 high ports (same config as
+# compare.sh: durable ack, 16 delivery workers, upstream = the generator's in-process sink), add a
+# project and an RSA-2048 DKIM key, run examples/loadgen.rs, stop it. Prints one line per run:
+# binary, end-to-end msg/s, p50 ms, p99 ms, and the relay's CPU (utime+stime) per delivered
+# message — the cost, which moves much less with machine noise than the rate does.
+#
+# Knobs: ROUNDS (3) MODE (starttls|implicit|plain) FROM (bench@dkim.example signs, bench@bench.example
+# does not) CLIENTS (16) MESSAGES (3000) SIZE (4096) PER_CONN (1). No root needed.
+set -euo pipefail
+
+[ $# -ge 1 ] || { echo "usage: bench/ab.sh BIN [BIN...]" >&2; exit 2; }
+ROUNDS=${ROUNDS:-3}
+MODE=${MODE:-starttls}
+FROM=${FROM:-bench@dkim.example}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+(cd "$REPO" && cargo build -q --release --example loadgen)
+LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
+SINK=127.0.0.1:35999
+
+W=$(mktemp -d /tmp/smtp-ab.XXXXXX)
+RELAY_PID=
+cleanup() {
+    [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null && wait "$RELAY_PID" 2>/dev/null
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/ca-key.pem" -out "$W/ca.pem" -days 2 \
+    -subj /CN=ab-ca 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout "$W/key.pem" -out "$W/leaf.csr" -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$W/leaf.ext"
+openssl x509 -req -in "$W/leaf.csr" -CA "$W/ca.pem" -CAkey "$W/ca-key.pem" -CAcreateserial \
+    -out "$W/cert.pem" -days 2 -extfile "$W/leaf.ext" 2>/dev/null
+
+cat >"$W/smtp-relay.toml" <<EOF
+[server]
+hostname = "relay.bench"
+state_dir = "$W/state"
+max_connections = 4000
+max_message_size = 27262976
+durable_ack = true
+
+[tls]
+cert_file = "$W/cert.pem"
+key_file = "$W/key.pem"
+
+[[listener]]
+address = "127.0.0.1:35025"
+mode = "plain"
+allow_plaintext_auth = true
+
+[[listener]]
+address = "127.0.0.1:35587"
+mode = "starttls"
+
+[[listener]]
+address = "127.0.0.1:35465"
+mode = "implicit"
+
+[queue]
+workers = 16
+retry_schedule_secs = [1, 2, 5]
+max_age_secs = 3600
+poll_interval_ms = 100
+
+[delivery]
+default_route = "sink"
+
+[upstream.sink]
+type = "smtp"
+host = "127.0.0.1"
+port = ${SINK##*:}
+tls = "none"
+auth = "none"
+EOF
+
+port() { case $MODE in plain) echo 35025 ;; implicit) echo 35465 ;; *) echo 35587 ;; esac; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+for round in $(seq "$ROUNDS"); do
+    for bin in "$@"; do
+        rm -rf "$W/state"
+        SMTP_RELAY_LOG=warn "$bin" --config "$W/smtp-relay.toml" serve 2>>"$W/server.log" &
+        RELAY_PID=$!
+        for _ in $(seq 100); do [ -f "$W/state/listeners.json" ] && break; sleep 0.1; done
+        json=$("$bin" --config "$W/smtp-relay.toml" project add bench --domain bench.example \
+            --domain dkim.example --json)
+        user=$(printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["project"]["id"])')
+        pass=$(printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+        "$bin" --config "$W/smtp-relay.toml" dkim keygen --domain dkim.example --selector bench \
+            --algorithm rsa --activate --json >/dev/null
+        c0=$(cpu_ticks "$RELAY_PID")
+        line=$(LOADGEN_PASS=$pass "$LOADGEN" run --addr "127.0.0.1:$(port)" --mode "$MODE" \
+            --ca "$W/ca.pem" --user "$user" --clients "${CLIENTS:-16}" --messages "${MESSAGES:-3000}" \
+            --size "${SIZE:-4096}" --per-conn "${PER_CONN:-1}" --from "$FROM" --sink "$SINK" \
+            --max-secs 300 --label ab 2>/dev/null | head -1)
+        c1=$(cpu_ticks "$RELAY_PID")
+        kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true
+        RELAY_PID=
+        printf '%s\n' "$line" | python3 -c '
+import json, sys, os
+d = json.loads(sys.stdin.read())
+ticks = int(sys.argv[2]) - int(sys.argv[1])
+hz = os.sysconf("SC_CLK_TCK")
+per = ticks * 1000 / hz / max(d["delivered"], 1)
+print(f"{sys.argv[3]:<40} round {sys.argv[4]}  e2e {d['"'"'e2e_mps'"'"']:7.1f} msg/s  p50 {d['"'"'p50_ms'"'"']:6.1f} ms  p99 {d['"'"'p99_ms'"'"']:6.1f} ms  relay CPU {per:.3f} ms/msg")
+' "$c0" "$c1" "$bin" "$round"
+    done
+done
