@@ -117,10 +117,8 @@ impl Session {
         };
         // Branding and signing a large message take milliseconds per MiB: off the async
         // worker, so other sessions keep being served.
-        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread;
-        let transformed = if MemoryBudget::is_large(size) && multi_thread {
-            tokio::task::block_in_place(|| transform::apply(&ctx, message))
+        let transformed = if MemoryBudget::is_large(size) {
+            crate::run_blocking(|| transform::apply(&ctx, message))
         } else {
             transform::apply(&ctx, message)
         };

@@ -184,14 +184,6 @@ fn write_durable(
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Runs blocking file work off the async workers when the runtime allows it.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 /// Time-ordered id: 12 hex digits of milliseconds, 12 of randomness.
 pub fn new_id(now: u64) -> String {
     let r: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
@@ -285,7 +277,8 @@ impl Queue {
         let in_file = crate::memory_budget::MemoryBudget::is_large(bytes.len());
         if in_file {
             let path = self.body_path(&env.id);
-            if let Err(e) = blocking(|| write_durable(&self.bodies_dir(), &path, bytes)) {
+            if let Err(e) = crate::run_blocking(|| write_durable(&self.bodies_dir(), &path, bytes))
+            {
                 let _ = std::fs::remove_file(&path);
                 return Err(QueueError::Spill(e));
             }
