@@ -5,7 +5,7 @@
 #
 # For every round and binary: start the relay on 127.0.0.1 high ports (same config as
 # compare.sh: durable ack, 16 delivery workers, upstream = the generator's in-process sink), add a
-# project and an RSA-2048 DKIM key, run examples/loadgen.rs, stop it. Prints one line per run:
+# project and an RSA-2048 DKIM key, run examples/loadgen.rs, stop it (config: bench/lib.sh). Prints one line per run:
 # binary, end-to-end msg/s, p50 ms, p99 ms, and the relay's CPU (utime+stime) per delivered
 # message — the cost, which moves much less with machine noise than the rate does.
 #
@@ -18,6 +18,8 @@ ROUNDS=${ROUNDS:-3}
 MODE=${MODE:-starttls}
 FROM=${FROM:-bench@dkim.example}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 (cd "$REPO" && cargo build -q --release --example loadgen)
 LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
@@ -31,54 +33,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/ca-key.pem" -out "$W/ca.pem" -days 2 \
-    -subj /CN=ab-ca 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -keyout "$W/key.pem" -out "$W/leaf.csr" -subj /CN=localhost 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$W/leaf.ext"
-openssl x509 -req -in "$W/leaf.csr" -CA "$W/ca.pem" -CAkey "$W/ca-key.pem" -CAcreateserial \
-    -out "$W/cert.pem" -days 2 -extfile "$W/leaf.ext" 2>/dev/null
-
-cat >"$W/smtp-relay.toml" <<EOF
-[server]
-hostname = "relay.bench"
-state_dir = "$W/state"
-max_connections = 4000
-max_message_size = 27262976
-durable_ack = true
-
-[tls]
-cert_file = "$W/cert.pem"
-key_file = "$W/key.pem"
-
-[[listener]]
-address = "127.0.0.1:35025"
-mode = "plain"
-allow_plaintext_auth = true
-
-[[listener]]
-address = "127.0.0.1:35587"
-mode = "starttls"
-
-[[listener]]
-address = "127.0.0.1:35465"
-mode = "implicit"
-
-[queue]
-workers = 16
-retry_schedule_secs = [1, 2, 5]
-max_age_secs = 3600
-poll_interval_ms = 100
-
-[delivery]
-default_route = "sink"
-
-[upstream.sink]
-type = "smtp"
-host = "127.0.0.1"
-port = ${SINK##*:}
-tls = "none"
-auth = "none"
-EOF
+make_certs "$W"
+write_relay_config "$W/smtp-relay.toml" "$W/state" "$W" 35025 35587 35465 true "${SINK##*:}"
 
 port() { case $MODE in plain) echo 35025 ;; implicit) echo 35465 ;; *) echo 35587 ;; esac; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

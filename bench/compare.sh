@@ -27,6 +27,8 @@ BIG_SIZE=${BIG_SIZE:-26214400}
 MAX_SECS=${MAX_SECS:-600}
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 SINK=127.0.0.1:31999
 PF_PLAIN=31025 PF_STARTTLS=31587 PF_IMPLICIT=31465 PF_DKIM=31588
@@ -83,14 +85,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # One certificate for both servers, so TLS costs the same key operations on each side.
-# A private CA and a leaf (rustls refuses a self-signed CA certificate as a server certificate).
-openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/ca-key.pem" -out "$W/ca.pem" -days 2 \
-    -subj /CN=bench-ca 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -keyout "$W/key.pem" -out "$W/leaf.csr" -subj /CN=localhost 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$W/leaf.ext"
-openssl x509 -req -in "$W/leaf.csr" -CA "$W/ca.pem" -CAkey "$W/ca-key.pem" -CAcreateserial \
-    -out "$W/cert.pem" -days 2 -extfile "$W/leaf.ext" 2>/dev/null
-chmod 644 "$W/key.pem"
+make_certs "$W"
 
 PASS=bench-$(openssl rand -hex 12)
 
@@ -199,56 +194,7 @@ EOF
 relay_config() {
     local d=$W/$1
     mkdir -p "$d"
-    local plain=""
-    [ "$2" != 0 ] && plain="[[listener]]
-address = \"127.0.0.1:$2\"
-mode = \"plain\"
-allow_plaintext_auth = true"
-    cat >"$d/smtp-relay.toml" <<EOF
-[server]
-hostname = "relay.bench"
-state_dir = "$d/state"
-max_connections = 4000
-max_message_size = 27262976
-max_recipients = 10
-durable_ack = $5
-min_free_space_mb = 64
-
-[timeouts]
-tls_handshake_secs = 10
-command_secs = 300
-data_secs = 300
-
-[tls]
-cert_file = "$W/cert.pem"
-key_file = "$W/key.pem"
-
-$plain
-
-[[listener]]
-address = "127.0.0.1:$3"
-mode = "starttls"
-
-[[listener]]
-address = "127.0.0.1:$4"
-mode = "implicit"
-
-[queue]
-workers = 16
-retry_schedule_secs = [1, 2, 5]
-max_age_secs = 3600
-poll_interval_ms = 100
-
-[delivery]
-default_route = "sink"
-
-[upstream.sink]
-type = "smtp"
-host = "127.0.0.1"
-port = ${SINK##*:}
-tls = "none"
-auth = "none"
-EOF
+    write_relay_config "$d/smtp-relay.toml" "$d/state" "$W" "$2" "$3" "$4" "$5" "${SINK##*:}"
 }
 
 # relay_start NAME  -> sets RELAY_PID

@@ -1,0 +1,71 @@
+# Shared by bench/compare.sh and bench/ab.sh (sourced, not run).
+
+# make_certs DIR: a private CA (DIR/ca.pem) and a leaf for localhost/127.0.0.1 (DIR/cert.pem,
+# DIR/key.pem). rustls refuses a self-signed CA certificate as a server certificate.
+make_certs() {
+    local w=$1
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$w/ca-key.pem" -out "$w/ca.pem" -days 2 \
+        -subj /CN=bench-ca 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -keyout "$w/key.pem" -out "$w/leaf.csr" -subj /CN=localhost 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$w/leaf.ext"
+    openssl x509 -req -in "$w/leaf.csr" -CA "$w/ca.pem" -CAkey "$w/ca-key.pem" -CAcreateserial \
+        -out "$w/cert.pem" -days 2 -extfile "$w/leaf.ext" 2>/dev/null
+    chmod 644 "$w/key.pem"
+}
+
+# write_relay_config FILE STATE_DIR CERT_DIR PLAIN_PORT STARTTLS_PORT IMPLICIT_PORT DURABLE SINK_PORT
+# The relay under test: durable ack unless DURABLE=false, 16 delivery workers, the upstream is the
+# generator's sink without TLS. PLAIN_PORT 0: no plaintext listener.
+write_relay_config() {
+    local file=$1 state=$2 certs=$3 plain_port=$4 starttls=$5 implicit=$6 durable=$7 sink=$8
+    local plain=""
+    [ "$plain_port" != 0 ] && plain="[[listener]]
+address = \"127.0.0.1:$plain_port\"
+mode = \"plain\"
+allow_plaintext_auth = true"
+    cat >"$file" <<CONF
+[server]
+hostname = "relay.bench"
+state_dir = "$state"
+max_connections = 4000
+max_message_size = 27262976
+max_recipients = 10
+durable_ack = $durable
+min_free_space_mb = 64
+
+[timeouts]
+tls_handshake_secs = 10
+command_secs = 300
+data_secs = 300
+
+[tls]
+cert_file = "$certs/cert.pem"
+key_file = "$certs/key.pem"
+
+$plain
+
+[[listener]]
+address = "127.0.0.1:$starttls"
+mode = "starttls"
+
+[[listener]]
+address = "127.0.0.1:$implicit"
+mode = "implicit"
+
+[queue]
+workers = 16
+retry_schedule_secs = [1, 2, 5]
+max_age_secs = 3600
+poll_interval_ms = 100
+
+[delivery]
+default_route = "sink"
+
+[upstream.sink]
+type = "smtp"
+host = "127.0.0.1"
+port = $sink
+tls = "none"
+auth = "none"
+CONF
+}
