@@ -45,15 +45,11 @@ for round in $(seq "$ROUNDS"); do
         SMTP_RELAY_LOG=warn "$bin" --config "$W/smtp-relay.toml" serve 2>>"$W/server.log" &
         RELAY_PID=$!
         for _ in $(seq 100); do [ -f "$W/state/listeners.json" ] && break; sleep 0.1; done
-        json=$("$bin" --config "$W/smtp-relay.toml" project add bench --domain bench.example \
-            --domain dkim.example --json)
-        user=$(printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["project"]["id"])')
-        pass=$(printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-        "$bin" --config "$W/smtp-relay.toml" dkim keygen --domain dkim.example --selector bench \
-            --algorithm rsa --activate --json >/dev/null
+        relay_setup_project "$bin" "$W/smtp-relay.toml"
+        relay_setup_dkim "$bin" "$W/smtp-relay.toml"
         c0=$(cpu_ticks "$RELAY_PID")
-        line=$(LOADGEN_PASS=$pass "$LOADGEN" run --addr "127.0.0.1:$(port)" --mode "$MODE" \
-            --ca "$W/ca.pem" --user "$user" --clients "${CLIENTS:-16}" --messages "${MESSAGES:-3000}" \
+        line=$(LOADGEN_PASS=$RELAY_PASS "$LOADGEN" run --addr "127.0.0.1:$(port)" --mode "$MODE" \
+            --ca "$W/ca.pem" --user "$RELAY_USER" --clients "${CLIENTS:-16}" --messages "${MESSAGES:-3000}" \
             --size "${SIZE:-4096}" --per-conn "${PER_CONN:-1}" --from "$FROM" --sink "$SINK" \
             --max-secs 300 --label ab 2>/dev/null | head -1)
         c1=$(cpu_ticks "$RELAY_PID")

@@ -218,18 +218,8 @@ relay_stop() {
 }
 
 # relay_project NAME -> sets RELAY_USER RELAY_PASS (runs the CLI against the running server)
-relay_project() {
-    local d=$W/$1 json
-    json=$("$RELAY_BIN" --config "$d/smtp-relay.toml" project add bench \
-        --domain bench.example --domain dkim.example --json)
-    RELAY_USER=$(printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["project"]["id"])')
-    RELAY_PASS=$(printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-}
-
-relay_dkim() {
-    "$RELAY_BIN" --config "$W/$1/smtp-relay.toml" dkim keygen --domain dkim.example \
-        --selector bench --algorithm rsa --activate --json >/dev/null
-}
+relay_project() { relay_setup_project "$RELAY_BIN" "$W/$1/smtp-relay.toml"; }
+relay_dkim() { relay_setup_dkim "$RELAY_BIN" "$W/$1/smtp-relay.toml"; }
 
 rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 

@@ -69,3 +69,18 @@ tls = "none"
 auth = "none"
 CONF
 }
+
+# relay_setup_project BIN CONFIG: adds the project `bench` (bench.example, dkim.example) to the
+# running relay and sets RELAY_USER and RELAY_PASS.
+relay_setup_project() {
+    local json
+    json=$("$1" --config "$2" project add bench --domain bench.example --domain dkim.example --json)
+    RELAY_USER=$(printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["project"]["id"])')
+    RELAY_PASS=$(printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+}
+
+# relay_setup_dkim BIN CONFIG: an active RSA-2048 key for dkim.example (the DKIM case's sender).
+relay_setup_dkim() {
+    "$1" --config "$2" dkim keygen --domain dkim.example --selector bench --algorithm rsa \
+        --activate --json >/dev/null
+}

@@ -88,8 +88,9 @@ impl MemoryBudget {
         }
     }
 
-    /// Bytes not reserved right now (for tests and metrics).
-    pub fn available_bytes(&self) -> usize {
+    /// Bytes not reserved right now.
+    #[cfg(test)]
+    fn available_bytes(&self) -> usize {
         self.permits.available_permits() * UNIT
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine;
 use support::certs::TestPki;
 use support::client::{Client, plain_message};
-use support::relay::{Relay, RelayOptions, smtp_upstream};
+use support::relay::{Relay, RelayOptions};
 use support::upstream::{Script, TestUpstream, UpstreamOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,23 +42,21 @@ async fn corrupted_queue_entry_is_quarantined() {
         ..Default::default()
     }))
     .await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = pki.write_to(tmp.path());
-    let mut relay = Relay::start(RelayOptions {
-        upstreams: Some(smtp_upstream(up.port(), "starttls", &files.ca, None)),
-        retry_schedule_secs: vec![1],
-        ..Default::default()
-    });
+    let mut relay = Relay::start_with_upstream(
+        up.port(),
+        "starttls",
+        &pki,
+        RelayOptions {
+            retry_schedule_secs: vec![1],
+            ..Default::default()
+        },
+    );
     let (id, token) = relay.add_project("a", &["a.test"]);
     let mut ids = Vec::new();
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     for i in 0..3 {
         let r = c
-            .send(
-                "app@a.test",
-                &["u@example.net"],
-                &plain_message("app@a.test", "u@example.net", &format!("m{i}"), "x\r\n"),
-            )
+            .send_plain("app@a.test", "u@example.net", &format!("m{i}"), "x\r\n")
             .await;
         assert_eq!(r.code, 250);
         ids.push(r.queued_id());
@@ -130,7 +128,6 @@ async fn fill_disk(
     TestUpstream,
     usize,
     Option<support::client::Reply>,
-    tempfile::TempDir,
     String,
     String,
 ) {
@@ -140,16 +137,18 @@ async fn fill_disk(
         ..Default::default()
     }))
     .await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = pki.write_to(tmp.path());
-    let relay = Relay::start(RelayOptions {
-        upstreams: Some(smtp_upstream(up.port(), "starttls", &files.ca, None)),
-        retry_schedule_secs: vec![1],
-        max_message_size: 2 * 1024 * 1024,
-        state_dir: Some(fs.0.path().join("state")),
-        min_free_space_mb,
-        ..Default::default()
-    });
+    let relay = Relay::start_with_upstream(
+        up.port(),
+        "starttls",
+        &pki,
+        RelayOptions {
+            retry_schedule_secs: vec![1],
+            max_message_size: 2 * 1024 * 1024,
+            state_dir: Some(fs.0.path().join("state")),
+            min_free_space_mb,
+            ..Default::default()
+        },
+    );
     let (id, token) = relay.add_project("a", &["a.test"]);
     let body: String = (0..2000)
         .map(|i| format!("line {i:05} {}\r\n", "x".repeat(200)))
@@ -189,7 +188,7 @@ async fn fill_disk(
             other => panic!("unexpected reply {other}: {r:?}"),
         }
     }
-    (relay, up, accepted, refused, tmp, id, token)
+    (relay, up, accepted, refused, id, token)
 }
 
 async fn wait_delivered(relay: &Relay, up: &TestUpstream, n: usize) {
@@ -215,7 +214,7 @@ async fn wait_delivered(relay: &Relay, up: &TestUpstream, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_is_refused_before_it_happens() {
     let fs = Tmpfs::mount("32m");
-    let (relay, up, accepted, refused, _tmp, id, token) = fill_disk(&fs, 12).await;
+    let (relay, up, accepted, refused, id, token) = fill_disk(&fs, 12).await;
     let r = refused.expect("the disk never filled up");
     assert_eq!(r.code, 452, "{r:?}");
     assert!(
@@ -230,11 +229,7 @@ async fn full_disk_is_refused_before_it_happens() {
     wait_delivered(&relay, &up, accepted).await;
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     let r = c
-        .send(
-            "app@a.test",
-            &["u@example.net"],
-            &plain_message("app@a.test", "u@example.net", "after", "x\r\n"),
-        )
+        .send_plain("app@a.test", "u@example.net", "after", "x\r\n")
         .await;
     assert_eq!(r.code, 250, "relay must recover when space returns: {r:?}");
     wait_delivered(&relay, &up, accepted + 1).await;
@@ -244,7 +239,7 @@ async fn full_disk_is_refused_before_it_happens() {
 async fn enospc_inside_the_database_exits_and_recovers_on_restart() {
     // With no reserve, sled itself hits ENOSPC (and would hang forever after it).
     let fs = Tmpfs::mount("16m");
-    let (mut relay, up, accepted, refused, _tmp, _id, _token) = fill_disk(&fs, 0).await;
+    let (mut relay, up, accepted, refused, _id, _token) = fill_disk(&fs, 0).await;
     let r = refused.expect("the disk never filled up");
     assert!([452, 451, 421].contains(&r.code), "{r:?}");
     assert!(accepted > 0);
@@ -268,11 +263,7 @@ async fn tokens_are_never_written_anywhere() {
     let (id, token) = relay.add_project("a", &["a.test"]);
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     let r = c
-        .send(
-            "app@a.test",
-            &["u@example.net"],
-            &plain_message("app@a.test", "u@example.net", "s", "x\r\n"),
-        )
+        .send_plain("app@a.test", "u@example.net", "s", "x\r\n")
         .await;
     assert_eq!(r.code, 250);
     // AUTH LOGIN too, and a failed attempt with a near-miss token.
@@ -333,23 +324,21 @@ async fn kill_during_upstream_delivery_redelivers_only_in_flight() {
         ..Default::default()
     }))
     .await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = pki.write_to(tmp.path());
-    let mut relay = Relay::start(RelayOptions {
-        upstreams: Some(smtp_upstream(up.port(), "starttls", &files.ca, None)),
-        retry_schedule_secs: vec![1],
-        ..Default::default()
-    });
+    let mut relay = Relay::start_with_upstream(
+        up.port(),
+        "starttls",
+        &pki,
+        RelayOptions {
+            retry_schedule_secs: vec![1],
+            ..Default::default()
+        },
+    );
     let (id, token) = relay.add_project("a", &["a.test"]);
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let r = c
-            .send(
-                "app@a.test",
-                &["u@example.net"],
-                &plain_message("app@a.test", "u@example.net", &format!("m{i}"), "x\r\n"),
-            )
+            .send_plain("app@a.test", "u@example.net", &format!("m{i}"), "x\r\n")
             .await;
         assert_eq!(r.code, 250);
         ids.push(r.queued_id());

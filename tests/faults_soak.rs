@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::certs::TestPki;
-use support::client::{Client, plain_message};
-use support::relay::{Relay, RelayOptions, smtp_upstream};
+use support::client::Client;
+use support::relay::{Relay, RelayOptions};
 use support::upstream::{Script, TestUpstream, UpstreamOptions};
 
 fn dir_size(p: &std::path::Path) -> u64 {
@@ -42,13 +42,15 @@ async fn sustained_load_with_deletes_never_stalls() {
             .with_script(Script::default().with_rcpt("later@example.net", "451 4.3.0 later")),
     )
     .await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = pki.write_to(tmp.path());
-    let relay = Arc::new(Relay::start(RelayOptions {
-        upstreams: Some(smtp_upstream(up.port(), "starttls", &files.ca, None)),
-        retry_schedule_secs: vec![2],
-        ..Default::default()
-    }));
+    let relay = Arc::new(Relay::start_with_upstream(
+        up.port(),
+        "starttls",
+        &pki,
+        RelayOptions {
+            retry_schedule_secs: vec![2],
+            ..Default::default()
+        },
+    ));
     let (id, token) = relay.add_project("soak", &["soak.test"]);
     let accepted = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -75,11 +77,7 @@ async fn sustained_load_with_deletes_never_stalls() {
                     };
                     let body = format!("client {n} message {i}\r\n").repeat(40);
                     let r = c
-                        .send(
-                            "app@soak.test",
-                            &[to],
-                            &plain_message("app@soak.test", to, &format!("{n}-{i}"), &body),
-                        )
+                        .send_plain("app@soak.test", to, &format!("{n}-{i}"), &body)
                         .await;
                     assert_eq!(r.code, 250, "{r:?}");
                     accepted.fetch_add(1, Ordering::Relaxed);

@@ -40,17 +40,19 @@ async fn metrics_match_what_was_sent_and_what_the_upstream_received() {
         .with_rcpt("gone@example.net", "550 5.1.1 No such user")
         .with_rcpt("busy@example.net", "450 4.2.1 Mailbox busy");
     let up = TestUpstream::start(UpstreamOptions::implicit(&pki).with_script(script)).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = pki.write_to(tmp.path());
-    let relay = Relay::start(RelayOptions {
-        upstreams: Some(smtp_upstream(up.port(), "implicit", &files.ca, None)),
-        // The deferred message stays put for the whole test.
-        retry_schedule_secs: vec![600],
-        metrics: true,
-        // Five messages a minute: the sixth attempt is a rate-limit hit.
-        extra_config: "[limits]\nper_minute = 5\n".into(),
-        ..Default::default()
-    });
+    let relay = Relay::start_with_upstream(
+        up.port(),
+        "implicit",
+        &pki,
+        RelayOptions {
+            // The deferred message stays put for the whole test.
+            retry_schedule_secs: vec![600],
+            metrics: true,
+            // Five messages a minute: the sixth attempt is a rate-limit hit.
+            extra_config: "[limits]\nper_minute = 5\n".into(),
+            ..Default::default()
+        },
+    );
     let (id, token) = relay.add_project("app", &["app.test"]);
 
     // Session 1 (TLS): five messages accepted, then a wrong sender, an oversized one, one

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use support::certs::TestPki;
-use support::relay::{Relay, RelayOptions, smtp_upstream};
+use support::relay::{Relay, RelayOptions};
 use support::upstream::{Script, TestUpstream, UpstreamOptions};
 
 struct Setup {
@@ -15,19 +15,20 @@ struct Setup {
     id: String,
     token: String,
     pki: TestPki,
-    _tmp: tempfile::TempDir,
 }
 
 async fn setup(script: Script) -> Setup {
     let pki = TestPki::generate();
     let up = TestUpstream::start(UpstreamOptions::implicit(&pki).with_script(script)).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = pki.write_to(tmp.path());
-    let relay = Relay::start(RelayOptions {
-        upstreams: Some(smtp_upstream(up.port(), "implicit", &files.ca, None)),
-        retry_schedule_secs: vec![1],
-        ..Default::default()
-    });
+    let relay = Relay::start_with_upstream(
+        up.port(),
+        "implicit",
+        &pki,
+        RelayOptions {
+            retry_schedule_secs: vec![1],
+            ..Default::default()
+        },
+    );
     let (id, token) = relay.add_project("app", &["app.test"]);
     Setup {
         relay,
@@ -35,7 +36,6 @@ async fn setup(script: Script) -> Setup {
         id,
         token,
         pki,
-        _tmp: tmp,
     }
 }
 

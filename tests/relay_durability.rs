@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use support::certs::TestPki;
-use support::client::{Client, plain_message};
-use support::relay::{Relay, RelayOptions, smtp_upstream};
+use support::client::Client;
+use support::relay::{Relay, RelayOptions};
 use support::upstream::{Script, TestUpstream, UpstreamOptions};
 
 const N: usize = 30;
@@ -22,13 +22,15 @@ async fn kill_9_loses_nothing_and_duplicates_nothing() {
         ..Default::default()
     }))
     .await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = pki.write_to(tmp.path());
-    let mut relay = Relay::start(RelayOptions {
-        upstreams: Some(smtp_upstream(up.port(), "starttls", &files.ca, None)),
-        retry_schedule_secs: vec![1],
-        ..Default::default()
-    });
+    let mut relay = Relay::start_with_upstream(
+        up.port(),
+        "starttls",
+        &pki,
+        RelayOptions {
+            retry_schedule_secs: vec![1],
+            ..Default::default()
+        },
+    );
     let (id, token) = relay.add_project("app", &["app.test"]);
 
     // Several concurrent sessions, several messages each (exercises group commit).
@@ -41,11 +43,7 @@ async fn kill_9_loses_nothing_and_duplicates_nothing() {
             for i in 0..N / 5 {
                 let subject = format!("msg-{session}-{i}");
                 let r = c
-                    .send(
-                        "noreply@app.test",
-                        &["user@example.net"],
-                        &plain_message("noreply@app.test", "user@example.net", &subject, "x\r\n"),
-                    )
+                    .send_plain("noreply@app.test", "user@example.net", &subject, "x\r\n")
                     .await;
                 assert_eq!(r.code, 250, "{r:?}");
                 ids.push(subject);
@@ -105,11 +103,7 @@ async fn graceful_stop_keeps_the_queue() {
     let (id, token) = relay.add_project("app", &["app.test"]);
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     let r = c
-        .send(
-            "noreply@app.test",
-            &["user@example.net"],
-            &plain_message("noreply@app.test", "user@example.net", "s", "x\r\n"),
-        )
+        .send_plain("noreply@app.test", "user@example.net", "s", "x\r\n")
         .await;
     assert_eq!(r.code, 250);
     let msg_id = r.queued_id();

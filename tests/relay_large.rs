@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::certs::TestPki;
 use support::client::Client;
-use support::relay::{Relay, RelayOptions, smtp_upstream};
+use support::relay::{Relay, RelayOptions};
 use support::upstream::{TestUpstream, UpstreamOptions};
 
 /// A CRLF message of about `size` bytes whose lines often start with a dot (so stuffing and
@@ -67,14 +67,16 @@ async fn a_large_message_survives_kill9_in_its_own_file_and_is_delivered_intact(
     let up = TestUpstream::start(UpstreamOptions::implicit(&pki)).await;
     let addr = up.addr();
     up.stop(); // keep the message queued
-    let tmp = tempfile::tempdir().unwrap();
-    let files = pki.write_to(tmp.path());
-    let mut relay = Relay::start(RelayOptions {
-        upstreams: Some(smtp_upstream(up.port(), "implicit", &files.ca, None)),
-        retry_schedule_secs: vec![1],
-        max_message_size: 8 * 1024 * 1024,
-        ..Default::default()
-    });
+    let mut relay = Relay::start_with_upstream(
+        up.port(),
+        "implicit",
+        &pki,
+        RelayOptions {
+            retry_schedule_secs: vec![1],
+            max_message_size: 8 * 1024 * 1024,
+            ..Default::default()
+        },
+    );
     let (id, token) = relay.add_project("app", &["app.test"]);
     let (plain, stuffed) = large_message("noreply@app.test", 3 * 1024 * 1024, 0);
 
@@ -137,15 +139,17 @@ async fn a_large_message_survives_kill9_in_its_own_file_and_is_delivered_intact(
 async fn concurrent_large_messages_larger_than_the_budget_all_get_through() {
     let pki = TestPki::generate();
     let up = TestUpstream::start(UpstreamOptions::implicit(&pki)).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = pki.write_to(tmp.path());
-    let relay = Relay::start(RelayOptions {
-        upstreams: Some(smtp_upstream(up.port(), "implicit", &files.ca, None)),
-        max_message_size: 8 * 1024 * 1024,
-        // 1 MiB of large messages at once; each is 2 MiB, so they go one at a time.
-        server_extra: "message_memory_mb = 1".into(),
-        ..Default::default()
-    });
+    let relay = Relay::start_with_upstream(
+        up.port(),
+        "implicit",
+        &pki,
+        RelayOptions {
+            max_message_size: 8 * 1024 * 1024,
+            // 1 MiB of large messages at once; each is 2 MiB, so they go one at a time.
+            server_extra: "message_memory_mb = 1".into(),
+            ..Default::default()
+        },
+    );
     let (id, token) = relay.add_project("app", &["app.test"]);
     let mut tasks = Vec::new();
     for n in 0..4 {

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::client::{Client, plain_message};
+use support::client::Client;
 use support::relay::{Relay, RelayOptions};
 use tokio::io::AsyncReadExt;
 
@@ -48,11 +48,7 @@ async fn one_ip_cannot_starve_the_others() {
     drop(c);
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     let r = c
-        .send(
-            "app@a.test",
-            &["u@example.net"],
-            &plain_message("app@a.test", "u@example.net", "s", "x\r\n"),
-        )
+        .send_plain("app@a.test", "u@example.net", "s", "x\r\n")
         .await;
     assert_eq!(r.code, 250, "{r:?}");
     drop(held);

@@ -69,11 +69,7 @@ async fn stalled_handshakes_do_not_block_others() {
     let started = std::time::Instant::now();
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     let r = c
-        .send(
-            "app@a.test",
-            &["u@example.net"],
-            &plain_message("app@a.test", "u@example.net", "s", "x\r\n"),
-        )
+        .send_plain("app@a.test", "u@example.net", "s", "x\r\n")
         .await;
     assert_eq!(r.code, 250);
     assert!(
@@ -253,11 +249,7 @@ async fn line_and_message_limits() {
     assert_eq!((r.code, r.text.as_str()), (500, "5.5.2 Line too long"));
     // Still usable, and nothing was queued by the refusals.
     let r = c
-        .send(
-            "app@a.test",
-            &["u@example.net"],
-            &plain_message("app@a.test", "u@example.net", "ok", "fine\r\n"),
-        )
+        .send_plain("app@a.test", "u@example.net", "ok", "fine\r\n")
         .await;
     assert_eq!(r.code, 250);
     assert_eq!(relay.cli_json(&["log"]).as_array().unwrap().len(), 1);
@@ -328,11 +320,7 @@ async fn hostile_content_is_handled() {
     assert_eq!(c.cmd("EHLO weird(name);\u{7f}").await.code, 250);
     assert_eq!(c.auth_plain(&id, &token).await.code, 235);
     let r = c
-        .send(
-            "app@a.test",
-            &["u@example.net"],
-            &plain_message("app@a.test", "u@example.net", "s", "x\r\n"),
-        )
+        .send_plain("app@a.test", "u@example.net", "s", "x\r\n")
         .await;
     assert_eq!(r.code, 250, "{r:?}");
     let qid = r.queued_id();

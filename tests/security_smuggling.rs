@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::certs::TestPki;
 use support::client::Client;
-use support::relay::{Relay, RelayOptions, smtp_upstream};
+use support::relay::{Relay, RelayOptions};
 use support::upstream::{TestUpstream, UpstreamOptions, data_problems};
 
 const FAKE_ENDS: &[&[u8]] = &[
@@ -24,18 +24,13 @@ const FAKE_ENDS: &[&[u8]] = &[
     b"\r\n.\r\r\n",
 ];
 
-async fn relay_with_upstream() -> (Relay, TestUpstream, String, String, tempfile::TempDir) {
+async fn relay_with_upstream() -> (Relay, TestUpstream, String, String) {
     let pki = TestPki::generate();
     let up = TestUpstream::start(UpstreamOptions::starttls(&pki)).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let files = pki.write_to(tmp.path());
-    let relay = Relay::start(RelayOptions {
-        upstreams: Some(smtp_upstream(up.port(), "starttls", &files.ca, None)),
-        ..Default::default()
-    });
+    let relay = Relay::start_with_upstream(up.port(), "starttls", &pki, RelayOptions::default());
     let (id, token) = relay.add_project("a", &["a.test"]);
     relay.add_project("b", &["b.test"]);
-    (relay, up, id, token, tmp)
+    (relay, up, id, token)
 }
 
 async fn logged_in(relay: &Relay, implicit: bool, id: &str, token: &str) -> Client {
@@ -52,7 +47,7 @@ async fn logged_in(relay: &Relay, implicit: bool, id: &str, token: &str) -> Clie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_terminators_never_end_data() {
-    let (relay, up, id, token, _tmp) = relay_with_upstream().await;
+    let (relay, up, id, token) = relay_with_upstream().await;
     for implicit in [false, true] {
         for fake in FAKE_ENDS {
             for split in [false, true] {
@@ -98,7 +93,7 @@ async fn fake_terminators_never_end_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dotted_bodies_arrive_intact_and_stuffed_on_the_wire() {
-    let (relay, up, id, token, _tmp) = relay_with_upstream().await;
+    let (relay, up, id, token) = relay_with_upstream().await;
     let body_lines = [
         ".",
         "..",

@@ -385,24 +385,27 @@ impl Queue {
         let id = env.id.clone();
         let state = env.state;
         let due = env.next_attempt_ms;
-        (&self.store.spool, &self.store.schedule, &self.store.log)
+        // Whether the finished message had a body file, which may go once this is durable.
+        let had_file = (&self.store.spool, &self.store.schedule, &self.store.log)
             .transaction(|(spool, sched, log)| {
+                let mut had_file = false;
                 if state.is_final() {
                     spool.remove(msg_key(&id))?;
-                    spool.remove(file_key(&id))?;
+                    had_file = spool.remove(file_key(&id))?.is_some();
                     spool.remove(env_key(&id))?;
                 } else {
                     spool.insert(env_key(&id), encoded.as_slice())?;
                     sched.insert(schedule::key(due, &id), &[])?;
                 }
                 log.insert(id.as_bytes(), encoded.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
+                Ok::<_, ConflictableTransactionError<()>>(had_file)
             })
             .map_err(|e| self.tx_err(e))?;
         self.store.durable().await?;
         if !state.is_final() {
             self.wake.notify_one();
-        } else if crate::memory_budget::MemoryBudget::is_large(env.size) {
+        }
+        if had_file {
             self.remove_body_file(&id);
         }
         Ok(())

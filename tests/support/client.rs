@@ -171,11 +171,15 @@ impl Client {
     /// Sends a short plain-text message from `from` to `to`, asserts the `250`, and returns
     /// the queue id from it.
     pub async fn submit(&mut self, from: &str, to: &str) -> String {
-        let r = self
-            .send(from, &[to], &plain_message(from, to, "hi", "Hello\r\n"))
-            .await;
+        let r = self.send_plain(from, to, "hi", "Hello\r\n").await;
         assert_eq!(r.code, 250, "{r:?}");
         r.queued_id()
+    }
+
+    /// MAIL, RCPT, DATA of [`plain_message`]`(from, to, subject, body)`: envelope and header agree.
+    pub async fn send_plain(&mut self, from: &str, to: &str, subject: &str, body: &str) -> Reply {
+        self.send(from, &[to], &plain_message(from, to, subject, body))
+            .await
     }
 
     /// MAIL, RCPT…, DATA with `body` (already dot-stuffed, without the terminator).

@@ -60,20 +60,19 @@ impl Default for RelayOptions {
     }
 }
 
-/// An `[upstream.test]` pointing at a test upstream on 127.0.0.1.
+/// An `[upstream.test]` pointing at a test upstream on 127.0.0.1, as the default route.
 pub fn smtp_upstream(port: u16, tls: &str, ca: &Path, auth: Option<(&str, &Path)>) -> String {
-    let mut s = format!(
-        "[delivery]\ndefault_route = \"test\"\n\n[upstream.test]\ntype = \"smtp\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"{tls}\"\nca_file = \"{}\"\nconnect_timeout_secs = 5\ncommand_timeout_secs = 10\ndata_timeout_secs = 10\n",
-        ca.display()
-    );
-    match auth {
-        Some((user, pw_file)) => s.push_str(&format!(
+    let auth = match auth {
+        Some((user, pw_file)) => format!(
             "auth = \"plain\"\nusername = \"{user}\"\npassword_file = \"{}\"\n",
             pw_file.display()
-        )),
-        None => s.push_str("auth = \"none\"\n"),
-    }
-    s
+        ),
+        None => String::new(),
+    };
+    format!(
+        "[delivery]\ndefault_route = \"test\"\n\n{}",
+        upstream_table("test", port, tls, ca, &auth)
+    )
 }
 
 /// An `[upstream.<name>]` table toward a test upstream on 127.0.0.1 (implicit/starttls/none
@@ -112,9 +111,24 @@ pub struct Relay {
     pub plain: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     env: Vec<(String, String)>,
+    /// Holds the CA file of the test upstream (`start_with_upstream`).
+    upstream_ca: Option<tempfile::TempDir>,
 }
 
 impl Relay {
+    /// A relay whose only upstream is a test upstream on `port` (`tls`: "starttls", "implicit"
+    /// or "none"), trusting `pki`'s CA; `opts` for the rest.
+    pub fn start_with_upstream(port: u16, tls: &str, pki: &TestPki, opts: RelayOptions) -> Relay {
+        let ca_dir = tempfile::tempdir().expect("tempdir");
+        let files = pki.write_to(ca_dir.path());
+        let mut relay = Relay::start(RelayOptions {
+            upstreams: Some(smtp_upstream(port, tls, &files.ca, None)),
+            ..opts
+        });
+        relay.upstream_ca = Some(ca_dir);
+        relay
+    }
+
     pub fn start(opts: RelayOptions) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = TestPki::generate();
@@ -206,6 +220,7 @@ poll_interval_ms = 100
             plain: None,
             metrics: None,
             env: opts.env,
+            upstream_ca: None,
         };
         relay.spawn();
         relay
