@@ -1,5 +1,6 @@
 //! Crash consistency and secrets at rest: `kill -9` during DATA leaves nothing half-queued; a
-//! corrupted queue entry is quarantined while the rest is delivered; a full disk gets 452/451,
+//! corrupted queue entry is quarantined while the rest is delivered; half-written entries (the
+//! spool uses no sled transactions) are cleaned up or quarantined; a full disk gets 452/451,
 //! never 250, and the relay recovers when space returns; no token is ever written anywhere.
 
 mod support;
@@ -81,6 +82,79 @@ async fn corrupted_queue_entry_is_quarantined() {
     );
     relay.wait_state(&ids[0], &["delivered"], Duration::from_secs(10));
     relay.wait_state(&ids[2], &["delivered"], Duration::from_secs(10));
+}
+
+/// The spool is written without sled transactions (src/queue/spool.rs), so a crash can leave a
+/// message half written. Both half states are handled at start: a body whose envelope is gone
+/// (never acknowledged, or already finished) is removed; an envelope whose body is gone cannot
+/// come from a crash and is quarantined. The intact message is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_written_queue_entries_are_recovered() {
+    let pki = TestPki::generate();
+    let up = TestUpstream::start(UpstreamOptions::starttls(&pki).with_script(Script {
+        data_end: Some("451 4.3.0 later".into()),
+        ..Default::default()
+    }))
+    .await;
+    let mut relay = Relay::start_with_upstream(
+        up.port(),
+        "starttls",
+        &pki,
+        RelayOptions {
+            retry_schedule_secs: vec![1],
+            ..Default::default()
+        },
+    );
+    let (id, token) = relay.add_project("a", &["a.test"]);
+    let mut ids = Vec::new();
+    let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
+    for i in 0..2 {
+        let r = c
+            .send_plain("app@a.test", "u@example.net", &format!("m{i}"), "x\r\n")
+            .await;
+        assert_eq!(r.code, 250);
+        ids.push(r.queued_id());
+    }
+    drop(c);
+    assert!(relay.terminate().success());
+    let key = |id: &str, kind: u8| {
+        let mut k = id.as_bytes().to_vec();
+        k.push(kind);
+        k
+    };
+    let orphan = "000000000001aaaaaaaaaaaa";
+    {
+        let store = smtp_relay::store::Store::open(&relay.state_dir()).unwrap();
+        store
+            .spool
+            .insert(
+                key(orphan, b'm'),
+                &b"From: <app@a.test>\r\n\r\nnever acknowledged\r\n"[..],
+            )
+            .unwrap();
+        assert!(store.spool.remove(key(&ids[1], b'm')).unwrap().is_some());
+        store.flush_now().unwrap();
+    }
+    up.set_script(Script::default());
+    relay.spawn();
+    let got = up.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    relay.wait_state(&ids[0], &["delivered"], Duration::from_secs(10));
+    let log = relay.server_log();
+    assert!(
+        log.contains("quarantined") && log.contains(&ids[1]),
+        "the envelope without a body was not quarantined"
+    );
+    assert!(
+        log.contains("interrupted write"),
+        "no line about the leftover body"
+    );
+    assert!(relay.terminate().success());
+    let store = smtp_relay::store::Store::open(&relay.state_dir()).unwrap();
+    assert!(!store.spool.contains_key(key(orphan, b'm')).unwrap());
+    assert!(!store.quarantine.contains_key(key(orphan, b'm')).unwrap());
+    assert!(store.quarantine.contains_key(key(&ids[1], b'e')).unwrap());
+    assert!(!store.spool.contains_key(key(&ids[1], b'e')).unwrap());
 }
 
 struct Tmpfs(tempfile::TempDir);

@@ -1,18 +1,23 @@
 //! The spool: every accepted, not yet finished message — its envelope and its exact bytes.
 //!
 //! Keys: `id ‖ 'e'` → envelope (JSON), `id ‖ 'm'` → message bytes. Each change to a message
-//! is written to spool, schedule and log in one sled transaction, then made durable.
+//! is a short sequence of single-key writes to spool, log and schedule, then made durable by
+//! the group commit. Not a sled transaction: sled seals and writes its log buffer twice for
+//! every transaction or batch (`pin_log`), which was most of its disk writes per message.
+//! Instead the order of the writes keeps every crash state recoverable (sled recovers a prefix
+//! of its log): a message is written body → envelope → log → schedule, and finished
+//! log → envelope → body. So a body never lacks its envelope while the message is live, a
+//! body without an envelope is the leftover of a message never acknowledged or already
+//! finished, and the schedule, derived from the envelopes, is rebuilt by [`Queue::recover`].
 //!
 //! Bodies over `memory_budget::SPILL_THRESHOLD` are not put in sled: sled keeps large values
 //! in memory long after they are written (20 × 25 MiB held over 1 GiB). They go to
-//! `<state_dir>/bodies/<id>`, written and fsync'd (file and directory) before the transaction,
+//! `<state_dir>/bodies/<id>`, written and fsync'd (file and directory) before sled is written,
 //! which then records `id ‖ 'f'` instead of `id ‖ 'm'`. A crash between the two leaves only an
-//! orphan file, removed by [`Queue::recover`]; the file is unlinked after the transaction that
-//! finishes or deletes the message.
+//! orphan file, removed by [`Queue::recover`]; the file is unlinked after the writes that
+//! finish or delete the message.
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::queue::{now_ms, schedule};
 use crate::store::{Store, StoreError};
@@ -219,14 +224,10 @@ impl Queue {
         self
     }
 
-    fn tx_err(&self, e: TransactionError<()>) -> QueueError {
-        match e {
-            TransactionError::Storage(e) => {
-                self.store.note_error(&e);
-                QueueError::from(e)
-            }
-            TransactionError::Abort(()) => QueueError::Store(StoreError::Corrupt("aborted".into())),
-        }
+    /// Records a failed write (I/O errors mark the store failed) and converts it.
+    fn write_err(&self, e: sled::Error) -> QueueError {
+        self.store.note_error(&e);
+        QueueError::from(e)
     }
 
     /// An unnamed file on the spool's filesystem for a large body while it arrives
@@ -283,24 +284,30 @@ impl Queue {
                 return Err(QueueError::Spill(e));
             }
         }
-        (&self.store.spool, &self.store.schedule, &self.store.log)
-            .transaction(|(spool, sched, log)| {
-                if in_file {
-                    spool.insert(file_key(&env.id), &[])?;
-                } else {
-                    spool.insert(msg_key(&env.id), bytes)?;
-                }
-                spool.insert(env_key(&env.id), encoded.as_slice())?;
-                sched.insert(schedule::key(env.next_attempt_ms, &env.id), &[])?;
-                log.insert(env.id.as_bytes(), encoded.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| {
-                if in_file {
-                    let _ = std::fs::remove_file(self.body_path(&env.id));
-                }
-                self.tx_err(e)
-            })?;
+        // Order matters (module doc): body, envelope, log, and the schedule last, so delivery
+        // never picks up a message whose log entry is still to be written.
+        let spool = &self.store.spool;
+        let written = (|| {
+            if in_file {
+                spool.insert(file_key(&env.id), &[])?;
+            } else {
+                spool.insert(msg_key(&env.id), bytes)?;
+            }
+            spool.insert(env_key(&env.id), encoded.as_slice())?;
+            self.store
+                .log
+                .insert(env.id.as_bytes(), encoded.as_slice())?;
+            self.store
+                .schedule
+                .insert(schedule::key(env.next_attempt_ms, &env.id), &[])?;
+            Ok(())
+        })();
+        written.map_err(|e| {
+            if in_file {
+                let _ = std::fs::remove_file(self.body_path(&env.id));
+            }
+            self.write_err(e)
+        })?;
         self.store.durable().await?;
         self.wake.notify_one();
         Ok(env)
@@ -352,6 +359,11 @@ impl Queue {
         }
     }
 
+    fn has_body(&self, id: &str) -> Result<bool, QueueError> {
+        Ok(self.store.spool.contains_key(msg_key(id))?
+            || self.store.spool.contains_key(file_key(id))?)
+    }
+
     fn bodies_dir(&self) -> std::path::PathBuf {
         self.store.state_dir().join("bodies")
     }
@@ -382,31 +394,31 @@ impl Queue {
     pub async fn update(&self, env: &Envelope) -> Result<(), QueueError> {
         self.store.check_healthy()?;
         let encoded = encode(env);
-        let id = env.id.clone();
+        let id = &env.id;
         let state = env.state;
         let due = env.next_attempt_ms;
         // Whether the finished message had a body file, which may go once this is durable.
-        let had_file = (&self.store.spool, &self.store.schedule, &self.store.log)
-            .transaction(|(spool, sched, log)| {
-                let mut had_file = false;
-                if state.is_final() {
-                    spool.remove(msg_key(&id))?;
-                    had_file = spool.remove(file_key(&id))?.is_some();
-                    spool.remove(env_key(&id))?;
-                } else {
-                    spool.insert(env_key(&id), encoded.as_slice())?;
-                    sched.insert(schedule::key(due, &id), &[])?;
-                }
-                log.insert(id.as_bytes(), encoded.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(had_file)
-            })
-            .map_err(|e| self.tx_err(e))?;
+        // Order matters (module doc): the log first, then the envelope, the body last.
+        let spool = &self.store.spool;
+        let had_file = (|| {
+            self.store.log.insert(id.as_bytes(), encoded.as_slice())?;
+            if state.is_final() {
+                spool.remove(env_key(id))?;
+                spool.remove(msg_key(id))?;
+                Ok(spool.remove(file_key(id))?.is_some())
+            } else {
+                spool.insert(env_key(id), encoded.as_slice())?;
+                self.store.schedule.insert(schedule::key(due, id), &[])?;
+                Ok(false)
+            }
+        })()
+        .map_err(|e| self.write_err(e))?;
         self.store.durable().await?;
         if !state.is_final() {
             self.wake.notify_one();
         }
         if had_file {
-            self.remove_body_file(&id);
+            self.remove_body_file(id);
         }
         Ok(())
     }
@@ -488,11 +500,11 @@ impl Queue {
             .envelope(id)?
             .ok_or_else(|| QueueError::NotFound(id.into()))?;
         self.remove_schedule_entries(id)?;
-        self.store.spool.remove(msg_key(id))?;
-        let had_file = self.store.spool.remove(file_key(id))?.is_some();
-        self.store.spool.remove(env_key(id))?;
         env.state = MessageState::Deleted;
         self.store.log.insert(id.as_bytes(), encode(&env))?;
+        self.store.spool.remove(env_key(id))?;
+        self.store.spool.remove(msg_key(id))?;
+        let had_file = self.store.spool.remove(file_key(id))?.is_some();
         self.store.flush_now()?;
         if had_file {
             self.remove_body_file(id);
@@ -520,6 +532,7 @@ impl Queue {
         self.store.schedule.clear()?;
         let mut ids = Vec::new();
         let mut bad = Vec::new();
+        let mut leftovers = Vec::new();
         for item in self.store.spool.iter() {
             let (k, v) = item?;
             let Some((&kind, id)) = k.split_last() else {
@@ -528,18 +541,34 @@ impl Queue {
             let id = String::from_utf8_lossy(id).to_string();
             match kind {
                 b'e' => match decode::<Envelope>(&v) {
-                    Ok(env) if env.id == id => ids.push((env.next_attempt_ms, id)),
-                    Ok(_) => bad.push((id, "envelope id does not match its key".to_string())),
+                    Ok(env) if env.id != id => {
+                        bad.push((id, "envelope id does not match its key".to_string()))
+                    }
+                    // The body is written before the envelope and removed after it, so this
+                    // is damage, not a crash leftover: keep it for inspection.
+                    Ok(_) if !self.has_body(&id)? => {
+                        bad.push((id, "envelope without message body".to_string()))
+                    }
+                    Ok(env) => ids.push((env.next_attempt_ms, id)),
                     Err(e) => bad.push((id, e.to_string())),
                 },
-                b'm' | b'f' if self.store.spool.get(env_key(&id))?.is_none() => {
-                    bad.push((id, "message without envelope".to_string()))
-                }
+                // A crash between the writes of a message that was never acknowledged, or of
+                // one already finished (its log entry says which).
+                b'm' | b'f' if self.store.spool.get(env_key(&id))?.is_none() => leftovers.push(k),
                 _ => {}
             }
         }
+        for k in &leftovers {
+            self.store.spool.remove(k)?;
+        }
+        if !leftovers.is_empty() {
+            tracing::info!(
+                count = leftovers.len(),
+                "removed message bodies left by an interrupted write (never acknowledged, or already finished)"
+            );
+        }
         // Body files sled does not know: written just before a crash that lost their
-        // transaction (the client got no 250), or left after delivery. Never referenced again.
+        // marker (the client got no 250), or left after delivery. Never referenced again.
         if let Ok(entries) = std::fs::read_dir(self.bodies_dir()) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
