@@ -266,6 +266,12 @@ async fn connections_are_reused_within_the_upstream_limits() {
         up.commands().iter().any(|c| c.ends_with("RSET")),
         "RSET between messages"
     );
+    // The upstream offers PIPELINING: RSET, MAIL and RCPT arrive with the rest of the group.
+    assert!(
+        up.pipelined() >= 2 * (n - 1),
+        "pipelined {}",
+        up.pipelined()
+    );
     assert!(up.violations().is_empty(), "{:?}", up.violations());
 
     // Per-project route to an upstream that closes a connection after 3 messages, and after
@@ -298,6 +304,83 @@ async fn connections_are_reused_within_the_upstream_limits() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(up.commands().contains(&format!("[{last}] QUIT")));
+}
+
+/// One relay with the single upstream `up` (implicit TLS, one connection at a time, up to 100
+/// messages per connection) and a project.
+async fn pooled_to(opts: UpstreamOptions, pki: &TestPki) -> (Relay, TestUpstream, String, String) {
+    let up = TestUpstream::start(opts).await;
+    let relay = Relay::start_with_upstream(
+        up.port(),
+        "implicit",
+        pki,
+        RelayOptions {
+            retry_schedule_secs: vec![1],
+            ..Default::default()
+        },
+    );
+    let (id, token) = relay.add_project("app", &["app.test"]);
+    (relay, up, id, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_without_pipelining_gets_one_command_at_a_time() {
+    let pki = TestPki::generate();
+    let (relay, up, id, token) =
+        pooled_to(UpstreamOptions::implicit(&pki).without_pipelining(), &pki).await;
+    let n = 6;
+    for i in 0..n {
+        relay
+            .submit(
+                &id,
+                &token,
+                FROM,
+                &[&format!("u{i}@example.net"), "v@example.net"],
+            )
+            .await;
+    }
+    let got = up.wait_for(n, Duration::from_secs(30)).await;
+    assert!(got.iter().all(|m| m.rcpt_to.len() == 2));
+    assert!(up.commands().iter().any(|c| c.ends_with("RSET")));
+    assert_eq!(up.pipelined(), 0, "{:#?}", up.transcript());
+    assert!(up.violations().is_empty(), "{:?}", up.violations());
+}
+
+/// An upstream that closes every connection right after its reply to the body: the pooled
+/// connection is found dead when the next message's group (RSET first) gets no answer, and the
+/// message goes over a new connection at once — not deferred, not delivered twice. The same
+/// without PIPELINING, where the RSET probe alone finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_closed_while_idle_is_replaced_quietly() {
+    let pki = TestPki::generate();
+    for opts in [
+        UpstreamOptions::implicit(&pki),
+        UpstreamOptions::implicit(&pki).without_pipelining(),
+    ] {
+        let opts = opts.with_script(Script {
+            close_after_data_end: true,
+            ..Default::default()
+        });
+        let (relay, up, id, token) = pooled_to(opts, &pki).await;
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let q = relay
+                .submit(&id, &token, FROM, &[&format!("u{i}@example.net")])
+                .await;
+            up.wait_for(i + 1, Duration::from_secs(30)).await;
+            // Let the relay see the close before the next message comes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            ids.push(q);
+        }
+        for q in &ids {
+            let v = relay.wait_state(q, &["delivered"], Duration::from_secs(10));
+            assert_eq!(v["attempts"].as_u64(), Some(1), "{v:#}");
+        }
+        let got = up.messages();
+        assert_eq!(got.len(), 3, "each message exactly once");
+        assert_eq!(up.connections(), 3);
+        assert!(up.violations().is_empty(), "{:?}", up.violations());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

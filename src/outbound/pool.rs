@@ -1,5 +1,6 @@
 //! A connection pool per SMTP upstream: several queued messages go over one connection
-//! (RSET between them), within the upstream's limits.
+//! (RSET between them, pipelined with the next envelope when the upstream allows), within the
+//! upstream's limits.
 //!
 //! * at most `max_connections` sessions are open at once — a semaphore counts the ones in
 //!   use, and a new session is only opened when no idle one is left, so idle plus busy never
@@ -8,7 +9,9 @@
 //! * an idle session is closed (QUIT) after `idle_timeout`, by a reaper task that holds only a
 //!   weak reference, so dropping the pool stops it;
 //! * before reuse a session gets RSET: one that died while idle is dropped quietly and another
-//!   one is used or opened — a stale connection is not an upstream failure.
+//!   one is used or opened — a stale connection is not an upstream failure. With PIPELINING the
+//!   RSET goes in the same write as the envelope; if that group gets no answer the connection
+//!   was stale, and nothing was sent (no body), so the message simply takes another one.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -70,28 +73,40 @@ impl Pool {
             Ok(Ok(p)) => p,
             _ => return PoolResult::Busy,
         };
-        let mut conn = None;
-        while let Some(idle) = self.take_idle() {
-            let mut c = idle.conn;
-            if idle.since.elapsed() >= self.0.idle_timeout {
-                let up = up.clone();
-                tokio::spawn(async move { up.quit(c).await });
+        let (t, mut conn) = loop {
+            let mut reused = None;
+            while let Some(idle) = self.take_idle() {
+                let mut c = idle.conn;
+                if idle.since.elapsed() >= self.0.idle_timeout {
+                    let up = up.clone();
+                    tokio::spawn(async move { up.quit(c).await });
+                    continue;
+                }
+                if c.pipelines() || up.reset(&mut c).await {
+                    reused = Some(c);
+                    break;
+                }
+                tracing::debug!(upstream = %up.name, "pooled connection was closed while idle; dropping it");
+            }
+            let (mut c, reset) = match reused {
+                Some(c) => {
+                    let pipelined_reset = c.pipelines();
+                    (c, pipelined_reset)
+                }
+                None => match up.connect().await {
+                    Ok(c) => (c, false),
+                    Err(e) => return PoolResult::Setup(e),
+                },
+            };
+            let t = up
+                .transaction(&mut c, reset, mail_from, rcpts, message)
+                .await;
+            if t.stale {
+                tracing::debug!(upstream = %up.name, "pooled connection was closed while idle; dropping it");
                 continue;
             }
-            if up.reset(&mut c).await {
-                conn = Some(c);
-                break;
-            }
-            tracing::debug!(upstream = %up.name, "pooled connection was closed while idle; dropping it");
-        }
-        let mut conn = match conn {
-            Some(c) => c,
-            None => match up.connect().await {
-                Ok(c) => c,
-                Err(e) => return PoolResult::Setup(e),
-            },
+            break (t, c);
         };
-        let t = up.transaction(&mut conn, mail_from, rcpts, message).await;
         conn.sent += 1;
         if t.reusable && conn.sent < self.0.max_per_connection {
             if let Ok(mut idle) = self.0.idle.lock() {

@@ -6,10 +6,13 @@
 //! plain connections), and every failure keeps its class — refused, unresolvable, TLS
 //! certificate expired, AUTH refused — which failover and `send-test` need.
 //!
-//! MAIL/RCPT/DATA are driven one by one so every recipient gets its own result, and the body
-//! is dot-stuffed here rather than by mail-send, which misses a dot at the very start of the
-//! message. A [`Connection`] outlives one transaction: the pool (`pool.rs`) sends RSET and
-//! reuses it.
+//! Every recipient gets its own result, and the body is dot-stuffed here rather than by
+//! mail-send, which misses a dot at the very start of the message. When the upstream
+//! advertises PIPELINING (RFC 2920; every large provider does) the envelope goes as one group —
+//! `[RSET] MAIL RCPT… DATA` in one write, the replies read together — so a message costs two
+//! round trips instead of one per command; otherwise the commands go one by one. The replies
+//! are judged by the same code either way. A [`Connection`] outlives one transaction: the pool
+//! (`pool.rs`) resets and reuses it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,9 +54,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// An open, greeted and authenticated SMTP session with an upstream.
 pub struct Connection {
     client: SmtpClient<Box<dyn Io>>,
+    /// The upstream advertised PIPELINING.
+    pipelining: bool,
     /// Transactions completed over this connection.
     pub sent: usize,
     pub opened: Instant,
+}
+
+impl Connection {
+    /// The upstream announced PIPELINING, so a pooled connection's RSET rides in the group.
+    pub fn pipelines(&self) -> bool {
+        self.pipelining
+    }
 }
 
 /// Why a connection could not be set up. Every variant is a temporary failure of this
@@ -101,6 +113,9 @@ pub struct Transaction {
     pub attempt: Attempt,
     /// The connection can carry another message (after RSET).
     pub reusable: bool,
+    /// A reused connection failed before answering its pipelined RSET group: it died while
+    /// idle. Nothing was sent to anyone (no body); the pool tries another connection.
+    pub stale: bool,
     /// Nothing was accepted and the refusal concerned the connection, not a recipient
     /// (421, 454, a throttle reply before DATA ended): the next upstream may be tried.
     pub failover: bool,
@@ -119,10 +134,18 @@ impl Transaction {
         Transaction {
             attempt: Attempt::all(n, outcome),
             reusable,
+            stale: false,
             failover,
             throttled,
         }
     }
+}
+
+/// Where the replies of one transaction come from: asked one command at a time, or already
+/// read as one pipelined group, in command order.
+enum Replies {
+    Live,
+    Read(std::vec::IntoIter<Response<String>>),
 }
 
 enum AuthMethod {
@@ -621,6 +644,7 @@ impl SmtpUpstream {
         }
         Ok(Connection {
             client,
+            pipelining: caps.has_capability(smtp_proto::EXT_PIPELINING),
             sent: 0,
             opened: Instant::now(),
         })
@@ -686,6 +710,42 @@ impl SmtpUpstream {
         }
     }
 
+    /// The next reply of a transaction: sends `line` and waits, or takes the pipelined one.
+    async fn reply(
+        &self,
+        conn: &mut Connection,
+        replies: &mut Replies,
+        line: String,
+    ) -> Result<Response<String>, String> {
+        match replies {
+            Replies::Live => self.command(conn, line).await,
+            Replies::Read(r) => r
+                .next()
+                .ok_or_else(|| "missing pipelined reply".to_string()),
+        }
+    }
+
+    /// Sends a command group in one write and reads `count` replies (RFC 2920).
+    async fn pipelined(
+        &self,
+        conn: &mut Connection,
+        group: &str,
+        count: usize,
+    ) -> Result<Vec<Response<String>>, String> {
+        let client = &mut conn.client;
+        let io = async {
+            client.stream.write_all(group.as_bytes()).await?;
+            client.stream.flush().await?;
+            client.read_many(count).await
+        };
+        match tokio::time::timeout(self.command_timeout, io).await {
+            Ok(Ok(r)) if r.len() == count => Ok(r),
+            Ok(Ok(_)) => Err("missing pipelined reply".into()),
+            Ok(Err(e)) => Err(describe(&e)),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+
     /// RSET before reusing a pooled connection; `false` means it is dead.
     pub async fn reset(&self, conn: &mut Connection) -> bool {
         matches!(self.command(conn, "RSET\r\n".into()).await, Ok(r) if r.code == 250)
@@ -697,18 +757,73 @@ impl SmtpUpstream {
         let _ = conn.client.stream.shutdown().await;
     }
 
-    /// One transaction of `message` to `rcpts` over an open connection.
+    /// One transaction of `message` to `rcpts` over an open connection. `reset`: start with
+    /// RSET (a reused connection); only asked for when the connection pipelines — otherwise the
+    /// pool sends its RSET first on its own.
     pub async fn transaction(
         &self,
         conn: &mut Connection,
+        reset: bool,
         mail_from: &str,
         rcpts: &[String],
         message: &[u8],
     ) -> Transaction {
         let n = rcpts.len();
         let mail_from = self.envelope_from.as_deref().unwrap_or(mail_from);
+        // A broken server may answer 354 to a pipelined DATA although nothing was accepted;
+        // then an empty body ends it and the connection is not reused.
+        let mut poisoned = false;
+        let mut replies = Replies::Live;
+        if conn.pipelining {
+            let mut group = String::with_capacity(64 + rcpts.len() * 48);
+            if reset {
+                group.push_str("RSET\r\n");
+            }
+            group.push_str(&format!("MAIL FROM:<{mail_from}>\r\n"));
+            for rcpt in rcpts {
+                group.push_str(&format!("RCPT TO:<{rcpt}>\r\n"));
+            }
+            group.push_str("DATA\r\n");
+            let count = usize::from(reset) + n + 2;
+            let mut got = match self.pipelined(conn, &group, count).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let mut t = Transaction::all(n, RcptOutcome::Deferred(e), false, true, false);
+                    t.stale = reset;
+                    return t;
+                }
+            };
+            if reset {
+                got.remove(0);
+            }
+            let accepted_any = got.first().is_some_and(|r| r.code == 250)
+                && got[1..=n].iter().any(|r| matches!(r.code, 250 | 251));
+            if !accepted_any && got.last().is_some_and(|r| r.code == 354) {
+                let _ = self.command(conn, ".\r\n".into()).await;
+                poisoned = true;
+            }
+            replies = Replies::Read(got.into_iter());
+        }
+        let mut t = self
+            .judge(conn, &mut replies, mail_from, rcpts, message)
+            .await;
+        t.reusable &= !poisoned;
+        t
+    }
+
+    /// MAIL, RCPT and DATA replies → outcomes; sends the body when DATA was accepted.
+    async fn judge(
+        &self,
+        conn: &mut Connection,
+        replies: &mut Replies,
+        mail_from: &str,
+        rcpts: &[String],
+        message: &[u8],
+    ) -> Transaction {
+        let n = rcpts.len();
+        let pipelined = matches!(replies, Replies::Read(_));
         let r = match self
-            .command(conn, format!("MAIL FROM:<{mail_from}>\r\n"))
+            .reply(conn, replies, format!("MAIL FROM:<{mail_from}>\r\n"))
             .await
         {
             Ok(r) => r,
@@ -720,7 +835,10 @@ impl SmtpUpstream {
         }
         let mut outcomes = Vec::with_capacity(n);
         for rcpt in rcpts {
-            match self.command(conn, format!("RCPT TO:<{rcpt}>\r\n")).await {
+            match self
+                .reply(conn, replies, format!("RCPT TO:<{rcpt}>\r\n"))
+                .await
+            {
                 Ok(r) if r.code == 421 => {
                     // The server is closing: nothing was accepted, every recipient not
                     // refused for good may go elsewhere.
@@ -737,6 +855,7 @@ impl SmtpUpstream {
                             summary: text,
                         },
                         reusable: false,
+                        stale: false,
                         failover: true,
                         throttled: is_throttle(&r),
                     };
@@ -760,6 +879,7 @@ impl SmtpUpstream {
                             summary: e,
                         },
                         reusable: false,
+                        stale: false,
                         failover: true,
                         throttled: false,
                     };
@@ -773,7 +893,8 @@ impl SmtpUpstream {
             .map(|(i, _)| i)
             .collect();
         if accepted.is_empty() {
-            let reusable = self.reset(conn).await;
+            // Pipelined, DATA was refused already and the next group starts with RSET.
+            let reusable = pipelined || self.reset(conn).await;
             let summary = outcomes
                 .last()
                 .map(|o| o.reply().to_string())
@@ -781,6 +902,7 @@ impl SmtpUpstream {
             return Transaction {
                 attempt: Attempt { outcomes, summary },
                 reusable,
+                stale: false,
                 failover: false,
                 throttled: false,
             };
@@ -789,7 +911,7 @@ impl SmtpUpstream {
         let reusable;
         let mut failover = false;
         let mut throttled = false;
-        let data_result: RcptOutcome = match self.command(conn, "DATA\r\n".into()).await {
+        let data_result: RcptOutcome = match self.reply(conn, replies, "DATA\r\n".into()).await {
             Ok(r) if r.code == 354 => {
                 let io = write_dot_stuffed(&mut conn.client.stream, message);
                 match tokio::time::timeout(self.data_timeout, io).await {
@@ -827,7 +949,7 @@ impl SmtpUpstream {
             Ok(r) => {
                 failover = is_connection_level(&r);
                 throttled = is_throttle(&r);
-                reusable = r.code != 421 && self.reset(conn).await;
+                reusable = r.code != 421 && (pipelined || self.reset(conn).await);
                 classify(&r)
             }
             Err(e) => {
@@ -845,6 +967,7 @@ impl SmtpUpstream {
                 outcomes,
             },
             reusable,
+            stale: false,
             failover,
             throttled,
         }

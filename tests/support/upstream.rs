@@ -83,6 +83,9 @@ pub struct Script {
     pub data_end: Option<String>,
     /// Read the whole body, then close the connection without replying.
     pub drop_after_data: bool,
+    /// Reply to the body as usual, then close the connection without a word (an upstream that
+    /// drops idle connections): the client's next command on it finds the connection gone.
+    pub close_after_data_end: bool,
     /// Wait this long after the body before replying (the message counts as received first).
     pub delay_data_end: Option<Duration>,
     /// Accept the TCP connection (and, in `Implicit` mode, the TLS handshake) but never send
@@ -116,6 +119,9 @@ pub struct UpstreamOptions {
     pub script: Script,
     /// Bind here instead of `127.0.0.1:0`.
     pub addr: Option<SocketAddr>,
+    /// Do not advertise PIPELINING; a command arriving before the previous reply is then a
+    /// violation.
+    pub no_pipelining: bool,
 }
 
 impl Default for UpstreamOptions {
@@ -127,6 +133,7 @@ impl Default for UpstreamOptions {
             xoauth2: None,
             script: Script::default(),
             addr: None,
+            no_pipelining: false,
         }
     }
 }
@@ -170,6 +177,11 @@ impl UpstreamOptions {
 
     pub fn at(mut self, addr: SocketAddr) -> Self {
         self.addr = Some(addr);
+        self
+    }
+
+    pub fn without_pipelining(mut self) -> Self {
+        self.no_pipelining = true;
         self
     }
 }
@@ -222,6 +234,9 @@ struct Shared {
     connections: AtomicUsize,
     conn_tasks: Mutex<Vec<AbortHandle>>,
     stopped: AtomicBool,
+    pipelining: bool,
+    /// Command lines that arrived with more client bytes already behind them.
+    pipelined: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -278,6 +293,8 @@ impl TestUpstream {
             connections: AtomicUsize::new(0),
             conn_tasks: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            pipelining: !opts.no_pipelining,
+            pipelined: AtomicUsize::new(0),
         });
         let accept_task =
             tokio::spawn(accept_loop(listener.clone(), shared.clone())).abort_handle();
@@ -355,6 +372,12 @@ impl TestUpstream {
     /// lines (AUTH data included), `"[conn] S: line"` for replies, `"[conn] -- event"`.
     pub fn transcript(&self) -> Vec<String> {
         lock(&self.shared.transcript).clone()
+    }
+
+    /// How many command lines arrived with the client's next bytes already behind them
+    /// (pipelined, RFC 2920).
+    pub fn pipelined(&self) -> usize {
+        self.shared.pipelined.load(Ordering::SeqCst)
     }
 
     /// Just the client command lines (`"[conn] MAIL FROM:<a@b>"` …), in arrival order.
@@ -724,6 +747,15 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
         let Some(line) = conn.read_line().await? else {
             return Ok(());
         };
+        if !conn.buf.is_empty() {
+            shared.pipelined.fetch_add(1, Ordering::SeqCst);
+            if !shared.pipelining {
+                shared.violation(
+                    id,
+                    format!("{line:?} pipelined although PIPELINING was not offered"),
+                );
+            }
+        }
         let (verb, arg) = match line.split_once(' ') {
             Some((v, a)) => (v.to_ascii_uppercase(), a.trim()),
             None => (line.trim().to_ascii_uppercase(), ""),
@@ -747,11 +779,13 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                 }
                 let mut lines = vec![
                     format!("test-upstream greets {arg}"),
-                    "PIPELINING".to_string(),
                     "8BITMIME".to_string(),
                     format!("SIZE {MAX_SIZE}"),
                     "ENHANCEDSTATUSCODES".to_string(),
                 ];
+                if shared.pipelining {
+                    lines.insert(1, "PIPELINING".to_string());
+                }
                 if shared.tls == UpstreamTls::StartTls && !session.tls {
                     lines.push("STARTTLS".to_string());
                 }
@@ -946,6 +980,10 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                 }
                 conn.reply(&r).await?;
                 if closes(&r) {
+                    return Ok(());
+                }
+                if script.close_after_data_end {
+                    shared.log(id, "-- closing silently after the reply to DATA".into());
                     return Ok(());
                 }
             }
