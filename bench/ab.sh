@@ -23,7 +23,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 (cd "$REPO" && cargo build -q --release --example loadgen)
 LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
-SINK=127.0.0.1:35999
+SINK=127.0.0.1:29999 # ports below the ephemeral range, as in compare.sh
 
 W=$(mktemp -d /tmp/smtp-ab.XXXXXX)
 RELAY_PID=
@@ -34,9 +34,9 @@ cleanup() {
 trap cleanup EXIT
 
 make_certs "$W"
-write_relay_config "$W/smtp-relay.toml" "$W/state" "$W" 35025 35587 35465 true "${SINK##*:}"
+write_relay_config "$W/smtp-relay.toml" "$W/state" "$W" 29025 29587 29465 true "${SINK##*:}"
 
-port() { case $MODE in plain) echo 35025 ;; implicit) echo 35465 ;; *) echo 35587 ;; esac; }
+port() { case $MODE in plain) echo 29025 ;; implicit) echo 29465 ;; *) echo 29587 ;; esac; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 for round in $(seq "$ROUNDS"); do
