@@ -35,8 +35,9 @@ async fn kill_during_data_queues_nothing() {
     assert!(relay.cli_json(&["log"]).as_array().unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupted_queue_entry_is_quarantined() {
+/// `n` messages accepted and queued behind an upstream that defers them (451 after DATA), then
+/// the relay stopped: the spool holds them all, for a test to tamper with before `spawn`.
+async fn deferred_then_stopped(n: usize) -> (TestUpstream, Relay, Vec<String>) {
     let pki = TestPki::generate();
     let up = TestUpstream::start(UpstreamOptions::starttls(&pki).with_script(Script {
         data_end: Some("451 4.3.0 later".into()),
@@ -55,7 +56,7 @@ async fn corrupted_queue_entry_is_quarantined() {
     let (id, token) = relay.add_project("a", &["a.test"]);
     let mut ids = Vec::new();
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
-    for i in 0..3 {
+    for i in 0..n {
         let r = c
             .send_plain("app@a.test", "u@example.net", &format!("m{i}"), "x\r\n")
             .await;
@@ -64,6 +65,12 @@ async fn corrupted_queue_entry_is_quarantined() {
     }
     drop(c);
     assert!(relay.terminate().success());
+    (up, relay, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_queue_entry_is_quarantined() {
+    let (up, mut relay, ids) = deferred_then_stopped(3).await;
     {
         let store = smtp_relay::store::Store::open(&relay.state_dir()).unwrap();
         let mut key = ids[1].as_bytes().to_vec();
@@ -90,33 +97,7 @@ async fn corrupted_queue_entry_is_quarantined() {
 /// come from a crash and is quarantined. The intact message is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_written_queue_entries_are_recovered() {
-    let pki = TestPki::generate();
-    let up = TestUpstream::start(UpstreamOptions::starttls(&pki).with_script(Script {
-        data_end: Some("451 4.3.0 later".into()),
-        ..Default::default()
-    }))
-    .await;
-    let mut relay = Relay::start_with_upstream(
-        up.port(),
-        "starttls",
-        &pki,
-        RelayOptions {
-            retry_schedule_secs: vec![1],
-            ..Default::default()
-        },
-    );
-    let (id, token) = relay.add_project("a", &["a.test"]);
-    let mut ids = Vec::new();
-    let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
-    for i in 0..2 {
-        let r = c
-            .send_plain("app@a.test", "u@example.net", &format!("m{i}"), "x\r\n")
-            .await;
-        assert_eq!(r.code, 250);
-        ids.push(r.queued_id());
-    }
-    drop(c);
-    assert!(relay.terminate().success());
+    let (up, mut relay, ids) = deferred_then_stopped(2).await;
     let key = |id: &str, kind: u8| {
         let mut k = id.as_bytes().to_vec();
         k.push(kind);

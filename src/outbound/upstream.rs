@@ -113,8 +113,9 @@ pub struct Transaction {
     pub attempt: Attempt,
     /// The connection can carry another message (after RSET).
     pub reusable: bool,
-    /// A reused connection failed before answering its pipelined RSET group: it died while
-    /// idle. Nothing was sent to anyone (no body); the pool tries another connection.
+    /// A reused connection broke before answering the whole pipelined group that starts with
+    /// its RSET: it died while idle. No body was sent, so nothing can have been delivered; the
+    /// pool tries another connection.
     pub stale: bool,
     /// Nothing was accepted and the refusal concerned the connection, not a recipient
     /// (421, 454, a throttle reply before DATA ended): the next upstream may be tried.
