@@ -711,15 +711,16 @@ impl SmtpUpstream {
         }
     }
 
-    /// The next reply of a transaction: sends `line` and waits, or takes the pipelined one.
+    /// The next reply of a transaction: sends `line` and waits, or takes the pipelined one
+    /// (the line was sent with the group, so it is not built again).
     async fn reply(
         &self,
         conn: &mut Connection,
         replies: &mut Replies,
-        line: String,
+        line: impl FnOnce() -> String,
     ) -> Result<Response<String>, String> {
         match replies {
-            Replies::Live => self.command(conn, line).await,
+            Replies::Live => self.command(conn, line()).await,
             Replies::Read(r) => r
                 .next()
                 .ok_or_else(|| "missing pipelined reply".to_string()),
@@ -776,13 +777,14 @@ impl SmtpUpstream {
         let mut poisoned = false;
         let mut replies = Replies::Live;
         if conn.pipelining {
+            use std::fmt::Write;
             let mut group = String::with_capacity(64 + rcpts.len() * 48);
             if reset {
                 group.push_str("RSET\r\n");
             }
-            group.push_str(&format!("MAIL FROM:<{mail_from}>\r\n"));
+            let _ = write!(group, "MAIL FROM:<{mail_from}>\r\n");
             for rcpt in rcpts {
-                group.push_str(&format!("RCPT TO:<{rcpt}>\r\n"));
+                let _ = write!(group, "RCPT TO:<{rcpt}>\r\n");
             }
             group.push_str("DATA\r\n");
             let count = usize::from(reset) + n + 2;
@@ -824,7 +826,7 @@ impl SmtpUpstream {
         let n = rcpts.len();
         let pipelined = matches!(replies, Replies::Read(_));
         let r = match self
-            .reply(conn, replies, format!("MAIL FROM:<{mail_from}>\r\n"))
+            .reply(conn, replies, || format!("MAIL FROM:<{mail_from}>\r\n"))
             .await
         {
             Ok(r) => r,
@@ -837,7 +839,7 @@ impl SmtpUpstream {
         let mut outcomes = Vec::with_capacity(n);
         for rcpt in rcpts {
             match self
-                .reply(conn, replies, format!("RCPT TO:<{rcpt}>\r\n"))
+                .reply(conn, replies, || format!("RCPT TO:<{rcpt}>\r\n"))
                 .await
             {
                 Ok(r) if r.code == 421 => {
@@ -912,7 +914,7 @@ impl SmtpUpstream {
         let reusable;
         let mut failover = false;
         let mut throttled = false;
-        let data_result: RcptOutcome = match self.reply(conn, replies, "DATA\r\n".into()).await {
+        let data_result: RcptOutcome = match self.reply(conn, replies, || "DATA\r\n".into()).await {
             Ok(r) if r.code == 354 => {
                 let io = write_dot_stuffed(&mut conn.client.stream, message);
                 match tokio::time::timeout(self.data_timeout, io).await {

@@ -399,15 +399,12 @@ impl Queue {
         let due = env.next_attempt_ms;
         // Whether the finished message had a body file, which may go once this is durable.
         // Order matters (module doc): the log first, then the envelope, the body last.
-        let spool = &self.store.spool;
         let had_file = (|| {
             self.store.log.insert(id.as_bytes(), encoded.as_slice())?;
             if state.is_final() {
-                spool.remove(env_key(id))?;
-                spool.remove(msg_key(id))?;
-                Ok(spool.remove(file_key(id))?.is_some())
+                self.remove_entry(id)
             } else {
-                spool.insert(env_key(id), encoded.as_slice())?;
+                self.store.spool.insert(env_key(id), encoded.as_slice())?;
                 self.store.schedule.insert(schedule::key(due, id), &[])?;
                 Ok(false)
             }
@@ -456,18 +453,15 @@ impl Queue {
     /// Moves a message whose stored form cannot be read out of the spool into the quarantine
     /// tree, so one bad entry never blocks the rest of the queue.
     pub fn quarantine(&self, id: &str, reason: &str) -> Result<(), QueueError> {
-        let env = self.store.spool.remove(env_key(id))?;
-        let msg = self.store.spool.remove(msg_key(id))?;
-        // A body file stays where it is, for inspection; the marker goes with the entry.
-        if let Some(v) = self.store.spool.remove(file_key(id))? {
-            self.store.quarantine.insert(file_key(id), v)?;
+        // Copied first, removed after: a crash in between leaves the entry in both trees (the
+        // next start quarantines it again), never in neither. A body file stays where it is,
+        // for inspection; its marker goes with the entry.
+        for key in [env_key(id), msg_key(id), file_key(id)] {
+            if let Some(v) = self.store.spool.get(&key)? {
+                self.store.quarantine.insert(key, v)?;
+            }
         }
-        if let Some(v) = env {
-            self.store.quarantine.insert(env_key(id), v)?;
-        }
-        if let Some(v) = msg {
-            self.store.quarantine.insert(msg_key(id), v)?;
-        }
+        self.remove_entry(id)?;
         self.remove_schedule_entries(id)?;
         self.store.flush_now()?;
         tracing::error!(
@@ -502,14 +496,20 @@ impl Queue {
         self.remove_schedule_entries(id)?;
         env.state = MessageState::Deleted;
         self.store.log.insert(id.as_bytes(), encode(&env))?;
-        self.store.spool.remove(env_key(id))?;
-        self.store.spool.remove(msg_key(id))?;
-        let had_file = self.store.spool.remove(file_key(id))?.is_some();
+        let had_file = self.remove_entry(id)?;
         self.store.flush_now()?;
         if had_file {
             self.remove_body_file(id);
         }
         Ok(env)
+    }
+
+    /// Takes a message out of the spool in the crash-safe order (module doc): envelope first,
+    /// then the body. Returns whether it had a body file, to unlink once this is durable.
+    fn remove_entry(&self, id: &str) -> Result<bool, sled::Error> {
+        self.store.spool.remove(env_key(id))?;
+        self.store.spool.remove(msg_key(id))?;
+        Ok(self.store.spool.remove(file_key(id))?.is_some())
     }
 
     fn remove_schedule_entries(&self, id: &str) -> Result<(), QueueError> {

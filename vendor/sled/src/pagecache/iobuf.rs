@@ -1181,24 +1181,10 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
             "asynchronously writing iobuf with lsn {} to log from maybe_seal",
             lsn
         );
-        if write_inline {
-            if let Err(e) = iobufs.write_to_log(iobuf) {
-                error!(
-                    "hit error while writing iobuf with lsn {}: {:?}",
-                    lsn, e
-                );
-                iobufs.config.set_global_error(e.clone());
-                let intervals = iobufs.intervals.lock();
-                drop(intervals);
-                let _notified = iobufs.interval_updated.notify_all();
-                return Err(e);
-            }
-            return Ok(());
-        }
-        let iobufs = iobufs.clone();
-        let iobuf = iobuf.clone();
-        let _result = threadpool::spawn(move || {
-            if let Err(e) = iobufs.write_to_log(&iobuf) {
+        // smtp-relay: one body for both ways of writing (inline returns the error too).
+        fn write(iobufs: &IoBufs, iobuf: &IoBuf, lsn: Lsn) -> Result<()> {
+            let result = iobufs.write_to_log(iobuf);
+            if let Err(e) = &result {
                 error!(
                     "hit error while writing iobuf with lsn {}: {:?}",
                     lsn, e
@@ -1206,7 +1192,7 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
 
                 // store error before notifying so that waiting threads will see
                 // it
-                iobufs.config.set_global_error(e);
+                iobufs.config.set_global_error(e.clone());
 
                 let intervals = iobufs.intervals.lock();
 
@@ -1216,6 +1202,15 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
 
                 let _notified = iobufs.interval_updated.notify_all();
             }
+            result
+        }
+        if write_inline {
+            return write(iobufs, iobuf, lsn);
+        }
+        let iobufs = iobufs.clone();
+        let iobuf = iobuf.clone();
+        let _result = threadpool::spawn(move || {
+            let _ = write(&iobufs, &iobuf, lsn);
         })?;
 
         #[cfg(feature = "event_log")]
