@@ -22,6 +22,7 @@ pub mod queue;
 pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod systemd;
 pub mod transform;

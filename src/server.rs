@@ -109,7 +109,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         None => None,
     };
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (shutdown_tx, shutdown_rx) = crate::shutdown::channel();
     let admin_path = config.admin_socket();
     let admin_listener =
         admin::socket::bind(&admin_path).map_err(|source| ServerError::AdminSocket {
@@ -248,11 +248,6 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     store.flush_now()?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Resolves once the shutdown flag is set (or its sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 fn port_of(config: &Config, mode: ListenerMode) -> Option<u16> {

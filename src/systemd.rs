@@ -49,7 +49,7 @@ pub async fn watchdog(store: Store, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = crate::server::stopped(&mut shutdown) => return,
+            _ = crate::shutdown::stopped(&mut shutdown) => return,
         }
         let s = store.clone();
         let check = tokio::task::spawn_blocking(move || s.flush_now());

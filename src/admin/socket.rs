@@ -34,7 +34,7 @@ pub async fn serve(
     loop {
         let stream = tokio::select! {
             s = listener.accept() => match s { Ok((s, _)) => s, Err(_) => continue },
-            _ = crate::server::stopped(&mut shutdown) => return,
+            _ = crate::shutdown::stopped(&mut shutdown) => return,
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {

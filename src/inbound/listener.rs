@@ -68,7 +68,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             a = bound.listener.accept() => a,
-            _ = crate::server::stopped(&mut shutdown) => return,
+            _ = crate::shutdown::stopped(&mut shutdown) => return,
         };
         let (tcp, peer) = match accepted {
             Ok(a) => a,

@@ -183,7 +183,7 @@ impl Session {
         loop {
             let line = tokio::select! {
                 line = conn.read_line(MAX_COMMAND_LINE, self.shared.config.command_timeout()) => line,
-                _ = crate::server::stopped(&mut shutdown) => {
+                _ = crate::shutdown::stopped(&mut shutdown) => {
                     let _ = conn.write_reply(&reply::SHUTTING_DOWN).await;
                     return Flow::Close;
                 }

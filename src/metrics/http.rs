@@ -40,7 +40,7 @@ pub async fn serve(listener: TcpListener, queue: Queue, mut shutdown: watch::Rec
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = crate::server::stopped(&mut shutdown) => return,
+            _ = crate::shutdown::stopped(&mut shutdown) => return,
         };
         let tcp = match accepted {
             Ok((tcp, _)) => tcp,

@@ -45,7 +45,7 @@ impl Delivery {
             }
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = crate::server::stopped(&mut shutdown) => break,
+                _ = crate::shutdown::stopped(&mut shutdown) => break,
             };
             let due = match this.queue.take_due(now_ms(), 1) {
                 Ok(d) => d,
@@ -63,7 +63,7 @@ impl Delivery {
                 tokio::select! {
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(sleep_for) => {}
-                    _ = crate::server::stopped(&mut shutdown) => break,
+                    _ = crate::shutdown::stopped(&mut shutdown) => break,
                 }
                 continue;
             };
