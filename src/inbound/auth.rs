@@ -11,6 +11,7 @@
 use base64::Engine;
 
 use crate::policy::limits::LimitsError;
+use crate::policy::projects::Standing;
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -148,6 +149,8 @@ impl Session {
         };
         // The failure reply's deadline starts once the client has said everything.
         let answer_at = tokio::time::Instant::now() + self.shared.throttle.auth_failure_delay();
+        // Read before the lookup: a change racing it is seen at the next revalidation.
+        let generation = self.shared.registry.generation();
         let creds = match decoded {
             Ok(c) => c,
             Err(AuthDecodeError::Cancelled) => {
@@ -164,6 +167,7 @@ impl Session {
                 Ok(quota) => {
                     tracing::info!(client = %self.peer, project = %who.project.id, token = %who.token_id, "authenticated");
                     self.auth = Some(who);
+                    self.registry_generation = generation;
                     self.quota = Some(quota);
                     self.send(conn, &reply::AUTH_OK).await
                 }
@@ -211,6 +215,48 @@ impl Session {
             return Flow::Close;
         }
         self.error(conn, &reply::BAD_CREDENTIALS).await
+    }
+
+    /// Re-checks a logged-in session's token and project when the registry changed since the
+    /// last check (a number compare otherwise). Called at every `MAIL FROM` and before the
+    /// final `250` of DATA. `Some(flow)`: the caller stops; the session was refused or closed.
+    pub(super) async fn revalidate<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+    ) -> Option<Flow> {
+        let auth = self.auth.as_ref()?;
+        let now = self.shared.registry.generation();
+        if now == self.registry_generation {
+            return None;
+        }
+        let why = match self
+            .shared
+            .registry
+            .standing(&auth.project.id, &auth.token_id)
+        {
+            Ok(Standing::Valid(project)) => {
+                self.registry_generation = now;
+                if let Some(a) = self.auth.as_mut() {
+                    a.project = project;
+                }
+                return None;
+            }
+            Ok(Standing::TokenRevoked) => "token revoked",
+            Ok(Standing::ProjectDisabled) => "project disabled",
+            Ok(Standing::ProjectDeleted) => "project deleted",
+            Err(e) => {
+                tracing::error!(error = %e, "registry unavailable while re-checking a session");
+                self.reset_transaction();
+                return Some(self.send(conn, &reply::LOCAL_ERROR).await);
+            }
+        };
+        tracing::warn!(client = %self.peer, project = %auth.project.id, token = %auth.token_id, reason = why, "credentials withdrawn; closing session");
+        let r = reply::credentials_withdrawn(why);
+        crate::metrics::rejected(&auth.project.id, &r);
+        self.reset_transaction();
+        let _ = conn.write_reply(&r).await;
+        let _ = conn.write_reply(&reply::CREDENTIALS_WITHDRAWN_CLOSE).await;
+        Some(Flow::Close)
     }
 
     /// Sends a 334 challenge and reads the client's answer line.

@@ -129,6 +129,10 @@ impl Session {
                 return self.send(conn, &Reply::from(&e)).await;
             }
         };
+        // The token or project may have been withdrawn while the message arrived.
+        if let Some(flow) = self.revalidate(conn).await {
+            return flow;
+        }
         // Counted only now that nothing else can refuse it (but storage; refunded then).
         let recipients = rcpts.len();
         let not_before_ms = match self.consume_rate(recipients) {

@@ -26,17 +26,23 @@ impl Session {
         if self.helo.is_none() {
             return self.error(conn, &reply::BAD_SEQUENCE_HELO).await;
         }
-        let Some(auth) = &self.auth else {
+        if self.auth.is_none() {
             let r = if self.auth_allowed() {
                 reply::AUTH_REQUIRED
             } else {
                 reply::NEEDS_TLS
             };
             return self.error(conn, &r).await;
-        };
+        }
         if self.mail_from.is_some() {
             return self.error(conn, &reply::BAD_SEQUENCE_NESTED).await;
         }
+        if let Some(flow) = self.revalidate(conn).await {
+            return flow;
+        }
+        let Some(auth) = &self.auth else {
+            return self.error(conn, &reply::AUTH_REQUIRED).await;
+        };
         if from.flags & smtp_proto::MAIL_SMTPUTF8 != 0 {
             return self.error(conn, &reply::SMTPUTF8_UNSUPPORTED).await;
         }

@@ -96,6 +96,18 @@ pub const TOO_COMPLEX: Reply = Reply::new(
     "5.6.0 Message structure too complex (MIME nesting or part count limit)",
 );
 
+/// Sent after [`credentials_withdrawn`]: the session ends.
+pub const CREDENTIALS_WITHDRAWN_CLOSE: Reply =
+    Reply::new(421, "4.7.0 Credentials no longer valid, closing connection");
+
+/// A logged-in session whose token was revoked, or whose project was disabled or deleted.
+pub fn credentials_withdrawn(why: &str) -> Reply {
+    Reply::owned(
+        535,
+        format!("5.7.8 Authentication credentials invalid: {why}"),
+    )
+}
+
 pub const IP_TOO_MANY_CONNECTIONS: Reply = Reply::new(
     421,
     "4.7.0 Too many connections from your address, try later",

@@ -30,6 +30,8 @@ pub struct Session {
     pub(super) tls: bool,
     pub(super) helo: Option<String>,
     pub(super) auth: Option<Authenticated>,
+    /// The registry generation `auth` was last checked against (`auth.rs`, `revalidate`).
+    pub(super) registry_generation: u64,
     /// The project's limits and its session place, from AUTH on (see `quota.rs`).
     pub(super) quota: Option<ProjectSession>,
     pub(super) auth_failures: u32,
@@ -61,6 +63,7 @@ impl Session {
             tls: listener.mode == ListenerMode::Implicit,
             helo: None,
             auth: None,
+            registry_generation: 0,
             quota: None,
             auth_failures: 0,
             mail_from: None,

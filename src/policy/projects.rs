@@ -3,6 +3,14 @@
 //! Sessions read it at AUTH time, straight from the database, so a change made by the CLI
 //! (through the admin socket of the running server) applies to the next session without a
 //! restart. Tokens are indexed by their HMAC digest; the project keeps only token metadata.
+//!
+//! Every change bumps an in-memory generation number. Sessions that are already logged in
+//! compare it at each `MAIL FROM` and before the final `250` of DATA, and re-read their
+//! project only when it moved ([`Registry::standing`]): a revoked token, disabled or deleted
+//! project stops an open session at its next transaction without a database read per command.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -69,10 +77,22 @@ pub struct Authenticated {
     pub token_id: String,
 }
 
+/// Whether a logged-in session's credentials still hold.
+#[derive(Debug, Clone)]
+pub enum Standing {
+    /// Still valid; the project as it is now (domains or limits may have changed).
+    Valid(Project),
+    TokenRevoked,
+    ProjectDisabled,
+    ProjectDeleted,
+}
+
 #[derive(Clone, Debug)]
 pub struct Registry {
     store: Store,
     secret: ServerSecret,
+    /// Bumped after every change; shared by all clones in the process.
+    generation: Arc<AtomicU64>,
 }
 
 /// One DNS label of letters, digits and inner hyphens (also used for DKIM selectors).
@@ -104,7 +124,38 @@ pub fn normalize_domain(d: &str) -> Result<String, RegistryError> {
 
 impl Registry {
     pub fn new(store: Store, secret: ServerSecret) -> Registry {
-        Registry { store, secret }
+        Registry {
+            store,
+            secret,
+            generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Changes when anything in the registry changed in this process (read it before the
+    /// lookup it guards, so a change racing the lookup is seen next time).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Marks the registry changed (also for changes learnt from elsewhere, e.g. another node).
+    pub fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Re-checks a logged-in session: token still listed, project present and enabled.
+    pub fn standing(&self, project_id: &str, token_id: &str) -> Result<Standing, RegistryError> {
+        let project = match self.get(project_id) {
+            Ok(p) => p,
+            Err(RegistryError::UnknownProject(_)) => return Ok(Standing::ProjectDeleted),
+            Err(e) => return Err(e),
+        };
+        Ok(if project.disabled {
+            Standing::ProjectDisabled
+        } else if !project.tokens.iter().any(|t| t.id == token_id) {
+            Standing::TokenRevoked
+        } else {
+            Standing::Valid(project)
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -130,6 +181,7 @@ impl Registry {
 
     fn put(&self, p: &Project) -> Result<(), RegistryError> {
         self.store.projects.insert(p.id.as_bytes(), encode(p))?;
+        self.bump_generation();
         Ok(())
     }
 
@@ -231,6 +283,7 @@ impl Registry {
         self.store.branding.remove(id.as_bytes())?;
         self.store.routes.remove(id.as_bytes())?;
         self.store.dkim_projects.remove(id.as_bytes())?;
+        self.bump_generation();
         self.store.flush_now()?;
         Ok(project)
     }
