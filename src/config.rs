@@ -476,12 +476,18 @@ pub struct ThrottleConfig {
     /// Every failed AUTH is answered this long after the credentials arrived.
     #[serde(default = "d_auth_delay")]
     pub auth_failure_delay_ms: u64,
-    /// This many failed AUTHs from one IP within `auth_failure_window_secs`…
+    /// This many failed AUTHs as one username from one IP within `auth_failure_window_secs`
+    /// refuse that login (that username from that IP) for `auth_cooldown_secs`, even with a
+    /// correct token; other usernames from the same IP are not affected (shared NAT).
+    #[serde(default = "d_auth_failures_user")]
+    pub auth_failures_per_user: u32,
+    /// This many failed AUTHs from one IP, whatever the username (spraying), make every
+    /// further failure from it close the session at once for the cool-down. Correct tokens of
+    /// logins that are not cooling down are still accepted.
     #[serde(default = "d_auth_failures")]
     pub auth_failures_per_ip: u32,
     #[serde(default = "d_auth_window")]
     pub auth_failure_window_secs: u64,
-    /// …refuse that IP (`421 4.7.0`) for this long, even with a correct token.
     #[serde(default = "d_auth_cooldown")]
     pub auth_cooldown_secs: u64,
 }
@@ -492,6 +498,7 @@ impl Default for ThrottleConfig {
             max_connections_per_ip: 0,
             connections_per_ip_per_minute: 0,
             auth_failure_delay_ms: d_auth_delay(),
+            auth_failures_per_user: d_auth_failures_user(),
             auth_failures_per_ip: d_auth_failures(),
             auth_failure_window_secs: d_auth_window(),
             auth_cooldown_secs: d_auth_cooldown(),
@@ -502,8 +509,11 @@ impl Default for ThrottleConfig {
 fn d_auth_delay() -> u64 {
     500
 }
-fn d_auth_failures() -> u32 {
+fn d_auth_failures_user() -> u32 {
     10
+}
+fn d_auth_failures() -> u32 {
+    100
 }
 fn d_auth_window() -> u64 {
     600
@@ -732,7 +742,7 @@ impl Config {
                 "applies to per_second, which is not set".into(),
             ));
         }
-        if self.throttle.auth_failures_per_ip > 0
+        if (self.throttle.auth_failures_per_ip > 0 || self.throttle.auth_failures_per_user > 0)
             && (self.throttle.auth_failure_window_secs == 0
                 || self.throttle.auth_cooldown_secs == 0)
         {
@@ -1247,7 +1257,8 @@ mod tests {
         let c = Config::builtin().unwrap();
         assert_eq!(c.limits.per_second, Some(100));
         assert_eq!(c.limits.mode, LimitMode::Reject);
-        assert_eq!(c.throttle.auth_failures_per_ip, 10);
+        assert_eq!(c.throttle.auth_failures_per_user, 10);
+        assert_eq!(c.throttle.auth_failures_per_ip, 100);
         let text = DEFAULT_CONFIG.replace("per_second = 100\n", "");
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("limits.burst"), "{err}");

@@ -1,6 +1,7 @@
 //! Abuse throttles per client IP, with clients bound to 127.0.0.2 and 127.0.0.3 so the relay
-//! sees different addresses: the AUTH-failure cool-down (which spares other IPs and the
-//! project), the per-failure delay, and the connection limits per IP.
+//! sees different addresses: the AUTH-failure cool-down per (IP, username) (which spares the
+//! other projects behind the same address, and the project from other IPs), the spraying
+//! threshold per IP, the per-failure delay, and the connection limits per IP.
 
 mod support;
 
@@ -38,26 +39,24 @@ async fn timed_auth(c: &mut Client, user: &str, token: &str) -> (Reply, Duration
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_failures_cool_down_the_ip_and_spare_everyone_else() {
+async fn auth_failures_cool_down_one_login_and_spare_its_neighbours() {
     let relay = Relay::start(RelayOptions {
-        extra_config: "[throttle]\nauth_failure_delay_ms = 300\nauth_failures_per_ip = 3\nauth_failure_window_secs = 600\nauth_cooldown_secs = 600\n".into(),
+        extra_config: "[throttle]\nauth_failure_delay_ms = 300\nauth_failures_per_user = 2\nauth_failures_per_ip = 50\nauth_failure_window_secs = 600\nauth_cooldown_secs = 600\n".into(),
         ..Default::default()
     });
+    // `app` has a stale token deployed; `neighbour` runs behind the same NAT address A.
     let (id, token) = relay.add_project("app", &["app.test"]);
+    let (nid, ntoken) = relay.add_project("neighbour", &["neighbour.test"]);
     let delay = Duration::from_millis(300);
 
-    // A session from A that is ready to log in before A starts guessing.
+    // A session from A that is ready to log in before A starts failing.
     let mut waiting = starttls_from(A, relay.starttls, &relay.pki).await;
 
-    // Three failures in one session: each answered after the delay, whatever failed (wrong
-    // token, unknown project), then the session is closed.
+    // Three failures in one session: each answered after the delay, whatever failed, then the
+    // session is closed. The third (over the limit of two) also starts the cool-down of `app` from A.
     let mut c = starttls_from(A, relay.starttls, &relay.pki).await;
-    for (user, tok) in [
-        (id.as_str(), "smtpr_wrong"),
-        ("prj_unknown", token.as_str()),
-        (id.as_str(), "smtpr_wrong_again"),
-    ] {
-        let (r, took) = timed_auth(&mut c, user, tok).await;
+    for tok in ["smtpr_wrong", "smtpr_stale", "smtpr_wrong_again"] {
+        let (r, took) = timed_auth(&mut c, &id, tok).await;
         assert_eq!(r.code, 535, "{r:?}");
         assert!(
             took >= delay,
@@ -66,40 +65,67 @@ async fn auth_failures_cool_down_the_ip_and_spare_everyone_else() {
     }
     let r = c.reply().await;
     assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text.contains("for this user"), "{r:?}");
     assert!(c.closed(Duration::from_secs(5)).await);
 
-    // The next failure, in a new session, starts the cool-down.
-    let mut c = starttls_from(A, relay.starttls, &relay.pki).await;
-    let (r, _) = timed_auth(&mut c, &id, "smtpr_wrong").await;
-    assert_eq!(r.code, 535, "{r:?}");
-    let r = c.reply().await;
-    assert_eq!(r.code, 421, "{r:?}");
-    assert!(r.text.starts_with("4.7.0 "), "{r:?}");
-    assert!(c.closed(Duration::from_secs(5)).await);
-
-    // A is refused at once now, even with the right token…
-    let mut c = Client::connect_from(ip(A), relay.starttls).await;
-    let r = c.reply().await;
-    assert_eq!(r.code, 421, "a cooling-down IP was greeted: {r:?}");
-    assert!(r.text.starts_with("4.7.0 "), "{r:?}");
-    assert!(c.closed(Duration::from_secs(5)).await);
+    // `app` from A is refused now, even with the right token (no guessing during the
+    // cool-down)…
     let r = waiting.auth_plain(&id, &token).await;
-    assert_eq!(r.code, 421, "a correct token from a cooling-down IP: {r:?}");
+    assert_eq!(
+        r.code, 421,
+        "a correct token of a cooling-down login: {r:?}"
+    );
+    assert!(r.text.starts_with("4.7.0 "), "{r:?}");
     assert!(waiting.closed(Duration::from_secs(5)).await);
 
-    // …while B, and the loopback address the other tests use, log in and send as usual.
-    for local in [B, "127.0.0.1"] {
+    // …while the neighbour behind the same address, `app` from B, and the loopback address
+    // the other tests use, log in and send as usual. A is greeted as always.
+    for (local, user, tok, from) in [
+        (A, &nid, &ntoken, "noreply@neighbour.test"),
+        (B, &id, &token, "noreply@app.test"),
+        ("127.0.0.1", &id, &token, "noreply@app.test"),
+    ] {
         let mut c = starttls_from(local, relay.starttls, &relay.pki).await;
-        let (r, _) = timed_auth(&mut c, &id, &token).await;
-        assert_eq!(r.code, 235, "{local}: {r:?}");
-        let msg = plain_message("noreply@app.test", "user@example.net", "hi", "hi\r\n");
-        let r = c
-            .send("noreply@app.test", &["user@example.net"], &msg)
-            .await;
+        let (r, _) = timed_auth(&mut c, user, tok).await;
+        assert_eq!(r.code, 235, "{local} {user}: {r:?}");
+        let msg = plain_message(from, "user@example.net", "hi", "hi\r\n");
+        let r = c.send(from, &["user@example.net"], &msg).await;
         assert_eq!(r.code, 250, "{local}: {r:?}");
     }
-    // Nothing in the log gives the token away.
-    assert!(!relay.server_log().contains(&token));
+    // Nothing in the log gives the tokens away.
+    let log = relay.server_log();
+    assert!(!log.contains(&token) && !log.contains(&ntoken));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spraying_usernames_from_one_ip_closes_every_failing_session() {
+    let relay = Relay::start(RelayOptions {
+        extra_config: "[throttle]\nauth_failure_delay_ms = 0\nauth_failures_per_user = 3\nauth_failures_per_ip = 3\nauth_failure_window_secs = 600\nauth_cooldown_secs = 600\n".into(),
+        ..Default::default()
+    });
+    let (id, token) = relay.add_project("app", &["app.test"]);
+    // Four usernames fail once each: under every per-user limit, the fourth over the per-IP one.
+    let mut c = starttls_from(A, relay.starttls, &relay.pki).await;
+    for user in ["prj_a", "prj_b"] {
+        assert_eq!(c.auth_plain(user, "smtpr_x").await.code, 535);
+    }
+    let mut c = starttls_from(A, relay.starttls, &relay.pki).await;
+    for user in ["prj_c", "prj_d"] {
+        assert_eq!(c.auth_plain(user, "smtpr_x").await.code, 535);
+    }
+    // From now on a failure from A ends its session at once (one guess per connection)…
+    let mut c = starttls_from(A, relay.starttls, &relay.pki).await;
+    assert_eq!(c.auth_plain("prj_e", "smtpr_x").await.code, 535);
+    let r = c.reply().await;
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(r.text.contains("from your address"), "{r:?}");
+    assert!(c.closed(Duration::from_secs(5)).await);
+    // …but a correct token from A is never refused, and other addresses fail normally.
+    let mut c = starttls_from(A, relay.starttls, &relay.pki).await;
+    assert_eq!(c.auth_plain(&id, &token).await.code, 235);
+    let mut c = starttls_from(B, relay.starttls, &relay.pki).await;
+    assert_eq!(c.auth_plain("prj_e", "smtpr_x").await.code, 535);
+    assert_eq!(c.cmd("NOOP").await.code, 250);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

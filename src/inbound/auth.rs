@@ -5,8 +5,9 @@
 //!
 //! Failures are slow on purpose: each is answered `throttle.auth_failure_delay_ms` after the
 //! credentials arrived — a fixed deadline, so how long the check took (unknown project or
-//! wrong token) never shows — three close the session, and an IP with too many failures
-//! across sessions is refused for a cool-down (policy::throttle), even with a correct token.
+//! wrong token) never shows — three close the session, and a username with too many failures
+//! from one IP across sessions is refused there for a cool-down (policy::throttle), even with
+//! a correct token; other projects behind the same address are not.
 
 use base64::Engine;
 
@@ -105,10 +106,6 @@ impl Session {
                 )
                 .await;
         }
-        if self.shared.throttle.cooling_down(self.peer.ip()).is_some() {
-            let _ = conn.write_reply(&reply::IP_COOLING_DOWN).await;
-            return Flow::Close;
-        }
         // `=` is an empty initial response (RFC 4954 §4).
         let initial = (!initial.is_empty()).then(|| {
             if initial == "=" {
@@ -156,8 +153,21 @@ impl Session {
             Err(AuthDecodeError::Cancelled) => {
                 return self.error(conn, &reply::AUTH_CANCELLED).await;
             }
-            Err(_) => return self.auth_failed(conn, answer_at).await,
+            Err(_) => return self.auth_failed(conn, answer_at, None).await,
         };
+        if self
+            .shared
+            .throttle
+            .login_cooling_down(self.peer.ip(), &creds.username)
+            .is_some()
+        {
+            // Not even checked: a cooling-down login cannot be used to guess.
+            tokio::time::sleep_until(answer_at).await;
+            tracing::warn!(client = %self.peer, user = %reply::printable(&creds.username), "login refused: cooling down after failed AUTHs");
+            crate::metrics::rejected(self.project_id(), &reply::LOGIN_COOLING_DOWN);
+            let _ = conn.write_reply(&reply::LOGIN_COOLING_DOWN).await;
+            return Flow::Close;
+        }
         match self
             .shared
             .registry
@@ -184,7 +194,10 @@ impl Session {
                     self.error(conn, &reply::AUTH_TEMP).await
                 }
             },
-            Ok(None) => self.auth_failed(conn, answer_at).await,
+            Ok(None) => {
+                self.auth_failed(conn, answer_at, Some(&creds.username))
+                    .await
+            }
             Err(e) => {
                 tracing::error!(error = %e, "registry unavailable during AUTH");
                 self.error(conn, &reply::AUTH_TEMP).await
@@ -196,16 +209,26 @@ impl Session {
         &mut self,
         conn: &mut Connection<S>,
         answer_at: tokio::time::Instant,
+        username: Option<&str>,
     ) -> Flow {
         self.auth_failures += 1;
         crate::metrics::auth_failure();
         tracing::warn!(client = %self.peer, failures = self.auth_failures, "authentication failed");
         // Counted before the delay, so parallel sessions from the same IP see it at once.
-        let cooling_down = self.shared.throttle.auth_failed(self.peer.ip());
+        // Undecodable credentials count under the empty username.
+        let failure = self
+            .shared
+            .throttle
+            .auth_failed(self.peer.ip(), username.unwrap_or(""));
         tokio::time::sleep_until(answer_at).await;
-        if cooling_down {
+        if failure.closes_session() {
             let _ = conn.write_reply(&reply::BAD_CREDENTIALS).await;
-            let _ = conn.write_reply(&reply::IP_COOLING_DOWN).await;
+            let r = if failure.login_cooling_down {
+                reply::LOGIN_COOLING_DOWN
+            } else {
+                reply::IP_COOLING_DOWN
+            };
+            let _ = conn.write_reply(&r).await;
             return Flow::Close;
         }
         if self.auth_failures >= MAX_AUTH_FAILURES {

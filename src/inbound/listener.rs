@@ -85,7 +85,6 @@ pub async fn serve(
             Ok(g) => g,
             Err(refusal) => {
                 let r = match refusal {
-                    Refusal::CoolingDown(_) => reply::IP_COOLING_DOWN,
                     Refusal::TooManyConnections | Refusal::ConnectionRate => {
                         reply::IP_TOO_MANY_CONNECTIONS
                     }

@@ -112,9 +112,15 @@ pub const IP_TOO_MANY_CONNECTIONS: Reply = Reply::new(
     421,
     "4.7.0 Too many connections from your address, try later",
 );
+/// Sent after a failed AUTH while the IP is over its spraying threshold.
 pub const IP_COOLING_DOWN: Reply = Reply::new(
     421,
     "4.7.0 Too many failed logins from your address, try later",
+);
+/// This username from this address failed too often: refused for the cool-down.
+pub const LOGIN_COOLING_DOWN: Reply = Reply::new(
+    421,
+    "4.7.0 Too many failed logins for this user from your address, try later",
 );
 
 /// A project over one of its rate windows; `secs` is when the same message would fit.

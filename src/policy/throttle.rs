@@ -1,10 +1,14 @@
 //! Abuse throttles per client IP, independent of projects: concurrent connections and the
 //! connection rate (asked by the listener before a byte is read), and failed AUTHs (asked by
-//! the session), which put an IP that keeps guessing in a cool-down.
+//! the session), which put a login that keeps failing in a cool-down.
 //!
-//! Everything here is keyed by the client's address only. A guessing IP is refused even with a
-//! correct token, but it never locks the project out for its other clients. All quotas are
-//! the same for every IP, so governor's keyed limiters fit (unlike per-project limits).
+//! Failed AUTHs are counted per (client IP, username): many apps share one NAT or cluster
+//! egress address, and one app with a stale token must not lock its neighbours out. That
+//! login (username from that IP) is refused for the cool-down, even with a correct token, so
+//! a token cannot be guessed there. A second, much higher threshold counts all failures of an
+//! IP (username spraying); once it is reached, every failed AUTH from that IP closes its
+//! session at once — but a correct token of a login that is not cooling down is still
+//! accepted. All quotas are the same for every key, so governor's keyed limiters fit.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -25,16 +29,34 @@ const HOUSEKEEPING_EVERY: u64 = 1024;
 pub enum Refusal {
     TooManyConnections,
     ConnectionRate,
-    /// Too many failed AUTHs recently; refused for this much longer.
-    CoolingDown(Duration),
 }
+
+/// What a failed AUTH led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuthFailure {
+    /// This failure started (or found) the cool-down of its (IP, username).
+    pub login_cooling_down: bool,
+    /// The IP as a whole is over its (spraying) threshold.
+    pub ip_cooling_down: bool,
+}
+
+impl AuthFailure {
+    /// Whether the session ends with this failure.
+    pub fn closes_session(self) -> bool {
+        self.login_cooling_down || self.ip_cooling_down
+    }
+}
+
+type LoginKey = (IpAddr, String);
 
 pub struct Throttle {
     config: ThrottleConfig,
     open: Mutex<HashMap<IpAddr, u32>>,
     connect_rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
     auth_failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    login_failures: Option<DefaultKeyedRateLimiter<LoginKey>>,
     cooldowns: Mutex<HashMap<IpAddr, Instant>>,
+    login_cooldowns: Mutex<HashMap<LoginKey, Instant>>,
     admitted: AtomicU64,
 }
 
@@ -67,6 +89,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Time left of a cool-down in `map`, forgetting it once over.
+fn left<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Instant>, key: &K) -> Option<Duration> {
+    let until = *map.get(key)?;
+    let now = Instant::now();
+    if until > now {
+        Some(until - now)
+    } else {
+        map.remove(key);
+        None
+    }
+}
+
 /// `n` per `window`, all of them at once if need be.
 fn quota(n: u32, window: Duration) -> Option<Quota> {
     let n = NonZeroU32::new(n)?;
@@ -85,12 +119,19 @@ impl Throttle {
             Duration::from_secs(config.auth_failure_window_secs.max(1)),
         )
         .map(DefaultKeyedRateLimiter::keyed);
+        let login_failures = quota(
+            config.auth_failures_per_user,
+            Duration::from_secs(config.auth_failure_window_secs.max(1)),
+        )
+        .map(DefaultKeyedRateLimiter::keyed);
         Arc::new(Throttle {
             config: config.clone(),
             open: Mutex::new(HashMap::new()),
             connect_rate,
             auth_failures,
+            login_failures,
             cooldowns: Mutex::new(HashMap::new()),
+            login_cooldowns: Mutex::new(HashMap::new()),
             admitted: AtomicU64::new(0),
         })
     }
@@ -103,9 +144,6 @@ impl Throttle {
             .is_multiple_of(HOUSEKEEPING_EVERY)
         {
             self.housekeeping();
-        }
-        if let Some(left) = self.cooling_down(ip) {
-            return Err(Refusal::CoolingDown(left));
         }
         let mut open = lock(&self.open);
         let n = open.get(&ip).copied().unwrap_or(0);
@@ -126,31 +164,40 @@ impl Throttle {
         })
     }
 
-    /// How much longer `ip` is refused for failed AUTHs, if it is.
-    pub fn cooling_down(&self, ip: IpAddr) -> Option<Duration> {
-        let mut cooldowns = lock(&self.cooldowns);
-        let until = *cooldowns.get(&ip)?;
-        let now = Instant::now();
-        if until > now {
-            Some(until - now)
-        } else {
-            cooldowns.remove(&ip);
-            None
-        }
+    /// How much longer `ip` is over the spraying threshold, if it is.
+    pub fn ip_cooling_down(&self, ip: IpAddr) -> Option<Duration> {
+        left(&mut lock(&self.cooldowns), &ip)
     }
 
-    /// Records a failed AUTH from `ip`. True when this failure starts its cool-down.
-    pub fn auth_failed(&self, ip: IpAddr) -> bool {
-        let Some(limiter) = &self.auth_failures else {
-            return false;
-        };
-        if limiter.check_key(&ip).is_ok() {
-            return false;
+    /// How much longer logging in as `user` from `ip` is refused, if it is.
+    pub fn login_cooling_down(&self, ip: IpAddr, user: &str) -> Option<Duration> {
+        left(&mut lock(&self.login_cooldowns), &(ip, user.to_string()))
+    }
+
+    /// Records a failed AUTH as `user` from `ip`.
+    pub fn auth_failed(&self, ip: IpAddr, user: &str) -> AuthFailure {
+        let cooldown = Duration::from_secs(self.config.auth_cooldown_secs);
+        let mut out = AuthFailure::default();
+        let key = (ip, user.to_string());
+        if let Some(limiter) = &self.login_failures
+            && limiter.check_key(&key).is_err()
+        {
+            lock(&self.login_cooldowns).insert(key, Instant::now() + cooldown);
+            tracing::warn!(client = %ip, user = %crate::inbound::reply::printable(user), cooldown_secs = self.config.auth_cooldown_secs, "too many failed logins for this user from this address; refusing it");
+            out.login_cooling_down = true;
         }
-        let until = Instant::now() + Duration::from_secs(self.config.auth_cooldown_secs);
-        lock(&self.cooldowns).insert(ip, until);
-        tracing::warn!(client = %ip, cooldown_secs = self.config.auth_cooldown_secs, "too many failed logins; refusing this address");
-        true
+        if let Some(limiter) = &self.auth_failures
+            && limiter.check_key(&ip).is_err()
+        {
+            let mut cooldowns = lock(&self.cooldowns);
+            if !cooldowns.contains_key(&ip) {
+                tracing::warn!(client = %ip, cooldown_secs = self.config.auth_cooldown_secs, "too many failed logins from this address (spraying?); failed logins now close the session");
+            }
+            cooldowns.insert(ip, Instant::now() + cooldown);
+            out.ip_cooling_down = true;
+        }
+        out.ip_cooling_down |= self.ip_cooling_down(ip).is_some();
+        out
     }
 
     /// How long after the credentials arrived a failed AUTH is answered.
@@ -168,8 +215,13 @@ impl Throttle {
             l.retain_recent();
             l.shrink_to_fit();
         }
+        if let Some(l) = &self.login_failures {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
         let now = Instant::now();
         lock(&self.cooldowns).retain(|_, until| *until > now);
+        lock(&self.login_cooldowns).retain(|_, until| *until > now);
     }
 }
 
@@ -182,7 +234,8 @@ mod tests {
             max_connections_per_ip: 2,
             connections_per_ip_per_minute: 3,
             auth_failure_delay_ms: 0,
-            auth_failures_per_ip: 2,
+            auth_failures_per_user: 2,
+            auth_failures_per_ip: 20,
             auth_failure_window_secs: 60,
             auth_cooldown_secs: 60,
         }
@@ -205,16 +258,35 @@ mod tests {
     }
 
     #[test]
-    fn auth_failures_cool_down_one_ip_only() {
+    fn auth_failures_cool_down_one_login_only() {
         let t = Throttle::new(&cfg());
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         let b: IpAddr = "2001:db8::2".parse().unwrap();
-        assert!(!t.auth_failed(a));
-        assert!(!t.auth_failed(a));
-        assert!(t.auth_failed(a));
-        assert!(t.cooling_down(a).is_some());
-        assert!(matches!(t.admit(a), Err(Refusal::CoolingDown(_))));
-        assert!(t.cooling_down(b).is_none());
-        assert!(t.admit(b).is_ok());
+        assert_eq!(t.auth_failed(a, "prj_x"), AuthFailure::default());
+        assert_eq!(t.auth_failed(a, "prj_x"), AuthFailure::default());
+        assert!(t.auth_failed(a, "prj_x").login_cooling_down);
+        assert!(t.login_cooling_down(a, "prj_x").is_some());
+        // Other users from the same IP, the same user from another IP, and connections.
+        assert!(t.login_cooling_down(a, "prj_y").is_none());
+        assert!(t.login_cooling_down(b, "prj_x").is_none());
+        assert!(t.ip_cooling_down(a).is_none());
+        assert!(t.admit(a).is_ok());
+    }
+
+    #[test]
+    fn many_users_failing_from_one_ip_is_spraying() {
+        let t = Throttle::new(&ThrottleConfig {
+            auth_failures_per_ip: 4,
+            ..cfg()
+        });
+        let a: IpAddr = "192.0.2.9".parse().unwrap();
+        for user in ["u1", "u2", "u3", "u4"] {
+            assert!(!t.auth_failed(a, user).closes_session(), "{user}");
+        }
+        let f = t.auth_failed(a, "u5");
+        assert!(f.ip_cooling_down && !f.login_cooling_down, "{f:?}");
+        assert!(t.ip_cooling_down(a).is_some());
+        assert!(t.login_cooling_down(a, "u6").is_none());
+        assert!(t.admit(a).is_ok());
     }
 }
