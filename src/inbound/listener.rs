@@ -4,6 +4,12 @@
 //!
 //! The accept loop never does per-connection work (no TLS handshake, no reads): a slow or
 //! hostile client can only hold its own task.
+//!
+//! A refused connection on the implicit-TLS port gets its `421` inside TLS (a client reading
+//! clear text there sees only "wrong version number"): the handshake is completed under its
+//! deadline in a task of its own, at most [`REFUSAL_HANDSHAKES`] at a time, so a flood of
+//! refused connections cannot buy unbounded handshakes; beyond that, or if the handshake
+//! fails, the connection is just closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,11 +17,12 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use super::Shared;
 use super::reply::{self, Reply};
 use super::session::Session;
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, ListenerMode};
 use crate::policy::throttle::Refusal;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +72,7 @@ pub async fn serve(
     permits: Arc<Semaphore>,
 ) {
     let mut shutdown = shared.borrow().shutdown.clone();
+    let refusals = Arc::new(Semaphore::new(REFUSAL_HANDSHAKES));
     loop {
         let accepted = tokio::select! {
             a = bound.listener.accept() => a,
@@ -91,12 +99,13 @@ pub async fn serve(
                 };
                 tracing::warn!(client = %peer, reason = ?refusal, "connection refused by the per-IP throttle");
                 crate::metrics::rejected("", &r);
-                refuse(tcp, r);
+                refuse(tcp, r, tls_for_refusal(&bound.config, &current, &refusals));
                 continue;
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refuse(tcp, reply::TOO_MANY_CONNECTIONS);
+            let tls = tls_for_refusal(&bound.config, &current, &refusals);
+            refuse(tcp, reply::TOO_MANY_CONNECTIONS, tls);
             tracing::warn!(client = %peer, "connection limit reached");
             crate::metrics::rejected("", &reply::TOO_MANY_CONNECTIONS);
             continue;
@@ -110,13 +119,66 @@ pub async fn serve(
     }
 }
 
+/// Refusal handshakes in progress at once on one implicit-TLS listener.
+pub const REFUSAL_HANDSHAKES: usize = 32;
+
+/// How a refused connection is answered.
+enum Refusal421 {
+    /// STARTTLS and plain listeners: the reply in clear text, as the greeting would be.
+    Clear,
+    /// Implicit TLS: handshake (under its deadline, holding a refusal place), then the reply.
+    Tls(
+        TlsAcceptor,
+        std::time::Duration,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    /// Implicit TLS with every refusal place taken: closed without a word.
+    Close,
+}
+
+fn tls_for_refusal(
+    config: &ListenerConfig,
+    shared: &Shared,
+    places: &Arc<Semaphore>,
+) -> Refusal421 {
+    if config.mode != ListenerMode::Implicit {
+        return Refusal421::Clear;
+    }
+    match places.clone().try_acquire_owned() {
+        Ok(permit) => Refusal421::Tls(
+            TlsAcceptor::from(shared.tls.clone()),
+            shared.config.handshake_timeout(),
+            permit,
+        ),
+        Err(_) => Refusal421::Close,
+    }
+}
+
 /// Answers `421` and closes, in a task of its own so the accept loop never waits on a client.
-fn refuse(mut tcp: TcpStream, r: Reply) {
+fn refuse(mut tcp: TcpStream, r: Reply, how: Refusal421) {
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            let _ = tcp.write_all(r.to_line().as_bytes()).await;
-            let _ = tcp.shutdown().await;
-        })
-        .await;
+        let line = r.to_line();
+        let limit = std::time::Duration::from_secs(5);
+        match how {
+            Refusal421::Tls(acceptor, deadline, _permit) => {
+                let Ok(Ok(mut stream)) = tokio::time::timeout(deadline, acceptor.accept(tcp)).await
+                else {
+                    return;
+                };
+                let _ = tokio::time::timeout(limit, async {
+                    let _ = stream.write_all(line.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+            }
+            Refusal421::Clear => {
+                let _ = tokio::time::timeout(limit, async {
+                    let _ = tcp.write_all(line.as_bytes()).await;
+                    let _ = tcp.shutdown().await;
+                })
+                .await;
+            }
+            Refusal421::Close => {}
+        }
     });
 }

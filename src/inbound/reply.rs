@@ -199,6 +199,16 @@ impl From<&SettingsError> for Reply {
 }
 
 /// Makes client-controlled text safe to echo in a reply or a log line.
+/// The first line of the EHLO reply: `250-<hostname> Hello <client name> [<client ip>]`.
+pub fn ehlo_greeting(hostname: &str, client: &str, ip: std::net::IpAddr) -> String {
+    let name: String = client
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect();
+    format!("250-{hostname} Hello {name} [{ip}]\r\n")
+}
+
 pub fn printable(s: &str) -> String {
     s.chars()
         .take(256)

@@ -311,6 +311,11 @@ impl Session {
         if ehlo.write(&mut out).is_err() {
             return Flow::Close;
         }
+        // smtp-proto's first line is its own joke; ours greets the client by name.
+        let first = memchr::memchr(b'\n', &out).map_or(0, |i| i + 1);
+        let greeting =
+            reply::ehlo_greeting(hostname, self.helo.as_deref().unwrap_or(""), self.peer.ip());
+        out.splice(..first, greeting.into_bytes());
         match conn.write_raw(&out).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,

@@ -3,6 +3,11 @@
 //!
 //! Every rustls config is built with the ring provider explicitly (`builder_with_provider`),
 //! so the binary never depends on a process-wide default provider.
+//!
+//! The listeners announce the ALPN names `smtp` and `esmtp` (as Exim does): a client that
+//! offers ALPN but none of these — say only `http/1.1`, a browser lured into talking to the
+//! relay (the ALPACA cross-protocol attack) — gets the `no_application_protocol` alert and no
+//! session. Clients that offer no ALPN at all, which is every SMTP library today, are unaffected.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +34,9 @@ pub enum TlsError {
     #[error("cannot generate the development certificate in {path}: {message}")]
     Generate { path: PathBuf, message: String },
 }
+
+/// ALPN protocol names the SMTP listeners accept.
+pub const ALPN: [&[u8]; 2] = [b"smtp", b"esmtp"];
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -70,7 +78,7 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Mismatch(e.to_string()))?;
-    config.alpn_protocols.clear();
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     // One TLS 1.3 ticket per handshake instead of rustls's two: a resuming client spends one
     // per connection, and each ticket costs three getrandom calls and a cache entry.
     config.send_tls13_tickets = 1;

@@ -48,6 +48,19 @@ impl Reply {
 }
 
 impl Client {
+    /// Wraps a stream the test set up itself (e.g. TLS with its own client config).
+    pub fn from_stream<S: Stream + 'static>(stream: S) -> Client {
+        Client {
+            stream: Box::new(stream),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Gives the stream back (e.g. to start TLS with a client config of the test's own).
+    pub fn into_stream(self) -> Box<dyn Stream> {
+        self.stream
+    }
+
     pub async fn connect(addr: SocketAddr) -> Client {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         Client {
