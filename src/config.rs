@@ -57,6 +57,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The HTTP admin API (and later the web panel); off unless `address` is set.
+    #[serde(default)]
+    pub admin_http: AdminHttpConfig,
     /// Default per-project rate limits and quotas (policy::limits).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -90,6 +93,22 @@ pub struct MetricsConfig {
     /// Loopback address of the Prometheus endpoint (`GET /metrics`). Unset: no endpoint.
     #[serde(default)]
     pub address: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminHttpConfig {
+    /// Where the admin API listens. Unset: no HTTP admin server.
+    #[serde(default)]
+    pub address: Option<SocketAddr>,
+    /// Serve HTTPS. Required on any address that is not loopback.
+    #[serde(default)]
+    pub tls: bool,
+    /// Certificate and key for HTTPS; unset: the relay's own (`[tls]`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -725,6 +744,26 @@ impl Config {
                 "metrics",
                 "address",
                 format!("the metrics endpoint is only allowed on a loopback address, not {addr}"),
+            ));
+        }
+        if let Some(addr) = self.admin_http.address
+            && !addr.ip().is_loopback()
+            && !self.admin_http.tls
+        {
+            return Err(bad(
+                "admin_http",
+                "tls",
+                format!(
+                    "the admin API on {addr} (not loopback) needs TLS: set admin_http.tls = true \
+                     (the relay's certificate, or admin_http.cert_file/key_file)"
+                ),
+            ));
+        }
+        if self.admin_http.cert_file.is_some() != self.admin_http.key_file.is_some() {
+            return Err(bad(
+                "admin_http",
+                "cert_file",
+                "set both admin_http.cert_file and admin_http.key_file, or neither".into(),
             ));
         }
         if !self.upstreams.contains_key(&self.delivery.default_route) {

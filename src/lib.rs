@@ -10,6 +10,7 @@
 //! [`memory_budget`] bounds how many large messages are in memory at once.
 
 pub mod admin;
+pub mod admin_http;
 pub mod cli;
 pub mod config;
 pub mod inbound;

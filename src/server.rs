@@ -53,6 +53,8 @@ pub enum ServerError {
     Signal(std::io::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::http::MetricsBindError),
+    #[error(transparent)]
+    AdminHttp(#[from] crate::admin_http::AdminHttpError),
     #[error("storage failed: {0}; exiting so the service manager restarts the relay")]
     StorageFailed(String),
 }
@@ -93,7 +95,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         config.server.secret_file.as_deref(),
         &config.server.state_dir,
     )?;
-    let registry = Registry::new(store.clone(), secret);
+    let registry = Registry::new(store.clone(), secret.clone());
     let dkim = DkimKeys::new(store.clone(), &config);
     let queue =
         Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
@@ -117,6 +119,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
             source,
         })?;
     let admin_ctx = AdminContext {
+        admin_tokens: crate::policy::admin_tokens::AdminTokens::new(store.clone(), secret.clone()),
         registry: registry.clone(),
         queue: queue.clone(),
         log: MessageLog::new(store.clone()),
@@ -131,6 +134,11 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
             branding: branding.clone(),
         })),
         dkim: dkim.clone(),
+    };
+    let admin_http = crate::admin_http::AdminHttp::bind(&config).await?;
+    let admin_http_state = crate::admin_http::HttpState {
+        admin: admin_ctx.clone(),
+        throttle: Throttle::new(&config.throttle),
     };
     let admin_task = tokio::spawn(admin::socket::serve(
         admin_listener,
@@ -183,6 +191,14 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
             queue.clone(),
             shutdown_rx.clone(),
         ));
+    }
+    if let Some(http) = admin_http {
+        if let Some(addr) = http.local_addr() {
+            tracing::info!(address = %addr, url = %http.url(), "admin API listening");
+            listeners_info
+                .push(serde_json::json!({ "mode": "admin_http", "address": addr.to_string() }));
+        }
+        tokio::spawn(http.serve(admin_http_state, shutdown_rx.clone()));
     }
     // Lets scripts and tests find the ports (useful with port 0).
     let _ = std::fs::write(

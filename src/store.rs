@@ -105,6 +105,8 @@ pub mod trees {
     pub const DKIM_PROJECTS: &str = "dkim_projects";
     /// Spool entries that could not be decoded, kept for inspection instead of blocking the queue.
     pub const QUARANTINE: &str = "quarantine";
+    /// Admin tokens for the HTTP API and panel: HMAC digest → label, role, id.
+    pub const ADMIN_TOKENS: &str = "admin_tokens";
 }
 
 /// Each waiter gets the result of the flush that covered its writes.
@@ -125,6 +127,7 @@ pub struct Store {
     pub dkim: sled::Tree,
     pub dkim_projects: sled::Tree,
     pub quarantine: sled::Tree,
+    pub admin_tokens: sled::Tree,
     flusher: Arc<tokio::sync::OnceCell<FlushSender>>,
     /// When false (development only), `durable()` returns without flushing.
     fsync: bool,
@@ -171,6 +174,7 @@ impl Store {
             dkim: db.open_tree(trees::DKIM)?,
             dkim_projects: db.open_tree(trees::DKIM_PROJECTS)?,
             quarantine: db.open_tree(trees::QUARANTINE)?,
+            admin_tokens: db.open_tree(trees::ADMIN_TOKENS)?,
             db,
             flusher: Arc::new(tokio::sync::OnceCell::new()),
             fsync: true,

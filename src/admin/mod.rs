@@ -100,6 +100,15 @@ pub enum AdminRequest {
     SendTest(SendTest),
     /// DKIM keys, DNS records and signing policy (`dkim.rs`).
     Dkim(dkim::DkimRequest),
+    /// A new admin token for the HTTP API (shown once).
+    AdminTokenAdd {
+        label: String,
+        role: crate::policy::admin_tokens::Role,
+    },
+    AdminTokenList,
+    AdminTokenRevoke {
+        id: String,
+    },
 }
 
 /// What the operations need; built from the server's handles or from a directly opened store.
@@ -115,6 +124,8 @@ pub struct AdminContext {
     /// Runs `send-test`; present where the delivery side is built (server, CLI send-test).
     pub tester: Option<std::sync::Arc<Tester>>,
     pub dkim: crate::transform::dkim_keys::DkimKeys,
+    /// Tokens of the HTTP admin API.
+    pub admin_tokens: crate::policy::admin_tokens::AdminTokens,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -284,5 +295,15 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         }
         SendTest(_) => return Err(AdminError("send-test runs asynchronously".into())),
         Dkim(req) => dkim::execute(ctx, req)?,
+        AdminTokenAdd { label, role } => {
+            let (info, token) = ctx.admin_tokens.create(&label, role).map_err(err)?;
+            json!({ "admin_token": info, "token": token.expose() })
+        }
+        AdminTokenList => {
+            serde_json::to_value(ctx.admin_tokens.list().map_err(err)?).map_err(err)?
+        }
+        AdminTokenRevoke { id } => {
+            serde_json::to_value(ctx.admin_tokens.revoke(&id).map_err(err)?).map_err(err)?
+        }
     })
 }

@@ -2,6 +2,7 @@
 //! through [`admin`](crate::admin) — over the running server's socket when there is one,
 //! directly on the database otherwise. `anyhow` lives here, at the edge, and nowhere else.
 
+pub mod admin_tokens;
 pub mod config;
 pub mod dkim;
 pub mod limits;
@@ -80,6 +81,11 @@ pub enum Command {
         #[command(subcommand)]
         command: dkim::DkimCommand,
     },
+    /// The HTTP admin API: its admin tokens.
+    Admin {
+        #[command(subcommand)]
+        command: admin_tokens::AdminCommand,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -91,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { ref command } => config::run(&cli, command),
         Command::SendTest(ref args) => send_test::run(&cli, args),
         Command::Dkim { ref command } => dkim::run(&cli, command),
+        Command::Admin { ref command } => admin_tokens::run(&cli, command),
     }
 }
 
@@ -121,6 +128,7 @@ pub fn offline_context(config: &Config) -> anyhow::Result<(crate::store::Store, 
         &config.server.state_dir,
     )?;
     let ctx = AdminContext {
+        admin_tokens: crate::policy::admin_tokens::AdminTokens::new(store.clone(), secret.clone()),
         registry: crate::policy::projects::Registry::new(store.clone(), secret),
         queue: crate::queue::Queue::new(store.clone()),
         log: crate::queue::MessageLog::new(store.clone()),

@@ -4,6 +4,7 @@
 //! (`routes`). It owns the project registry and knows nothing about sockets or how upstreams
 //! are reached.
 
+pub mod admin_tokens;
 pub mod limits;
 pub mod projects;
 pub mod routes;

@@ -15,12 +15,20 @@ pub const TOKEN_PREFIX: &str = "smtpr_";
 
 pub type Digest = [u8; 32];
 
-/// A new random token, shown to the admin once.
+/// Prefix of admin tokens (HTTP API and panel), distinct so scanners and people tell them apart.
+pub const ADMIN_TOKEN_PREFIX: &str = "smtpa_";
+
+/// A new random project token, shown to the admin once.
 pub fn generate() -> Secret {
+    generate_with_prefix(TOKEN_PREFIX)
+}
+
+/// A new random token with `prefix` and 256 random bits.
+pub fn generate_with_prefix(prefix: &str) -> Secret {
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
     Secret::new(format!(
-        "{TOKEN_PREFIX}{}",
+        "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     ))
 }

@@ -1,0 +1,549 @@
+//! The JSON API (`/api/v1/…`): each route turns its path, query and body into one
+//! [`AdminRequest`] and runs it through `admin::execute_async`, exactly as the CLI and the
+//! Unix socket do. Errors are `{"error": {"code", "message"}}` with an HTTP status; bodies are
+//! checked before anything runs, so bad input changes nothing.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::HttpState;
+use super::auth::Caller;
+use crate::admin::{AdminError, AdminRequest, execute_async};
+use crate::outbound::send_test::SendTest;
+use crate::policy::limits::LimitOverride;
+
+/// Every route of the API, for the router and for tests that check nothing is left out.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/projects"),
+    ("POST", "/api/v1/projects"),
+    ("GET", "/api/v1/projects/{id}"),
+    ("PATCH", "/api/v1/projects/{id}"),
+    ("DELETE", "/api/v1/projects/{id}"),
+    ("GET", "/api/v1/projects/{id}/tokens"),
+    ("POST", "/api/v1/projects/{id}/tokens"),
+    ("DELETE", "/api/v1/projects/{id}/tokens/{token_id}"),
+    ("POST", "/api/v1/projects/{id}/domains"),
+    ("DELETE", "/api/v1/projects/{id}/domains/{domain}"),
+    ("GET", "/api/v1/projects/{id}/limits"),
+    ("PUT", "/api/v1/projects/{id}/limits"),
+    ("DELETE", "/api/v1/projects/{id}/limits"),
+    ("GET", "/api/v1/projects/{id}/route"),
+    ("PUT", "/api/v1/projects/{id}/route"),
+    ("DELETE", "/api/v1/projects/{id}/route"),
+    ("GET", "/api/v1/queue"),
+    ("GET", "/api/v1/queue/{id}"),
+    ("DELETE", "/api/v1/queue/{id}"),
+    ("POST", "/api/v1/queue/{id}/retry"),
+    ("GET", "/api/v1/messages"),
+    ("GET", "/api/v1/messages/{id}"),
+    ("POST", "/api/v1/send-test"),
+    ("GET", "/api/v1/admin-tokens"),
+    ("POST", "/api/v1/admin-tokens"),
+    ("DELETE", "/api/v1/admin-tokens/{id}"),
+];
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/api/v1/projects", get(list_projects).post(create_project))
+        .route(
+            "/api/v1/projects/{id}",
+            get(show_project)
+                .patch(update_project)
+                .delete(delete_project),
+        )
+        .route(
+            "/api/v1/projects/{id}/tokens",
+            get(list_tokens).post(add_token),
+        )
+        .route(
+            "/api/v1/projects/{id}/tokens/{token_id}",
+            delete(revoke_token),
+        )
+        .route("/api/v1/projects/{id}/domains", post(add_domain))
+        .route(
+            "/api/v1/projects/{id}/domains/{domain}",
+            delete(remove_domain),
+        )
+        .route(
+            "/api/v1/projects/{id}/limits",
+            get(show_limits).put(set_limits).delete(clear_limits),
+        )
+        .route(
+            "/api/v1/projects/{id}/route",
+            get(show_route).put(set_route).delete(clear_route),
+        )
+        .route("/api/v1/queue", get(queue_list))
+        .route("/api/v1/queue/{id}", get(message).delete(queue_delete))
+        .route("/api/v1/queue/{id}/retry", post(queue_retry))
+        .route("/api/v1/messages", get(messages))
+        .route("/api/v1/messages/{id}", get(message))
+        .route("/api/v1/send-test", post(send_test))
+        .route(
+            "/api/v1/admin-tokens",
+            get(list_admin_tokens).post(add_admin_token),
+        )
+        .route("/api/v1/admin-tokens/{id}", delete(revoke_admin_token))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+/// Headers every response carries: nothing here is to be sniffed, framed, cached or referred.
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `{"error": {"code", "message"}}` with `status`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
+}
+
+/// The HTTP status of a refused admin operation. The operations report plain-words errors
+/// (the CLI prints them as they are); the few kinds the API must tell apart are recognised
+/// by the wording the registry, queue and token stores use for them.
+fn status_of(e: &AdminError) -> (StatusCode, &'static str) {
+    let m = e.0.as_str();
+    if m.starts_with("no ") || m.contains(" has no ") || m.contains("not found") {
+        (StatusCode::NOT_FOUND, "not_found")
+    } else if m.contains("already") {
+        (StatusCode::CONFLICT, "conflict")
+    } else if m.contains("not available") || m.contains("unavailable") {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    } else {
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+    }
+}
+
+async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
+    match execute_async(&state.admin, req).await {
+        Ok(v) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(v)).into_response()
+        }
+        Err(e) => {
+            let (status, code) = status_of(&e);
+            error_response(status, code, &e.0)
+        }
+    }
+}
+
+/// A JSON body, or the error response naming what is wrong with it.
+#[allow(clippy::result_large_err)] // the error is the response itself, returned at once
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+    match b {
+        Ok(Json(v)) => Ok(v),
+        Err(JsonRejection::JsonDataError(e)) => Err(error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            &e.body_text(),
+        )),
+        Err(JsonRejection::MissingJsonContentType(_)) => Err(error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON (Content-Type: application/json)",
+        )),
+        Err(e) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &e.body_text(),
+        )),
+    }
+}
+
+async fn not_found(_caller: Caller) -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such API route")
+}
+
+async fn list_projects(_c: Caller, State(s): State<HttpState>) -> Response {
+    run(&s, AdminRequest::ProjectList, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProject {
+    name: String,
+    #[serde(default)]
+    domains: Vec<String>,
+    #[serde(default = "default_label")]
+    label: String,
+    #[serde(default)]
+    max_age_secs: Option<u64>,
+}
+
+fn default_label() -> String {
+    "default".into()
+}
+
+async fn create_project(
+    _c: Caller,
+    State(s): State<HttpState>,
+    b: Result<Json<NewProject>, JsonRejection>,
+) -> Response {
+    let p = match body(b) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let req = AdminRequest::ProjectAdd {
+        name: p.name,
+        domains: p.domains,
+        label: p.label,
+        max_age_secs: p.max_age_secs,
+    };
+    run(&s, req, true).await
+}
+
+async fn show_project(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    run(&s, AdminRequest::ProjectShow { id }, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectUpdate {
+    #[serde(default)]
+    enabled: Option<bool>,
+    /// `null` goes back to the config's default.
+    #[serde(default, with = "double_option")]
+    max_age_secs: Option<Option<u64>>,
+}
+
+/// Tells a missing field (`None`) from an explicit `null` (`Some(None)`).
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+        Option::<u64>::deserialize(d).map(Some)
+    }
+}
+
+async fn update_project(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    b: Result<Json<ProjectUpdate>, JsonRejection>,
+) -> Response {
+    let u = match body(b) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    // The change that can be refused (max age) goes first, so a refusal changes nothing.
+    if let Some(max_age_secs) = u.max_age_secs {
+        let r = run(
+            &s,
+            AdminRequest::ProjectMaxAge {
+                id: id.clone(),
+                max_age_secs,
+            },
+            false,
+        )
+        .await;
+        if !r.status().is_success() {
+            return r;
+        }
+    }
+    if let Some(enabled) = u.enabled {
+        let r = run(
+            &s,
+            AdminRequest::ProjectEnable {
+                id: id.clone(),
+                enabled,
+            },
+            false,
+        )
+        .await;
+        if !r.status().is_success() {
+            return r;
+        }
+    }
+    run(&s, AdminRequest::ProjectShow { id }, false).await
+}
+
+async fn delete_project(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+) -> Response {
+    run(&s, AdminRequest::ProjectDelete { id }, false).await
+}
+
+async fn list_tokens(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    let r = run(&s, AdminRequest::ProjectShow { id }, false).await;
+    if !r.status().is_success() {
+        return r;
+    }
+    match axum::body::to_bytes(r.into_body(), 1 << 20).await {
+        Ok(bytes) => {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            Json(v["tokens"].clone()).into_response()
+        }
+        Err(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    #[serde(default = "default_label")]
+    label: String,
+}
+
+async fn add_token(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    b: Result<Json<NewToken>, JsonRejection>,
+) -> Response {
+    let t = match body(b) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    run(&s, AdminRequest::TokenAdd { id, label: t.label }, true).await
+}
+
+async fn revoke_token(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path((id, token_id)): Path<(String, String)>,
+) -> Response {
+    run(&s, AdminRequest::TokenRevoke { id, token_id }, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDomain {
+    domain: String,
+}
+
+async fn add_domain(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    b: Result<Json<NewDomain>, JsonRejection>,
+) -> Response {
+    let d = match body(b) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    run(
+        &s,
+        AdminRequest::DomainAdd {
+            id,
+            domain: d.domain,
+        },
+        true,
+    )
+    .await
+}
+
+async fn remove_domain(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path((id, domain)): Path<(String, String)>,
+) -> Response {
+    run(&s, AdminRequest::DomainRemove { id, domain }, false).await
+}
+
+async fn show_limits(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    let req = AdminRequest::ProjectLimits {
+        id,
+        set: LimitOverride::default(),
+        clear: false,
+    };
+    run(&s, req, false).await
+}
+
+async fn set_limits(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    b: Result<Json<LimitOverride>, JsonRejection>,
+) -> Response {
+    let set = match body(b) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    run(
+        &s,
+        AdminRequest::ProjectLimits {
+            id,
+            set,
+            clear: false,
+        },
+        false,
+    )
+    .await
+}
+
+async fn clear_limits(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    let req = AdminRequest::ProjectLimits {
+        id,
+        set: LimitOverride::default(),
+        clear: true,
+    };
+    run(&s, req, false).await
+}
+
+async fn show_route(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    let req = AdminRequest::ProjectRoute {
+        id,
+        upstream: None,
+        fallbacks: Vec::new(),
+        clear: false,
+    };
+    run(&s, req, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRoute {
+    upstream: String,
+    #[serde(default)]
+    fallbacks: Vec<String>,
+}
+
+async fn set_route(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    b: Result<Json<NewRoute>, JsonRejection>,
+) -> Response {
+    let r = match body(b) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let req = AdminRequest::ProjectRoute {
+        id,
+        upstream: Some(r.upstream),
+        fallbacks: r.fallbacks,
+        clear: false,
+    };
+    run(&s, req, false).await
+}
+
+async fn clear_route(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    let req = AdminRequest::ProjectRoute {
+        id,
+        upstream: None,
+        fallbacks: Vec::new(),
+        clear: true,
+    };
+    run(&s, req, false).await
+}
+
+async fn queue_list(_c: Caller, State(s): State<HttpState>) -> Response {
+    run(&s, AdminRequest::QueueList, false).await
+}
+
+async fn message(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    run(&s, AdminRequest::QueueShow { id }, false).await
+}
+
+async fn queue_delete(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    run(&s, AdminRequest::QueueDelete { id }, false).await
+}
+
+async fn queue_retry(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    run(&s, AdminRequest::QueueRetry { id }, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageQuery {
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn messages(
+    _c: Caller,
+    State(s): State<HttpState>,
+    q: Result<Query<MessageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    let req = AdminRequest::Log {
+        project: q.project,
+        limit: q.limit.unwrap_or(50).min(1000),
+    };
+    run(&s, req, false).await
+}
+
+async fn send_test(
+    _c: Caller,
+    State(s): State<HttpState>,
+    b: Result<Json<SendTest>, JsonRejection>,
+) -> Response {
+    let t = match body(b) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    run(&s, AdminRequest::SendTest(t), false).await
+}
+
+async fn list_admin_tokens(_c: Caller, State(s): State<HttpState>) -> Response {
+    run(&s, AdminRequest::AdminTokenList, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAdminToken {
+    label: String,
+    role: crate::policy::admin_tokens::Role,
+}
+
+async fn add_admin_token(
+    _c: Caller,
+    State(s): State<HttpState>,
+    b: Result<Json<NewAdminToken>, JsonRejection>,
+) -> Response {
+    let t = match body(b) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let req = AdminRequest::AdminTokenAdd {
+        label: t.label,
+        role: t.role,
+    };
+    run(&s, req, true).await
+}
+
+async fn revoke_admin_token(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+) -> Response {
+    run(&s, AdminRequest::AdminTokenRevoke { id }, false).await
+}
