@@ -121,6 +121,10 @@ pub struct ServerConfig {
     /// delivering; larger bodies wait on disk for their turn (`memory_budget.rs`).
     #[serde(default = "d_message_memory")]
     pub message_memory_mb: u64,
+    /// A message with more `Received` fields than this is refused as a mail loop
+    /// (`554 5.4.6`); Postfix's `hopcount_limit`.
+    #[serde(default = "d_max_received")]
+    pub max_received_headers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -524,6 +528,9 @@ fn d_max_connections() -> usize {
 fn d_message_memory() -> u64 {
     128
 }
+fn d_max_received() -> usize {
+    50
+}
 
 fn d_max_message_size() -> usize {
     25 * 1024 * 1024
@@ -647,6 +654,13 @@ impl Config {
         }
         if self.server.max_recipients == 0 {
             return Err(bad("server", "max_recipients", "must be at least 1".into()));
+        }
+        if self.server.max_received_headers == 0 {
+            return Err(bad(
+                "server",
+                "max_received_headers",
+                "must be at least 1 (Received fields a message may carry)".into(),
+            ));
         }
         for (key, v) in [
             ("tls_handshake_secs", self.timeouts.tls_handshake_secs),
