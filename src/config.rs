@@ -1182,6 +1182,20 @@ mod tests {
     }
 
     #[test]
+    fn hop_limit_is_checked() {
+        assert_eq!(
+            Config::parse(DEFAULT_CONFIG, "x.toml")
+                .unwrap()
+                .server
+                .max_received_headers,
+            50
+        );
+        let text = DEFAULT_CONFIG.replace("max_received_headers = 50", "max_received_headers = 0");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("server.max_received_headers"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let text = DEFAULT_CONFIG.replace("[server]", "[server]\nhostnme = \"x\"");
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
