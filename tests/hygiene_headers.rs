@@ -39,7 +39,7 @@ fn head(m: &ReceivedMessage) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_sender_fields_are_refused_unless_the_project_allows_them() {
-    let s = Setup::start(&["app.test"]).await;
+    let mut s = Setup::start(&["app.test"]).await;
     let base = plain_message("noreply@app.test", "user@example.net", "hi", "body\r\n");
     for (extra, field) in [
         ("Sender: Other <ceo@other.test>\r\n", "Sender"),
@@ -104,6 +104,32 @@ async fn foreign_sender_fields_are_refused_unless_the_project_allows_them() {
         s.up.messages().len(),
         2,
         "refused mail reached the upstream"
+    );
+
+    // With no server running the CLI opens the database itself: same operation.
+    s.relay.terminate();
+    let args = [
+        "project",
+        "sender-policy",
+        &s.id,
+        "--allow-foreign-sender",
+        "on",
+    ];
+    assert_eq!(s.relay.cli_json(&args)["allow_foreign_sender"], true);
+    let show = s.relay.cli_json(&["project", "sender-policy", &s.id]);
+    assert_eq!(show["allow_foreign_sender"], true, "{show:#}");
+    let bad = s.relay.cli(&[
+        "project",
+        "sender-policy",
+        &s.id,
+        "--allow-foreign-sender",
+        "maybe",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("expected on or off"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
     );
 }
 

@@ -113,6 +113,12 @@ const ORIGINATOR_FIELDS: &[(HeaderName<'static>, &str, bool)] = &[
 /// members included) against the project's domains, as `From` is. A field the parser cannot
 /// read as addresses is refused, not skipped: a receiver may still show it.
 pub fn check_originator_headers(project: &Project, message: &[u8]) -> Result<(), SenderError> {
+    // Most mail has none of these fields: a line scan spares it a second header parse.
+    let present = crate::transform::headers::HeaderFields::new(message)
+        .any(|f| ORIGINATOR_FIELDS.iter().any(|(_, name, _)| f.is(name)));
+    if !present {
+        return Ok(());
+    }
     let Some(parsed) = MessageParser::new().parse_headers(message) else {
         return Ok(());
     };
