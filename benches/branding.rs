@@ -82,6 +82,7 @@ fn main() {
         message_id: "0196f0c2a1b2c3d4e5f6",
         hostname: "relay.test",
         helo: "app",
+        mail_from: "noreply@app.test",
         client_ip: "127.0.0.1".parse().expect("ip"),
         tls: true,
         received_ms: 0,

@@ -143,11 +143,13 @@ fn main() {
         created: 0,
         max_age_secs: None,
         tokens: vec![],
+        allow_foreign_sender: false,
     };
     let ctx = TransformContext {
         message_id: "bench",
         hostname: "relay.test",
         helo: "app",
+        mail_from: "noreply@app.test",
         client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
         tls: true,
         received_ms: 0,

@@ -140,6 +140,10 @@ pub struct ServerConfig {
     /// delivering; larger bodies wait on disk for their turn (`memory_budget.rs`).
     #[serde(default = "d_message_memory")]
     pub message_memory_mb: u64,
+    /// A message with more `Received` fields than this is refused as a mail loop
+    /// (`554 5.4.6`); Postfix's `hopcount_limit`.
+    #[serde(default = "d_max_received")]
+    pub max_received_headers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -553,6 +557,9 @@ fn d_max_connections() -> usize {
 fn d_message_memory() -> u64 {
     128
 }
+fn d_max_received() -> usize {
+    50
+}
 
 fn d_max_message_size() -> usize {
     25 * 1024 * 1024
@@ -676,6 +683,13 @@ impl Config {
         }
         if self.server.max_recipients == 0 {
             return Err(bad("server", "max_recipients", "must be at least 1".into()));
+        }
+        if self.server.max_received_headers == 0 {
+            return Err(bad(
+                "server",
+                "max_received_headers",
+                "must be at least 1 (Received fields a message may carry)".into(),
+            ));
         }
         for (key, v) in [
             ("tls_handshake_secs", self.timeouts.tls_handshake_secs),
@@ -1214,6 +1228,20 @@ mod tests {
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("server.max_recipients"), "{err}");
         assert!(err.starts_with("x.toml:"), "{err}");
+    }
+
+    #[test]
+    fn hop_limit_is_checked() {
+        assert_eq!(
+            Config::parse(DEFAULT_CONFIG, "x.toml")
+                .unwrap()
+                .server
+                .max_received_headers,
+            50
+        );
+        let text = DEFAULT_CONFIG.replace("max_received_headers = 50", "max_received_headers = 0");
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("server.max_received_headers"), "{err}");
     }
 
     #[test]

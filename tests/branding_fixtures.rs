@@ -105,6 +105,7 @@ fn brand(b: &Branding, msg: &[u8]) -> Vec<u8> {
         message_id: "0196f0c2a1b2c3d4e5f6",
         hostname: "relay.test",
         helo: "app.test",
+        mail_from: "noreply@app.test",
         client_ip: "127.0.0.1".parse().unwrap(),
         tls: true,
         received_ms: 1_795_255_200_000,

@@ -35,6 +35,7 @@ fn apply(b: &Branding, msg: &[u8]) -> Result<Vec<u8>, BrandingError> {
         message_id: "0196f0c2a1b2c3d4e5f6",
         hostname: "relay.test",
         helo: "app.test",
+        mail_from: "noreply@app.test",
         client_ip: "127.0.0.1".parse().unwrap(),
         tls: false,
         received_ms: 0,

@@ -42,6 +42,12 @@ pub enum AdminRequest {
         id: String,
         max_age_secs: Option<u64>,
     },
+    /// Shows the project's sender policy; with `allow_foreign_sender`, sets it.
+    ProjectSenderPolicy {
+        id: String,
+        #[serde(default)]
+        allow_foreign_sender: Option<bool>,
+    },
     /// Merges `set` into the project's limit override (dropping it first with `clear`);
     /// with neither, only shows. Answers like `ProjectShow`.
     ProjectLimits {
@@ -145,6 +151,7 @@ pub fn project_json(p: &Project) -> Value {
         "enabled": !p.disabled,
         "created": p.created,
         "max_age_secs": p.max_age_secs,
+        "allow_foreign_sender": p.allow_foreign_sender,
         "tokens": p.tokens.iter().map(|t| json!({
             "id": t.id, "label": t.label, "created": t.created,
         })).collect::<Vec<_>>(),
@@ -238,6 +245,13 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         ProjectMaxAge { id, max_age_secs } => {
             project_json(&r.set_max_age(&id, max_age_secs).map_err(err)?)
         }
+        ProjectSenderPolicy {
+            id,
+            allow_foreign_sender,
+        } => project_json(&match allow_foreign_sender {
+            Some(allow) => r.set_allow_foreign_sender(&id, allow).map_err(err)?,
+            None => r.get(&id).map_err(err)?,
+        }),
         TokenAdd { id, label } => {
             let (p, token) = r.add_token(&id, &label).map_err(err)?;
             let token_id = p.tokens.last().map(|t| t.id.clone()).unwrap_or_default();

@@ -59,6 +59,13 @@ pub enum ProjectCommand {
         id: String,
         secs: Option<u64>,
     },
+    /// Show or set whether `Sender:` / `Resent-Sender:` may name an address outside the
+    /// project's domains (off by default: refused like a foreign `From`).
+    SenderPolicy {
+        id: String,
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        allow_foreign_sender: Option<bool>,
+    },
     /// Show or override the project's rate limits and quotas (defaults: `[limits]`).
     Limits(super::limits::LimitsArgs),
     /// Show the project's upstream route; with --upstream, set it (fallbacks tried in order
@@ -244,6 +251,13 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             id: id.clone(),
             max_age_secs: *secs,
         },
+        ProjectCommand::SenderPolicy {
+            id,
+            allow_foreign_sender,
+        } => AdminRequest::ProjectSenderPolicy {
+            id: id.clone(),
+            allow_foreign_sender: *allow_foreign_sender,
+        },
         ProjectCommand::Branding(args) => AdminRequest::ProjectBranding {
             id: args.id.clone(),
             update: args.update()?,
@@ -353,6 +367,7 @@ fn print_project(p: &Value) {
     if let Some(age) = p["max_age_secs"].as_u64() {
         println!("max age   {age} s");
     }
+    println!("sender    {}", sender_policy(p));
     println!("created   {}", fmt_time(p["created"].as_u64().unwrap_or(0)));
     println!("branding  {}", branding_summary(&p["branding"]));
     if p.get("limits").is_some() {
@@ -366,6 +381,22 @@ fn print_project(p: &Value) {
             t["label"].as_str().unwrap_or(""),
             fmt_time(t["created"].as_u64().unwrap_or(0))
         );
+    }
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, not {s:?}")),
+    }
+}
+
+fn sender_policy(p: &Value) -> &'static str {
+    if p["allow_foreign_sender"].as_bool() == Some(true) {
+        "Sender/Resent-Sender may name any address (allow-foreign-sender on)"
+    } else {
+        "Sender/Resent-Sender/Resent-From must be in the project's domains"
     }
 }
 

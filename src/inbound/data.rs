@@ -87,7 +87,14 @@ impl Session {
             }
         };
 
-        if let Err(e) = sender::check_header_from(&auth.project, &message) {
+        let hops = transform::headers::received_count(&message);
+        if hops > self.shared.config.server.max_received_headers {
+            tracing::warn!(client = %self.peer, project = %auth.project.id, hops, "mail loop: too many Received fields");
+            return self.error(conn, &reply::TOO_MANY_HOPS).await;
+        }
+        if let Err(e) = sender::check_header_from(&auth.project, &message)
+            .and_then(|()| sender::check_originator_headers(&auth.project, &message))
+        {
             tracing::warn!(client = %self.peer, project = %auth.project.id, error = %e, "header From refused");
             return self.error(conn, &Reply::from(&e)).await;
         }
@@ -105,6 +112,7 @@ impl Session {
             message_id: &id,
             hostname: &self.shared.config.server.hostname,
             helo: &helo,
+            mail_from: &mail_from,
             client_ip: self.peer.ip(),
             tls: self.tls,
             received_ms: now_ms(),

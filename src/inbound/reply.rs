@@ -91,6 +91,8 @@ pub const NULL_SENDER: Reply = Reply::new(
 pub const BAD_RCPT: Reply = Reply::new(501, "5.1.3 Bad recipient address syntax");
 pub const SMTPUTF8_UNSUPPORTED: Reply = Reply::new(555, "5.5.4 SMTPUTF8 is not supported");
 pub const EMPTY_MESSAGE: Reply = Reply::new(554, "5.6.0 Message has no header section");
+/// More `Received` fields than `server.max_received_headers`: a mail loop.
+pub const TOO_MANY_HOPS: Reply = Reply::new(554, "5.4.6 Too many hops");
 pub const TOO_COMPLEX: Reply = Reply::new(
     554,
     "5.6.0 Message structure too complex (MIME nesting or part count limit)",

@@ -123,6 +123,7 @@ impl Tester {
             message_id: &id,
             hostname: &self.config.server.hostname,
             helo: "send-test",
+            mail_from: &from,
             client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             tls: true,
             received_ms: now_ms(),

@@ -39,6 +39,10 @@ pub struct Project {
     #[serde(default)]
     pub max_age_secs: Option<u64>,
     pub tokens: Vec<TokenInfo>,
+    /// Let `Sender:` / `Resent-Sender:` name an address outside the project's domains (an app
+    /// that sends on behalf of its users' mailboxes). Off: refused like a foreign `From`.
+    #[serde(default)]
+    pub allow_foreign_sender: bool,
 }
 
 /// Token index value: which project and which of its tokens a digest belongs to.
@@ -215,6 +219,7 @@ impl Registry {
             created: crate::now_secs(),
             max_age_secs,
             tokens: Vec::new(),
+            allow_foreign_sender: false,
         };
         self.put(&project)?;
         let (project, token) = self.add_token(&project.id, label)?;
@@ -267,6 +272,18 @@ impl Registry {
     pub fn set_max_age(&self, id: &str, secs: Option<u64>) -> Result<Project, RegistryError> {
         let mut project = self.get(id)?;
         project.max_age_secs = secs;
+        self.put(&project)?;
+        self.store.flush_now()?;
+        Ok(project)
+    }
+
+    pub fn set_allow_foreign_sender(
+        &self,
+        id: &str,
+        allow: bool,
+    ) -> Result<Project, RegistryError> {
+        let mut project = self.get(id)?;
+        project.allow_foreign_sender = allow;
         self.put(&project)?;
         self.store.flush_now()?;
         Ok(project)

@@ -4,6 +4,8 @@
 //! domains: exact, case-insensitive domain match (a subdomain only if it is listed itself).
 //! Anything unusual — a trailing dot, an IP literal, a source route, a quoted local part
 //! hiding an `@`, several From headers, a group — is refused rather than interpreted.
+//! `Sender`, `Resent-From` and `Resent-Sender` follow the same rule (clients show them as
+//! "B on behalf of A"); a project may allow a foreign `Sender` (`allow_foreign_sender`).
 
 use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
 
@@ -21,6 +23,9 @@ pub enum SenderError {
     FromGroup,
     #[error("Message has no From address")]
     FromMissing,
+    /// `Sender`, `Resent-From` or `Resent-Sender` naming an address outside the project.
+    #[error("Header {field} address {addr} not owned by project")]
+    OriginatorNotOwned { field: &'static str, addr: String },
 }
 
 /// The domain of a plain `local@domain` address, lowercased, if it is one we accept.
@@ -95,6 +100,60 @@ pub fn check_header_from(project: &Project, message: &[u8]) -> Result<(), Sender
     Ok(())
 }
 
+/// The originator fields besides `From` that mail clients show ("B on behalf of A"), and
+/// whether `allow_foreign_sender` lets them name another domain. `Resent-From` is the author
+/// of a resent message, so it is always checked like `From`.
+const ORIGINATOR_FIELDS: &[(HeaderName<'static>, &str, bool)] = &[
+    (HeaderName::Sender, "Sender", true),
+    (HeaderName::ResentSender, "Resent-Sender", true),
+    (HeaderName::ResentFrom, "Resent-From", false),
+];
+
+/// Checks `Sender`, `Resent-From` and `Resent-Sender` (every occurrence, every address, group
+/// members included) against the project's domains, as `From` is. A field the parser cannot
+/// read as addresses is refused, not skipped: a receiver may still show it.
+pub fn check_originator_headers(project: &Project, message: &[u8]) -> Result<(), SenderError> {
+    // Most mail has none of these fields: a line scan spares it a second header parse.
+    let present = crate::transform::headers::HeaderFields::new(message)
+        .any(|f| ORIGINATOR_FIELDS.iter().any(|(_, name, _)| f.is(name)));
+    if !present {
+        return Ok(());
+    }
+    let Some(parsed) = MessageParser::new().parse_headers(message) else {
+        return Ok(());
+    };
+    for h in parsed.headers() {
+        let Some(&(_, field, waivable)) = ORIGINATOR_FIELDS.iter().find(|(n, ..)| *n == h.name)
+        else {
+            continue;
+        };
+        if waivable && project.allow_foreign_sender {
+            continue;
+        }
+        let refused = |addr: &str| SenderError::OriginatorNotOwned {
+            field,
+            addr: addr.to_string(),
+        };
+        let addrs: Vec<&mail_parser::Addr> = match &h.value {
+            HeaderValue::Address(Address::List(list)) => list.iter().collect(),
+            HeaderValue::Address(Address::Group(groups)) => {
+                groups.iter().flat_map(|g| g.addresses.iter()).collect()
+            }
+            _ => return Err(refused("")),
+        };
+        if addrs.is_empty() {
+            return Err(refused(""));
+        }
+        for a in addrs {
+            let addr = a.address.as_deref().unwrap_or("");
+            if !owns(project, addr) {
+                return Err(refused(addr));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +167,7 @@ mod tests {
             created: 0,
             max_age_secs: None,
             tokens: vec![],
+            allow_foreign_sender: false,
         }
     }
 
@@ -152,5 +212,61 @@ mod tests {
         assert!(check_header_from(&p, group).is_err());
         let none = b"Subject: x\r\n\r\nhi\r\n";
         assert_eq!(check_header_from(&p, none), Err(SenderError::FromMissing));
+    }
+
+    #[test]
+    fn originator_headers() {
+        let mut p = project();
+        let from = "From: <a@a.test>\r\n";
+        let check = |p: &Project, extra: &str| {
+            check_originator_headers(p, format!("{from}{extra}\r\nbody\r\n").as_bytes())
+        };
+        for ok in [
+            "",
+            "Sender: Ops <ops@a.test>\r\n",
+            "Resent-From: x@mail.b.test, y@a.test\r\nResent-Sender: z@A.TEST\r\n",
+            "Resent-From: team: x@a.test;\r\n",
+            "Subject: Sender: evil@b.test\r\n",
+        ] {
+            assert_eq!(check(&p, ok), Ok(()), "{ok}");
+        }
+        for (bad, field, addr) in [
+            ("Sender: <x@b.test>\r\n", "Sender", "x@b.test"),
+            (
+                "Resent-From: y@a.test, x@b.test\r\n",
+                "Resent-From",
+                "x@b.test",
+            ),
+            (
+                "Resent-Sender: x@a.test.evil.test\r\n",
+                "Resent-Sender",
+                "x@a.test.evil.test",
+            ),
+            (
+                "Resent-From: team: x@b.test;\r\n",
+                "Resent-From",
+                "x@b.test",
+            ),
+            (
+                "Sender: ok@a.test\r\nSender: x@b.test\r\n",
+                "Sender",
+                "x@b.test",
+            ),
+            ("Sender: just a name\r\n", "Sender", ""),
+            ("Sender:\r\n", "Sender", ""),
+        ] {
+            assert_eq!(
+                check(&p, bad),
+                Err(SenderError::OriginatorNotOwned {
+                    field,
+                    addr: addr.into()
+                }),
+                "{bad}"
+            );
+        }
+        p.allow_foreign_sender = true;
+        assert_eq!(check(&p, "Sender: <x@b.test>\r\n"), Ok(()));
+        assert_eq!(check(&p, "Resent-Sender: <x@b.test>\r\n"), Ok(()));
+        assert!(check(&p, "Resent-From: <x@b.test>\r\n").is_err());
     }
 }

@@ -4,9 +4,10 @@
 //! A message is signed when its header `From` domain has an active key (`dkim_keys.rs`) and the
 //! sending project owns that domain; with both an RSA and an Ed25519 key active it gets both
 //! signatures (RFC 8463 dual signing, for receivers that know only RSA). relaxed/relaxed, `t=`,
-//! no `l=` (a length lets anyone append content under the signature). `From` is signed twice so
-//! a second `From` cannot be added, and listed headers the message lacks (Cc, Reply-To…) are
-//! signed as absent so they cannot be added either.
+//! no `l=` (a length lets anyone append content under the signature). `From`, `To`, `Cc`,
+//! `Subject`, `Date`, `Message-ID`, `Reply-To`, `Content-Type` and `MIME-Version` are
+//! oversigned ([`SIGNED_HEADERS`]): listed once more than they occur, so none can be added in
+//! transit, and listed headers the message lacks are signed as absent.
 //!
 //! The bytes signed are the bytes the upstream receives: the input is CRLF-only with lines of
 //! at most 998 octets (inbound checks both), the signature header is folded, and dot-stuffing
@@ -27,19 +28,31 @@ use super::dkim_keys::{DkimKeyError, DkimKeys, OnFailure};
 use crate::policy::projects::Project;
 use crate::policy::sender::address_domain;
 
-/// Headers every signature covers. `From` twice: oversigning. `Received` is the relay's own
-/// trace header (added before signing), as are `Date` and `Message-ID` when the app left them
-/// out.
+/// Headers every signature covers. The ones an attacker could add after signing to change
+/// what a reader sees (M3AAWG's oversigning list) are named twice: mail-auth's signer puts
+/// every occurrence of a listed name into `h=` and then each list position it did not use, so
+/// a present header is listed once more than it occurs (a second `Subject` added in transit
+/// breaks the signature), an absent one twice (it cannot be added either). `Received` is the
+/// relay's own trace header (added before signing), as are `Date` and `Message-ID` when the
+/// app left them out; later hops add more `Received`, so it is signed but not oversigned.
 pub const SIGNED_HEADERS: &[&str] = &[
     "From",
     "From",
     "To",
+    "To",
+    "Cc",
     "Cc",
     "Subject",
+    "Subject",
+    "Date",
     "Date",
     "Message-ID",
+    "Message-ID",
+    "Reply-To",
     "Reply-To",
     "MIME-Version",
+    "MIME-Version",
+    "Content-Type",
     "Content-Type",
     "Content-Transfer-Encoding",
     "List-Unsubscribe",

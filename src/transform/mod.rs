@@ -19,6 +19,8 @@ pub struct TransformContext<'a> {
     pub message_id: &'a str,
     pub hostname: &'a str,
     pub helo: &'a str,
+    /// The envelope sender (the Message-ID domain of last resort).
+    pub mail_from: &'a str,
     pub client_ip: std::net::IpAddr,
     pub tls: bool,
     pub received_ms: u64,

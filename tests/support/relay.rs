@@ -36,6 +36,8 @@ pub struct RelayOptions {
     pub min_free_space_mb: u64,
     /// Extra lines for the `[server]` table (e.g. `message_memory_mb = 1`).
     pub server_extra: String,
+    /// `server.hostname` (default `relay.test`).
+    pub hostname: &'static str,
 }
 
 impl Default for RelayOptions {
@@ -56,6 +58,7 @@ impl Default for RelayOptions {
             state_dir: None,
             min_free_space_mb: 64,
             server_extra: String::new(),
+            hostname: "relay.test",
         }
     }
 }
@@ -150,7 +153,7 @@ impl Relay {
         };
         let config = format!(
             r#"[server]
-hostname = "relay.test"
+hostname = "{hostname}"
 state_dir = "{state}"
 max_connections = 200
 max_message_size = {size}
@@ -204,6 +207,7 @@ poll_interval_ms = 100
             extra = opts.extra_config,
             min_free = opts.min_free_space_mb,
             server_extra = opts.server_extra,
+            hostname = opts.hostname,
         );
         let config_path = dir.path().join("smtp-relay.toml");
         std::fs::write(&config_path, config).expect("write config");
