@@ -153,7 +153,15 @@ impl Session {
             Err(AuthDecodeError::Cancelled) => {
                 return self.error(conn, &reply::AUTH_CANCELLED).await;
             }
-            Err(_) => return self.auth_failed(conn, answer_at).await,
+            // RFC 4954 §4: 501, but still a failed attempt for every limit.
+            Err(AuthDecodeError::Base64) => {
+                return self.auth_failed(conn, answer_at, &reply::AUTH_BASE64).await;
+            }
+            Err(_) => {
+                return self
+                    .auth_failed(conn, answer_at, &reply::BAD_CREDENTIALS)
+                    .await;
+            }
         };
         match self
             .shared
@@ -180,7 +188,10 @@ impl Session {
                     self.error(conn, &reply::AUTH_TEMP).await
                 }
             },
-            Ok(None) => self.auth_failed(conn, answer_at).await,
+            Ok(None) => {
+                self.auth_failed(conn, answer_at, &reply::BAD_CREDENTIALS)
+                    .await
+            }
             Err(e) => {
                 tracing::error!(error = %e, "registry unavailable during AUTH");
                 self.error(conn, &reply::AUTH_TEMP).await
@@ -188,10 +199,12 @@ impl Session {
         }
     }
 
+    /// `failure` is the reply: 535, or 501 for a response that was not base64.
     async fn auth_failed<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Connection<S>,
         answer_at: tokio::time::Instant,
+        failure: &reply::Reply,
     ) -> Flow {
         self.auth_failures += 1;
         crate::metrics::auth_failure();
@@ -200,17 +213,17 @@ impl Session {
         let cooling_down = self.shared.throttle.auth_failed(self.peer.ip());
         tokio::time::sleep_until(answer_at).await;
         if cooling_down {
-            let _ = conn.write_reply(&reply::BAD_CREDENTIALS).await;
+            let _ = conn.write_reply(failure).await;
             let _ = conn.write_reply(&reply::IP_COOLING_DOWN).await;
             return Flow::Close;
         }
         if self.auth_failures >= MAX_AUTH_FAILURES {
-            crate::metrics::rejected(self.project_id(), &reply::BAD_CREDENTIALS);
-            let _ = conn.write_reply(&reply::BAD_CREDENTIALS).await;
+            crate::metrics::rejected(self.project_id(), failure);
+            let _ = conn.write_reply(failure).await;
             let _ = conn.write_reply(&reply::TOO_MANY_ERRORS).await;
             return Flow::Close;
         }
-        self.error(conn, &reply::BAD_CREDENTIALS).await
+        self.error(conn, failure).await
     }
 
     /// Sends a 334 challenge and reads the client's answer line.
