@@ -21,9 +21,9 @@ use crate::policy::projects::Authenticated;
 
 /// After this many protocol errors the session is closed with 421.
 const MAX_ERRORS: u32 = 10;
-/// Policy refusals (452 too many recipients, 451 rate limit, 553 sender…) a transaction may
-/// collect before each further one counts as an error too: Postfix's
-/// `smtpd_recipient_overshoot_limit`, so a client looping on refused commands is still cut off.
+/// Policy refusals (452 too many recipients, 451 rate limit, 553 sender…) a session may collect
+/// between accepted messages before each further one counts as an error too (as Postfix's
+/// `smtpd_recipient_overshoot_limit`), so a client looping on refused commands is cut off.
 const MAX_POLICY_REFUSALS: u32 = 1000;
 
 pub struct Session {
@@ -40,7 +40,7 @@ pub struct Session {
     pub(super) mail_from: Option<String>,
     pub(super) rcpts: Vec<String>,
     pub(super) errors: u32,
-    /// Policy refusals in this transaction (see [`MAX_POLICY_REFUSALS`]).
+    /// Policy refusals since the last accepted message (see [`MAX_POLICY_REFUSALS`]).
     pub(super) refusals: u32,
     /// NOOP/RSET/VRFY/EXPN/HELP/unknown commands since the last accepted message.
     pub(super) junk_commands: u32,
@@ -160,7 +160,6 @@ impl Session {
     pub(super) fn reset_transaction(&mut self) {
         self.mail_from = None;
         self.rcpts.clear();
-        self.refusals = 0;
     }
 
     fn bare_newline(&self) -> BareNewline {
@@ -223,7 +222,7 @@ impl Session {
 
     /// Sends an error reply. Protocol errors count, and too many close the session; policy
     /// refusals do not (RFC 5321 §4.5.3.1.10: a client told 452 for recipient 101 sends the
-    /// message to the first 100), up to [`MAX_POLICY_REFUSALS`] per transaction.
+    /// message to the first 100), up to [`MAX_POLICY_REFUSALS`] between accepted messages.
     pub(super) async fn error<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Connection<S>,
@@ -278,7 +277,7 @@ impl Session {
     ) -> Flow {
         if let Some(word) = non_smtp_command(&line) {
             // Only the first word: a header line could carry credentials.
-            tracing::info!(client = %self.peer, command = %word, "HTTP request on the SMTP port, closing");
+            tracing::info!(client = %self.peer, command = %word, "non-SMTP command (HTTP request or header line), closing");
             crate::metrics::rejected(self.project_id(), &reply::NOT_SMTP);
             let _ = conn.write_reply(&reply::NOT_SMTP).await;
             return Flow::Close;
@@ -340,6 +339,7 @@ impl Session {
                 if self.accepted > accepted {
                     // As Postfix: a client that delivers mail is not idling.
                     self.junk_commands = 0;
+                    self.refusals = 0;
                 }
                 flow
             }
@@ -433,5 +433,70 @@ fn parse_error_reply(e: smtp_proto::Error) -> Reply {
             format!("5.5.4 Unsupported parameter {}", reply::printable(&param)),
         ),
         _ => reply::syntax("command"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_lines_are_recognised_and_smtp_commands_are_not() {
+        for (line, word) in [
+            ("GET / HTTP/1.1", "GET"),
+            ("post /x HTTP/1.1", "post"),
+            ("CONNECT relay:587 HTTP/1.1", "CONNECT"),
+            ("Host: relay.example", "Host:"),
+            ("User-Agent: curl/8", "User-Agent:"),
+            ("Authorization: Basic c2VjcmV0", "Authorization:"),
+        ] {
+            assert_eq!(
+                non_smtp_command(line.as_bytes()).as_deref(),
+                Some(word),
+                "{line}"
+            );
+        }
+        for line in [
+            "MAIL FROM:<a@b.test>",
+            "MAIL FROM: <a@b.test>",
+            "RCPT TO: <a@b.test>",
+            "AUTH PLAIN AGEAYg==",
+            "EHLO host:1",
+            "GET",
+            "GETX / HTTP/1.1",
+            "Host:x",
+            ": x",
+            "NOOP Host: x",
+        ] {
+            assert_eq!(non_smtp_command(line.as_bytes()), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn policy_refusals_are_not_protocol_errors() {
+        for r in [
+            reply::UNKNOWN_COMMAND,
+            reply::BAD_SEQUENCE_MAIL,
+            reply::NOT_IMPLEMENTED,
+            reply::AUTH_REQUIRED,
+            reply::BAD_CREDENTIALS,
+            reply::AUTH_BASE64,
+            reply::SMTPUTF8_UNSUPPORTED,
+            reply::syntax("STARTTLS"),
+        ] {
+            assert!(is_protocol_error(&r), "{r:?}");
+        }
+        for r in [
+            reply::TOO_MANY_RCPTS,
+            reply::rate_limited("p", 3),
+            reply::NULL_SENDER,
+            reply::TOO_LARGE,
+            reply::TOO_COMPLEX,
+            reply::LOCAL_ERROR,
+            reply::NO_STORAGE,
+            reply::AUTH_TEMP,
+        ] {
+            assert!(!is_protocol_error(&r), "{r:?}");
+        }
     }
 }
