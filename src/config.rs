@@ -144,6 +144,25 @@ pub struct ServerConfig {
     /// (`554 5.4.6`); Postfix's `hopcount_limit`.
     #[serde(default = "d_max_received")]
     pub max_received_headers: usize,
+    /// Lines ending in a bare LF (no CR), in commands and DATA: read as CRLF, or refused.
+    #[serde(default)]
+    pub bare_newline: BareNewline,
+    /// NOOP, RSET, VRFY, EXPN, HELP and unknown commands a session may send before it gets
+    /// 421 4.7.0 and is closed; the count starts again when a message is accepted. 0: no limit.
+    #[serde(default = "d_junk_commands")]
+    pub junk_command_limit: u32,
+}
+
+/// What `[server] bare_newline` does with a line that ends in LF without CR.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewline {
+    /// Read it as CRLF (Postfix 3.9's `smtpd_forbid_bare_newline = normalize`); only
+    /// CRLF.CRLF still ends DATA, and a lone `.` line next to a bare LF is refused.
+    #[default]
+    Normalize,
+    /// Refuse it with 550 5.5.2 and close the connection.
+    Reject,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -553,6 +572,9 @@ fn d_min_free() -> u64 {
 }
 fn d_max_connections() -> usize {
     1000
+}
+fn d_junk_commands() -> u32 {
+    100
 }
 fn d_message_memory() -> u64 {
     128
@@ -1334,6 +1356,24 @@ mod tests {
             Config::parse(&text, "x.toml").unwrap().limits.mode,
             LimitMode::AcceptAndDelay
         );
+    }
+
+    #[test]
+    fn bare_newline_and_junk_limit() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(c.server.bare_newline, BareNewline::Normalize);
+        assert_eq!(c.server.junk_command_limit, 100);
+        let text =
+            DEFAULT_CONFIG.replace("bare_newline = \"normalize\"", "bare_newline = \"reject\"");
+        assert_eq!(
+            Config::parse(&text, "x.toml").unwrap().server.bare_newline,
+            BareNewline::Reject
+        );
+        let text = DEFAULT_CONFIG.replace("bare_newline = \"normalize\"", "bare_newline = \"fix\"");
+        let err = parse_err(&text);
+        assert!(err.contains("key `server.bare_newline`"), "{err}");
+        let text = DEFAULT_CONFIG.replace("junk_command_limit = 100", "junk_command_limit = -1");
+        assert!(parse_err(&text).contains("key `server.junk_command_limit`"));
     }
 
     #[test]

@@ -56,7 +56,7 @@ async fn metrics_match_what_was_sent_and_what_the_upstream_received() {
     let (id, token) = relay.add_project("app", &["app.test"]);
 
     // Session 1 (TLS): five messages accepted, then a wrong sender, an oversized one, one
-    // over the rate limit, and a bare LF that closes the connection.
+    // over the rate limit, and a NUL byte that closes the connection.
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     let mut delivered = Vec::new();
     for i in 0..3 {
@@ -77,7 +77,7 @@ async fn metrics_match_what_was_sent_and_what_the_upstream_received() {
     let r = c.cmd("MAIL FROM:<noreply@app.test>").await;
     assert_eq!(r.code, 451, "{r:?}");
     assert!(r.text.starts_with("4.7.1 Rate limit exceeded"), "{r:?}");
-    c.write(b"NOOP\n").await;
+    c.write(b"NO\0OP\r\n").await;
     assert_eq!(c.reply().await.code, 550);
     assert!(c.closed(Duration::from_secs(5)).await);
 

@@ -155,7 +155,7 @@ async fn malformed_auth_never_authenticates() {
         535,
         "empty initial response"
     );
-    assert_eq!(c.cmd("AUTH PLAIN !!!notbase64").await.code, 535);
+    assert_eq!(c.cmd("AUTH PLAIN !!!notbase64").await.code, 501, "RFC 4954");
     assert_eq!(c.cmd("AUTH PLAIN").await.code, 334);
     assert_eq!(c.cmd("*").await.code, 501, "cancel");
     assert_eq!(c.cmd("AUTH LOGIN").await.code, 334);
@@ -306,14 +306,18 @@ async fn hostile_content_is_handled() {
     let (id, token) = relay.add_project("a", &["a.test"]);
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
 
-    // CR/LF in EHLO or parameters cannot get through the line framing.
+    // CR/LF in EHLO or parameters cannot get through the line framing: a bare CR is refused,
+    // a bare LF ends the line (bare_newline = "normalize"), so what follows is a command of
+    // its own, answered as one.
     c.write(b"EHLO evil\rX-Injected: yes\r\n").await;
     let r = c.reply().await;
     assert_eq!(r.code, 550, "{r:?}");
     let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
-    c.write(b"MAIL FROM:<app@a.test> ENVID=x\nRCPT TO:<u@example.net>\r\n")
+    c.write(b"MAIL FROM:<app@a.test>\nRCPT TO:<u@example.net>\r\n")
         .await;
-    assert_eq!(c.reply().await.code, 550);
+    assert_eq!(c.reply().await.code, 250);
+    assert_eq!(c.reply().await.code, 250);
+    assert_eq!(c.cmd("RSET").await.code, 250);
 
     // EHLO name with odd characters: quoted in an escaped comment in the Received header.
     let (mut c, _) = Client::starttls(relay.starttls, &relay.pki).await;

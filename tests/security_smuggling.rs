@@ -1,7 +1,9 @@
 //! SMTP smuggling (CVE-2023-51764/51765/51766 and relatives): no non-standard end-of-data
-//! sequence ends DATA, on either listener, in one write or split. The relay refuses the bare
-//! CR/LF/NUL with 550 5.5.2 and closes, so nothing after a fake terminator runs as a command.
-//! What reaches the upstream is CRLF-only and dot-stuffed on the wire.
+//! sequence ends DATA, on either listener, in one write or split, whether bare LFs are
+//! normalised (the default) or rejected. The relay refuses the bare CR/NUL, and a lone `.`
+//! line next to a bare LF (`reject`: any bare LF), with 550 5.5.2 and closes, so nothing after
+//! a fake terminator runs as a command. What reaches the upstream is CRLF-only and
+//! dot-stuffed on the wire.
 
 mod support;
 
@@ -25,9 +27,22 @@ const FAKE_ENDS: &[&[u8]] = &[
 ];
 
 async fn relay_with_upstream() -> (Relay, TestUpstream, String, String) {
+    relay_in_mode("normalize").await
+}
+
+/// A relay with `[server] bare_newline = mode` and its test upstream.
+async fn relay_in_mode(mode: &str) -> (Relay, TestUpstream, String, String) {
     let pki = TestPki::generate();
     let up = TestUpstream::start(UpstreamOptions::starttls(&pki)).await;
-    let relay = Relay::start_with_upstream(up.port(), "starttls", &pki, RelayOptions::default());
+    let relay = Relay::start_with_upstream(
+        up.port(),
+        "starttls",
+        &pki,
+        RelayOptions {
+            server_extra: format!("bare_newline = \"{mode}\""),
+            ..Default::default()
+        },
+    );
     let (id, token) = relay.add_project("a", &["a.test"]);
     relay.add_project("b", &["b.test"]);
     (relay, up, id, token)
@@ -47,7 +62,13 @@ async fn logged_in(relay: &Relay, implicit: bool, id: &str, token: &str) -> Clie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_terminators_never_end_data() {
-    let (relay, up, id, token) = relay_with_upstream().await;
+    for mode in ["normalize", "reject"] {
+        fake_terminators_in_mode(mode).await;
+    }
+}
+
+async fn fake_terminators_in_mode(mode: &str) {
+    let (relay, up, id, token) = relay_in_mode(mode).await;
     for implicit in [false, true] {
         for fake in FAKE_ENDS {
             for split in [false, true] {
@@ -74,9 +95,12 @@ async fn fake_terminators_never_end_data() {
                 let r = c.reply().await;
                 assert_eq!(
                     r.code, 550,
-                    "{fake:?} split={split} implicit={implicit}: {r:?}"
+                    "{mode}: {fake:?} split={split} implicit={implicit}: {r:?}"
                 );
                 assert!(r.text.starts_with("5.5.2"), "{r:?}");
+                if mode == "normalize" && [&b"\n.\n"[..], b"\n.\r\n", b"\r\n.\n"].contains(fake) {
+                    assert!(r.text.contains("only <CR><LF>.<CR><LF> ends data"), "{r:?}");
+                }
                 assert!(
                     c.closed(Duration::from_secs(5)).await,
                     "connection must close"
@@ -138,6 +162,31 @@ async fn dotted_bodies_arrive_intact_and_stuffed_on_the_wire() {
             m.raw.windows(5).any(|w| w == b"\r\n..\r"),
             "the lone dot line is stuffed"
         );
+    }
+    assert!(up.violations().is_empty(), "{:?}", up.violations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_lf_bodies_are_normalised_unstuffed_and_stuffed_again() {
+    let (relay, up, id, token) = relay_with_upstream().await;
+    // Stuffed dot lines after bare LFs, as smtplib sends them, and a CRLF.CRLF end.
+    let wire =
+        "From: <app@a.test>\nTo: <u@example.net>\nSubject: lf dots\n\n..\n..x\n.y\nmid . dot\n\r\n";
+    let stored = "From: <app@a.test>\r\nTo: <u@example.net>\r\nSubject: lf dots\r\n\r\n.\r\n.x\r\ny\r\nmid . dot\r\n\r\n";
+    for implicit in [false, true] {
+        let mut c = logged_in(&relay, implicit, &id, &token).await;
+        let r = c.send("app@a.test", &["u@example.net"], wire).await;
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    let got = up.wait_for(2, Duration::from_secs(20)).await;
+    for m in got {
+        assert!(m.data.ends_with(stored.as_bytes()), "{}", m.text());
+        assert!(
+            data_problems(&m.raw).is_empty(),
+            "{:?}",
+            data_problems(&m.raw)
+        );
+        assert!(m.raw.windows(6).any(|w| w == b"\r\n..\r\n"));
     }
     assert!(up.violations().is_empty(), "{:?}", up.violations());
 }

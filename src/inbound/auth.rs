@@ -153,7 +153,15 @@ impl Session {
             Err(AuthDecodeError::Cancelled) => {
                 return self.error(conn, &reply::AUTH_CANCELLED).await;
             }
-            Err(_) => return self.auth_failed(conn, answer_at, None).await,
+            // RFC 4954 §4: 501, but still a failed attempt for every limit.
+            Err(AuthDecodeError::Base64) => {
+                return self.auth_failed(conn, answer_at, &reply::AUTH_BASE64, None).await;
+            }
+            Err(_) => {
+                return self
+                    .auth_failed(conn, answer_at, &reply::BAD_CREDENTIALS, None)
+                    .await;
+            }
         };
         if self
             .shared
@@ -195,7 +203,7 @@ impl Session {
                 }
             },
             Ok(None) => {
-                self.auth_failed(conn, answer_at, Some(&creds.username))
+                self.auth_failed(conn, answer_at, &reply::BAD_CREDENTIALS, Some(&creds.username))
                     .await
             }
             Err(e) => {
@@ -205,10 +213,12 @@ impl Session {
         }
     }
 
+    /// `failure` is the reply: 535, or 501 for a response that was not base64.
     async fn auth_failed<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Connection<S>,
         answer_at: tokio::time::Instant,
+        failure: &reply::Reply,
         username: Option<&str>,
     ) -> Flow {
         self.auth_failures += 1;
@@ -216,14 +226,14 @@ impl Session {
         tracing::warn!(client = %self.peer, failures = self.auth_failures, "authentication failed");
         // Counted before the delay, so parallel sessions from the same IP see it at once.
         // Undecodable credentials count under the empty username.
-        let failure = self
+        let cooldown = self
             .shared
             .throttle
             .auth_failed(self.peer.ip(), username.unwrap_or(""));
         tokio::time::sleep_until(answer_at).await;
-        if failure.closes_session() {
-            let _ = conn.write_reply(&reply::BAD_CREDENTIALS).await;
-            let r = if failure.login_cooling_down {
+        if cooldown.closes_session() {
+            let _ = conn.write_reply(failure).await;
+            let r = if cooldown.login_cooling_down {
                 reply::LOGIN_COOLING_DOWN
             } else {
                 reply::IP_COOLING_DOWN
@@ -232,12 +242,12 @@ impl Session {
             return Flow::Close;
         }
         if self.auth_failures >= MAX_AUTH_FAILURES {
-            crate::metrics::rejected(self.project_id(), &reply::BAD_CREDENTIALS);
-            let _ = conn.write_reply(&reply::BAD_CREDENTIALS).await;
+            crate::metrics::rejected(self.project_id(), failure);
+            let _ = conn.write_reply(failure).await;
             let _ = conn.write_reply(&reply::TOO_MANY_ERRORS).await;
             return Flow::Close;
         }
-        self.error(conn, &reply::BAD_CREDENTIALS).await
+        self.error(conn, failure).await
     }
 
     /// Re-checks a logged-in session's token and project when the registry changed since the

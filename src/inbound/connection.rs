@@ -1,9 +1,12 @@
 //! Framing for one client connection: command lines and DATA, kept apart from the command
 //! logic (as in mini-redis's `connection.rs`).
 //!
-//! Every read has a deadline. Lines must end in CRLF; a bare CR, bare LF or NUL anywhere is an
-//! error the session answers with `550 5.5.2` and a close, which is what defeats SMTP
-//! smuggling: only `CRLF.CRLF` can end DATA, because nothing else can get through.
+//! Every read has a deadline. Line ends are CRLF; a line ending in a bare LF is read as CRLF
+//! (`[server] bare_newline = "normalize"`, the default) or refused (`"reject"`). A bare CR or a
+//! NUL is always an error the session answers with `550 5.5.2` and a close. What defeats SMTP
+//! smuggling: only `CRLF.CRLF` ends DATA, and a lone `.` line next to a bare LF — the one thing
+//! normalising could turn into an end of data — is refused the same way, so nothing after it
+//! is ever read as a command and nothing that could end DATA upstream is stored.
 
 use std::time::Duration;
 
@@ -12,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout_at};
 
 use super::reply::Reply;
+pub use crate::config::BareNewline;
 use crate::memory_budget::SPILL_THRESHOLD;
 use crate::queue::QueueError;
 
@@ -32,6 +36,8 @@ pub enum FrameError {
     BareCr,
     #[error("NUL byte")]
     Nul,
+    #[error("lone \".\" line next to a bare LF (SMTP smuggling attempt)")]
+    LoneDot,
     #[error("timeout")]
     Timeout,
     #[error("connection closed")]
@@ -49,6 +55,7 @@ impl FrameError {
             FrameError::BareLf => Some(BARE_LF),
             FrameError::BareCr => Some(BARE_CR),
             FrameError::Nul => Some(NUL_BYTE),
+            FrameError::LoneDot => Some(LONE_DOT),
             FrameError::Timeout => Some(TIMEOUT),
             FrameError::Closed | FrameError::Io => None,
         }
@@ -121,7 +128,7 @@ impl LineLength {
     fn feed(&mut self, bytes: &[u8]) {
         let mut rest = bytes;
         while let Some(i) = memchr::memchr(b'\n', rest) {
-            // CrlfCheck guarantees a CR before every LF.
+            // DataLines guarantees a CR before every LF.
             let line = self.current + i;
             self.longest = self.longest.max(line.saturating_sub(1));
             self.current = 0;
@@ -146,27 +153,120 @@ pub struct Connection<S> {
     start: usize,
     /// Code of the last reply written, for the session's outcome log line.
     last_code: u16,
+    bare_newline: BareNewline,
 }
 
-/// Checks raw bytes for CR/LF/NUL misuse, with the previous byte carried across reads.
-#[derive(Debug, Default, Clone, Copy)]
-struct CrlfCheck {
+/// What the DATA line being read holds so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineSoFar {
+    Empty,
+    /// Exactly one `.`: an end of data if CRLF follows (and preceded it).
+    Dot,
+    Other,
+}
+
+/// Checks DATA's raw bytes for CR/LF/NUL misuse and writes them out with CRLF line ends,
+/// state carried across reads. It also finds the end of data, so that it never reads past it
+/// into pipelined commands; smtp-proto's receiver, fed only its output, unstuffs.
+#[derive(Debug)]
+struct DataLines {
+    mode: BareNewline,
+    /// The last byte was a CR whose LF has not arrived yet.
     pending_cr: bool,
+    line: LineSoFar,
+    /// The previous line ended in a bare LF. The first line follows the DATA command, whose
+    /// 354 the client waited for, so it counts as after CRLF.
+    after_bare_lf: bool,
 }
 
-impl CrlfCheck {
-    fn feed(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
-        for &b in bytes {
-            match b {
-                b'\n' if self.pending_cr => self.pending_cr = false,
-                b'\n' => return Err(FrameError::BareLf),
-                _ if self.pending_cr => return Err(FrameError::BareCr),
+impl DataLines {
+    fn new(mode: BareNewline) -> DataLines {
+        DataLines {
+            mode,
+            pending_cr: false,
+            line: LineSoFar::Empty,
+            after_bare_lf: false,
+        }
+    }
+
+    /// Appends `input` to `out` with CRLF line ends, stopping after the end of data. Returns
+    /// how many bytes of `input` it used and whether the end of data was among them.
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(usize, bool), FrameError> {
+        let mut i = 0;
+        while i < input.len() {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if input[i] != b'\n' {
+                    return Err(FrameError::BareCr);
+                }
+                i += 1;
+                if self.end_line(false, out)? {
+                    return Ok((i, true));
+                }
+                continue;
+            }
+            let rest = &input[i..];
+            let Some(p) = memchr::memchr3(b'\r', b'\n', 0, rest) else {
+                self.text(rest, out);
+                return Ok((input.len(), false));
+            };
+            self.text(&rest[..p], out);
+            i += p + 1;
+            match rest[p] {
                 b'\r' => self.pending_cr = true,
-                0 => return Err(FrameError::Nul),
-                _ => {}
+                b'\n' if self.mode == BareNewline::Reject => return Err(FrameError::BareLf),
+                b'\n' => {
+                    if self.end_line(true, out)? {
+                        return Ok((i, true));
+                    }
+                }
+                _ => return Err(FrameError::Nul),
             }
         }
-        Ok(())
+        Ok((i, false))
+    }
+
+    fn text(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.line = match (self.line, bytes) {
+            (LineSoFar::Empty, b".") => LineSoFar::Dot,
+            _ => LineSoFar::Other,
+        };
+        out.extend_from_slice(bytes);
+    }
+
+    /// The current line ended, in a bare LF when `bare`. `Ok(true)`: that was the end of data.
+    fn end_line(&mut self, bare: bool, out: &mut Vec<u8>) -> Result<bool, FrameError> {
+        let dot = self.line == LineSoFar::Dot;
+        if dot && (bare || self.after_bare_lf) {
+            return Err(FrameError::LoneDot);
+        }
+        out.extend_from_slice(b"\r\n");
+        self.after_bare_lf = bare;
+        self.line = LineSoFar::Empty;
+        Ok(dot)
+    }
+}
+
+/// One command line without its line end, checked: `Err` for a bare CR, a NUL, a bare LF
+/// in reject mode, or more than `limit` octets counting a CRLF (a bare LF counts as two).
+fn command_line(line: &[u8], limit: usize, mode: BareNewline) -> Result<&[u8], FrameError> {
+    let (content, crlf) = match line.strip_suffix(b"\r") {
+        Some(c) => (c, true),
+        None => (line, false),
+    };
+    if content.len() + 2 > limit {
+        Err(FrameError::TooLong)
+    } else if !crlf && mode == BareNewline::Reject {
+        Err(FrameError::BareLf)
+    } else if content.contains(&b'\r') {
+        Err(FrameError::BareCr)
+    } else if content.contains(&0) {
+        Err(FrameError::Nul)
+    } else {
+        Ok(content)
     }
 }
 
@@ -177,7 +277,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             buf: Vec::with_capacity(4096),
             start: 0,
             last_code: 0,
+            bare_newline: BareNewline::default(),
         }
+    }
+
+    /// How lines ending in a bare LF are taken (`[server] bare_newline`).
+    pub fn with_bare_newline(mut self, mode: BareNewline) -> Connection<S> {
+        self.bare_newline = mode;
+        self
     }
 
     /// Gives the stream back, dropping anything buffered: bytes a client pipelined after
@@ -232,14 +339,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub async fn read_line(&mut self, limit: usize, wait: Duration) -> Result<Vec<u8>, FrameError> {
         let deadline = Instant::now() + wait;
         loop {
-            if let Some(pos) = self.pending().iter().position(|&b| b == b'\n') {
-                let line = self.pending()[..=pos].to_vec();
+            if let Some(pos) = memchr::memchr(b'\n', self.pending()) {
+                let line = command_line(&self.pending()[..pos], limit, self.bare_newline)
+                    .map(<[u8]>::to_vec);
                 self.consume(pos + 1);
-                if line.len() > limit {
-                    return Err(FrameError::TooLong);
-                }
-                CrlfCheck::default().feed(&line)?;
-                return Ok(line[..line.len() - 2].to_vec());
+                return line;
             }
             if self.pending().len() >= limit {
                 return self.discard_line(deadline).await;
@@ -303,8 +407,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // smtp-proto misreads the very first line unless primed with a CRLF (DESIGN.md).
         receiver.ingest(&mut b"\r\n".iter(), &mut out);
         let mut primed = true;
-        let mut check = CrlfCheck::default();
-        let mut lines = LineLength::default();
+        let mut lines = DataLines::new(self.bare_newline);
+        let mut normalised = Vec::new();
+        let mut line_length = LineLength::default();
         let mut sink = Sink::Memory;
         // Bytes moved out of `out` (to the file or dropped), priming CRLF excluded.
         let mut moved = 0usize;
@@ -312,12 +417,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut not_stored: Option<QueueError> = None;
         loop {
             if self.has_buffered_input() {
-                let pending = &self.buf[self.start..];
-                let mut iter = pending.iter();
-                let done = receiver.ingest(&mut iter, &mut out);
-                let used = pending.len() - iter.as_slice().len();
-                check.feed(&pending[..used])?;
+                normalised.clear();
+                let (used, end) = lines.feed(&self.buf[self.start..], &mut normalised)?;
                 self.consume(used);
+                let mut iter = normalised.iter();
+                let done = receiver.ingest(&mut iter, &mut out);
+                if done != end || !iter.as_slice().is_empty() {
+                    // Both read the same CRLF-only bytes; never seen, but never guessed at.
+                    tracing::error!(done, end, "DATA framing and smtp-proto disagree on the end");
+                    return Err(FrameError::Io);
+                }
                 let body_len = moved + out.len() - if primed { 2 } else { 0 };
                 if !too_large && body_len > max_size {
                     too_large = true;
@@ -343,7 +452,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         };
                     }
                     if let Sink::File(f) = &mut sink {
-                        lines.feed(&out[from..to]);
+                        line_length.feed(&out[from..to]);
                         if let Err(e) = f.write_all(&out[from..to]).await {
                             not_stored = Some(QueueError::Spill(e));
                             sink = Sink::Discard;
@@ -364,7 +473,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     return Ok(match sink {
                         Sink::File(mut f) => {
-                            lines.feed(&out);
+                            line_length.feed(&out);
                             let written = async {
                                 f.write_all(&out).await?;
                                 f.flush().await?;
@@ -372,7 +481,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                             };
                             match written.await {
                                 Err(e) => DataOutcome::NotStored(QueueError::Spill(e)),
-                                Ok(_) if lines.longest > MAX_TEXT_LINE => DataOutcome::LineTooLong,
+                                Ok(_) if line_length.longest > MAX_TEXT_LINE => {
+                                    DataOutcome::LineTooLong
+                                }
                                 Ok(file) => DataOutcome::Message(Body::Spilled {
                                     file,
                                     len: moved + out.len(),
@@ -443,10 +554,17 @@ mod tests {
     use proptest::prelude::*;
 
     async fn data_of(input: &[u8]) -> (Result<DataOutcome, FrameError>, Vec<u8>) {
+        data_in(BareNewline::Normalize, input).await
+    }
+
+    async fn data_in(
+        mode: BareNewline,
+        input: &[u8],
+    ) -> (Result<DataOutcome, FrameError>, Vec<u8>) {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         client.write_all(input).await.unwrap();
         drop(client);
-        let mut conn = Connection::new(server);
+        let mut conn = Connection::new(server).with_bare_newline(mode);
         let r = conn
             .read_data(1 << 20, Duration::from_secs(5), Duration::from_secs(5))
             .await;
@@ -561,22 +679,92 @@ mod tests {
 
     #[tokio::test]
     async fn smuggling_sequences_are_errors() {
-        for bad in [
-            &b"a\n.\nMAIL FROM:<x@evil.test>\r\n.\r\n"[..],
-            b"a\r\n.\nRSET\r\n.\r\n",
-            b"a\r.\r\nRSET\r\n.\r\n",
-            b"a\r\n.\r\r\nRSET\r\n.\r\n",
-            b"a\r\n\0.\r\n.\r\n",
-        ] {
-            let (r, _) = data_of(bad).await;
-            assert!(
-                matches!(
-                    r,
-                    Err(FrameError::BareLf | FrameError::BareCr | FrameError::Nul)
-                ),
-                "{bad:?} → {r:?}"
-            );
+        for mode in [BareNewline::Normalize, BareNewline::Reject] {
+            for bad in [
+                &b"a\n.\nMAIL FROM:<x@evil.test>\r\n.\r\n"[..],
+                b"a\r\n.\nRSET\r\n.\r\n",
+                b"a\n.\r\nRSET\r\n.\r\n",
+                b".\nRSET\r\n.\r\n",
+                b"a\r.\r\nRSET\r\n.\r\n",
+                b"a\r\n.\r\r\nRSET\r\n.\r\n",
+                b"a\r\n\0.\r\n.\r\n",
+                b"a\r\n.\0\r\n.\r\n",
+            ] {
+                let (r, _) = data_in(mode, bad).await;
+                assert!(
+                    matches!(
+                        r,
+                        Err(FrameError::BareLf
+                            | FrameError::BareCr
+                            | FrameError::Nul
+                            | FrameError::LoneDot)
+                    ),
+                    "{mode:?} {bad:?} → {r:?}"
+                );
+            }
         }
+        // In normalize mode the three bare-LF forms of a lone dot are smuggling attempts.
+        for bad in [&b"a\n.\nRSET\r\n"[..], b"a\r\n.\nRSET", b"a\n.\r\nRSET"] {
+            let (r, _) = data_of(bad).await;
+            assert_eq!(r.unwrap_err(), FrameError::LoneDot, "{bad:?}");
+            let (r, _) = data_in(BareNewline::Reject, bad).await;
+            assert_eq!(r.unwrap_err(), FrameError::BareLf, "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bare_lf_lines_are_normalised() {
+        // smtplib.sendmail(bytes) with LF line ends: stuffed with its own regex, then CRLF.CRLF.
+        let (r, rest) = data_of(b"Subject: x\n\n..\n..leading\nlast\n\r\n.\r\nQUIT\r\n").await;
+        assert_eq!(
+            message(r),
+            b"Subject: x\r\n\r\n.\r\n.leading\r\nlast\r\n\r\n"
+        );
+        assert_eq!(rest, b"QUIT\r\n", "nothing after the end was read as data");
+        // Mixed endings; the end of data must still be CRLF.CRLF.
+        let (r, _) = data_of(b"a\r\nb\nc\r\n.\r\n").await;
+        assert_eq!(message(r), b"a\r\nb\r\nc\r\n");
+        let (r, _) = data_in(BareNewline::Reject, b"a\r\nb\nc\r\n.\r\n").await;
+        assert_eq!(r.unwrap_err(), FrameError::BareLf);
+        // A normalised line is 998 octets + CRLF at most, in memory and spilled.
+        for (len, ok) in [(998, true), (999, false)] {
+            let mut wire = vec![b'a'; len];
+            wire.extend_from_slice(b"\nend\r\n.\r\n");
+            let (r, _) = data_of(&wire).await;
+            assert_eq!(matches!(r, Ok(DataOutcome::Message(_))), ok, "{len}: {r:?}");
+            let mut spilled_wire = b"x\n".repeat(50);
+            spilled_wire.extend_from_slice(&wire);
+            let (r, _) = spilled(spilled_wire, 17, 16, &spill_ok).await;
+            match r {
+                Ok(DataOutcome::Message(b)) if ok => {
+                    let m = b.into_vec().await.unwrap();
+                    assert_eq!(m.len(), 50 * 3 + len + 2 + 5, "{len}");
+                    assert!(!m.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'));
+                }
+                Ok(DataOutcome::LineTooLong) if !ok => {}
+                other => panic!("{len} spilled: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn command_lines_with_bare_lf() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut input = b"NOOP\nRSET\r\nQUIT x\n".to_vec();
+        input.extend_from_slice(&[b'A'; 510]);
+        input.extend_from_slice(b"\n");
+        input.extend_from_slice(&[b'B'; 511]);
+        input.extend_from_slice(b"\nEHLO a\rb\nNOOP\n");
+        client.write_all(&input).await.unwrap();
+        let mut conn = Connection::new(server);
+        let t = Duration::from_secs(5);
+        assert_eq!(conn.read_line(512, t).await.unwrap(), b"NOOP");
+        assert_eq!(conn.read_line(512, t).await.unwrap(), b"RSET");
+        assert_eq!(conn.read_line(512, t).await.unwrap(), b"QUIT x");
+        assert_eq!(conn.read_line(512, t).await.unwrap(), vec![b'A'; 510]);
+        assert_eq!(conn.read_line(512, t).await, Err(FrameError::TooLong));
+        assert_eq!(conn.read_line(512, t).await, Err(FrameError::BareCr));
+        assert_eq!(conn.read_line(512, t).await.unwrap(), b"NOOP");
     }
 
     #[tokio::test]
@@ -608,7 +796,7 @@ mod tests {
         let mut long = vec![b'A'; 600];
         long.extend_from_slice(b" RSET\r\nNOOP\r\nbad\nQUIT\r\n");
         client.write_all(&long).await.unwrap();
-        let mut conn = Connection::new(server);
+        let mut conn = Connection::new(server).with_bare_newline(BareNewline::Reject);
         let t = Duration::from_secs(5);
         assert_eq!(conn.read_line(512, t).await, Err(FrameError::TooLong));
         assert_eq!(conn.read_line(512, t).await.unwrap(), b"NOOP");
@@ -616,32 +804,52 @@ mod tests {
     }
 
     proptest! {
-        /// Any CRLF-only body survives dot-stuffing on the wire and unstuffing here, intact,
-        /// however the bytes are split across reads.
+        /// Any body survives dot-stuffing on the wire and unstuffing here, intact, however
+        /// the bytes are split across reads; lines sent with a bare LF arrive with CRLF
+        /// (normalize), or the message is refused (reject).
         #[test]
-        fn stuffed_bodies_round_trip(lines in proptest::collection::vec("[.a-z ]{0,20}", 0..20), split in 1usize..50) {
+        fn stuffed_bodies_round_trip(
+            lines in proptest::collection::vec(("[.a-z ]{0,20}", any::<bool>()), 0..20),
+            split in 1usize..50,
+        ) {
             let mut body = Vec::new();
-            for l in &lines { body.extend_from_slice(l.as_bytes()); body.extend_from_slice(b"\r\n"); }
             let mut wire = Vec::new();
-            for l in &lines {
+            for (l, bare) in &lines {
+                body.extend_from_slice(l.as_bytes());
+                body.extend_from_slice(b"\r\n");
                 if l.starts_with('.') { wire.push(b'.'); }
                 wire.extend_from_slice(l.as_bytes());
+                wire.extend_from_slice(if *bare { b"\n" } else { b"\r\n" });
+            }
+            // As smtplib does: CRLF before the terminator unless the data ends in one.
+            if lines.last().is_some_and(|(_, bare)| *bare) {
                 wire.extend_from_slice(b"\r\n");
+                body.extend_from_slice(b"\r\n");
             }
             wire.extend_from_slice(b".\r\n");
+            let any_bare = lines.iter().any(|(_, bare)| *bare);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let got = rt.block_on(async {
-                let (mut client, server) = tokio::io::duplex(64);
-                let w = wire.clone();
-                tokio::spawn(async move {
-                    for c in w.chunks(split) { client.write_all(c).await.unwrap(); }
+            for mode in [BareNewline::Normalize, BareNewline::Reject] {
+                let got = rt.block_on(async {
+                    let (mut client, server) = tokio::io::duplex(64);
+                    let w = wire.clone();
+                    tokio::spawn(async move {
+                        for c in w.chunks(split) {
+                            if client.write_all(c).await.is_err() { break; }
+                        }
+                    });
+                    let mut conn = Connection::new(server).with_bare_newline(mode);
+                    conn.read_data(1 << 20, Duration::from_secs(5), Duration::from_secs(5)).await
                 });
-                let mut conn = Connection::new(server);
-                conn.read_data(1 << 20, Duration::from_secs(5), Duration::from_secs(5)).await
-            });
-            match got {
-                Ok(DataOutcome::Message(Body::Memory(m))) => prop_assert_eq!(m, body.clone()),
-                other => prop_assert!(false, "{:?}", other),
+                match got {
+                    Err(FrameError::BareLf) if mode == BareNewline::Reject && any_bare => {}
+                    Ok(DataOutcome::Message(Body::Memory(m)))
+                        if mode == BareNewline::Normalize || !any_bare =>
+                    {
+                        prop_assert_eq!(m, body.clone())
+                    }
+                    other => prop_assert!(false, "{:?}: {:?}", mode, other),
+                }
             }
             // The same body spilled to a file at a tiny threshold, split anywhere.
             let got = rt.block_on(async {
@@ -652,6 +860,34 @@ mod tests {
                 }
             });
             prop_assert_eq!(got, Some(body));
+        }
+
+        /// Pieces smuggling is made of, in any order: whatever ends DATA is a real CRLF.CRLF,
+        /// and what was accepted is CRLF-only and reads back identically once stuffed for
+        /// the upstream.
+        #[test]
+        fn only_crlf_dot_crlf_ends_data(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![&b"\r\n"[..], b"\n", b"\r", b".", b"..", b"a", b"\0", b"\r\n.\r\n"]),
+                0..30,
+            ),
+        ) {
+            let input = pieces.concat();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (r, rest) = rt.block_on(data_of(&input));
+            if let Ok(DataOutcome::Message(Body::Memory(m))) = r {
+                let mut primed = b"\r\n".to_vec();
+                primed.extend_from_slice(&input[..input.len() - rest.len()]);
+                prop_assert!(primed.ends_with(b"\r\n.\r\n"), "{:?}", input);
+                for (i, &b) in m.iter().enumerate() {
+                    prop_assert!(b != 0);
+                    prop_assert!(b != b'\n' || (i > 0 && m[i - 1] == b'\r'));
+                    prop_assert!(b != b'\r' || m.get(i + 1) == Some(&b'\n'));
+                }
+                let wire = crate::outbound::upstream::dot_stuff(&m);
+                let (again, _) = rt.block_on(data_in(BareNewline::Reject, &wire));
+                prop_assert_eq!(message(again), m);
+            }
         }
     }
 }

@@ -57,10 +57,19 @@ pub const AUTH_CANCELLED: Reply = Reply::new(501, "5.0.0 Authentication cancelle
 pub const AUTH_MECH: Reply = Reply::new(504, "5.5.4 Unrecognized authentication type");
 pub const AUTH_AGAIN: Reply = Reply::new(503, "5.5.1 Already authenticated");
 pub const AUTH_SYNTAX: Reply = Reply::new(501, "5.5.2 Invalid AUTH response");
+/// RFC 4954 §4: a response that is not base64 rejects the AUTH command with 501.
+pub const AUTH_BASE64: Reply = Reply::new(501, "5.5.2 Cannot decode AUTH response (not base64)");
 pub const TOO_LARGE: Reply = Reply::new(552, "5.3.4 Message size exceeds fixed limit");
 pub const TOO_MANY_RCPTS: Reply = Reply::new(452, "4.5.3 Too many recipients");
 pub const TOO_MANY_CONNECTIONS: Reply = Reply::new(421, "4.7.0 Too many connections, try later");
 pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0 Too many errors, closing connection");
+/// Over `[server] junk_command_limit` NOOP/RSET/VRFY/HELP/unknown commands.
+pub const TOO_MANY_JUNK: Reply = Reply::new(
+    421,
+    "4.7.0 Too many commands without mail, closing connection",
+);
+/// An HTTP request line or header on the SMTP port: answered once, then closed (as Postfix).
+pub const NOT_SMTP: Reply = Reply::new(221, "2.7.0 Error: not an SMTP command (HTTP?), closing");
 pub const TIMEOUT: Reply = Reply::new(421, "4.4.2 Timeout, closing connection");
 pub const SHUTTING_DOWN: Reply = Reply::new(421, "4.3.2 Service shutting down, closing connection");
 pub const NO_STORAGE: Reply = Reply::new(452, "4.3.1 Insufficient system storage");
@@ -73,6 +82,11 @@ pub const LOCAL_ERROR: Reply = Reply::new(451, "4.3.0 Local error in processing"
 pub const BARE_LF: Reply = Reply::new(550, "5.5.2 Error: bare <LF> received");
 pub const BARE_CR: Reply = Reply::new(550, "5.5.2 Error: bare <CR> received");
 pub const NUL_BYTE: Reply = Reply::new(550, "5.5.2 Error: NUL character received");
+/// `\n.\n`, `\r\n.\n`, `\n.\r\n`: not an end of data, refused as a smuggling attempt.
+pub const LONE_DOT: Reply = Reply::new(
+    550,
+    "5.5.2 Error: bare <LF> around a \".\" line; only <CR><LF>.<CR><LF> ends data",
+);
 pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.2 Line too long");
 pub const BAD_SEQUENCE_MAIL: Reply = Reply::new(503, "5.5.1 Error: need MAIL command");
 pub const BAD_SEQUENCE_RCPT: Reply = Reply::new(503, "5.5.1 Error: need RCPT command");

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::Shared;
-use super::connection::{Connection, FrameError, MAX_COMMAND_LINE};
+use super::connection::{BareNewline, Connection, FrameError, MAX_COMMAND_LINE};
 use super::reply::{self, Reply};
 use crate::config::{ListenerConfig, ListenerMode};
 use crate::policy::limits::ProjectSession;
@@ -21,6 +21,10 @@ use crate::policy::projects::Authenticated;
 
 /// After this many protocol errors the session is closed with 421.
 const MAX_ERRORS: u32 = 10;
+/// Policy refusals (452 too many recipients, 451 rate limit, 553 sender…) a session may collect
+/// between accepted messages before each further one counts as an error too (as Postfix's
+/// `smtpd_recipient_overshoot_limit`), so a client looping on refused commands is cut off.
+const MAX_POLICY_REFUSALS: u32 = 1000;
 
 pub struct Session {
     pub(super) shared: Arc<Shared>,
@@ -38,6 +42,10 @@ pub struct Session {
     pub(super) mail_from: Option<String>,
     pub(super) rcpts: Vec<String>,
     pub(super) errors: u32,
+    /// Policy refusals since the last accepted message (see [`MAX_POLICY_REFUSALS`]).
+    pub(super) refusals: u32,
+    /// NOOP/RSET/VRFY/EXPN/HELP/unknown commands since the last accepted message.
+    pub(super) junk_commands: u32,
     pub(super) accepted: u32,
     pub(super) started: Instant,
     /// Ids of the messages accepted in this session, for the outcome log line.
@@ -69,6 +77,8 @@ impl Session {
             mail_from: None,
             rcpts: Vec::new(),
             errors: 0,
+            refusals: 0,
+            junk_commands: 0,
             accepted: 0,
             started: Instant::now(),
             message_ids: Vec::new(),
@@ -83,14 +93,14 @@ impl Session {
         match self.mode {
             ListenerMode::Implicit => {
                 if let Some(tls) = self.handshake(tcp).await {
-                    let mut conn = Connection::new(tls);
+                    let mut conn = Connection::new(tls).with_bare_newline(self.bare_newline());
                     self.serve(&mut conn, true).await;
                     self.last_code = conn.last_code();
                     conn.shutdown().await;
                 }
             }
             ListenerMode::Starttls | ListenerMode::Plain => {
-                let mut conn = Connection::new(tcp);
+                let mut conn = Connection::new(tcp).with_bare_newline(self.bare_newline());
                 let flow = self.serve(&mut conn, true).await;
                 self.last_code = conn.last_code();
                 if let Flow::StartTls = flow {
@@ -102,7 +112,7 @@ impl Session {
                         self.auth = None;
                         self.quota = None;
                         self.reset_transaction();
-                        let mut conn = Connection::new(tls);
+                        let mut conn = Connection::new(tls).with_bare_newline(self.bare_newline());
                         self.serve(&mut conn, false).await;
                         self.last_code = conn.last_code();
                         conn.shutdown().await;
@@ -153,6 +163,10 @@ impl Session {
     pub(super) fn reset_transaction(&mut self) {
         self.mail_from = None;
         self.rcpts.clear();
+    }
+
+    fn bare_newline(&self) -> BareNewline {
+        self.shared.config.server.bare_newline
     }
 
     /// The authenticated project's id, or "" before AUTH (for metrics labels).
@@ -209,19 +223,43 @@ impl Session {
         }
     }
 
-    /// Sends an error reply and counts it; too many errors close the session.
+    /// Sends an error reply. Protocol errors count, and too many close the session; policy
+    /// refusals do not (RFC 5321 §4.5.3.1.10: a client told 452 for recipient 101 sends the
+    /// message to the first 100), up to [`MAX_POLICY_REFUSALS`] between accepted messages.
     pub(super) async fn error<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Connection<S>,
         r: &Reply,
     ) -> Flow {
         crate::metrics::rejected(self.project_id(), r);
-        self.errors += 1;
-        if self.errors > MAX_ERRORS {
-            let _ = conn.write_reply(&reply::TOO_MANY_ERRORS).await;
-            return Flow::Close;
+        let counts = is_protocol_error(r) || {
+            self.refusals += 1;
+            self.refusals > MAX_POLICY_REFUSALS
+        };
+        if counts {
+            self.errors += 1;
+            if self.errors > MAX_ERRORS {
+                let _ = conn.write_reply(&reply::TOO_MANY_ERRORS).await;
+                return Flow::Close;
+            }
         }
         self.send(conn, r).await
+    }
+
+    /// Counts a command that moves no mail; past `junk_command_limit`, 421 and close.
+    async fn junk<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+    ) -> Option<Flow> {
+        let limit = self.shared.config.server.junk_command_limit;
+        self.junk_commands = self.junk_commands.saturating_add(1);
+        if limit == 0 || self.junk_commands <= limit {
+            return None;
+        }
+        tracing::info!(client = %self.peer, limit, "too many commands without mail, closing");
+        crate::metrics::rejected(self.project_id(), &reply::TOO_MANY_JUNK);
+        let _ = conn.write_reply(&reply::TOO_MANY_JUNK).await;
+        Some(Flow::Close)
     }
 
     pub(super) async fn send<S: AsyncRead + AsyncWrite + Unpin>(
@@ -240,14 +278,46 @@ impl Session {
         conn: &mut Connection<S>,
         mut line: Vec<u8>,
     ) -> Flow {
+        if let Some(word) = non_smtp_command(&line) {
+            // Only the first word: a header line could carry credentials.
+            tracing::info!(client = %self.peer, command = %word, "non-SMTP command (HTTP request or header line), closing");
+            crate::metrics::rejected(self.project_id(), &reply::NOT_SMTP);
+            let _ = conn.write_reply(&reply::NOT_SMTP).await;
+            return Flow::Close;
+        }
+        let has_argument = line.trim_ascii().iter().any(u8::is_ascii_whitespace);
         line.extend_from_slice(b"\r\n");
         let request = match Request::parse(&mut line.iter()) {
             Ok(r) => r.into_owned(),
-            Err(e) => return self.error(conn, &parse_error_reply(e)).await,
+            Err(e) => {
+                if matches!(e, smtp_proto::Error::UnknownCommand)
+                    && let Some(flow) = self.junk(conn).await
+                {
+                    return flow;
+                }
+                return self.error(conn, &parse_error_reply(e)).await;
+            }
         };
+        if matches!(
+            request,
+            Request::Noop { .. }
+                | Request::Rset
+                | Request::Vrfy { .. }
+                | Request::Expn { .. }
+                | Request::Help { .. }
+                | Request::Etrn { .. }
+                | Request::Atrn { .. }
+                | Request::Burl { .. }
+                | Request::Bdat { .. }
+                | Request::Lhlo { .. }
+        ) && let Some(flow) = self.junk(conn).await
+        {
+            return flow;
+        }
         match request {
             Request::Ehlo { host } => self.ehlo(conn, host, true).await,
             Request::Helo { host } => self.ehlo(conn, host, false).await,
+            Request::StartTls if has_argument => self.error(conn, &reply::syntax("STARTTLS")).await,
             Request::StartTls => {
                 if self.tls {
                     self.error(conn, &reply::TLS_ALREADY).await
@@ -266,7 +336,16 @@ impl Session {
             } => self.auth(conn, mechanism, initial_response).await,
             Request::Mail { from } => self.mail(conn, from).await,
             Request::Rcpt { to } => self.rcpt(conn, to).await,
-            Request::Data => self.data(conn).await,
+            Request::Data => {
+                let accepted = self.accepted;
+                let flow = self.data(conn).await;
+                if self.accepted > accepted {
+                    // As Postfix: a client that delivers mail is not idling.
+                    self.junk_commands = 0;
+                    self.refusals = 0;
+                }
+                flow
+            }
             Request::Rset => {
                 self.reset_transaction();
                 self.send(conn, &reply::RESET_OK).await
@@ -323,6 +402,30 @@ impl Session {
     }
 }
 
+/// Whether a refusal says the client broke the protocol (syntax, sequence, unknown command,
+/// AUTH/TLS needed, bad credentials), which counts toward [`MAX_ERRORS`]. Everything else —
+/// limits, rate, sender or content policy, our own temporary trouble — refuses a well-formed
+/// request, and the client knows what to do with it without being disconnected.
+fn is_protocol_error(r: &Reply) -> bool {
+    matches!(r.code, 500..=504 | 530 | 535 | 555)
+}
+
+/// The first word of an HTTP request line (`GET /`, `CONNECT host:443`…) or header line
+/// (`Host: x`), which no SMTP command looks like: Postfix's `smtpd_forbidden_commands`.
+fn non_smtp_command(line: &[u8]) -> Option<String> {
+    const METHODS: [&str; 8] = [
+        "GET", "POST", "CONNECT", "HEAD", "PUT", "OPTIONS", "DELETE", "PATCH",
+    ];
+    let space = line.iter().position(|&b| b == b' ')?;
+    let word = std::str::from_utf8(&line[..space]).ok()?;
+    let header = word.len() > 1
+        && word.ends_with(':')
+        && word[..word.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    (header || METHODS.iter().any(|m| m.eq_ignore_ascii_case(word))).then(|| word.to_string())
+}
+
 fn parse_error_reply(e: smtp_proto::Error) -> Reply {
     use smtp_proto::Error as E;
     match e {
@@ -338,5 +441,70 @@ fn parse_error_reply(e: smtp_proto::Error) -> Reply {
             format!("5.5.4 Unsupported parameter {}", reply::printable(&param)),
         ),
         _ => reply::syntax("command"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_lines_are_recognised_and_smtp_commands_are_not() {
+        for (line, word) in [
+            ("GET / HTTP/1.1", "GET"),
+            ("post /x HTTP/1.1", "post"),
+            ("CONNECT relay:587 HTTP/1.1", "CONNECT"),
+            ("Host: relay.example", "Host:"),
+            ("User-Agent: curl/8", "User-Agent:"),
+            ("Authorization: Basic c2VjcmV0", "Authorization:"),
+        ] {
+            assert_eq!(
+                non_smtp_command(line.as_bytes()).as_deref(),
+                Some(word),
+                "{line}"
+            );
+        }
+        for line in [
+            "MAIL FROM:<a@b.test>",
+            "MAIL FROM: <a@b.test>",
+            "RCPT TO: <a@b.test>",
+            "AUTH PLAIN AGEAYg==",
+            "EHLO host:1",
+            "GET",
+            "GETX / HTTP/1.1",
+            "Host:x",
+            ": x",
+            "NOOP Host: x",
+        ] {
+            assert_eq!(non_smtp_command(line.as_bytes()), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn policy_refusals_are_not_protocol_errors() {
+        for r in [
+            reply::UNKNOWN_COMMAND,
+            reply::BAD_SEQUENCE_MAIL,
+            reply::NOT_IMPLEMENTED,
+            reply::AUTH_REQUIRED,
+            reply::BAD_CREDENTIALS,
+            reply::AUTH_BASE64,
+            reply::SMTPUTF8_UNSUPPORTED,
+            reply::syntax("STARTTLS"),
+        ] {
+            assert!(is_protocol_error(&r), "{r:?}");
+        }
+        for r in [
+            reply::TOO_MANY_RCPTS,
+            reply::rate_limited("p", 3),
+            reply::NULL_SENDER,
+            reply::TOO_LARGE,
+            reply::TOO_COMPLEX,
+            reply::LOCAL_ERROR,
+            reply::NO_STORAGE,
+            reply::AUTH_TEMP,
+        ] {
+            assert!(!is_protocol_error(&r), "{r:?}");
+        }
     }
 }
