@@ -37,6 +37,8 @@ pub struct Session {
     pub(super) auth_failures: u32,
     pub(super) mail_from: Option<String>,
     pub(super) rcpts: Vec<String>,
+    /// MAIL/RCPT parameters of the open transaction (`envelope.rs`).
+    pub(super) tx: super::envelope::TxParams,
     pub(super) errors: u32,
     pub(super) accepted: u32,
     pub(super) started: Instant,
@@ -68,6 +70,7 @@ impl Session {
             auth_failures: 0,
             mail_from: None,
             rcpts: Vec::new(),
+            tx: Default::default(),
             errors: 0,
             accepted: 0,
             started: Instant::now(),
@@ -153,6 +156,7 @@ impl Session {
     pub(super) fn reset_transaction(&mut self) {
         self.mail_from = None;
         self.rcpts.clear();
+        self.tx = Default::default();
     }
 
     /// The authenticated project's id, or "" before AUTH (for metrics labels).
@@ -241,7 +245,8 @@ impl Session {
         mut line: Vec<u8>,
     ) -> Flow {
         line.extend_from_slice(b"\r\n");
-        let request = match Request::parse(&mut line.iter()) {
+        // MAIL/RCPT parameters are parsed in envelope.rs, not by smtp-proto.
+        let request = match Request::parse(&mut super::envelope::without_params(&line).iter()) {
             Ok(r) => r.into_owned(),
             Err(e) => return self.error(conn, &parse_error_reply(e)).await,
         };
@@ -264,8 +269,8 @@ impl Session {
                 mechanism,
                 initial_response,
             } => self.auth(conn, mechanism, initial_response).await,
-            Request::Mail { from } => self.mail(conn, from).await,
-            Request::Rcpt { to } => self.rcpt(conn, to).await,
+            Request::Mail { from } => self.mail(conn, from, &line).await,
+            Request::Rcpt { to } => self.rcpt(conn, to, &line).await,
             Request::Data => self.data(conn).await,
             Request::Rset => {
                 self.reset_transaction();
@@ -298,6 +303,8 @@ impl Session {
         ehlo.capabilities = smtp_proto::EXT_PIPELINING
             | smtp_proto::EXT_SIZE
             | smtp_proto::EXT_8BIT_MIME
+            | smtp_proto::EXT_SMTP_UTF8
+            | smtp_proto::EXT_DSN
             | smtp_proto::EXT_ENHANCED_STATUS_CODES;
         ehlo.size = self.shared.limits.max_size;
         if self.mode == ListenerMode::Starttls && !self.tls {
