@@ -141,6 +141,20 @@ async fn internationalised_addresses_end_to_end() {
     assert!(params.contains(&"SMTPUTF8"), "{params:?}");
     assert!(params.contains(&"BODY=8BITMIME"), "{params:?}");
     assert!(m.text().contains("From: Jörg <jörg@bücher.test>"));
+
+    // ASCII envelope, raw UTF-8 header (RFC 6532): SMTPUTF8 all the same.
+    let body = "From: <app@xn--bcher-kva.test>\r\nSubject: Grüße\r\n\r\nhi\r\n";
+    let r = transaction(
+        &mut c,
+        "app@xn--bcher-kva.test",
+        "",
+        &[("u@ext.test", "")],
+        body,
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let msgs = up.wait_for(2, WAIT).await;
+    assert_eq!(msgs[1].mail_params, "BODY=8BITMIME SMTPUTF8");
     clean(&up);
 }
 
