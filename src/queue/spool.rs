@@ -644,3 +644,31 @@ impl Queue {
         Ok(ids.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Envelopes queued before MAIL/RCPT parameters were kept still load, and a new one
+    /// round-trips what it keeps.
+    #[test]
+    fn old_envelopes_still_load() {
+        let old = br#"{"id":"x","project":"p","mail_from":"a@b.test","recipients":[{"address":"u@ext.test","state":"pending","reply":null}],"size":3,"client_ip":"127.0.0.1","received_ms":1,"expires_ms":2,"next_attempt_ms":1,"attempts":0,"state":"queued","upstream":null,"last_reply":null}"#;
+        let env: Envelope = decode(old).unwrap();
+        assert!(env.mail_params.is_empty());
+        assert!(env.recipients[0].params.is_empty());
+
+        let mut new = env.clone();
+        new.mail_params = MailParams {
+            body_8bitmime: true,
+            smtputf8: true,
+            ret: Some("HDRS".into()),
+            envid: Some("QQ+2B".into()),
+        };
+        new.recipients[0].params.notify = Some("NEVER".into());
+        let back: Envelope = decode(&encode(&new)).unwrap();
+        assert_eq!(back, new);
+        // Nothing extra is written for a message that has no parameters.
+        assert!(!String::from_utf8(encode(&env)).unwrap().contains("params"));
+    }
+}
