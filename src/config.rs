@@ -127,6 +127,10 @@ pub struct ServerConfig {
     pub max_message_size: usize,
     #[serde(default = "d_max_recipients")]
     pub max_recipients: usize,
+    /// Recipient domains refused with 550 5.1.2: each name and everything under it. Names
+    /// without a dot are refused whatever this says.
+    #[serde(default = "d_refused_recipient_domains")]
+    pub refused_recipient_domains: Vec<String>,
     #[serde(default = "d_grace")]
     pub shutdown_grace_secs: u64,
     /// Wait for fsync before answering 250. Turn off only for development benchmarks.
@@ -589,6 +593,9 @@ fn d_max_message_size() -> usize {
 fn d_max_recipients() -> usize {
     100
 }
+fn d_refused_recipient_domains() -> Vec<String> {
+    vec!["localhost".into(), "invalid".into()]
+}
 fn d_grace() -> u64 {
     30
 }
@@ -712,6 +719,23 @@ impl Config {
                 "max_received_headers",
                 "must be at least 1 (Received fields a message may carry)".into(),
             ));
+        }
+        for d in &self.server.refused_recipient_domains {
+            let plain = !d.is_empty()
+                && !d.starts_with('.')
+                && !d.ends_with('.')
+                && !d.contains("..")
+                && d.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !plain {
+                return Err(bad(
+                    "server",
+                    "refused_recipient_domains",
+                    format!(
+                        "{d:?} is not a plain ASCII domain name (e.g. \"localhost\", \"invalid\")"
+                    ),
+                ));
+            }
         }
         for (key, v) in [
             ("tls_handshake_secs", self.timeouts.tls_handshake_secs),
@@ -1264,6 +1288,21 @@ mod tests {
         let text = DEFAULT_CONFIG.replace("max_received_headers = 50", "max_received_headers = 0");
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("server.max_received_headers"), "{err}");
+    }
+
+    #[test]
+    fn refused_recipient_domains_are_checked() {
+        let cfg = Config::parse(DEFAULT_CONFIG, "x.toml").unwrap();
+        assert_eq!(
+            cfg.server.refused_recipient_domains,
+            ["localhost", "invalid"]
+        );
+        let text = DEFAULT_CONFIG.replace(
+            "refused_recipient_domains = [\"localhost\", \"invalid\"]",
+            "refused_recipient_domains = [\"localhost\", \".corp\"]",
+        );
+        let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("server.refused_recipient_domains"), "{err}");
     }
 
     #[test]

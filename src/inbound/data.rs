@@ -67,6 +67,7 @@ impl Session {
             }
         };
         let rcpts = std::mem::take(&mut self.rcpts);
+        let tx = std::mem::take(&mut self.tx);
         self.reset_transaction();
 
         // Held until the message is queued: a large one is in memory only under it.
@@ -152,7 +153,9 @@ impl Session {
             id,
             project: auth.project.id.clone(),
             mail_from,
+            mail_params: tx.mail,
             recipients: rcpts,
+            rcpt_params: tx.rcpts,
             client_ip: self.peer.ip().to_string(),
             max_age_secs: max_age,
             not_before_ms,

@@ -5,7 +5,8 @@
 
 use std::borrow::Cow;
 
-use crate::policy::sender::SenderError;
+use super::envelope::ParamError;
+use crate::policy::sender::{RecipientError, SenderError};
 use crate::queue::QueueError;
 use crate::transform::TransformError;
 use crate::transform::branding::SettingsError;
@@ -103,7 +104,10 @@ pub const NULL_SENDER: Reply = Reply::new(
     "5.7.1 <>: Sender address rejected: not owned by project",
 );
 pub const BAD_RCPT: Reply = Reply::new(501, "5.1.3 Bad recipient address syntax");
-pub const SMTPUTF8_UNSUPPORTED: Reply = Reply::new(555, "5.5.4 SMTPUTF8 is not supported");
+pub const BAD_SENDER: Reply = Reply::new(501, "5.1.7 Bad sender address syntax");
+/// A non-ASCII address in a transaction that did not say SMTPUTF8 (RFC 6531 §3.5).
+pub const SMTPUTF8_UNDECLARED: Reply =
+    Reply::new(553, "5.6.7 Must declare SMTPUTF8 to send unicode address");
 pub const EMPTY_MESSAGE: Reply = Reply::new(554, "5.6.0 Message has no header section");
 /// More `Received` fields than `server.max_received_headers`: a mail loop.
 pub const TOO_MANY_HOPS: Reply = Reply::new(554, "5.4.6 Too many hops");
@@ -178,6 +182,27 @@ impl From<&SenderError> for Reply {
             ),
             other => Reply::owned(550, format!("5.7.1 {}", printable(&other.to_string()))),
         }
+    }
+}
+
+impl From<&RecipientError> for Reply {
+    fn from(e: &RecipientError) -> Reply {
+        let text = printable(&e.to_string());
+        match e {
+            RecipientError::Syntax => BAD_RCPT,
+            RecipientError::Routed(_) => Reply::owned(501, format!("5.1.3 {text}")),
+            RecipientError::DomainRefused(..) => Reply::owned(550, format!("5.1.2 {text}")),
+        }
+    }
+}
+
+impl From<&ParamError> for Reply {
+    fn from(e: &ParamError) -> Reply {
+        let code = match e {
+            ParamError::Unsupported(_) => 555,
+            ParamError::Invalid(_) | ParamError::Duplicate(_) => 501,
+        };
+        Reply::owned(code, format!("5.5.4 {}", printable(&e.to_string())))
     }
 }
 

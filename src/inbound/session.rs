@@ -41,6 +41,8 @@ pub struct Session {
     pub(super) auth_failures: u32,
     pub(super) mail_from: Option<String>,
     pub(super) rcpts: Vec<String>,
+    /// MAIL/RCPT parameters of the open transaction (`envelope.rs`).
+    pub(super) tx: super::envelope::TxParams,
     pub(super) errors: u32,
     /// Policy refusals since the last accepted message (see [`MAX_POLICY_REFUSALS`]).
     pub(super) refusals: u32,
@@ -76,6 +78,7 @@ impl Session {
             auth_failures: 0,
             mail_from: None,
             rcpts: Vec::new(),
+            tx: Default::default(),
             errors: 0,
             refusals: 0,
             junk_commands: 0,
@@ -163,6 +166,7 @@ impl Session {
     pub(super) fn reset_transaction(&mut self) {
         self.mail_from = None;
         self.rcpts.clear();
+        self.tx = Default::default();
     }
 
     fn bare_newline(&self) -> BareNewline {
@@ -287,7 +291,8 @@ impl Session {
         }
         let has_argument = line.trim_ascii().iter().any(u8::is_ascii_whitespace);
         line.extend_from_slice(b"\r\n");
-        let request = match Request::parse(&mut line.iter()) {
+        // MAIL/RCPT parameters are parsed in envelope.rs, not by smtp-proto.
+        let request = match Request::parse(&mut super::envelope::without_params(&line).iter()) {
             Ok(r) => r.into_owned(),
             Err(e) => {
                 if matches!(e, smtp_proto::Error::UnknownCommand)
@@ -334,8 +339,8 @@ impl Session {
                 mechanism,
                 initial_response,
             } => self.auth(conn, mechanism, initial_response).await,
-            Request::Mail { from } => self.mail(conn, from).await,
-            Request::Rcpt { to } => self.rcpt(conn, to).await,
+            Request::Mail { from } => self.mail(conn, from, &line).await,
+            Request::Rcpt { to } => self.rcpt(conn, to, &line).await,
             Request::Data => {
                 let accepted = self.accepted;
                 let flow = self.data(conn).await;
@@ -377,6 +382,8 @@ impl Session {
         ehlo.capabilities = smtp_proto::EXT_PIPELINING
             | smtp_proto::EXT_SIZE
             | smtp_proto::EXT_8BIT_MIME
+            | smtp_proto::EXT_SMTP_UTF8
+            | smtp_proto::EXT_DSN
             | smtp_proto::EXT_ENHANCED_STATUS_CODES;
         ehlo.size = self.shared.limits.max_size;
         if self.mode == ListenerMode::Starttls && !self.tls {
@@ -489,7 +496,7 @@ mod tests {
             reply::AUTH_REQUIRED,
             reply::BAD_CREDENTIALS,
             reply::AUTH_BASE64,
-            reply::SMTPUTF8_UNSUPPORTED,
+            Reply::new(555, "5.5.4 Unsupported parameter HOLDFOR"),
             reply::syntax("STARTTLS"),
         ] {
             assert!(is_protocol_error(&r), "{r:?}");

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use super::upstream::{Connection, SetupError, SmtpUpstream, Transaction};
 use super::{Attempt, RcptOutcome};
 use crate::config::UpstreamConfig;
+use crate::queue::Envelope;
 
 struct Idle {
     conn: Connection,
@@ -65,7 +66,7 @@ impl Pool {
     }
 
     /// One transaction through a pooled (or new) session.
-    pub async fn deliver(&self, mail_from: &str, rcpts: &[String], message: &[u8]) -> PoolResult {
+    pub async fn deliver(&self, env: &Envelope, rcpts: &[String], message: &[u8]) -> PoolResult {
         let up = &self.0.upstream;
         let wait = up.connect_timeout + up.command_timeout;
         let permit = match tokio::time::timeout(wait, self.0.permits.clone().acquire_owned()).await
@@ -98,9 +99,7 @@ impl Pool {
                     Err(e) => return PoolResult::Setup(e),
                 },
             };
-            let t = up
-                .transaction(&mut c, reset, mail_from, rcpts, message)
-                .await;
+            let t = up.transaction(&mut c, reset, env, rcpts, message).await;
             if t.stale {
                 tracing::debug!(upstream = %up.name, "pooled connection was closed while idle; dropping it");
                 continue;

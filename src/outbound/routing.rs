@@ -231,7 +231,7 @@ impl Router {
                         .all(|o| matches!(o, RcptOutcome::Deferred(_)));
                     (a, failed, false)
                 }
-                Upstream::Smtp(pool) => match pool.deliver(&env.mail_from, &addrs, bytes).await {
+                Upstream::Smtp(pool) => match pool.deliver(env, &addrs, bytes).await {
                     PoolResult::Sent(t) => (t.attempt, t.failover, t.throttled),
                     r @ PoolResult::Setup(_) => (r.attempt(addrs.len()), true, false),
                     r @ PoolResult::Busy => (r.attempt(addrs.len()), true, false),

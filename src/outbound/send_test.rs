@@ -140,10 +140,12 @@ impl Tester {
             id: id.clone(),
             project: project.id.clone(),
             mail_from: from.clone(),
+            mail_params: Default::default(),
             recipients: vec![Recipient {
                 address: req.to.clone(),
                 state: RcptState::Pending,
                 reply: None,
+                params: Default::default(),
             }],
             size: bytes.len(),
             client_ip: "127.0.0.1".into(),

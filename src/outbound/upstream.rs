@@ -13,6 +13,11 @@
 //! round trips instead of one per command; otherwise the commands go one by one. The replies
 //! are judged by the same code either way. A [`Connection`] outlives one transaction: the pool
 //! (`pool.rs`) resets and reuses it.
+//!
+//! MAIL and RCPT carry what the message needs and the upstream offers ([`EnvelopeParams`]):
+//! `BODY=8BITMIME` for 8-bit bodies (RFC 6152), `SMTPUTF8` for non-ASCII addresses or
+//! headers (RFC 6531), and the client's DSN parameters (RFC 3461). A message that needs
+//! SMTPUTF8 is never downgraded: an upstream without it refuses it for good, in plain words.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +34,7 @@ use tokio_rustls::TlsConnector;
 use super::oauth2::TokenSource;
 use super::{Attempt, RcptOutcome};
 use crate::config::{UpstreamAuth, UpstreamConfig, UpstreamSecrets, UpstreamTls};
+use crate::queue::Envelope;
 use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +62,8 @@ pub struct Connection {
     client: SmtpClient<Box<dyn Io>>,
     /// The upstream advertised PIPELINING.
     pipelining: bool,
+    /// Its EHLO capabilities (`smtp_proto::EXT_*`): 8BITMIME, SMTPUTF8, DSN decide MAIL/RCPT.
+    capabilities: u32,
     /// Transactions completed over this connection.
     pub sent: usize,
     pub opened: Instant,
@@ -65,6 +73,83 @@ impl Connection {
     /// The upstream announced PIPELINING, so a pooled connection's RSET rides in the group.
     pub fn pipelines(&self) -> bool {
         self.pipelining
+    }
+
+    /// The upstream announced this extension (`smtp_proto::EXT_*`) in its EHLO.
+    fn offers(&self, ext: u32) -> bool {
+        self.capabilities & ext != 0
+    }
+}
+
+/// What one message needs on MAIL and RCPT, and what it carries from the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvelopeParams {
+    /// Declared `BODY=8BITMIME`, or the body has 8-bit bytes.
+    pub eight_bit: bool,
+    /// A non-ASCII envelope address or header: SMTPUTF8 or nothing.
+    pub smtputf8: bool,
+    /// Declared `SMTPUTF8` (repeated when offered even if all is ASCII).
+    pub smtputf8_declared: bool,
+}
+
+impl EnvelopeParams {
+    /// `mail_from`: the sender actually used (an upstream may rewrite it).
+    pub fn of(env: &Envelope, mail_from: &str, rcpts: &[String], message: &[u8]) -> Self {
+        let p = &env.mail_params;
+        let headers = match memchr::memmem::find(message, b"\r\n\r\n") {
+            Some(end) => &message[..end],
+            None => message,
+        };
+        EnvelopeParams {
+            eight_bit: p.body_8bitmime || !message.is_ascii(),
+            smtputf8: !mail_from.is_ascii()
+                || rcpts.iter().any(|r| !r.is_ascii())
+                || !headers.is_ascii(),
+            smtputf8_declared: p.smtputf8,
+        }
+    }
+
+    /// `MAIL FROM:<…> [BODY=8BITMIME] [SMTPUTF8] [RET=…] [ENVID=…]\r\n`, each parameter only
+    /// where the upstream offers its extension.
+    fn mail_line(&self, mail_from: &str, env: &Envelope, conn: &Connection) -> String {
+        let mut line = format!("MAIL FROM:<{mail_from}>");
+        if self.eight_bit && conn.offers(smtp_proto::EXT_8BIT_MIME) {
+            line.push_str(" BODY=8BITMIME");
+        }
+        if (self.smtputf8 || self.smtputf8_declared) && conn.offers(smtp_proto::EXT_SMTP_UTF8) {
+            line.push_str(" SMTPUTF8");
+        }
+        if conn.offers(smtp_proto::EXT_DSN) {
+            if let Some(ret) = &env.mail_params.ret {
+                line.push_str(&format!(" RET={ret}"));
+            }
+            if let Some(envid) = &env.mail_params.envid {
+                line.push_str(&format!(" ENVID={envid}"));
+            }
+        }
+        line.push_str("\r\n");
+        line
+    }
+
+    /// `RCPT TO:<…> [NOTIFY=…] [ORCPT=…]\r\n`: DSN parameters where the upstream offers DSN.
+    fn rcpt_line(&self, env: &Envelope, rcpt: &str, conn: &Connection) -> String {
+        let mut line = format!("RCPT TO:<{rcpt}>");
+        // Recipients are unique in an envelope (kept once at RCPT), so the address finds them.
+        let params = env
+            .recipients
+            .iter()
+            .find(|r| r.address == rcpt)
+            .map(|r| &r.params);
+        if let Some(p) = params.filter(|_| conn.offers(smtp_proto::EXT_DSN)) {
+            if let Some(notify) = &p.notify {
+                line.push_str(&format!(" NOTIFY={notify}"));
+            }
+            if let Some(orcpt) = &p.orcpt {
+                line.push_str(&format!(" ORCPT={orcpt}"));
+            }
+        }
+        line.push_str("\r\n");
+        line
     }
 }
 
@@ -646,6 +731,7 @@ impl SmtpUpstream {
         Ok(Connection {
             client,
             pipelining: caps.has_capability(smtp_proto::EXT_PIPELINING),
+            capabilities: caps.capabilities,
             sent: 0,
             opened: Instant::now(),
         })
@@ -766,12 +852,27 @@ impl SmtpUpstream {
         &self,
         conn: &mut Connection,
         reset: bool,
-        mail_from: &str,
+        env: &Envelope,
         rcpts: &[String],
         message: &[u8],
     ) -> Transaction {
         let n = rcpts.len();
-        let mail_from = self.envelope_from.as_deref().unwrap_or(mail_from);
+        let mail_from = self.envelope_from.as_deref().unwrap_or(&env.mail_from);
+        let params = EnvelopeParams::of(env, mail_from, rcpts, message);
+        if params.smtputf8 && !conn.offers(smtp_proto::EXT_SMTP_UTF8) {
+            // Nothing was sent: the connection stays usable for other messages.
+            let why = format!(
+                "554 5.6.7 upstream {} does not offer SMTPUTF8, which this message needs \
+                 (non-ASCII address or header); not downgraded",
+                self.name
+            );
+            return Transaction::all(n, RcptOutcome::Failed(why), true, false, false);
+        }
+        let mail_line = params.mail_line(mail_from, env, conn);
+        let rcpt_lines: Vec<String> = rcpts
+            .iter()
+            .map(|r| params.rcpt_line(env, r, conn))
+            .collect();
         // A broken server may answer 354 to a pipelined DATA although nothing was accepted;
         // then an empty body ends it and the connection is not reused.
         let mut poisoned = false;
@@ -782,9 +883,9 @@ impl SmtpUpstream {
             if reset {
                 group.push_str("RSET\r\n");
             }
-            let _ = write!(group, "MAIL FROM:<{mail_from}>\r\n");
-            for rcpt in rcpts {
-                let _ = write!(group, "RCPT TO:<{rcpt}>\r\n");
+            let _ = write!(group, "{mail_line}");
+            for line in &rcpt_lines {
+                let _ = write!(group, "{line}");
             }
             group.push_str("DATA\r\n");
             let count = usize::from(reset) + n + 2;
@@ -808,7 +909,7 @@ impl SmtpUpstream {
             replies = Replies::Read(got.into_iter());
         }
         let mut t = self
-            .judge(conn, &mut replies, mail_from, rcpts, message)
+            .judge(conn, &mut replies, &mail_line, &rcpt_lines, message)
             .await;
         t.reusable &= !poisoned;
         t
@@ -819,16 +920,13 @@ impl SmtpUpstream {
         &self,
         conn: &mut Connection,
         replies: &mut Replies,
-        mail_from: &str,
-        rcpts: &[String],
+        mail_line: &str,
+        rcpt_lines: &[String],
         message: &[u8],
     ) -> Transaction {
-        let n = rcpts.len();
+        let n = rcpt_lines.len();
         let pipelined = matches!(replies, Replies::Read(_));
-        let r = match self
-            .reply(conn, replies, || format!("MAIL FROM:<{mail_from}>\r\n"))
-            .await
-        {
+        let r = match self.reply(conn, replies, || mail_line.to_string()).await {
             Ok(r) => r,
             Err(e) => return Transaction::all(n, RcptOutcome::Deferred(e), false, true, false),
         };
@@ -837,11 +935,8 @@ impl SmtpUpstream {
             return Transaction::all(n, classify(&r), r.code != 421, level, is_throttle(&r));
         }
         let mut outcomes = Vec::with_capacity(n);
-        for rcpt in rcpts {
-            match self
-                .reply(conn, replies, || format!("RCPT TO:<{rcpt}>\r\n"))
-                .await
-            {
+        for rcpt_line in rcpt_lines {
+            match self.reply(conn, replies, || rcpt_line.clone()).await {
                 Ok(r) if r.code == 421 => {
                     // The server is closing: nothing was accepted, every recipient not
                     // refused for good may go elsewhere.

@@ -6,6 +6,14 @@
 //! hiding an `@`, several From headers, a group — is refused rather than interpreted.
 //! `Sender`, `Resent-From` and `Resent-Sender` follow the same rule (clients show them as
 //! "B on behalf of A"); a project may allow a foreign `Sender` (`allow_foreign_sender`).
+//!
+//! Internationalised domains (U-labels, RFC 6531) are compared after IDNA (UTS 46)
+//! normalisation to their lowercase A-label form, the form project domains are stored in.
+//!
+//! Recipients get their own check ([`check_recipient`]): a local part that could route the
+//! message further at the next hop (`%` hack, `!` bang path, a quoted `@`) is refused, and
+//! so are domains a relay for apps has no business sending to (dotless names, `localhost`,
+//! `.invalid`, …), since the next hop would be trusted to do something the relay never checked.
 
 use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
 
@@ -28,28 +36,104 @@ pub enum SenderError {
     OriginatorNotOwned { field: &'static str, addr: String },
 }
 
-/// The domain of a plain `local@domain` address, lowercased, if it is one we accept.
-pub fn address_domain(addr: &str) -> Option<String> {
+/// Why a recipient address is refused (mapped to a reply in `inbound/reply.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecipientError {
+    #[error("Bad recipient address syntax")]
+    Syntax,
+    #[error("<{0}>: Recipient address rejected: % or ! routing in the local part is not relayed")]
+    Routed(String),
+    #[error("<{0}>: Recipient address rejected: domain {1} is not deliverable from this relay")]
+    DomainRefused(String, String),
+}
+
+/// A domain in the form project domains are stored in: IDNA (UTS 46) to lowercase A-labels,
+/// STD3 letters/digits/hyphens only, DNS lengths checked. `None` for anything else (a
+/// trailing dot, an address literal, an empty label, an underscore…).
+pub fn normalize_domain(domain: &str) -> Option<String> {
+    use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+    if domain.is_empty() || domain.ends_with('.') || domain.starts_with('[') {
+        return None;
+    }
+    let ascii = Uts46::new()
+        .to_ascii(
+            domain.as_bytes(),
+            AsciiDenyList::STD3,
+            Hyphens::Allow,
+            DnsLength::Verify,
+        )
+        .ok()?;
+    // UTS 46 maps some code points to dots or nothing; what is left must be plain LDH.
+    let ok = !ascii.is_empty()
+        && ascii
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    ok.then(|| ascii.into_owned())
+}
+
+/// The local part and the normalised domain of a plain `local@domain` address.
+fn split_address(addr: &str) -> Option<(&str, String)> {
     let (local, domain) = addr.rsplit_once('@')?;
     if local.is_empty()
         || local.contains('@')
         || local.contains('"')
         || local.starts_with('@')
         || local.contains(':')
-        || domain.is_empty()
-        || domain.ends_with('.')
-        || domain.starts_with('[')
     {
         return None;
     }
-    let domain = domain.to_ascii_lowercase();
-    if !domain
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    {
-        return None;
+    Some((local, normalize_domain(domain)?))
+}
+
+/// The domain of a plain `local@domain` address, normalised, if it is one we accept.
+pub fn address_domain(addr: &str) -> Option<String> {
+    split_address(addr).map(|(_, d)| d)
+}
+
+/// What makes two recipients the same mailbox: the local part exactly (it is the remote
+/// host's to interpret) and the domain after normalisation (case-insensitive, IDNA).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RecipientKey {
+    pub local: String,
+    pub domain: String,
+}
+
+/// May the relay forward to this recipient? `refused_domains` (config
+/// `server.refused_recipient_domains`) match the domain itself and everything under it;
+/// a name without a dot is always refused.
+pub fn check_recipient(
+    addr: &str,
+    refused_domains: &[String],
+) -> Result<RecipientKey, RecipientError> {
+    let (local, domain) = split_address(addr).ok_or(RecipientError::Syntax)?;
+    if local.contains(['%', '!']) {
+        return Err(RecipientError::Routed(addr.to_string()));
     }
-    Some(domain)
+    // Dot-atom only (quotes were stripped by the parser: `"a b"@x` arrives as `a b@x`).
+    let atext =
+        |c: char| !c.is_ascii() || c.is_ascii_alphanumeric() || "#$&'*+-/=?^_`{|}~.".contains(c);
+    if !local.chars().all(atext)
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+    {
+        return Err(RecipientError::Syntax);
+    }
+    let refused = !domain.contains('.')
+        || refused_domains.iter().any(|r| {
+            let r = r.trim_start_matches('.');
+            domain.eq_ignore_ascii_case(r)
+                || domain.len().checked_sub(r.len() + 1).is_some_and(|cut| {
+                    domain.as_bytes()[cut] == b'.' && domain[cut + 1..].eq_ignore_ascii_case(r)
+                })
+        });
+    if refused {
+        return Err(RecipientError::DomainRefused(addr.to_string(), domain));
+    }
+    Ok(RecipientKey {
+        local: local.to_string(),
+        domain,
+    })
 }
 
 pub fn owns(project: &Project, addr: &str) -> bool {
@@ -191,6 +275,94 @@ mod tests {
             "a.test",
         ] {
             assert!(!owns(&p, bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn internationalised_domains() {
+        let mut p = project();
+        p.domains.push("xn--bcher-kva.test".into());
+        for ok in [
+            "jörg@bücher.test",
+            "x@BÜCHER.test",
+            "x@xn--bcher-kva.test",
+            "用户@bücher.test",
+        ] {
+            assert!(owns(&p, ok), "{ok}");
+        }
+        for bad in [
+            "x@bucher.test",
+            "x@bücher.test.",
+            "x@bü cher.test",
+            "x@a_b.test",
+        ] {
+            assert!(!owns(&p, bad), "{bad}");
+        }
+        let utf8 = "From: Jörg <jörg@bücher.test>\r\nSubject: Grüße\r\n\r\nhi\r\n";
+        assert_eq!(check_header_from(&p, utf8.as_bytes()), Ok(()));
+        let other = "From: Jörg <jörg@bücher-x.test>\r\n\r\nhi\r\n";
+        assert!(check_header_from(&p, other.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn recipients() {
+        let refused = vec!["localhost".to_string(), "invalid".to_string()];
+        let key = check_recipient("User@Example.COM", &refused).unwrap();
+        assert_eq!(
+            (key.local.as_str(), key.domain.as_str()),
+            ("User", "example.com")
+        );
+        let idn = check_recipient("user@BÜCHER.example", &refused).unwrap();
+        assert_eq!(idn.domain, "xn--bcher-kva.example");
+        for ok in [
+            "u@ext.test",
+            "u@x.example",
+            "a.b+c@mail.ext.test",
+            "jörg@bücher.test",
+        ] {
+            assert!(check_recipient(ok, &refused).is_ok(), "{ok}");
+        }
+        for routed in [
+            "user%internal.corp@ext.test",
+            "internal.corp!user@ext.test",
+            "a%b@x.test",
+        ] {
+            assert!(
+                matches!(
+                    check_recipient(routed, &refused),
+                    Err(RecipientError::Routed(_))
+                ),
+                "{routed}"
+            );
+        }
+        for refused_domain in [
+            "u@localhost",
+            "u@LOCALHOST",
+            "u@foo.localhost",
+            "u@printer",
+            "u@x.invalid",
+            "u@invalid",
+        ] {
+            assert!(
+                matches!(
+                    check_recipient(refused_domain, &refused),
+                    Err(RecipientError::DomainRefused(..))
+                ),
+                "{refused_domain}"
+            );
+        }
+        // Suffix match is by label, not by string.
+        assert!(check_recipient("u@notlocalhost.test", &refused).is_ok());
+        assert!(check_recipient("u@localhost.test", &refused).is_ok());
+        for bad in [
+            "a b@x.test",
+            ".a@x.test",
+            "a..b@x.test",
+            "a@b@x.test",
+            "u@[127.0.0.1]",
+            "u@x.test.",
+        ] {
+            assert!(check_recipient(bad, &refused).is_err(), "{bad}");
         }
     }
 

@@ -89,6 +89,51 @@ pub struct Recipient {
     pub address: String,
     pub state: RcptState,
     pub reply: Option<String>,
+    /// DSN parameters of its RCPT (absent in envelopes written before they were kept).
+    #[serde(default, skip_serializing_if = "RcptParams::is_empty")]
+    pub params: RcptParams,
+}
+
+/// What the client said on MAIL FROM beyond the address, kept so delivery can say it again
+/// to the upstream (RFC 6152 8BITMIME, RFC 6531 SMTPUTF8, RFC 3461 DSN). Every field
+/// defaults, so envelopes queued before these were kept still load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailParams {
+    /// `BODY=8BITMIME` was declared.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_8bitmime: bool,
+    /// `SMTPUTF8` was declared.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub smtputf8: bool,
+    /// `RET=FULL` or `RET=HDRS`, uppercased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<String>,
+    /// `ENVID`, still xtext-encoded as received: passed on verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+}
+
+impl MailParams {
+    pub fn is_empty(&self) -> bool {
+        *self == MailParams::default()
+    }
+}
+
+/// DSN parameters of one RCPT TO (RFC 3461), validated at RCPT and passed on verbatim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RcptParams {
+    /// `NOTIFY`: `NEVER`, or a comma list of `SUCCESS`, `FAILURE`, `DELAY` (uppercased).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+    /// `ORCPT`: `addr-type;xtext`, as received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+}
+
+impl RcptParams {
+    pub fn is_empty(&self) -> bool {
+        self.notify.is_none() && self.orcpt.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +141,9 @@ pub struct Envelope {
     pub id: String,
     pub project: String,
     pub mail_from: String,
+    /// MAIL FROM parameters to repeat to the upstream.
+    #[serde(default, skip_serializing_if = "MailParams::is_empty")]
+    pub mail_params: MailParams,
     pub recipients: Vec<Recipient>,
     pub size: usize,
     pub client_ip: String,
@@ -124,7 +172,10 @@ pub struct NewMessage {
     pub id: String,
     pub project: String,
     pub mail_from: String,
+    pub mail_params: MailParams,
     pub recipients: Vec<String>,
+    /// DSN parameters, in the order of `recipients` (missing ones: none given).
+    pub rcpt_params: Vec<RcptParams>,
     pub client_ip: String,
     pub max_age_secs: u64,
     /// First delivery no earlier than this (ms since the epoch): the release slot of a project
@@ -255,15 +306,19 @@ impl Queue {
             id: msg.id,
             project: msg.project,
             mail_from: msg.mail_from,
-            recipients: msg
-                .recipients
-                .into_iter()
-                .map(|address| Recipient {
-                    address,
-                    state: RcptState::Pending,
-                    reply: None,
-                })
-                .collect(),
+            mail_params: msg.mail_params,
+            recipients: {
+                let mut params = msg.rcpt_params.into_iter();
+                msg.recipients
+                    .into_iter()
+                    .map(|address| Recipient {
+                        address,
+                        state: RcptState::Pending,
+                        reply: None,
+                        params: params.next().unwrap_or_default(),
+                    })
+                    .collect()
+            },
             size: bytes.len(),
             client_ip: msg.client_ip,
             received_ms: now,
@@ -587,5 +642,33 @@ impl Queue {
         }
         self.store.flush_now()?;
         Ok(ids.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Envelopes queued before MAIL/RCPT parameters were kept still load, and a new one
+    /// round-trips what it keeps.
+    #[test]
+    fn old_envelopes_still_load() {
+        let old = br#"{"id":"x","project":"p","mail_from":"a@b.test","recipients":[{"address":"u@ext.test","state":"pending","reply":null}],"size":3,"client_ip":"127.0.0.1","received_ms":1,"expires_ms":2,"next_attempt_ms":1,"attempts":0,"state":"queued","upstream":null,"last_reply":null}"#;
+        let env: Envelope = decode(old).unwrap();
+        assert!(env.mail_params.is_empty());
+        assert!(env.recipients[0].params.is_empty());
+
+        let mut new = env.clone();
+        new.mail_params = MailParams {
+            body_8bitmime: true,
+            smtputf8: true,
+            ret: Some("HDRS".into()),
+            envid: Some("QQ+2B".into()),
+        };
+        new.recipients[0].params.notify = Some("NEVER".into());
+        let back: Envelope = decode(&encode(&new)).unwrap();
+        assert_eq!(back, new);
+        // Nothing extra is written for a message that has no parameters.
+        assert!(!String::from_utf8(encode(&env)).unwrap().contains("params"));
     }
 }

@@ -20,7 +20,12 @@
 //!
 //! Lenient but recorded in [`TestUpstream::violations`]: commands ending in a bare LF (accepted),
 //! bare CR/LF, NUL or over-long lines in DATA (stored as received), bytes pipelined after
-//! STARTTLS (discarded).
+//! STARTTLS (discarded), MAIL/RCPT parameters of an extension the EHLO reply did not offer
+//! (SMTPUTF8, BODY=8BITMIME, DSN's RET/ENVID/NOTIFY/ORCPT), a non-ASCII address without
+//! SMTPUTF8 on MAIL, 8-bit DATA without BODY=8BITMIME when 8BITMIME was offered. (Raw UTF-8
+//! in headers without SMTPUTF8 is common in clients, lettre included, and not flagged.)
+//! 8BITMIME is offered by default; SMTPUTF8 and DSN only when asked for
+//! ([`UpstreamOptions::with_smtputf8`], [`UpstreamOptions::with_dsn`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -122,6 +127,12 @@ pub struct UpstreamOptions {
     /// Do not advertise PIPELINING; a command arriving before the previous reply is then a
     /// violation.
     pub no_pipelining: bool,
+    /// Do not advertise 8BITMIME.
+    pub no_8bitmime: bool,
+    /// Advertise SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// Advertise DSN (RFC 3461).
+    pub dsn: bool,
 }
 
 impl Default for UpstreamOptions {
@@ -134,6 +145,9 @@ impl Default for UpstreamOptions {
             script: Script::default(),
             addr: None,
             no_pipelining: false,
+            no_8bitmime: false,
+            smtputf8: false,
+            dsn: false,
         }
     }
 }
@@ -184,6 +198,21 @@ impl UpstreamOptions {
         self.no_pipelining = true;
         self
     }
+
+    pub fn without_8bitmime(mut self) -> Self {
+        self.no_8bitmime = true;
+        self
+    }
+
+    pub fn with_smtputf8(mut self) -> Self {
+        self.smtputf8 = true;
+        self
+    }
+
+    pub fn with_dsn(mut self) -> Self {
+        self.dsn = true;
+        self
+    }
 }
 
 /// One transaction the upstream received.
@@ -204,6 +233,9 @@ pub struct ReceivedMessage {
     pub auth_user: Option<String>,
     /// Everything after `MAIL FROM:<...>`, trimmed (e.g. `"SIZE=123 BODY=8BITMIME"`).
     pub mail_params: String,
+    /// Everything after `RCPT TO:<...>`, trimmed, for each accepted recipient (same order as
+    /// `rcpt_to`; `""` when it had none).
+    pub rcpt_params: Vec<String>,
     /// 1-based number of the TCP connection that carried it (see [`TestUpstream::connections`]).
     pub connection: usize,
     /// The reply sent after the body (`250 ...`, or the scripted `data_end`; `""` if dropped).
@@ -235,6 +267,9 @@ struct Shared {
     conn_tasks: Mutex<Vec<AbortHandle>>,
     stopped: AtomicBool,
     pipelining: bool,
+    eight_bit_mime: bool,
+    smtputf8: bool,
+    dsn: bool,
     /// Command lines that arrived with more client bytes already behind them.
     pipelined: AtomicUsize,
 }
@@ -294,6 +329,9 @@ impl TestUpstream {
             conn_tasks: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
             pipelining: !opts.no_pipelining,
+            eight_bit_mime: !opts.no_8bitmime,
+            smtputf8: opts.smtputf8,
+            dsn: opts.dsn,
             pipelined: AtomicUsize::new(0),
         });
         let accept_task =
@@ -658,12 +696,39 @@ struct Session {
     tls: bool,
     auth_user: Option<String>,
     tx: Option<Transaction>,
+    /// Keywords of the last EHLO reply (`"8BITMIME"`, `"SMTPUTF8"`, `"DSN"`, …).
+    offered: Vec<String>,
+}
+
+impl Session {
+    fn offers(&self, keyword: &str) -> bool {
+        self.offered.iter().any(|k| k.eq_ignore_ascii_case(keyword))
+    }
 }
 
 struct Transaction {
     mail_from: String,
     mail_params: String,
     rcpt_to: Vec<String>,
+    rcpt_params: Vec<String>,
+}
+
+/// Whether a `KEY[=value]` parameter list contains `key` (case-insensitive).
+fn has_param(params: &str, key: &str) -> bool {
+    params.split_whitespace().any(|p| {
+        p.split('=')
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case(key))
+    })
+}
+
+/// The keywords of an EHLO reply (first word of every line but the greeting line).
+fn ehlo_keywords(reply: &str) -> Vec<String> {
+    reply
+        .split('\n')
+        .skip(1)
+        .filter_map(|l| l.get(4..)?.split_whitespace().next().map(str::to_string))
+        .collect()
 }
 
 /// Parses `FROM:<addr> params` / `TO:<addr> params` (keyword case-insensitive, optional space
@@ -766,6 +831,7 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                 session.tx = None;
                 if let Some(r) = script.ehlo.filter(|_| verb == "EHLO") {
                     session.greeted = is_positive(&r);
+                    session.offered = ehlo_keywords(&r);
                     conn.reply(&r).await?;
                     if closes(&r) {
                         return Ok(());
@@ -779,12 +845,20 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                 }
                 let mut lines = vec![
                     format!("test-upstream greets {arg}"),
-                    "8BITMIME".to_string(),
                     format!("SIZE {MAX_SIZE}"),
                     "ENHANCEDSTATUSCODES".to_string(),
                 ];
+                if shared.eight_bit_mime {
+                    lines.insert(1, "8BITMIME".to_string());
+                }
                 if shared.pipelining {
                     lines.insert(1, "PIPELINING".to_string());
+                }
+                if shared.smtputf8 {
+                    lines.push("SMTPUTF8".to_string());
+                }
+                if shared.dsn {
+                    lines.push("DSN".to_string());
                 }
                 if shared.tls == UpstreamTls::StartTls && !session.tls {
                     lines.push("STARTTLS".to_string());
@@ -799,6 +873,10 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                     }
                     lines.push(format!("AUTH {}", mechs.join(" ")));
                 }
+                session.offered = lines[1..]
+                    .iter()
+                    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                    .collect();
                 let last = lines.len() - 1;
                 let text: Vec<String> = lines
                     .iter()
@@ -875,6 +953,19 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                             .await?;
                         continue;
                     }
+                    for (key, ext) in [
+                        ("SMTPUTF8", "SMTPUTF8"),
+                        ("BODY", "8BITMIME"),
+                        ("RET", "DSN"),
+                        ("ENVID", "DSN"),
+                    ] {
+                        if has_param(params, key) && !session.offers(ext) {
+                            shared.violation(id, format!("MAIL {key} without {ext} offered"));
+                        }
+                    }
+                    if !from.is_ascii() && !has_param(params, "SMTPUTF8") {
+                        shared.violation(id, format!("non-ASCII sender {from} without SMTPUTF8"));
+                    }
                     let r = script
                         .mail
                         .unwrap_or_else(|| "250 2.1.0 Sender OK".to_string());
@@ -883,6 +974,7 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                             mail_from: from.to_string(),
                             mail_params: params.to_string(),
                             rcpt_to: Vec::new(),
+                            rcpt_params: Vec::new(),
                         });
                     }
                     conn.reply(&r).await?;
@@ -894,14 +986,23 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                 }
             }
             "RCPT" => {
+                let dsn_offered = session.offers("DSN");
                 let Some(tx) = session.tx.as_mut() else {
                     conn.reply("503 5.5.1 Need MAIL first").await?;
                     continue;
                 };
-                let Some((to, _params)) = parse_path(arg, "TO:") else {
+                let Some((to, params)) = parse_path(arg, "TO:") else {
                     conn.reply("501 5.5.4 Syntax: RCPT TO:<address>").await?;
                     continue;
                 };
+                for key in ["NOTIFY", "ORCPT"] {
+                    if has_param(params, key) && !dsn_offered {
+                        shared.violation(id, format!("RCPT {key} without DSN offered"));
+                    }
+                }
+                if !to.is_ascii() && !has_param(&tx.mail_params, "SMTPUTF8") {
+                    shared.violation(id, format!("non-ASCII recipient {to} without SMTPUTF8"));
+                }
                 let r = script
                     .rcpt
                     .get(&to.to_lowercase())
@@ -909,6 +1010,7 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                     .unwrap_or_else(|| "250 2.1.5 Recipient OK".to_string());
                 if is_positive(&r) {
                     tx.rcpt_to.push(to.to_string());
+                    tx.rcpt_params.push(params.to_string());
                 }
                 conn.reply(&r).await?;
                 if closes(&r) {
@@ -945,6 +1047,12 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                 for problem in data_problems(&raw) {
                     shared.violation(id, problem);
                 }
+                if !data.is_ascii()
+                    && session.offers("8BITMIME")
+                    && !has_param(&tx.mail_params, "BODY")
+                {
+                    shared.violation(id, "8-bit DATA without BODY=8BITMIME".into());
+                }
                 let mut msg = ReceivedMessage {
                     mail_from: tx.mail_from,
                     rcpt_to: tx.rcpt_to,
@@ -953,6 +1061,7 @@ async fn serve(tcp: TcpStream, id: usize, shared: &Shared) -> io::Result<()> {
                     tls: session.tls,
                     auth_user: session.auth_user.clone(),
                     mail_params: tx.mail_params,
+                    rcpt_params: tx.rcpt_params,
                     connection: id,
                     reply: String::new(),
                     received_at: std::time::Instant::now(),
