@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 /// The example config, which is also the built-in default.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/smtp-relay.toml");
 pub const DEFAULT_SOURCE: &str = "<built-in config/smtp-relay.toml>";
+/// The shortest maximum queue age (`queue.max_age_secs`, a project's max age): less could
+/// expire a message before its first delivery attempt.
+pub const MIN_MAX_AGE_SECS: u64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -693,8 +696,15 @@ impl Config {
                 "needs at least one delay".into(),
             ));
         }
-        if self.queue.max_age_secs == 0 {
-            return Err(bad("queue", "max_age_secs", "must be at least 1".into()));
+        if self.queue.max_age_secs < MIN_MAX_AGE_SECS {
+            return Err(bad(
+                "queue",
+                "max_age_secs",
+                format!(
+                    "must be at least {MIN_MAX_AGE_SECS} (seconds), so that a message gets at \
+                     least one delivery attempt"
+                ),
+            ));
         }
         if self.queue.poll_interval_ms == 0 {
             return Err(bad(

@@ -207,8 +207,9 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         );
     }
     tracing::info!(
-        starttls = ?port_of(&config, ListenerMode::Starttls),
-        implicit_tls = ?port_of(&config, ListenerMode::Implicit),
+        // Option<u16>: a number, or no field when there is no such listener.
+        starttls = port_of(&config, ListenerMode::Starttls),
+        implicit_tls = port_of(&config, ListenerMode::Implicit),
         state_dir = %config.server.state_dir.display(),
         "smtp-relay ready"
     );

@@ -268,7 +268,7 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
                 command: TokenCommand::Add { .. }
             }
     );
-    let mut v = admin(&config, req)?;
+    let mut v = admin(cli, &config, req)?;
     if creates_token {
         v["smtp"] = smtp_settings(&config, &v);
     }
