@@ -1084,6 +1084,22 @@ fn parse_error(text: &str, source: &str, e: &toml::de::Error) -> ConfigError {
             message,
         };
     };
+    // An empty span at the start is toml's way of blaming the whole document: a required
+    // top-level table is missing. Name it, not the first table of the file.
+    if span.is_empty()
+        && span.start == 0
+        && let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+    {
+        return ConfigError::Parse {
+            path: source.to_string(),
+            line: None,
+            column: None,
+            key: Some(field.to_string()),
+            message: format!("the [{field}] table is missing"),
+        };
+    }
     let start = span.start.min(text.len());
     let before = &text[..start];
     let line_no = before.matches('\n').count() + 1;
@@ -1266,6 +1282,21 @@ mod tests {
             Config::parse(&text, "x.toml").unwrap().limits.mode,
             LimitMode::AcceptAndDelay
         );
+    }
+
+    #[test]
+    fn a_missing_table_is_named() {
+        for table in ["server", "tls", "delivery"] {
+            // The table's header and keys removed, up to the next header.
+            let start = DEFAULT_CONFIG.find(&format!("\n[{table}]\n")).unwrap() + 1;
+            let end = start + 1 + DEFAULT_CONFIG[start + 1..].find("\n[").unwrap() + 1;
+            let text = format!("{}{}", &DEFAULT_CONFIG[..start], &DEFAULT_CONFIG[end..]);
+            let err = parse_err(&text);
+            assert_eq!(
+                err,
+                format!("x.toml: key `{table}`: the [{table}] table is missing"),
+            );
+        }
     }
 
     #[test]
