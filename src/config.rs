@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Provider presets (`provider = "sendgrid"`…): facts about the config, applied while parsing.
+pub mod providers;
+
 /// The example config, which is also the built-in default.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/smtp-relay.toml");
 pub const DEFAULT_SOURCE: &str = "<built-in config/smtp-relay.toml>";
@@ -363,9 +366,9 @@ pub struct UpstreamConfig {
     #[serde(default = "d_upstream_data")]
     pub data_timeout_secs: u64,
     /// Fill host, port, TLS, AUTH and documented limits from a preset (see
-    /// `outbound/providers.rs`); explicit fields win.
+    /// `config/providers.rs`); explicit fields win.
     #[serde(default)]
-    pub provider: Option<crate::outbound::providers::Provider>,
+    pub provider: Option<providers::Provider>,
     /// AWS region for `provider = "ses"`.
     #[serde(default)]
     pub region: Option<String>,
@@ -630,7 +633,7 @@ impl Config {
             text: text.to_string(),
         }));
         for (name, u) in config.upstreams.iter_mut() {
-            if let Err((key, message)) = crate::outbound::providers::apply(u) {
+            if let Err((key, message)) = providers::apply(u) {
                 return Err(config_invalid(
                     text,
                     source,
@@ -944,9 +947,7 @@ impl Config {
                 "the client-credentials flow needs client_secret_file or client_secret_env".into(),
             ));
         }
-        if u.provider == Some(crate::outbound::providers::Provider::Gmail)
-            && !o.uses_refresh_token()
-        {
+        if u.provider == Some(providers::Provider::Gmail) && !o.uses_refresh_token() {
             return Err(bad(
                 &otable,
                 "refresh_token_file",
