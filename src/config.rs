@@ -485,6 +485,19 @@ impl Default for LimitsConfig {
     }
 }
 
+impl LimitsConfig {
+    /// No limit at all (building block for tests and overrides; a config file never gets this
+    /// unless it sets the keys to 0).
+    pub fn unlimited() -> LimitsConfig {
+        LimitsConfig {
+            per_second: None,
+            burst: None,
+            max_connections: None,
+            ..LimitsConfig::default()
+        }
+    }
+}
+
 fn d_per_second() -> Option<u32> {
     Some(100)
 }
