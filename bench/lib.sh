@@ -67,6 +67,16 @@ host = "127.0.0.1"
 port = $sink
 tls = "none"
 auth = "none"
+
+# The built-in per-project and per-IP protections would cap the load generator (one project,
+# one IP, thousands of connections): off for the benchmarks.
+[limits]
+per_second = 0
+max_connections = 0
+
+[throttle]
+max_connections_per_ip = 0
+connections_per_ip_per_minute = 0
 CONF
 }
 

@@ -11,9 +11,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Provider presets (`provider = "sendgrid"`…): facts about the config, applied while parsing.
+pub mod providers;
+
 /// The example config, which is also the built-in default.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/smtp-relay.toml");
 pub const DEFAULT_SOURCE: &str = "<built-in config/smtp-relay.toml>";
+/// The shortest maximum queue age (`queue.max_age_secs`, a project's max age): less could
+/// expire a message before its first delivery attempt.
+pub const MIN_MAX_AGE_SECS: u64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -406,9 +412,9 @@ pub struct UpstreamConfig {
     #[serde(default = "d_upstream_data")]
     pub data_timeout_secs: u64,
     /// Fill host, port, TLS, AUTH and documented limits from a preset (see
-    /// `outbound/providers.rs`); explicit fields win.
+    /// `config/providers.rs`); explicit fields win.
     #[serde(default)]
-    pub provider: Option<crate::outbound::providers::Provider>,
+    pub provider: Option<providers::Provider>,
     /// AWS region for `provider = "ses"`.
     #[serde(default)]
     pub region: Option<String>,
@@ -483,16 +489,17 @@ impl LimitMode {
     }
 }
 
-/// `[limits]`: the defaults every project gets unless it has an override. An absent key, or 0,
-/// means no limit; without the section at all, projects are not rate-limited.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[limits]`: the defaults every project gets unless it has an override. The protective
+/// defaults of the example config (`per_second`, `burst`, `max_connections`) apply when a key
+/// or the whole section is left out; 0 means no limit. The other windows are off unless set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Messages per second, sustained…
-    #[serde(default)]
+    #[serde(default = "d_per_second")]
     pub per_second: Option<u32>,
-    /// …with bursts of up to this many (default: `per_second`).
-    #[serde(default)]
+    /// …with bursts of up to this many (0: `per_second`).
+    #[serde(default = "d_burst")]
     pub burst: Option<u32>,
     #[serde(default)]
     pub per_minute: Option<u32>,
@@ -503,21 +510,60 @@ pub struct LimitsConfig {
     #[serde(default)]
     pub recipients_per_day: Option<u32>,
     /// Concurrent authenticated sessions per project.
-    #[serde(default)]
+    #[serde(default = "d_project_connections")]
     pub max_connections: Option<u32>,
     #[serde(default)]
     pub mode: LimitMode,
 }
 
-/// `[throttle]`: per-client-IP protections, independent of projects. 0 turns one off.
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_second: d_per_second(),
+            burst: d_burst(),
+            per_minute: None,
+            per_hour: None,
+            per_day: None,
+            recipients_per_day: None,
+            max_connections: d_project_connections(),
+            mode: LimitMode::Reject,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// No limit at all (building block for tests and overrides; a config file never gets this
+    /// unless it sets the keys to 0).
+    pub fn unlimited() -> LimitsConfig {
+        LimitsConfig {
+            per_second: None,
+            burst: None,
+            max_connections: None,
+            ..LimitsConfig::default()
+        }
+    }
+}
+
+fn d_per_second() -> Option<u32> {
+    Some(100)
+}
+fn d_burst() -> Option<u32> {
+    Some(200)
+}
+fn d_project_connections() -> Option<u32> {
+    Some(50)
+}
+
+/// `[throttle]`: per-client-IP protections, independent of projects. The defaults (those of
+/// the example config) apply when a key or the section is left out; 0 turns one off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleConfig {
-    /// Concurrent connections from one IP (default: off).
-    #[serde(default)]
+    /// Concurrent connections from one IP.
+    #[serde(default = "d_connections_per_ip")]
     pub max_connections_per_ip: u32,
-    /// New connections per minute from one IP (default: off).
-    #[serde(default)]
+    /// New connections per minute from one IP.
+    #[serde(default = "d_connections_per_ip_per_minute")]
     pub connections_per_ip_per_minute: u32,
     /// Every failed AUTH is answered this long after the credentials arrived.
     #[serde(default = "d_auth_delay")]
@@ -541,8 +587,8 @@ pub struct ThrottleConfig {
 impl Default for ThrottleConfig {
     fn default() -> Self {
         ThrottleConfig {
-            max_connections_per_ip: 0,
-            connections_per_ip_per_minute: 0,
+            max_connections_per_ip: d_connections_per_ip(),
+            connections_per_ip_per_minute: d_connections_per_ip_per_minute(),
             auth_failure_delay_ms: d_auth_delay(),
             auth_failures_per_user: d_auth_failures_user(),
             auth_failures_per_ip: d_auth_failures(),
@@ -552,6 +598,12 @@ impl Default for ThrottleConfig {
     }
 }
 
+fn d_connections_per_ip() -> u32 {
+    100
+}
+fn d_connections_per_ip_per_minute() -> u32 {
+    600
+}
 fn d_auth_delay() -> u64 {
     500
 }
@@ -659,7 +711,7 @@ impl Config {
             text: text.to_string(),
         }));
         for (name, u) in config.upstreams.iter_mut() {
-            if let Err((key, message)) = crate::outbound::providers::apply(u) {
+            if let Err((key, message)) = providers::apply(u) {
                 return Err(config_invalid(
                     text,
                     source,
@@ -782,8 +834,15 @@ impl Config {
                 "needs at least one delay".into(),
             ));
         }
-        if self.queue.max_age_secs == 0 {
-            return Err(bad("queue", "max_age_secs", "must be at least 1".into()));
+        if self.queue.max_age_secs < MIN_MAX_AGE_SECS {
+            return Err(bad(
+                "queue",
+                "max_age_secs",
+                format!(
+                    "must be at least {MIN_MAX_AGE_SECS} (seconds), so that a message gets at \
+                     least one delivery attempt"
+                ),
+            ));
         }
         if self.queue.poll_interval_ms == 0 {
             return Err(bad(
@@ -833,7 +892,10 @@ impl Config {
                 format!("no [upstream.{}] is defined", self.delivery.default_route),
             ));
         }
-        if self.limits.burst.is_some_and(|b| b > 0) && self.limits.per_second.is_none_or(|r| r == 0)
+        // Only a burst written in the file: the default one just goes unused.
+        if self.limits.burst.is_some_and(|b| b > 0)
+            && self.limits.per_second.is_none_or(|r| r == 0)
+            && find_line(text, "limits", "burst").is_some()
         {
             return Err(bad(
                 "limits",
@@ -1007,9 +1069,7 @@ impl Config {
                 "the client-credentials flow needs client_secret_file or client_secret_env".into(),
             ));
         }
-        if u.provider == Some(crate::outbound::providers::Provider::Gmail)
-            && !o.uses_refresh_token()
-        {
+        if u.provider == Some(providers::Provider::Gmail) && !o.uses_refresh_token() {
             return Err(bad(
                 &otable,
                 "refresh_token_file",
@@ -1183,6 +1243,22 @@ fn parse_error(text: &str, source: &str, e: &toml::de::Error) -> ConfigError {
             message,
         };
     };
+    // An empty span at the start is toml's way of blaming the whole document: a required
+    // top-level table is missing. Name it, not the first table of the file.
+    if span.is_empty()
+        && span.start == 0
+        && let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+    {
+        return ConfigError::Parse {
+            path: source.to_string(),
+            line: None,
+            column: None,
+            key: Some(field.to_string()),
+            message: format!("the [{field}] table is missing"),
+        };
+    }
     let start = span.start.min(text.len());
     let before = &text[..start];
     let line_no = before.matches('\n').count() + 1;
@@ -1387,14 +1463,77 @@ mod tests {
         assert_eq!(c.limits.mode, LimitMode::Reject);
         assert_eq!(c.throttle.auth_failures_per_user, 10);
         assert_eq!(c.throttle.auth_failures_per_ip, 100);
-        let text = DEFAULT_CONFIG.replace("per_second = 100\n", "");
+        let text = DEFAULT_CONFIG.replace("per_second = 100\n", "per_second = 0\n");
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("limits.burst"), "{err}");
+        // per_second = 0 alone turns the window off; the default burst does not complain.
+        let text = DEFAULT_CONFIG.replace("per_second = 100\nburst = 200\n", "per_second = 0\n");
+        assert_eq!(
+            Config::parse(&text, "x.toml").unwrap().limits.per_second,
+            Some(0)
+        );
         let text = DEFAULT_CONFIG.replace("mode = \"reject\"", "mode = \"accept-and-delay\"");
         assert_eq!(
             Config::parse(&text, "x.toml").unwrap().limits.mode,
             LimitMode::AcceptAndDelay
         );
+    }
+
+    /// The struct defaults are the example config's values: leaving a section out of a
+    /// config file keeps the protections it documents.
+    #[test]
+    fn defaults_match_the_example_config() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.throttle, ThrottleConfig::default());
+        let q = QueueConfig::default();
+        assert_eq!(
+            (
+                q.workers,
+                &q.retry_schedule_secs,
+                q.max_age_secs,
+                q.poll_interval_ms
+            ),
+            (
+                c.queue.workers,
+                &c.queue.retry_schedule_secs,
+                c.queue.max_age_secs,
+                c.queue.poll_interval_ms
+            )
+        );
+        let t = TimeoutConfig::default();
+        assert_eq!(
+            (t.tls_handshake_secs, t.command_secs, t.data_secs),
+            (
+                c.timeouts.tls_handshake_secs,
+                c.timeouts.command_secs,
+                c.timeouts.data_secs
+            )
+        );
+        // A file with neither section gets them.
+        let start = DEFAULT_CONFIG.find("\n[limits]\n").unwrap();
+        let end = DEFAULT_CONFIG.find("\n[delivery]\n").unwrap();
+        let text = format!("{}{}", &DEFAULT_CONFIG[..start], &DEFAULT_CONFIG[end..]);
+        let bare = Config::parse(&text, "x.toml").unwrap();
+        assert_eq!(bare.limits, c.limits);
+        assert_eq!(bare.throttle, c.throttle);
+        assert_eq!(bare.throttle.max_connections_per_ip, 100);
+        assert_eq!(bare.limits.max_connections, Some(50));
+    }
+
+    #[test]
+    fn a_missing_table_is_named() {
+        for table in ["server", "tls", "delivery"] {
+            // The table's header and keys removed, up to the next header.
+            let start = DEFAULT_CONFIG.find(&format!("\n[{table}]\n")).unwrap() + 1;
+            let end = start + 1 + DEFAULT_CONFIG[start + 1..].find("\n[").unwrap() + 1;
+            let text = format!("{}{}", &DEFAULT_CONFIG[..start], &DEFAULT_CONFIG[end..]);
+            let err = parse_err(&text);
+            assert_eq!(
+                err,
+                format!("x.toml: key `{table}`: the [{table}] table is missing"),
+            );
+        }
     }
 
     #[test]

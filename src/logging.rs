@@ -44,10 +44,85 @@ struct State {
 
 static STATE: OnceLock<State> = OnceLock::new();
 
+/// The relay's own events: a bare level (`trace`, `debug`) applies to these only.
+const OWN_TARGET: &str = "smtp_relay";
+
+/// What a bare level means. `debug` or `trace` alone would bury the relay's own events under
+/// sled's and rustls' internals, so a bare level more verbose than `info` applies to the
+/// relay only and dependencies stay at `info`; name one to hear more of it
+/// (`smtp_relay=trace,sled=debug`). Directives with a target are kept as they are.
+pub fn expand_directive(directive: &str) -> String {
+    let parts: Vec<&str> = directive
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let level = |p: &str| (!p.contains('=')).then(|| p.to_ascii_lowercase());
+    let verbose = |p: &str| level(p).is_some_and(|l| l == "debug" || l == "trace");
+    if !parts.iter().any(|p| verbose(p)) {
+        return directive.to_string();
+    }
+    let quieter_global = parts
+        .iter()
+        .any(|p| level(p).is_some_and(|l| matches!(l.as_str(), "off" | "error" | "warn" | "info")));
+    let mut out: Vec<String> = parts
+        .iter()
+        .map(|p| {
+            if verbose(p) {
+                format!("{OWN_TARGET}={p}")
+            } else {
+                p.to_string()
+            }
+        })
+        .collect();
+    if !quieter_global {
+        out.insert(0, "info".to_string());
+    }
+    out.join(",")
+}
+
+/// One command line as the trace transcript shows it. Only known SMTP verbs are shown: a
+/// line that is not one may be a credential sent out of turn (after a refused AUTH). AUTH
+/// keeps its mechanism and hides the initial response.
+pub fn redact_command(line: &[u8]) -> String {
+    const VERBS: &[&str] = &[
+        "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP",
+        "STARTTLS", "BDAT", "ETRN", "AUTH",
+    ];
+    let text: String = String::from_utf8_lossy(line)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    let mut words = text.split_whitespace();
+    let verb = words.next().unwrap_or("").to_ascii_uppercase();
+    if !VERBS.contains(&verb.as_str()) {
+        return format!("[{} bytes, not a command]", line.len());
+    }
+    if verb == "AUTH" {
+        let mechanism = words.next().unwrap_or("");
+        let hidden = if words.next().is_some() {
+            " [redacted]"
+        } else {
+            ""
+        };
+        return format!("AUTH {mechanism}{hidden}").trim_end().to_string();
+    }
+    text.chars().take(256).collect()
+}
+
+/// A reply as the transcript shows it: its lines joined with ` | `.
+pub fn reply_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
 /// Parses a level or filter directive the way the logger will.
 pub fn parse_level(directive: &str) -> Result<EnvFilter, LogError> {
     EnvFilter::builder()
-        .parse(directive)
+        .parse(expand_directive(directive))
         .map_err(|e| LogError::BadLevel {
             directive: directive.to_string(),
             message: e.to_string(),
@@ -186,6 +261,54 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for StderrWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_verbose_level_is_the_relay_only() {
+        assert_eq!(expand_directive("trace"), "info,smtp_relay=trace");
+        assert_eq!(expand_directive("debug"), "info,smtp_relay=debug");
+        assert_eq!(expand_directive("warn,debug"), "warn,smtp_relay=debug");
+        for kept in [
+            "info",
+            "warn",
+            "smtp_relay=trace,sled=debug",
+            "info,smtp_relay=trace",
+            "trace,sled=trace",
+        ] {
+            // A directive naming targets says what it wants, except a bare verbose level,
+            // which still only applies to the relay.
+            let e = expand_directive(kept);
+            if kept.starts_with("trace,") {
+                assert_eq!(e, "info,smtp_relay=trace,sled=trace");
+            } else {
+                assert_eq!(e, kept);
+            }
+        }
+    }
+
+    #[test]
+    fn the_transcript_hides_credentials() {
+        assert_eq!(
+            redact_command(b"AUTH PLAIN AHByal94AHNtdHByX3NlY3JldA=="),
+            "AUTH PLAIN [redacted]"
+        );
+        assert_eq!(
+            redact_command(b"auth login dXNlcg=="),
+            "AUTH login [redacted]"
+        );
+        assert_eq!(redact_command(b"AUTH LOGIN"), "AUTH LOGIN");
+        assert_eq!(
+            redact_command(b"MAIL FROM:<a@b.test> SIZE=10"),
+            "MAIL FROM:<a@b.test> SIZE=10"
+        );
+        // A base64 line sent out of turn is not shown.
+        assert_eq!(
+            redact_command(b"c210cHJfc2VjcmV0"),
+            "[16 bytes, not a command]"
+        );
+        assert_eq!(redact_command(b""), "[0 bytes, not a command]");
+        assert_eq!(redact_command(b"NOOP \x1b[2J"), "NOOP ?[2J");
+        assert_eq!(reply_text(b"250-a\r\n250 b\r\n"), "250-a | 250 b");
+    }
 
     #[test]
     fn levels_parse_or_are_named() {

@@ -13,13 +13,7 @@ fn main() -> std::process::ExitCode {
     match smtp_relay::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line, no backtrace: the chain of causes joined.
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
-            eprintln!("smtp-relay: error: {msg}");
+            eprintln!("smtp-relay: error: {}", smtp_relay::cli::error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

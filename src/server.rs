@@ -167,8 +167,10 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     let permits = Arc::new(Semaphore::new(max));
     let mut listeners_info = Vec::new();
     let mut accept_tasks = Vec::new();
+    let mut bound_ports = Vec::new();
     for b in bound {
         let addr = b.local_addr();
+        bound_ports.push((b.config.mode, addr.port()));
         tracing::info!(address = %addr, mode = b.config.mode.as_str(), "listening");
         listeners_info.push(
             serde_json::json!({ "mode": b.config.mode.as_str(), "address": addr.to_string() }),
@@ -223,8 +225,9 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         );
     }
     tracing::info!(
-        starttls = ?port_of(&config, ListenerMode::Starttls),
-        implicit_tls = ?port_of(&config, ListenerMode::Implicit),
+        // Option<u16>: a number, or no field when there is no such listener.
+        starttls = port_of(&bound_ports, ListenerMode::Starttls),
+        implicit_tls = port_of(&bound_ports, ListenerMode::Implicit),
         state_dir = %config.server.state_dir.display(),
         "smtp-relay ready"
     );
@@ -266,12 +269,9 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     Ok(())
 }
 
-fn port_of(config: &Config, mode: ListenerMode) -> Option<u16> {
-    config
-        .listeners
-        .iter()
-        .find(|l| l.mode == mode)
-        .map(|l| l.address.port())
+/// The port actually bound (a configured port 0 is chosen by the system) for `mode`.
+fn port_of(bound: &[(ListenerMode, u16)], mode: ListenerMode) -> Option<u16> {
+    bound.iter().find(|(m, _)| *m == mode).map(|(_, p)| *p)
 }
 
 /// Waits for SIGTERM or SIGINT, running `on_hup` for each SIGHUP meanwhile.

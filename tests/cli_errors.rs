@@ -202,3 +202,62 @@ fn presets_resolve_and_explicit_fields_override() {
     assert!(!ok);
     assert_one_line(&err, "max_rate");
 }
+
+#[test]
+fn an_os_error_is_printed_once_and_a_missing_table_is_named() {
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            "/nonexistent/smtp-relay.toml",
+            "project",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert_one_line(&err, "cannot read config file /nonexistent/smtp-relay.toml");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+
+    let start = base().find("[server]").unwrap();
+    let end = base().find("[timeouts]").unwrap();
+    let cfg = format!("{}{}", &base()[..start], &base()[end..]);
+    let (ok, err) = run(&cfg, &["config", "check"]);
+    assert!(!ok);
+    assert_one_line(&err, "key `server`: the [server] table is missing");
+    assert!(
+        !err.contains("listener.server") && !err.contains("timeouts.server"),
+        "{err}"
+    );
+}
+
+/// Every command and subcommand has a one-line help (`smtp-relay help <command>`).
+#[test]
+fn every_subcommand_has_an_about_line() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for sub in cmd.get_subcommands() {
+            let name = format!("{path} {}", sub.get_name());
+            if sub
+                .get_about()
+                .is_none_or(|a| a.to_string().trim().is_empty())
+            {
+                missing.push(name.clone());
+            }
+            walk(sub, &name, missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&smtp_relay::cli::Cli::command(), "smtp-relay", &mut missing);
+    assert!(missing.is_empty(), "no about line: {missing:?}");
+    // And `help` shows it for a nested one.
+    let out = Command::new(BIN)
+        .args(["help", "project", "domain", "remove"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.lines().next().is_some_and(|l| !l.starts_with("Usage")),
+        "{text}"
+    );
+}

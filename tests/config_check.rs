@@ -43,6 +43,7 @@ fn check(text: &str, extra: &[&str]) -> (bool, String, String) {
         .args(["config", "check"])
         .arg(&path)
         .args(extra)
+        .env_remove("SMTP_RELAY_LOG")
         .output()
         .unwrap();
     (
@@ -197,4 +198,41 @@ fn valid_config_prints_defaults_and_warns_about_missing_files() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["upstream"]["sendgrid"]["port"], 587);
     assert_eq!(v["server"]["max_recipients"], 100);
+}
+
+/// A config without `[limits]` and `[throttle]` still protects: the built-in defaults (those
+/// of the example config) apply and are printed; 0 turns one off explicitly.
+#[test]
+fn missing_sections_get_the_protective_defaults_and_are_printed() {
+    assert!(!BASE.contains("[limits]") && !BASE.contains("[throttle]"));
+    let (ok, out, err) = check(BASE, &["--skip-secrets", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let limits = &v["limits"];
+    assert_eq!(limits["per_second"], 100, "{limits:#}");
+    assert_eq!(limits["burst"], 200);
+    assert_eq!(limits["max_connections"], 50);
+    assert_eq!(limits["per_day"], 0, "unset windows are shown as off");
+    assert_eq!(limits["mode"], "reject");
+    let throttle = &v["throttle"];
+    assert_eq!(throttle["max_connections_per_ip"], 100, "{throttle:#}");
+    assert_eq!(throttle["connections_per_ip_per_minute"], 600);
+    assert_eq!(throttle["auth_failures_per_ip"], 10);
+    // Every section, with its effective values.
+    assert_eq!(v["log"]["level"], "info");
+    let up = &v["upstream"]["sendgrid"];
+    assert_eq!(up["max_connections"], 10, "{up:#}");
+    assert_eq!(up["idle_timeout_secs"], 30);
+    assert_eq!(up["throttle_backoff_secs"], 60);
+
+    let text = format!(
+        "{BASE}\n[limits]\nper_second = 0\nmax_connections = 0\n\n[throttle]\nmax_connections_per_ip = 0\n"
+    );
+    let (ok, out, err) = check(&text, &["--skip-secrets", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["limits"]["per_second"], 0);
+    assert_eq!(v["limits"]["max_connections"], 0);
+    assert_eq!(v["throttle"]["max_connections_per_ip"], 0);
+    assert_eq!(v["throttle"]["connections_per_ip_per_minute"], 600);
 }

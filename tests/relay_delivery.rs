@@ -189,12 +189,17 @@ async fn queue_commands_retry_and_delete() {
 async fn short_lived_mail_expires_at_the_project_max_age() {
     let s = setup(Script::default()).await;
     s.up.stop();
-    s.relay.cli_json(&["project", "max-age", &s.id, "2"]);
+    s.relay.cli_json(&["project", "max-age", &s.id, "10"]);
     let id = submit(&s, &["user@example.net"]).await;
     let v = s
         .relay
-        .wait_state(&id, &["expired"], Duration::from_secs(20));
+        .wait_state(&id, &["expired"], Duration::from_secs(40));
     assert!(v["attempts"].as_u64().unwrap() >= 1, "{v:#}");
+    let reason = v["last_reply"].as_str().unwrap_or("");
+    assert!(
+        reason.starts_with("expired after ") && reason.contains("(max age 10 s); last reply: "),
+        "{v:#}"
+    );
     assert!(
         s.relay
             .cli_json(&["queue", "list"])

@@ -117,6 +117,33 @@ pub enum AdminRequest {
     },
 }
 
+impl AdminRequest {
+    /// Whether the operation only reads: such a request never creates a database (the CLI
+    /// refuses it on a state directory that has none, rather than showing an empty one).
+    pub fn is_read_only(&self) -> bool {
+        use AdminRequest::*;
+        match self {
+            ProjectList | ProjectShow { .. } | QueueList | QueueShow { .. } | Log { .. } => true,
+            ProjectLimits { set, clear, .. } => set.is_empty() && !clear,
+            ProjectBranding { update, .. } => update.is_none(),
+            ProjectRoute {
+                upstream, clear, ..
+            } => upstream.is_none() && !clear,
+            SendTest(_) => true,
+            Dkim(d) => matches!(
+                d,
+                dkim::DkimRequest::List { .. }
+                    | dkim::DkimRequest::Dns { .. }
+                    | dkim::DkimRequest::OnFailure {
+                        on_failure: None,
+                        ..
+                    }
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// What the operations need; built from the server's handles or from a directly opened store.
 #[derive(Clone, Debug)]
 pub struct AdminContext {
@@ -140,6 +167,19 @@ pub struct AdminError(pub String);
 
 fn err(e: impl std::fmt::Display) -> AdminError {
     AdminError(e.to_string())
+}
+
+/// A project's maximum queue age has the same floor as `queue.max_age_secs`: below it a
+/// message could expire before its first delivery attempt had a chance.
+fn check_max_age(secs: Option<u64>) -> Result<(), AdminError> {
+    match secs {
+        Some(s) if s < crate::config::MIN_MAX_AGE_SECS => Err(AdminError(format!(
+            "max age {s} s is too short: at least {} s, so that a message \
+             gets at least one delivery attempt (no value: the config's queue.max_age_secs)",
+            crate::config::MIN_MAX_AGE_SECS
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A project as shown to admins: token digests are not shown.
@@ -217,6 +257,7 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             label,
             max_age_secs,
         } => {
+            check_max_age(max_age_secs)?;
             let (p, token) = r
                 .create(&name, &domains, &label, max_age_secs)
                 .map_err(err)?;
@@ -243,6 +284,7 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             project_json(&p)
         }
         ProjectMaxAge { id, max_age_secs } => {
+            check_max_age(max_age_secs)?;
             project_json(&r.set_max_age(&id, max_age_secs).map_err(err)?)
         }
         ProjectSenderPolicy {
@@ -259,7 +301,23 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         }
         TokenRevoke { id, token_id } => project_json(&r.revoke_token(&id, &token_id).map_err(err)?),
         DomainAdd { id, domain } => project_json(&r.add_domain(&id, &domain).map_err(err)?),
-        DomainRemove { id, domain } => project_json(&r.remove_domain(&id, &domain).map_err(err)?),
+        DomainRemove { id, domain } => {
+            let p = r.get(&id).map_err(err)?;
+            let d = domain.trim().to_ascii_lowercase();
+            if !p.domains.contains(&d) {
+                return Err(AdminError(format!(
+                    "project {id} has no domain {d} (its domains: {})",
+                    p.domains.join(", ")
+                )));
+            }
+            if p.domains.len() == 1 {
+                return Err(AdminError(format!(
+                    "{d} is the last domain of project {id}: a project must keep at least one \
+                     (add the new one first, or disable the project)"
+                )));
+            }
+            project_json(&r.remove_domain(&id, &domain).map_err(err)?)
+        }
         QueueList => Value::Array(
             ctx.queue
                 .list()
@@ -281,14 +339,16 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             }
             branding_json(ctx, &id)?
         }
-        Log { project, limit } => Value::Array(
-            ctx.log
-                .recent(project.as_deref(), limit)
-                .map_err(err)?
-                .iter()
-                .map(envelope_json)
-                .collect(),
-        ),
+        Log { project, limit } => {
+            let list = ctx.log.recent(project.as_deref(), limit).map_err(err)?;
+            // A deleted project's messages stay in the log; a name never seen is a mistake.
+            if let Some(p) = &project
+                && list.is_empty()
+            {
+                r.get(p).map_err(err)?;
+            }
+            Value::Array(list.iter().map(envelope_json).collect())
+        }
         ProjectRoute {
             id,
             upstream,

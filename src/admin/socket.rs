@@ -71,8 +71,13 @@ pub enum ClientError {
     /// No server listening: the caller may open the database directly.
     #[error("no running server at {0}")]
     NotRunning(PathBuf),
+    /// The socket exists but cannot be connected to (permissions, …).
+    #[error("cannot reach the running server at {path}: {message}")]
+    Unreachable { path: PathBuf, message: String },
+    /// Connected, but the exchange failed (no answer in time, connection dropped).
     #[error("admin socket {path}: {message}")]
     Io { path: PathBuf, message: String },
+    /// The server answered with a refusal (unknown project, invalid value…).
     #[error("{0}")]
     Remote(String),
 }
@@ -102,7 +107,12 @@ pub fn request_with_timeout(
         {
             return Err(ClientError::NotRunning(path.to_path_buf()));
         }
-        Err(e) => return Err(io(e)),
+        Err(e) => {
+            return Err(ClientError::Unreachable {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            });
+        }
     };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_string(req).map_err(|e| ClientError::Remote(e.to_string()))?;

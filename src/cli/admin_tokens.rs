@@ -41,7 +41,7 @@ pub fn run(cli: &Cli, cmd: &AdminCommand) -> anyhow::Result<()> {
         AdminTokenCommand::List => AdminRequest::AdminTokenList,
         AdminTokenCommand::Revoke { id } => AdminRequest::AdminTokenRevoke { id: id.clone() },
     };
-    let v = admin(&config, req)?;
+    let v = admin(cli, &config, req)?;
     if cli.json {
         print_json(&v);
         return Ok(());

@@ -45,6 +45,7 @@ pub fn run(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut value = toml::Value::try_from(&config)?;
+    fill_effective(&config, &mut value);
     crate::secret::redact(&mut value);
     if cli.json {
         super::print_json(&serde_json::to_value(&value)?);
@@ -53,6 +54,56 @@ pub fn run(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<()> {
         print!("{}", toml::to_string(&value)?);
     }
     Ok(())
+}
+
+/// Writes out the values that apply where the config leaves an optional key unset, so the
+/// printed config is the whole truth: windows that are off (0), the log level `serve` starts
+/// with, the connection limits every SMTP upstream gets.
+fn fill_effective(config: &Config, value: &mut toml::Value) {
+    use toml::Value as V;
+    let Some(root) = value.as_table_mut() else {
+        return;
+    };
+    let mut set = |table: &str, key: &str, v: V| {
+        if let Some(t) = root.get_mut(table).and_then(V::as_table_mut) {
+            t.entry(key).or_insert(v);
+        }
+    };
+    for key in ["per_minute", "per_hour", "per_day", "recipients_per_day"] {
+        set("limits", key, V::Integer(0));
+    }
+    let level = config
+        .log
+        .level
+        .clone()
+        .or_else(|| std::env::var(crate::logging::LEVEL_ENV).ok())
+        .unwrap_or_else(|| "info".into());
+    set("log", "level", V::String(level));
+    let Some(upstreams) = root.get_mut("upstream").and_then(V::as_table_mut) else {
+        return;
+    };
+    for (name, u) in &config.upstreams {
+        let Some(t) = upstreams.get_mut(name).and_then(V::as_table_mut) else {
+            continue;
+        };
+        if u.kind != crate::config::UpstreamKind::Smtp {
+            continue;
+        }
+        let int = |n: u64| V::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+        for (key, v) in [
+            ("tls", V::String("starttls".into())),
+            ("auth", V::String("none".into())),
+            ("max_connections", int(u.max_connections() as u64)),
+            (
+                "max_messages_per_connection",
+                int(u.max_messages_per_connection() as u64),
+            ),
+            ("idle_timeout_secs", int(u.idle_timeout().as_secs())),
+            ("throttle_backoff_secs", int(u.throttle_backoff().as_secs())),
+        ] {
+            t.entry(key).or_insert(v);
+        }
+    }
 }
 
 /// Problems with the non-secret files a valid config refers to.

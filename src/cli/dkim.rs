@@ -121,7 +121,7 @@ pub fn run(cli: &Cli, cmd: &DkimCommand) -> anyhow::Result<()> {
             on_failure: *policy,
         },
     };
-    let v = admin(&config, AdminRequest::Dkim(req))?;
+    let v = admin(cli, &config, AdminRequest::Dkim(req))?;
     if cli.json {
         print_json(&v);
         return Ok(());

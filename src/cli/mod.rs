@@ -13,7 +13,6 @@ pub mod serve;
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
@@ -43,6 +42,11 @@ pub struct Cli {
         default_value = "auto"
     )]
     pub log_format: crate::logging::LogFormat,
+    /// Create the state directory and database if the config's `state_dir` has none yet
+    /// (`serve` always does). Without it, the CLI refuses rather than start a second,
+    /// empty database that the running server never sees.
+    #[arg(long, global = true)]
+    pub init: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -106,21 +110,75 @@ pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 /// Runs an admin operation on the running server, or on the database when none runs.
-pub fn admin(config: &Config, req: AdminRequest) -> anyhow::Result<Value> {
+pub fn admin(cli: &Cli, config: &Config, req: AdminRequest) -> anyhow::Result<Value> {
     match request(&config.admin_socket(), &req) {
         Ok(v) => Ok(v),
         Err(ClientError::NotRunning(_)) => {
-            let (store, ctx) = offline_context(config)?;
+            let (store, ctx) = offline_context(cli, config, req.is_read_only())?;
             let v = execute(&ctx, req)?;
             store.flush_now()?;
             Ok(v)
         }
-        Err(e) => Err(e).context("cannot reach the running server"),
+        // The server's refusal, as it is: the server was reached.
+        Err(ClientError::Remote(message)) => Err(anyhow::anyhow!(message)),
+        Err(e) => Err(e.into()),
     }
 }
 
+/// The state directory as an absolute path (a relative `state_dir` is relative to the
+/// current directory, which is how a second database gets created by mistake).
+pub fn state_dir_shown(config: &Config) -> PathBuf {
+    std::path::absolute(&config.server.state_dir)
+        .unwrap_or_else(|_| config.server.state_dir.clone())
+}
+
+fn config_source(config: &Config) -> String {
+    config
+        .origin
+        .as_ref()
+        .map(|o| o.path.clone())
+        .unwrap_or_else(|| crate::config::DEFAULT_SOURCE.to_string())
+}
+
+/// Refuses to create a database where there is none, unless `--init`; read-only commands
+/// never create one. Run with no server, in another directory, the CLI would otherwise make
+/// a second database whose projects the real server never sees.
+fn check_state_exists(cli: &Cli, config: &Config, read_only: bool) -> anyhow::Result<()> {
+    // Store::open keeps sled's files here.
+    if config.server.state_dir.join("db").exists() {
+        return Ok(());
+    }
+    let dir = state_dir_shown(config);
+    let source = config_source(config);
+    if read_only {
+        anyhow::bail!(
+            "no database in {} (state_dir of {source}): nothing has been created with this \
+             config; is it the config the server uses (see --config)?",
+            dir.display()
+        );
+    }
+    if !cli.init {
+        anyhow::bail!(
+            "no database in {} (state_dir of {source}); pass --init to create a new one \
+             there, or point --config at the config the server uses",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "smtp-relay: creating a new state directory {} (config {source})",
+        dir.display()
+    );
+    Ok(())
+}
+
 /// Opens the database directly (no server running) and builds the admin operations on it.
-pub fn offline_context(config: &Config) -> anyhow::Result<(crate::store::Store, AdminContext)> {
+/// A missing database is created only for a command that writes and with `--init`.
+pub fn offline_context(
+    cli: &Cli,
+    config: &Config,
+    read_only: bool,
+) -> anyhow::Result<(crate::store::Store, AdminContext)> {
+    check_state_exists(cli, config, read_only)?;
     crate::server::prepare_state_dir(config)?;
     let store = crate::store::Store::open(&config.server.state_dir)?;
     let secret = crate::secret::ServerSecret::load(
@@ -158,4 +216,22 @@ pub fn fmt_time(secs: u64) -> String {
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
         dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second
     )
+}
+
+/// One line, no backtrace: the chain of causes joined with `: `. A cause whose text the
+/// message already shows (an error that prints its source and also returns it from
+/// `source()`, like `io::Error` inside a `thiserror` message) is not repeated.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

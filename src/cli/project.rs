@@ -23,16 +23,15 @@ pub enum ProjectCommand {
         /// Label of the first token, e.g. production or staging.
         #[arg(long, default_value = "default")]
         label: String,
-        /// Give up on undelivered mail after this many seconds (default: queue.max_age_secs).
+        /// Give up on undelivered mail after this many seconds, at least 10
+        /// (default: queue.max_age_secs).
         #[arg(long)]
         max_age_secs: Option<u64>,
     },
     /// List projects.
     List,
     /// Show one project.
-    Show {
-        id: String,
-    },
+    Show { id: String },
     /// Manage tokens.
     Token {
         #[command(subcommand)]
@@ -44,21 +43,13 @@ pub enum ProjectCommand {
         command: DomainCommand,
     },
     /// Refuse all logins of a project until enabled again.
-    Disable {
-        id: String,
-    },
-    Enable {
-        id: String,
-    },
+    Disable { id: String },
+    /// Allow logins of a disabled project again.
+    Enable { id: String },
     /// Delete a project and all its tokens.
-    Delete {
-        id: String,
-    },
-    /// Set (or with no value, clear) the project's maximum queue age in seconds.
-    MaxAge {
-        id: String,
-        secs: Option<u64>,
-    },
+    Delete { id: String },
+    /// Set (or with no value, clear) the project's maximum queue age in seconds (at least 10).
+    MaxAge { id: String, secs: Option<u64> },
     /// Show or set whether `Sender:` / `Resent-Sender:` may name an address outside the
     /// project's domains (off by default: refused like a foreign `From`).
     SenderPolicy {
@@ -194,7 +185,9 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DomainCommand {
+    /// Allow the project to send from another domain.
     Add { id: String, domain: String },
+    /// Stop the project sending from a domain (it must keep at least one).
     Remove { id: String, domain: String },
 }
 
@@ -282,9 +275,13 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
                 command: TokenCommand::Add { .. }
             }
     );
-    let mut v = admin(&config, req)?;
+    let mut v = admin(cli, &config, req)?;
     if creates_token {
         v["smtp"] = smtp_settings(&config, &v);
+    }
+    if matches!(cmd, ProjectCommand::Add { .. }) {
+        // Which database got the project: a relative state_dir depends on where the CLI ran.
+        v["state_dir"] = json!(super::state_dir_shown(&config).display().to_string());
     }
     if cli.json {
         print_json(&v);
@@ -462,6 +459,9 @@ fn print_new_token(v: &Value) {
     );
     println!("domains   {}", join(&p["domains"]));
     println!("token id  {}", v["token_id"].as_str().unwrap_or(""));
+    if let Some(dir) = v["state_dir"].as_str() {
+        println!("state dir {dir}");
+    }
     println!();
     println!("The token is shown only now. Store it in your app's secret store.");
     println!();

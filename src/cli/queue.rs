@@ -26,7 +26,7 @@ pub fn run(cli: &Cli, cmd: &QueueCommand) -> anyhow::Result<()> {
         QueueCommand::Retry { id } => (AdminRequest::QueueRetry { id: id.clone() }, true),
         QueueCommand::Delete { id } => (AdminRequest::QueueDelete { id: id.clone() }, true),
     };
-    let v = admin(&config, req)?;
+    let v = admin(cli, &config, req)?;
     if cli.json {
         print_json(&v);
     } else if single {
@@ -39,7 +39,7 @@ pub fn run(cli: &Cli, cmd: &QueueCommand) -> anyhow::Result<()> {
 
 pub fn log(cli: &Cli, project: Option<String>, limit: usize) -> anyhow::Result<()> {
     let config = load_config(cli)?;
-    let v = admin(&config, AdminRequest::Log { project, limit })?;
+    let v = admin(cli, &config, AdminRequest::Log { project, limit })?;
     if cli.json {
         print_json(&v);
     } else {

@@ -56,9 +56,9 @@ pub fn run(cli: &Cli, args: &SendTestArgs) -> anyhow::Result<()> {
     let req = AdminRequest::SendTest(test.clone());
     let v = match request_with_timeout(&config.admin_socket(), &req, deadline(&config)) {
         Ok(v) => v,
-        Err(ClientError::NotRunning(_)) => in_process(&config, test)?,
+        Err(ClientError::NotRunning(_)) => in_process(cli, &config, test)?,
         Err(ClientError::Remote(e)) => anyhow::bail!("send-test: {e}"),
-        Err(e) => return Err(e).context("cannot reach the running server"),
+        Err(e) => return Err(e.into()),
     };
     if cli.json {
         print_json(&v);
@@ -79,13 +79,13 @@ pub fn run(cli: &Cli, args: &SendTestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn in_process(config: &Config, test: SendTest) -> anyhow::Result<serde_json::Value> {
+fn in_process(cli: &Cli, config: &Config, test: SendTest) -> anyhow::Result<serde_json::Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let (store, mut ctx) = offline_context(config)?;
+        let (store, mut ctx) = offline_context(cli, config, true)?;
         let config = Arc::new(config.clone());
         let router = Arc::new(Router::new(&config, ctx.routes.clone())?);
         ctx.tester = Some(Arc::new(Tester {

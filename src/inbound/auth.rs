@@ -155,7 +155,9 @@ impl Session {
             }
             // RFC 4954 §4: 501, but still a failed attempt for every limit.
             Err(AuthDecodeError::Base64) => {
-                return self.auth_failed(conn, answer_at, &reply::AUTH_BASE64, None).await;
+                return self
+                    .auth_failed(conn, answer_at, &reply::AUTH_BASE64, None)
+                    .await;
             }
             Err(_) => {
                 return self
@@ -203,8 +205,13 @@ impl Session {
                 }
             },
             Ok(None) => {
-                self.auth_failed(conn, answer_at, &reply::BAD_CREDENTIALS, Some(&creds.username))
-                    .await
+                self.auth_failed(
+                    conn,
+                    answer_at,
+                    &reply::BAD_CREDENTIALS,
+                    Some(&creds.username),
+                )
+                .await
             }
             Err(e) => {
                 tracing::error!(error = %e, "registry unavailable during AUTH");

@@ -512,6 +512,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         {
             self.last_code = code;
         }
+        // Replies carry no secrets; the transcript's other half (session.rs logs commands).
+        tracing::trace!("S: {}", crate::logging::reply_text(bytes));
         let io = async {
             self.stream.write_all(bytes).await?;
             self.stream.flush().await

@@ -210,7 +210,12 @@ impl Session {
                 }
             };
             let flow = match line {
-                Ok(line) => self.command(conn, line).await,
+                Ok(line) => {
+                    // The transcript (SMTP_RELAY_LOG=trace); lines answering a 334 are read
+                    // in auth.rs and never reach this point.
+                    tracing::trace!(client = %self.peer, "C: {}", crate::logging::redact_command(&line));
+                    self.command(conn, line).await
+                }
                 Err(FrameError::TooLong) => self.error(conn, &reply::LINE_TOO_LONG).await,
                 Err(e) => {
                     if let Some(r) = e.reply() {

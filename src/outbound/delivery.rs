@@ -121,16 +121,12 @@ impl Delivery {
         let now = now_ms();
         if now >= env.expires_ms {
             env.state = MessageState::Expired;
-            env.last_reply = Some(format!(
-                "expired after {} attempts: {}",
-                env.attempts,
-                env.last_reply.clone().unwrap_or_default()
-            ));
+            env.last_reply = Some(expiry_reason(&env, env.last_reply.as_deref()));
             self.save(&env).await;
             // Never attempted: no upstream to name.
             let upstream = env.upstream.clone().unwrap_or_else(|| "-".into());
             crate::metrics::delivery_outcome(&env, &upstream);
-            tracing::warn!(id, project = %env.project, client = %env.client_ip, upstream, attempts = env.attempts, "message expired");
+            tracing::warn!(id, project = %env.project, client = %env.client_ip, upstream, attempts = env.attempts, reason = env.last_reply.as_deref().unwrap_or_default(), "message expired");
             return;
         }
         let pending: Vec<usize> = env
@@ -185,6 +181,7 @@ impl Delivery {
                 {
                     r.state = RcptState::Failed;
                 }
+                env.last_reply = Some(expiry_reason(&env, Some(&attempt.summary)));
                 MessageState::Expired
             } else {
                 env.next_attempt_ms = next;
@@ -233,7 +230,61 @@ impl Delivery {
     }
 }
 
+/// Why a message expired, for the message log: always says so, even when no attempt was
+/// made (then there is no reply to quote).
+fn expiry_reason(env: &Envelope, last_reply: Option<&str>) -> String {
+    let max_age = env.expires_ms.saturating_sub(env.received_ms) / 1000;
+    let attempts = match env.attempts {
+        1 => "1 attempt".to_string(),
+        n => format!("{n} attempts"),
+    };
+    match last_reply.filter(|r| !r.is_empty()) {
+        Some(r) => format!("expired after {attempts} (max age {max_age} s); last reply: {r}"),
+        None => format!("expired after {attempts} (max age {max_age} s); never attempted"),
+    }
+}
+
 /// The SMTP code a reply summary starts with (0 when it has none, e.g. a connection error).
 fn reply_code(summary: &str) -> u16 {
     summary.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(attempts: u32) -> Envelope {
+        Envelope {
+            id: "m".into(),
+            project: "p".into(),
+            mail_from: "a@b.test".into(),
+            mail_params: Default::default(),
+            recipients: Vec::new(),
+            size: 1,
+            client_ip: "127.0.0.1".into(),
+            received_ms: 1_000_000,
+            expires_ms: 1_000_000 + 30_000,
+            next_attempt_ms: 0,
+            attempts,
+            state: MessageState::Expired,
+            upstream: None,
+            last_reply: None,
+        }
+    }
+
+    #[test]
+    fn an_expiry_always_has_a_reason() {
+        assert_eq!(
+            expiry_reason(&env(0), None),
+            "expired after 0 attempts (max age 30 s); never attempted"
+        );
+        assert_eq!(
+            expiry_reason(&env(0), Some("")),
+            "expired after 0 attempts (max age 30 s); never attempted"
+        );
+        assert_eq!(
+            expiry_reason(&env(1), Some("451 4.3.0 try later")),
+            "expired after 1 attempt (max age 30 s); last reply: 451 4.3.0 try later"
+        );
+    }
 }

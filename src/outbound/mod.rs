@@ -1,15 +1,15 @@
 //! Outbound takes due messages from the queue and forwards them to an upstream, recording
 //! per-recipient outcomes. `upstream` speaks SMTP to providers (mail-send), `pool` reuses its
-//! connections, `oauth2` gets XOAUTH2 tokens, `providers` holds the provider presets,
-//! `routing` runs a project's route (failover, throttle backoff, sending rate), `outbox` is
+//! connections, `oauth2` gets XOAUTH2 tokens, `client_tls` builds the TLS both use (provider
+//! presets are config facts: `config/providers.rs`), `routing` runs a project's route (failover, throttle backoff, sending rate), `outbox` is
 //! the no-server development upstream, `delivery` runs the workers and the retry discipline,
 //! `send_test` sends one test message synchronously.
 
+pub mod client_tls;
 pub mod delivery;
 pub mod oauth2;
 pub mod outbox;
 pub mod pool;
-pub mod providers;
 pub mod routing;
 pub mod send_test;
 pub mod upstream;

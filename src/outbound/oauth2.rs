@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::upstream::{UpstreamError, client_config, root_store};
+use super::client_tls::{UpstreamError, client_config, root_store};
 use crate::config::{OAuth2Config, UpstreamSecrets};
 use crate::secret::Secret;
 

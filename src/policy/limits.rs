@@ -1050,7 +1050,7 @@ mod tests {
         let st = state(LimitsConfig {
             per_second: Some(2),
             burst: Some(3),
-            ..Default::default()
+            ..LimitsConfig::unlimited()
         });
         let t0 = 1_000 * S;
         for _ in 0..3 {
@@ -1072,7 +1072,7 @@ mod tests {
         let st = state(LimitsConfig {
             per_second: Some(10),
             per_minute: Some(3),
-            ..Default::default()
+            ..LimitsConfig::unlimited()
         });
         let t0 = 5_000 * S;
         for _ in 0..3 {
@@ -1092,7 +1092,7 @@ mod tests {
     fn recipients_beyond_a_quota_never_fit() {
         let st = state(LimitsConfig {
             recipients_per_day: Some(5),
-            ..Default::default()
+            ..LimitsConfig::unlimited()
         });
         assert_eq!(st.decide(S, Cost::message(6), false), Decision::TooLarge);
         assert_eq!(st.decide(S, Cost::message(5), true), Decision::Allowed);
@@ -1109,7 +1109,7 @@ mod tests {
     fn usage_matches_what_governor_allows() {
         let st = state(LimitsConfig {
             per_minute: Some(10),
-            ..Default::default()
+            ..LimitsConfig::unlimited()
         });
         let t0 = 77 * S;
         for _ in 0..4 {
@@ -1128,7 +1128,7 @@ mod tests {
     fn refund_gives_back_exactly() {
         let st = state(LimitsConfig {
             per_hour: Some(2),
-            ..Default::default()
+            ..LimitsConfig::unlimited()
         });
         let t0 = 10 * S;
         st.decide(t0, Cost::message(1), true);
@@ -1145,7 +1145,7 @@ mod tests {
     fn usage_survives_a_change_of_settings() {
         let st = state(LimitsConfig {
             per_day: Some(10),
-            ..Default::default()
+            ..LimitsConfig::unlimited()
         });
         let now = 1_000 * S;
         for _ in 0..5 {
@@ -1154,7 +1154,7 @@ mod tests {
         let eff = Effective::resolve(
             &defaults(LimitsConfig {
                 per_day: Some(100),
-                ..Default::default()
+                ..LimitsConfig::unlimited()
             }),
             &LimitOverride::default(),
         );
@@ -1169,7 +1169,7 @@ mod tests {
             burst: Some(40),
             per_day: Some(1000),
             max_connections: Some(5),
-            ..Default::default()
+            ..LimitsConfig::unlimited()
         });
         let o = LimitOverride {
             per_second: Some(2),
@@ -1198,7 +1198,7 @@ mod tests {
         let d = defaults(LimitsConfig {
             per_minute: Some(100),
             per_day: Some(3),
-            ..Default::default()
+            ..LimitsConfig::unlimited()
         });
         let first = Limiter::new(store.clone(), d.clone());
         for _ in 0..2 {

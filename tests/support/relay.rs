@@ -96,6 +96,20 @@ pub fn upstream_table(name: &str, port: u16, tls: &str, ca: &Path, extra: &str) 
     s
 }
 
+/// The built-in `[limits]` and `[throttle]` defaults protect a production relay, but tests send
+/// bursts from one IP and reuse projects: turn them off explicitly (0) unless the test sets a
+/// table of its own in `extra_config` (then the defaults apply to the keys it leaves out).
+fn harness_protections(extra: &str) -> String {
+    let mut s = String::new();
+    if !extra.contains("[limits]") {
+        s.push_str("[limits]\nper_second = 0\nmax_connections = 0\n\n");
+    }
+    if !extra.contains("[throttle]") {
+        s.push_str("[throttle]\nmax_connections_per_ip = 0\nconnections_per_ip_per_minute = 0\n\n");
+    }
+    s
+}
+
 /// A `[delivery]` table: the default route and its fallbacks.
 pub fn delivery_table(default: &str, fallbacks: &[&str]) -> String {
     format!("[delivery]\ndefault_route = \"{default}\"\ndefault_fallbacks = {fallbacks:?}\n\n")
@@ -188,6 +202,7 @@ poll_interval_ms = 100
 
 {upstreams}
 {metrics}
+{protections}
 {extra}
 "#,
             state = state.display(),
@@ -205,6 +220,7 @@ poll_interval_ms = 100
                 ""
             },
             extra = opts.extra_config,
+            protections = harness_protections(&opts.extra_config),
             min_free = opts.min_free_space_mb,
             server_extra = opts.server_extra,
             hostname = opts.hostname,

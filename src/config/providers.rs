@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Rate, UpstreamAuth, UpstreamConfig, UpstreamTls};
+use super::{Rate, UpstreamAuth, UpstreamConfig, UpstreamTls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
