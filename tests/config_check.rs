@@ -217,7 +217,8 @@ fn missing_sections_get_the_protective_defaults_and_are_printed() {
     let throttle = &v["throttle"];
     assert_eq!(throttle["max_connections_per_ip"], 100, "{throttle:#}");
     assert_eq!(throttle["connections_per_ip_per_minute"], 600);
-    assert_eq!(throttle["auth_failures_per_ip"], 10);
+    assert_eq!(throttle["auth_failures_per_user"], 10);
+    assert_eq!(throttle["auth_failures_per_ip"], 100);
     // Every section, with its effective values.
     assert_eq!(v["log"]["level"], "info");
     let up = &v["upstream"]["sendgrid"];
