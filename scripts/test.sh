@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The README's test command. Installs the Debian packages that tests start as real servers
+# or use as real clients (scripts/test-packages.txt: "<package> <command it provides>"), then
+# runs `cargo test`. A test never skips because a server is missing: it fails and names the
+# package, and this script is how it gets there. `.ci/run` calls it too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+while read -r pkg cmd _; do
+  [[ -z "${pkg:-}" || "$pkg" == \#* ]] && continue
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+done < scripts/test-packages.txt
+
+if ((${#missing[@]})); then
+  echo "== installing test packages: ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+exec cargo test --locked "$@"
