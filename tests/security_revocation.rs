@@ -28,6 +28,26 @@ fn cli_ok(relay: &Relay, args: &[&str]) {
     );
 }
 
+/// Revokes the project's token, disables or deletes the project, with the CLI.
+fn withdraw(relay: &Relay, how: &str, id: &str) {
+    match how {
+        "revoke" => {
+            let tokens = relay.cli_json(&["project", "show", id]);
+            let tok = tokens["tokens"][0]["id"].as_str().unwrap().to_string();
+            cli_ok(relay, &["project", "token", "revoke", id, &tok]);
+        }
+        "disable" => cli_ok(relay, &["project", "disable", id]),
+        _ => cli_ok(relay, &["project", "delete", id]),
+    }
+}
+
+/// The ways to withdraw credentials, and the reason the session is told.
+const WITHDRAWALS: [(&str, &str); 3] = [
+    ("revoke", "token revoked"),
+    ("disable", "project disabled"),
+    ("delete", "project deleted"),
+];
+
 /// The session was refused with 535 5.7.8 naming `why`, then told 421 and closed.
 async fn assert_withdrawn(c: &mut Client, first: Reply, why: &str) {
     assert_eq!(first.code, 535, "{first:?}");
@@ -45,23 +65,11 @@ async fn assert_withdrawn(c: &mut Client, first: Reply, why: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn withdrawn_between_two_messages() {
     let relay = Relay::start(RelayOptions::default());
-    for (how, why) in [
-        ("revoke", "token revoked"),
-        ("disable", "project disabled"),
-        ("delete", "project deleted"),
-    ] {
+    for (how, why) in WITHDRAWALS {
         let (id, token) = relay.add_project(how, &["app.test"]);
         let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
         let first = c.submit("noreply@app.test", "user@example.net").await;
-        match how {
-            "revoke" => {
-                let tokens = relay.cli_json(&["project", "show", &id]);
-                let tok = tokens["tokens"][0]["id"].as_str().unwrap().to_string();
-                cli_ok(&relay, &["project", "token", "revoke", &id, &tok]);
-            }
-            "disable" => cli_ok(&relay, &["project", "disable", &id]),
-            _ => cli_ok(&relay, &["project", "delete", &id]),
-        }
+        withdraw(&relay, how, &id);
         let r = c.cmd("MAIL FROM:<noreply@app.test>").await;
         assert_withdrawn(&mut c, r, why).await;
         let ids = logged_ids(&relay);
@@ -74,11 +82,7 @@ async fn withdrawn_between_two_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn withdrawn_during_a_transaction() {
     let relay = Relay::start(RelayOptions::default());
-    for (how, why) in [
-        ("revoke", "token revoked"),
-        ("disable", "project disabled"),
-        ("delete", "project deleted"),
-    ] {
+    for (how, why) in WITHDRAWALS {
         let (id, token) = relay.add_project(how, &["app.test"]);
         let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
         assert_eq!(c.cmd("MAIL FROM:<noreply@app.test>").await.code, 250);
@@ -86,15 +90,7 @@ async fn withdrawn_during_a_transaction() {
         assert_eq!(c.cmd("DATA").await.code, 354);
         c.write(b"From: <noreply@app.test>\r\nTo: <user@example.net>\r\nSubject: reset\r\n\r\n")
             .await;
-        match how {
-            "revoke" => {
-                let tokens = relay.cli_json(&["project", "show", &id]);
-                let tok = tokens["tokens"][0]["id"].as_str().unwrap().to_string();
-                cli_ok(&relay, &["project", "token", "revoke", &id, &tok]);
-            }
-            "disable" => cli_ok(&relay, &["project", "disable", &id]),
-            _ => cli_ok(&relay, &["project", "delete", &id]),
-        }
+        withdraw(&relay, how, &id);
         c.write(b"Your link: https://app.test/reset/1\r\n.\r\n")
             .await;
         let r = c.reply().await;
