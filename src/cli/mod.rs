@@ -5,6 +5,7 @@
 pub mod admin_tokens;
 pub mod config;
 pub mod dkim;
+pub mod generate;
 pub mod limits;
 pub mod project;
 pub mod queue;
@@ -90,6 +91,11 @@ pub enum Command {
         #[command(subcommand)]
         command: admin_tokens::AdminCommand,
     },
+    /// Man pages and shell completions, generated from this CLI's own definition.
+    Generate {
+        #[command(subcommand)]
+        command: generate::GenerateCommand,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -102,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SendTest(ref args) => send_test::run(&cli, args),
         Command::Dkim { ref command } => dkim::run(&cli, command),
         Command::Admin { ref command } => admin_tokens::run(&cli, command),
+        Command::Generate { ref command } => generate::run(command),
     }
 }
 
