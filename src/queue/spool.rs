@@ -154,6 +154,9 @@ pub struct Envelope {
     pub state: MessageState,
     pub upstream: Option<String>,
     pub last_reply: Option<String>,
+    /// The app's own `Message-ID` header, for delivery events (absent in older envelopes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_message_id: Option<String>,
 }
 
 /// Queue size for monitoring.
@@ -328,8 +331,22 @@ impl Queue {
             state: MessageState::Queued,
             upstream: None,
             last_reply: None,
+            header_message_id: crate::events::header_message_id(bytes),
         };
         let encoded = encode(&env);
+        let all: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
+        let mut events = vec![crate::events::Event::new(
+            crate::events::EventKind::Accepted,
+            &env,
+            all.clone(),
+        )];
+        if env.next_attempt_ms > now {
+            // Accept-and-delay: held back by the project's limits until its release slot.
+            let mut held =
+                crate::events::Event::new(crate::events::EventKind::RateLimited, &env, all);
+            held.next_attempt_ms = Some(env.next_attempt_ms);
+            events.push(held);
+        }
         let in_file = crate::memory_budget::MemoryBudget::is_large(bytes.len());
         if in_file {
             let path = self.body_path(&env.id);
@@ -352,6 +369,7 @@ impl Queue {
             self.store
                 .log
                 .insert(env.id.as_bytes(), encoded.as_slice())?;
+            crate::events::stage(&self.store, &events)?;
             self.store
                 .schedule
                 .insert(schedule::key(env.next_attempt_ms, &env.id), &[])?;
@@ -447,6 +465,15 @@ impl Queue {
 
     /// Records a new state: final states leave the spool, others are rescheduled.
     pub async fn update(&self, env: &Envelope) -> Result<(), QueueError> {
+        self.update_with_events(env, &[]).await
+    }
+
+    /// [`Queue::update`], with the delivery events of this outcome in the same group commit.
+    pub async fn update_with_events(
+        &self,
+        env: &Envelope,
+        events: &[crate::events::Event],
+    ) -> Result<(), QueueError> {
         self.store.check_healthy()?;
         let encoded = encode(env);
         let id = &env.id;
@@ -456,6 +483,7 @@ impl Queue {
         // Order matters (module doc): the log first, then the envelope, the body last.
         let had_file = (|| {
             self.store.log.insert(id.as_bytes(), encoded.as_slice())?;
+            crate::events::stage(&self.store, events)?;
             if state.is_final() {
                 self.remove_entry(id)
             } else {
