@@ -10,6 +10,7 @@ pub mod project;
 pub mod queue;
 pub mod send_test;
 pub mod serve;
+pub mod webhook;
 
 use std::path::PathBuf;
 
@@ -90,6 +91,11 @@ pub enum Command {
         #[command(subcommand)]
         command: admin_tokens::AdminCommand,
     },
+    /// Webhook endpoints that receive signed delivery events.
+    Webhook {
+        #[command(subcommand)]
+        command: webhook::WebhookCommand,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -102,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SendTest(ref args) => send_test::run(&cli, args),
         Command::Dkim { ref command } => dkim::run(&cli, command),
         Command::Admin { ref command } => admin_tokens::run(&cli, command),
+        Command::Webhook { ref command } => webhook::run(&cli, command),
     }
 }
 
@@ -195,6 +202,7 @@ pub fn offline_context(
             std::sync::Arc::new(config.clone()),
         ),
         tester: None,
+        events: crate::events::webhooks::WebhookAdmin::new(store.clone(), &config.webhooks),
         branding: crate::transform::branding::BrandingStore::new(store.clone()),
         dkim: crate::transform::dkim_keys::DkimKeys::new(store.clone(), config),
         limiter: crate::policy::limits::Limiter::new(

@@ -20,7 +20,9 @@ use crate::store::{Store, StoreError, be64};
 pub enum EventError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("unknown event type `{0}` (known: accepted, relayed, deferred, failed, suppressed, rate_limited)")]
+    #[error(
+        "unknown event type `{0}` (known: accepted, relayed, deferred, failed, suppressed, rate_limited)"
+    )]
     UnknownKind(String),
     #[error("{0}")]
     Invalid(String),

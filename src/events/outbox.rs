@@ -353,8 +353,8 @@ impl Outbox {
 
     /// A client that connects to `addr` for `host` only, with no redirects and a deadline.
     fn client(&self, host: &str, addr: std::net::SocketAddr) -> Result<reqwest::Client, String> {
-        let roots = crate::outbound::client_tls::root_store("webhook", None)
-            .map_err(|e| e.to_string())?;
+        let roots =
+            crate::outbound::client_tls::root_store("webhook", None).map_err(|e| e.to_string())?;
         let mut tls = crate::outbound::client_tls::client_config("webhook", roots)
             .map_err(|e| e.to_string())?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -188,10 +188,8 @@ pub fn parse_url(url: &str, allow_loopback: bool) -> Result<Target, String> {
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("credentials in the URL are not allowed (the signature authenticates)".into());
     }
-    let loopback_host = host == "localhost"
-        || host
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback_host =
+        host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     match parsed.scheme() {
         "https" => {}
         "http" if allow_loopback && loopback_host => {}
@@ -204,7 +202,9 @@ pub fn parse_url(url: &str, allow_loopback: bool) -> Result<Target, String> {
         }
         other => return Err(format!("unsupported scheme {other}: use https://")),
     }
-    let port = parsed.port_or_known_default().ok_or("the URL has no port")?;
+    let port = parsed
+        .port_or_known_default()
+        .ok_or("the URL has no port")?;
     Ok(Target {
         url: parsed,
         host,
@@ -236,7 +236,10 @@ pub struct Endpoints;
 
 impl Endpoints {
     pub fn load_enabled(store: &Store) -> Result<Vec<Endpoint>, sled::Error> {
-        Ok(Self::all(store)?.into_iter().filter(|e| e.enabled).collect())
+        Ok(Self::all(store)?
+            .into_iter()
+            .filter(|e| e.enabled)
+            .collect())
     }
 
     pub fn all(store: &Store) -> Result<Vec<Endpoint>, sled::Error> {
@@ -334,6 +337,98 @@ impl Endpoints {
     }
 }
 
+/// The admin operations on events and endpoints (`admin::execute`): JSON out, secrets only
+/// in the answers to `add` and `rotate-secret`.
+#[derive(Clone, Debug)]
+pub struct WebhookAdmin {
+    store: Store,
+    allow_loopback: bool,
+}
+
+impl WebhookAdmin {
+    pub fn new(store: Store, config: &crate::config::WebhooksConfig) -> WebhookAdmin {
+        WebhookAdmin {
+            store,
+            allow_loopback: config.allow_loopback,
+        }
+    }
+
+    pub fn for_message(&self, id: &str) -> Result<Vec<Event>, EventError> {
+        super::for_message(&self.store, id)
+    }
+
+    pub fn add(
+        &self,
+        project: Option<String>,
+        url: &str,
+        events: &[String],
+    ) -> Result<Value, EventError> {
+        let ep = Endpoints::add(&self.store, project, url, events, self.allow_loopback)?;
+        let mut v = ep.to_json();
+        v["secret"] = Value::String(ep.secret.clone());
+        Ok(v)
+    }
+
+    pub fn list(&self, project: Option<&str>) -> Result<Value, EventError> {
+        Ok(Value::Array(
+            Endpoints::all(&self.store)?
+                .iter()
+                .filter(|e| project.is_none_or(|p| e.project.as_deref() == Some(p)))
+                .map(Endpoint::to_json)
+                .collect(),
+        ))
+    }
+
+    pub fn show(&self, id: &str) -> Result<Value, EventError> {
+        let ep = Endpoints::get(&self.store, id)?;
+        let mut v = ep.to_json();
+        v["pending"] = json!(super::outbox::pending_count(&self.store, id));
+        v["attempts"] =
+            serde_json::to_value(super::outbox::attempts(&self.store, id)?).unwrap_or(Value::Null);
+        Ok(v)
+    }
+
+    pub fn remove(&self, id: &str) -> Result<Value, EventError> {
+        Ok(Endpoints::remove(&self.store, id)?.to_json())
+    }
+
+    pub fn rotate_secret(&self, id: &str) -> Result<Value, EventError> {
+        let ep = Endpoints::rotate_secret(&self.store, id)?;
+        let mut v = ep.to_json();
+        v["secret"] = Value::String(ep.secret.clone());
+        v["previous_secret_valid_until_ms"] = json!(ep.previous_until_ms);
+        Ok(v)
+    }
+
+    pub fn enable(&self, id: &str) -> Result<Value, EventError> {
+        Ok(Endpoints::enable(&self.store, id)?.to_json())
+    }
+
+    /// Queues a `webhook.test` delivery through the outbox, like any event.
+    pub fn test(&self, id: &str) -> Result<Value, EventError> {
+        let ep = Endpoints::get(&self.store, id)?;
+        if !ep.enabled {
+            return Err(EventError::Invalid(format!(
+                "webhook {id} is disabled ({}); enable it first",
+                ep.disabled_reason
+                    .as_deref()
+                    .unwrap_or("no reason recorded")
+            )));
+        }
+        let now = now_ms();
+        let event_id = format!("evt_test{:016x}", rand::random::<u64>());
+        let body = json!({
+            "type": "webhook.test",
+            "timestamp": rfc3339(now),
+            "data": { "id": event_id, "endpoint": id, "project": ep.project },
+        })
+        .to_string();
+        super::outbox::push(&self.store, id, &event_id, &body, now)?;
+        super::outbox::wake();
+        Ok(json!({ "endpoint": id, "event_id": event_id, "queued": true }))
+    }
+}
+
 /// Blocking resolution at `add` (admin operations run on a blocking thread).
 fn check_resolves_outside(t: &Target, allow_loopback: bool) -> Result<(), String> {
     use std::net::ToSocketAddrs;
@@ -354,7 +449,9 @@ fn check_resolves_outside(t: &Target, allow_loopback: bool) -> Result<(), String
             Some(a) => format!(
                 "refused target {}: {}",
                 t.host,
-                address_allowed(a.ip(), allow_loopback).err().unwrap_or_default()
+                address_allowed(a.ip(), allow_loopback)
+                    .err()
+                    .unwrap_or_default()
             ),
             None => format!("{} has no address", t.host),
         })
@@ -392,10 +489,7 @@ mod tests {
             "::ffff:10.0.0.1",
             "224.0.0.1",
         ] {
-            assert!(
-                address_allowed(ip.parse().unwrap(), true).is_err(),
-                "{ip}"
-            );
+            assert!(address_allowed(ip.parse().unwrap(), true).is_err(), "{ip}");
         }
         assert!(address_allowed("127.0.0.1".parse().unwrap(), false).is_err());
         assert!(address_allowed("::1".parse().unwrap(), true).is_ok());

@@ -342,10 +342,7 @@ pub fn delivery_outcome(env: &Envelope, upstream: &str) {
 }
 
 pub fn event_recorded(kind: &'static str) {
-    METRICS
-        .events
-        .get_or_create(&TypeLabels { kind })
-        .inc();
+    METRICS.events.get_or_create(&TypeLabels { kind }).inc();
 }
 
 /// `result`: delivered, retry, failed, gone.
