@@ -416,3 +416,111 @@ async fn internal_targets_and_plain_http_are_refused() {
             .is_empty()
     );
 }
+
+/// The same operations over the HTTP admin API: add (secret once), list, test, show, remove;
+/// a viewer token can read but not add.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_over_the_http_api() {
+    let relay = Relay::start(RelayOptions {
+        extra_config: format!("{WEBHOOKS}\n[admin_http]\naddress = \"127.0.0.1:0\"\n"),
+        ..Default::default()
+    });
+    let (project, _) = relay.add_project("app", &["app.test"]);
+    let listeners: Value = serde_json::from_str(
+        &std::fs::read_to_string(relay.state_dir().join("listeners.json")).unwrap(),
+    )
+    .unwrap();
+    let addr = listeners
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["mode"] == "admin_http")
+        .expect("admin_http listener")["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = |role: &str| {
+        relay.cli_json(&["admin", "token", "add", "--label", role, "--role", role])["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (admin, viewer) = (token("admin"), token("viewer"));
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(relay.pki.client_config().as_ref().clone())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let base = format!("http://{addr}/api/v1");
+    let rx = Receiver::start(0).await;
+    let new =
+        serde_json::json!({ "project": project, "url": rx.url(), "events": ["relayed", "failed"] });
+
+    let r = http
+        .post(format!("{base}/webhooks"))
+        .bearer_auth(&viewer)
+        .json(&new)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .post(format!("{base}/webhooks"))
+        .bearer_auth(&admin)
+        .json(&new)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let (id, secret) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["secret"].as_str().unwrap().to_string(),
+    );
+
+    let v: Value = http
+        .get(format!("{base}/webhooks"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v[0]["id"], id.as_str());
+    assert!(v[0].get("secret").is_none(), "{v:#}");
+
+    let r = http
+        .post(format!("{base}/webhooks/{id}/test"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = rx
+        .wait_for("webhook.test", WAIT, |h| h.body["type"] == "webhook.test")
+        .await;
+    assert!(verify(&secret, &h));
+
+    let r = http
+        .get(format!("{base}/webhooks/wh_nope"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .delete(format!("{base}/webhooks/{id}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        relay
+            .cli_json(&["webhook", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -290,7 +290,8 @@ impl Outbox {
         ep.disabled_reason = Some(why.to_string());
         Endpoints::put(&self.store, ep)?;
         crate::metrics::webhook_endpoint_disabled();
-        tracing::warn!(endpoint = %ep.id, url = %ep.url, reason = why, "webhook endpoint disabled");
+        // The endpoint id, not its URL: a URL may carry a token of the receiver's.
+        tracing::warn!(endpoint = %ep.id, reason = why, "webhook endpoint disabled");
         Ok(())
     }
 
