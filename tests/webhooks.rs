@@ -415,6 +415,21 @@ async fn internal_targets_and_plain_http_are_refused() {
             .unwrap()
             .is_empty()
     );
+
+    // A config mistake names its key.
+    let base = std::fs::read_to_string(&relay.config_path).unwrap();
+    for (bad, key) in [
+        ("timeout_secs = 0", "webhooks.timeout_secs"),
+        ("retry_schedule_secs = []", "webhooks.retry_schedule_secs"),
+        ("disable_after_secs = 5", "webhooks.disable_after_secs"),
+        ("allow_loopbak = true", "allow_loopbak"),
+    ] {
+        let path = relay.dir.path().join("bad.toml");
+        std::fs::write(&path, format!("{base}\n[webhooks]\n{bad}\n")).unwrap();
+        let out = relay.cli(&["config", "check", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(key), "{bad}: {err}");
+    }
 }
 
 /// The same operations over the HTTP admin API: add (secret once), list, test, show, remove;
