@@ -166,7 +166,8 @@ pub fn stage(store: &Store, events: &[Event]) -> Result<(), sled::Error> {
             outbox::push(store, &ep.id, &e.id, &webhooks::payload(e), now_ms())?;
         }
     }
-    outbox::wake();
+    // No wake here: the caller wakes the worker after its flush, so a webhook never
+    // announces an outcome that is not on disk yet.
     Ok(())
 }
 

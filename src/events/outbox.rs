@@ -213,7 +213,7 @@ impl Outbox {
             let _ = self.store.webhook_outbox.remove(k);
             return;
         };
-        let mut ep = match Endpoints::get(&self.store, &p.endpoint) {
+        let ep = match Endpoints::get(&self.store, &p.endpoint) {
             Ok(ep) if ep.enabled => ep,
             // Removed or disabled since: nothing to deliver to.
             _ => {
@@ -240,26 +240,32 @@ impl Outbox {
         let result = (|| -> Result<(), sled::Error> {
             record_attempt(&self.store, &ep.id, &attempt)?;
             self.store.webhook_outbox.remove(k)?;
+            // The endpoint is changed through `modify`, never written back from `ep`: an
+            // admin may have rotated, disabled or removed it during the request.
             match &outcome {
                 Outcome::Delivered(_) => {
                     crate::metrics::webhook_delivery("delivered");
-                    if ep.failing_since_ms.take().is_some() {
-                        Endpoints::put(&self.store, &ep)?;
+                    if ep.failing_since_ms.is_some() {
+                        Endpoints::modify(&self.store, &ep.id, |e| e.failing_since_ms = None)?;
                     }
                 }
                 Outcome::Gone => {
                     crate::metrics::webhook_delivery("gone");
-                    self.disable(&mut ep, "the receiver answered 410 Gone")?;
+                    self.disable(&ep, "the receiver answered 410 Gone")?;
                 }
                 Outcome::Retry(_, why) => {
-                    let since = *ep.failing_since_ms.get_or_insert(now);
+                    let since = ep.failing_since_ms.unwrap_or(now);
+                    if ep.failing_since_ms.is_none() {
+                        Endpoints::modify(&self.store, &ep.id, |e| {
+                            e.failing_since_ms.get_or_insert(now);
+                        })?;
+                    }
                     let schedule = &self.config.retry_schedule_secs;
                     if now.saturating_sub(since) >= self.config.disable_after_secs * 1000 {
                         crate::metrics::webhook_delivery("failed");
-                        self.disable(&mut ep, "every delivery failed for disable_after_secs")?;
+                        self.disable(&ep, "every delivery failed for disable_after_secs")?;
                     } else if let Some(delay) = schedule.get(p.attempts as usize - 1) {
                         crate::metrics::webhook_delivery("retry");
-                        Endpoints::put(&self.store, &ep)?;
                         let next = now + delay * 1000;
                         self.store.webhook_outbox.insert(
                             key(next, &p.endpoint, &p.event_id),
@@ -268,7 +274,6 @@ impl Outbox {
                         tracing::info!(endpoint = %ep.id, event = %p.event_id, attempt = p.attempts, error = %why, retry_in_secs = delay, "webhook delivery failed; will retry");
                     } else {
                         crate::metrics::webhook_delivery("failed");
-                        Endpoints::put(&self.store, &ep)?;
                         tracing::warn!(endpoint = %ep.id, event = %p.event_id, attempts = p.attempts, error = %why, "webhook delivery given up after the last retry");
                     }
                 }
@@ -285,10 +290,11 @@ impl Outbox {
         }
     }
 
-    fn disable(&self, ep: &mut Endpoint, why: &str) -> Result<(), sled::Error> {
-        ep.enabled = false;
-        ep.disabled_reason = Some(why.to_string());
-        Endpoints::put(&self.store, ep)?;
+    fn disable(&self, ep: &Endpoint, why: &str) -> Result<(), sled::Error> {
+        Endpoints::modify(&self.store, &ep.id, |e| {
+            e.enabled = false;
+            e.disabled_reason = Some(why.to_string());
+        })?;
         crate::metrics::webhook_endpoint_disabled();
         // The endpoint id, not its URL: a URL may carry a token of the receiver's.
         tracing::warn!(endpoint = %ep.id, reason = why, "webhook endpoint disabled");

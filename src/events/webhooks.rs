@@ -311,6 +311,30 @@ impl Endpoints {
         Ok(ep)
     }
 
+    /// Changes a stored endpoint atomically (compare-and-swap), so the delivery worker and an
+    /// admin operation never undo each other's change, and a removed endpoint stays removed.
+    /// `None` when there is no such endpoint.
+    pub fn modify(
+        store: &Store,
+        id: &str,
+        f: impl Fn(&mut Endpoint),
+    ) -> Result<Option<Endpoint>, sled::Error> {
+        let new = store.webhooks.update_and_fetch(id.as_bytes(), |old| {
+            let mut ep: Endpoint = serde_json::from_slice(old?).ok()?;
+            f(&mut ep);
+            Some(serde_json::to_vec(&ep).unwrap_or_default())
+        })?;
+        Ok(new.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    fn modify_existing(
+        store: &Store,
+        id: &str,
+        f: impl Fn(&mut Endpoint),
+    ) -> Result<Endpoint, EventError> {
+        Self::modify(store, id, f)?.ok_or_else(|| EventError::NotFound(id.to_string()))
+    }
+
     pub fn remove(store: &Store, id: &str) -> Result<Endpoint, EventError> {
         let ep = Self::get(store, id)?;
         store.webhooks.remove(id.as_bytes())?;
@@ -319,21 +343,20 @@ impl Endpoints {
 
     /// A new secret; the old one keeps signing for [`ROTATION_OVERLAP_MS`].
     pub fn rotate_secret(store: &Store, id: &str) -> Result<Endpoint, EventError> {
-        let mut ep = Self::get(store, id)?;
-        ep.previous_secret = Some(std::mem::replace(&mut ep.secret, new_secret()));
-        ep.previous_until_ms = now_ms() + ROTATION_OVERLAP_MS;
-        Self::put(store, &ep)?;
-        Ok(ep)
+        let (secret, until) = (new_secret(), now_ms() + ROTATION_OVERLAP_MS);
+        Self::modify_existing(store, id, |ep| {
+            ep.previous_secret = Some(std::mem::replace(&mut ep.secret, secret.clone()));
+            ep.previous_until_ms = until;
+        })
     }
 
     /// Turns an endpoint on again (after `410 Gone` or days of failures).
     pub fn enable(store: &Store, id: &str) -> Result<Endpoint, EventError> {
-        let mut ep = Self::get(store, id)?;
-        ep.enabled = true;
-        ep.disabled_reason = None;
-        ep.failing_since_ms = None;
-        Self::put(store, &ep)?;
-        Ok(ep)
+        Self::modify_existing(store, id, |ep| {
+            ep.enabled = true;
+            ep.disabled_reason = None;
+            ep.failing_since_ms = None;
+        })
     }
 }
 

@@ -9,6 +9,8 @@
 //! log → envelope → body. So a body never lacks its envelope while the message is live, a
 //! body without an envelope is the leftover of a message never acknowledged or already
 //! finished, and the schedule, derived from the envelopes, is rebuilt by [`Queue::recover`].
+//! The delivery events of a change and the webhook deliveries they owe are written right after
+//! the log entry (`events::stage`), so the same flush makes them durable.
 //!
 //! Bodies over `memory_budget::SPILL_THRESHOLD` are not put in sled: sled keeps large values
 //! in memory long after they are written (20 × 25 MiB held over 1 GiB). They go to
@@ -383,6 +385,7 @@ impl Queue {
         })?;
         self.store.durable().await?;
         self.wake.notify_one();
+        crate::events::outbox::wake();
         Ok(env)
     }
 
@@ -494,6 +497,9 @@ impl Queue {
         })()
         .map_err(|e| self.write_err(e))?;
         self.store.durable().await?;
+        if !events.is_empty() {
+            crate::events::outbox::wake();
+        }
         if !state.is_final() {
             self.wake.notify_one();
         }
