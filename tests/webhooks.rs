@@ -539,3 +539,40 @@ async fn webhooks_over_the_http_api() {
             .is_empty()
     );
 }
+
+/// accept-and-delay: a message over the project's limit is accepted and held back; the app
+/// hears `accepted`, then `rate_limited` with the release time, then `relayed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_message_sends_rate_limited() {
+    let s = setup(Script::default(), false).await;
+    s.relay.cli_json(&[
+        "project",
+        "limits",
+        &s.project,
+        "--per-second",
+        "1",
+        "--burst",
+        "1",
+        "--mode",
+        "accept-and-delay",
+    ]);
+    let rx = Receiver::start(0).await;
+    let (_, secret) = add_webhook(&s, &rx.url());
+    let first = submit(&s, &["user@example.net"]).await;
+    let second = submit(&s, &["user@example.net"]).await;
+    let held = rx.wait_event("message.rate_limited", &second, WAIT).await;
+    assert!(verify(&secret, &held));
+    assert!(
+        data(&held)["next_attempt_ms"].as_u64().unwrap() > data(&held)["time_ms"].as_u64().unwrap(),
+        "{:#}",
+        held.body
+    );
+    rx.wait_event("message.relayed", &second, WAIT).await;
+    assert!(
+        !rx.hooks()
+            .iter()
+            .any(|h| h.body["type"] == "message.rate_limited"
+                && h.body["data"]["message_id"] == first.as_str()),
+        "the first message was within the limit"
+    );
+}
