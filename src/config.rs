@@ -66,6 +66,9 @@ pub struct Config {
     /// The HTTP admin API (and later the web panel); off unless `address` is set.
     #[serde(default)]
     pub admin_http: AdminHttpConfig,
+    /// Webhook delivery of delivery events (events::outbox).
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
     /// Default per-project rate limits and quotas (policy::limits).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -115,6 +118,45 @@ pub struct AdminHttpConfig {
     pub cert_file: Option<PathBuf>,
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Allow `http://` and `https://` endpoints on loopback addresses (tests, a local agent).
+    /// Private and link-local targets are always refused.
+    #[serde(default)]
+    pub allow_loopback: bool,
+    /// Delay before retry 1, 2, 3…; after the last one the delivery is given up.
+    #[serde(default = "d_webhook_schedule")]
+    pub retry_schedule_secs: Vec<u64>,
+    /// Deadline of one request (connect, send, response).
+    #[serde(default = "d_webhook_timeout")]
+    pub timeout_secs: u64,
+    /// An endpoint that has failed every delivery for this long is disabled.
+    #[serde(default = "d_webhook_disable_after")]
+    pub disable_after_secs: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            allow_loopback: false,
+            retry_schedule_secs: d_webhook_schedule(),
+            timeout_secs: d_webhook_timeout(),
+            disable_after_secs: d_webhook_disable_after(),
+        }
+    }
+}
+
+fn d_webhook_schedule() -> Vec<u64> {
+    vec![5, 300, 1800, 7200, 18000, 36000, 86400]
+}
+fn d_webhook_timeout() -> u64 {
+    10
+}
+fn d_webhook_disable_after() -> u64 {
+    5 * 86400
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -876,6 +918,29 @@ impl Config {
                     "the admin API on {addr} (not loopback) needs TLS: set admin_http.tls = true \
                      (the relay's certificate, or admin_http.cert_file/key_file)"
                 ),
+            ));
+        }
+        if self.webhooks.retry_schedule_secs.is_empty()
+            || self.webhooks.retry_schedule_secs.contains(&0)
+        {
+            return Err(bad(
+                "webhooks",
+                "retry_schedule_secs",
+                "must list at least one delay, each at least 1 second".into(),
+            ));
+        }
+        if !(1..=60).contains(&self.webhooks.timeout_secs) {
+            return Err(bad(
+                "webhooks",
+                "timeout_secs",
+                "must be between 1 and 60 seconds".into(),
+            ));
+        }
+        if self.webhooks.disable_after_secs < 60 {
+            return Err(bad(
+                "webhooks",
+                "disable_after_secs",
+                "must be at least 60 seconds".into(),
             ));
         }
         if self.admin_http.cert_file.is_some() != self.admin_http.key_file.is_some() {

@@ -101,6 +101,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("[limits]", differs(&old.limits, &new.limits)),
         ("[throttle]", differs(&old.throttle, &new.throttle)),
+        ("[webhooks]", differs(&old.webhooks, &new.webhooks)),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

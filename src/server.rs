@@ -134,6 +134,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
             branding: branding.clone(),
         })),
         dkim: dkim.clone(),
+        events: crate::events::webhooks::WebhookAdmin::new(store.clone(), &config.webhooks),
     };
     let admin_http = crate::admin_http::AdminHttp::bind(&config).await?;
     let admin_http_state = crate::admin_http::HttpState {
@@ -215,6 +216,13 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         memory,
     };
     let delivery_task = tokio::spawn(delivery.run(shutdown_rx.clone()));
+    let webhook_task = tokio::spawn(
+        crate::events::outbox::Outbox {
+            store: store.clone(),
+            config: config.webhooks.clone(),
+        }
+        .run(shutdown_rx.clone()),
+    );
 
     if recovered > 0 {
         tracing::info!(messages = recovered, "resuming queued messages");
@@ -262,6 +270,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         tracing::warn!("sessions still open after the grace period; closing them");
     }
     let _ = tokio::time::timeout(grace, delivery_task).await;
+    let _ = tokio::time::timeout(grace, webhook_task).await;
     admin_task.abort();
     let _ = std::fs::remove_file(&admin_path);
     store.flush_now()?;

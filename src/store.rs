@@ -107,6 +107,14 @@ pub mod trees {
     pub const QUARANTINE: &str = "quarantine";
     /// Admin tokens for the HTTP API and panel: HMAC digest → label, role, id.
     pub const ADMIN_TOKENS: &str = "admin_tokens";
+    /// Delivery events, `message id ‖ time ‖ random` → event (events::Event).
+    pub const EVENTS: &str = "events";
+    /// Webhook endpoints, endpoint id → endpoint (events::webhooks).
+    pub const WEBHOOKS: &str = "webhooks";
+    /// Webhook deliveries owed, `due time ‖ endpoint id ‖ event id` → payload (events::outbox).
+    pub const WEBHOOK_OUTBOX: &str = "webhook_outbox";
+    /// Recent delivery attempts per endpoint, `endpoint id ‖ time ‖ random` → attempt.
+    pub const WEBHOOK_ATTEMPTS: &str = "webhook_attempts";
 }
 
 /// Each waiter gets the result of the flush that covered its writes.
@@ -128,6 +136,10 @@ pub struct Store {
     pub dkim_projects: sled::Tree,
     pub quarantine: sled::Tree,
     pub admin_tokens: sled::Tree,
+    pub events: sled::Tree,
+    pub webhooks: sled::Tree,
+    pub webhook_outbox: sled::Tree,
+    pub webhook_attempts: sled::Tree,
     flusher: Arc<tokio::sync::OnceCell<FlushSender>>,
     /// When false (development only), `durable()` returns without flushing.
     fsync: bool,
@@ -175,6 +187,10 @@ impl Store {
             dkim_projects: db.open_tree(trees::DKIM_PROJECTS)?,
             quarantine: db.open_tree(trees::QUARANTINE)?,
             admin_tokens: db.open_tree(trees::ADMIN_TOKENS)?,
+            events: db.open_tree(trees::EVENTS)?,
+            webhooks: db.open_tree(trees::WEBHOOKS)?,
+            webhook_outbox: db.open_tree(trees::WEBHOOK_OUTBOX)?,
+            webhook_attempts: db.open_tree(trees::WEBHOOK_ATTEMPTS)?,
             db,
             flusher: Arc::new(tokio::sync::OnceCell::new()),
             fsync: true,

@@ -115,6 +115,34 @@ pub enum AdminRequest {
     AdminTokenRevoke {
         id: String,
     },
+    /// A webhook endpoint for a project's events (`project: None`: every project's).
+    WebhookAdd {
+        project: Option<String>,
+        url: String,
+        events: Vec<String>,
+    },
+    WebhookList {
+        #[serde(default)]
+        project: Option<String>,
+    },
+    /// One endpoint with its recent delivery attempts.
+    WebhookShow {
+        id: String,
+    },
+    WebhookRemove {
+        id: String,
+    },
+    /// Queues a signed `webhook.test` event for the endpoint.
+    WebhookTest {
+        id: String,
+    },
+    WebhookRotateSecret {
+        id: String,
+    },
+    /// Turns a disabled endpoint on again.
+    WebhookEnable {
+        id: String,
+    },
 }
 
 impl AdminRequest {
@@ -124,6 +152,7 @@ impl AdminRequest {
         use AdminRequest::*;
         match self {
             ProjectList | ProjectShow { .. } | QueueList | QueueShow { .. } | Log { .. } => true,
+            WebhookList { .. } | WebhookShow { .. } => true,
             ProjectLimits { set, clear, .. } => set.is_empty() && !clear,
             ProjectBranding { update, .. } => update.is_none(),
             ProjectRoute {
@@ -159,6 +188,8 @@ pub struct AdminContext {
     pub dkim: crate::transform::dkim_keys::DkimKeys,
     /// Tokens of the HTTP admin API.
     pub admin_tokens: crate::policy::admin_tokens::AdminTokens,
+    /// Delivery events and webhook endpoints.
+    pub events: crate::events::webhooks::WebhookAdmin,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -327,7 +358,12 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
                 .collect(),
         ),
         QueueShow { id } => match ctx.log.get(&id).map_err(err)? {
-            Some(e) => envelope_json(&e),
+            Some(e) => {
+                let mut v = envelope_json(&e);
+                v["events"] =
+                    serde_json::to_value(ctx.events.for_message(&id).map_err(err)?).map_err(err)?;
+                v
+            }
             None => return Err(AdminError(format!("no message {id}"))),
         },
         QueueRetry { id } => envelope_json(&ctx.queue.retry_now(&id).map_err(err)?),
@@ -379,5 +415,21 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         AdminTokenRevoke { id } => {
             serde_json::to_value(ctx.admin_tokens.revoke(&id).map_err(err)?).map_err(err)?
         }
+        WebhookAdd {
+            project,
+            url,
+            events,
+        } => {
+            if let Some(p) = &project {
+                r.get(p).map_err(err)?;
+            }
+            ctx.events.add(project, &url, &events).map_err(err)?
+        }
+        WebhookList { project } => ctx.events.list(project.as_deref()).map_err(err)?,
+        WebhookShow { id } => ctx.events.show(&id).map_err(err)?,
+        WebhookRemove { id } => ctx.events.remove(&id).map_err(err)?,
+        WebhookTest { id } => ctx.events.test(&id).map_err(err)?,
+        WebhookRotateSecret { id } => ctx.events.rotate_secret(&id).map_err(err)?,
+        WebhookEnable { id } => ctx.events.enable(&id).map_err(err)?,
     })
 }

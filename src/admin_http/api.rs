@@ -46,6 +46,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/admin-tokens"),
     ("POST", "/api/v1/admin-tokens"),
     ("DELETE", "/api/v1/admin-tokens/{id}"),
+    ("GET", "/api/v1/webhooks"),
+    ("POST", "/api/v1/webhooks"),
+    ("GET", "/api/v1/webhooks/{id}"),
+    ("DELETE", "/api/v1/webhooks/{id}"),
+    ("POST", "/api/v1/webhooks/{id}/test"),
+    ("POST", "/api/v1/webhooks/{id}/rotate-secret"),
+    ("POST", "/api/v1/webhooks/{id}/enable"),
 ];
 
 pub fn router(state: HttpState) -> Router {
@@ -89,6 +96,14 @@ pub fn router(state: HttpState) -> Router {
             get(list_admin_tokens).post(add_admin_token),
         )
         .route("/api/v1/admin-tokens/{id}", delete(revoke_admin_token))
+        .route("/api/v1/webhooks", get(list_webhooks).post(add_webhook))
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(show_webhook).delete(remove_webhook),
+        )
+        .route("/api/v1/webhooks/{id}/test", post(test_webhook))
+        .route("/api/v1/webhooks/{id}/rotate-secret", post(rotate_webhook))
+        .route("/api/v1/webhooks/{id}/enable", post(enable_webhook))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -546,4 +561,81 @@ async fn revoke_admin_token(
     Path(id): Path<String>,
 ) -> Response {
     run(&s, AdminRequest::AdminTokenRevoke { id }, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookQuery {
+    project: Option<String>,
+}
+
+async fn list_webhooks(
+    _c: Caller,
+    State(s): State<HttpState>,
+    q: Result<Query<WebhookQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    run(&s, AdminRequest::WebhookList { project: q.project }, false).await
+}
+
+/// `project` absent: every project's events.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewWebhook {
+    #[serde(default)]
+    project: Option<String>,
+    url: String,
+    events: Vec<String>,
+}
+
+async fn add_webhook(
+    _c: Caller,
+    State(s): State<HttpState>,
+    b: Result<Json<NewWebhook>, JsonRejection>,
+) -> Response {
+    let w = match body(b) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let req = AdminRequest::WebhookAdd {
+        project: w.project,
+        url: w.url,
+        events: w.events,
+    };
+    run(&s, req, true).await
+}
+
+async fn show_webhook(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    run(&s, AdminRequest::WebhookShow { id }, false).await
+}
+
+async fn remove_webhook(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+) -> Response {
+    run(&s, AdminRequest::WebhookRemove { id }, false).await
+}
+
+async fn test_webhook(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    run(&s, AdminRequest::WebhookTest { id }, false).await
+}
+
+async fn rotate_webhook(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+) -> Response {
+    run(&s, AdminRequest::WebhookRotateSecret { id }, false).await
+}
+
+async fn enable_webhook(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+) -> Response {
+    run(&s, AdminRequest::WebhookEnable { id }, false).await
 }

@@ -11,6 +11,7 @@ pub mod project;
 pub mod queue;
 pub mod send_test;
 pub mod serve;
+pub mod webhook;
 
 use std::path::PathBuf;
 
@@ -96,6 +97,11 @@ pub enum Command {
         #[command(subcommand)]
         command: generate::GenerateCommand,
     },
+    /// Webhook endpoints that receive signed delivery events.
+    Webhook {
+        #[command(subcommand)]
+        command: webhook::WebhookCommand,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -109,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dkim { ref command } => dkim::run(&cli, command),
         Command::Admin { ref command } => admin_tokens::run(&cli, command),
         Command::Generate { ref command } => generate::run(command),
+        Command::Webhook { ref command } => webhook::run(&cli, command),
     }
 }
 
@@ -202,6 +209,7 @@ pub fn offline_context(
             std::sync::Arc::new(config.clone()),
         ),
         tester: None,
+        events: crate::events::webhooks::WebhookAdmin::new(store.clone(), &config.webhooks),
         branding: crate::transform::branding::BrandingStore::new(store.clone()),
         dkim: crate::transform::dkim_keys::DkimKeys::new(store.clone(), config),
         limiter: crate::policy::limits::Limiter::new(

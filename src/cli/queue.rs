@@ -118,4 +118,26 @@ fn print_detail(m: &Value) {
             r["reply"].as_str().unwrap_or("-")
         );
     }
+    let events = m["events"].as_array().cloned().unwrap_or_default();
+    if !events.is_empty() {
+        println!("events");
+    }
+    for e in events {
+        let rcpts: Vec<&str> = e["recipients"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "  {}  {:<12} attempt {}  {}  {}{}",
+            fmt_time(e["time_ms"].as_u64().unwrap_or(0) / 1000),
+            e["type"].as_str().unwrap_or(""),
+            e["attempt"].as_u64().unwrap_or(0),
+            rcpts.join(","),
+            e["reply"].as_str().unwrap_or(""),
+            e["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+        );
+    }
 }

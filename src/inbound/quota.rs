@@ -76,7 +76,11 @@ impl Session {
             },
             LimitMode::AcceptAndDelay => {
                 match limiter.reserve(&q.project, cost, self.deadline_ms()) {
-                    Ok(slot) => self.slotted(slot).map(Some),
+                    // A slot not later than now (the limiter's clock) is no delay: due at
+                    // once, and no `rate_limited` event for it.
+                    Ok(slot) => self.slotted(slot).map(|at| {
+                        (at > crate::policy::limits::now_ns().div_ceil(1_000_000)).then_some(at)
+                    }),
                     Err(e) => Err(self.limits_unavailable(&e)),
                 }
             }

@@ -79,6 +79,14 @@ struct Metrics {
     rate_limited: Family<ProjectLabels, Counter>,
     auth_failures: Counter,
     reloads: Family<ResultLabels, Counter>,
+    events: Family<TypeLabels, Counter>,
+    webhook_deliveries: Family<ResultLabels, Counter>,
+    webhook_disabled: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabels {
+    kind: &'static str,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -104,6 +112,9 @@ impl Metrics {
             rate_limited: Family::default(),
             auth_failures: Counter::default(),
             reloads: Family::default(),
+            events: Family::default(),
+            webhook_deliveries: Family::default(),
+            webhook_disabled: Counter::default(),
         };
         // prometheus-client appends `_total` to counters and the unit to the name.
         registry.register(
@@ -187,6 +198,21 @@ impl Metrics {
             "config_reloads",
             "Configuration reloads (SIGHUP), by result",
             m.reloads.clone(),
+        );
+        registry.register(
+            "events",
+            "Delivery events recorded, by type",
+            m.events.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by result: delivered, retry, failed (given up), gone (410)",
+            m.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_endpoints_disabled",
+            "Webhook endpoints disabled (410 Gone, or failing for disable_after_secs)",
+            m.webhook_disabled.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -313,6 +339,22 @@ pub fn delivery_outcome(env: &Envelope, upstream: &str) {
         MessageState::Deleted => return,
     };
     family.get_or_create(&labels).inc();
+}
+
+pub fn event_recorded(kind: &'static str) {
+    METRICS.events.get_or_create(&TypeLabels { kind }).inc();
+}
+
+/// `result`: delivered, retry, failed, gone.
+pub fn webhook_delivery(result: &'static str) {
+    METRICS
+        .webhook_deliveries
+        .get_or_create(&ResultLabels { result })
+        .inc();
+}
+
+pub fn webhook_endpoint_disabled() {
+    METRICS.webhook_disabled.inc();
 }
 
 pub fn config_reload(ok: bool) {

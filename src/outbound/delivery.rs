@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use super::RcptOutcome;
 use super::routing::Router;
 use crate::config::Config;
+use crate::events::{Event, EventKind};
 use crate::queue::schedule::retry_delay_ms;
 use crate::queue::{Envelope, MessageState, Queue, RcptState, now_ms};
 
@@ -120,9 +121,19 @@ impl Delivery {
         let started = Instant::now();
         let now = now_ms();
         if now >= env.expires_ms {
+            let upstream_reply = env.last_reply.clone();
             env.state = MessageState::Expired;
             env.last_reply = Some(expiry_reason(&env, env.last_reply.as_deref()));
-            self.save(&env).await;
+            let pending = env
+                .recipients
+                .iter()
+                .filter(|r| r.state == RcptState::Pending)
+                .map(|r| r.address.clone())
+                .collect();
+            let mut event =
+                Event::new(EventKind::Failed, &env, pending).with_reply(upstream_reply.as_deref());
+            event.reason = Some("expired".into());
+            self.save_with(&env, &[event]).await;
             // Never attempted: no upstream to name.
             let upstream = env.upstream.clone().unwrap_or_else(|| "-".into());
             crate::metrics::delivery_outcome(&env, &upstream);
@@ -196,6 +207,7 @@ impl Delivery {
         } else {
             MessageState::Failed
         };
+        let events = attempt_events(&env, &pending, &attempt.outcomes);
         crate::metrics::delivery_outcome(&env, &name);
         tracing::info!(
             id,
@@ -209,7 +221,7 @@ impl Delivery {
             duration_ms = started.elapsed().as_millis() as u64,
             "delivery attempt"
         );
-        self.save(&env).await;
+        self.save_with(&env, &events).await;
     }
 
     fn unreadable(&self, id: &str, e: crate::queue::QueueError) {
@@ -223,11 +235,54 @@ impl Delivery {
     }
 
     async fn save(&self, env: &Envelope) {
-        if let Err(e) = self.queue.update(env).await {
+        self.save_with(env, &[]).await
+    }
+
+    /// Saves the outcome and its delivery events in one group commit.
+    async fn save_with(&self, env: &Envelope, events: &[Event]) {
+        if let Err(e) = self.queue.update_with_events(env, events).await {
             // The spool still holds the previous state; the message is retried after restart.
             tracing::error!(id = %env.id, error = %e, "cannot record delivery outcome");
         }
     }
+}
+
+/// The events of one attempt (`env` as it is after it): one per outcome and reply, naming the
+/// recipients it concerns. Recipients still pending are `deferred`, or `failed` (expired)
+/// when the message gave up.
+fn attempt_events(env: &Envelope, pending: &[usize], outcomes: &[RcptOutcome]) -> Vec<Event> {
+    type Group<'a> = (EventKind, Option<&'static str>, &'a str, Vec<String>);
+    let mut groups: Vec<Group> = Vec::new();
+    for (&i, outcome) in pending.iter().zip(outcomes.iter()) {
+        let (kind, reason) = match outcome {
+            RcptOutcome::Delivered(_) => (EventKind::Relayed, None),
+            RcptOutcome::Failed(_) => (EventKind::Failed, Some("refused")),
+            RcptOutcome::Deferred(_) if env.state == MessageState::Expired => {
+                (EventKind::Failed, Some("expired"))
+            }
+            RcptOutcome::Deferred(_) => (EventKind::Deferred, None),
+        };
+        let reply = outcome.reply();
+        let address = env.recipients[i].address.clone();
+        match groups
+            .iter_mut()
+            .find(|(k, why, r, _)| *k == kind && *why == reason && *r == reply)
+        {
+            Some(g) => g.3.push(address),
+            None => groups.push((kind, reason, reply, vec![address])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(kind, reason, reply, rcpts)| {
+            let mut e = Event::new(kind, env, rcpts).with_reply(Some(reply));
+            e.reason = reason.map(str::to_string);
+            if kind == EventKind::Deferred {
+                e.next_attempt_ms = Some(env.next_attempt_ms);
+            }
+            e
+        })
+        .collect()
 }
 
 /// Why a message expired, for the message log: always says so, even when no attempt was
@@ -269,6 +324,7 @@ mod tests {
             state: MessageState::Expired,
             upstream: None,
             last_reply: None,
+            header_message_id: None,
         }
     }
 

@@ -156,6 +156,7 @@ impl Tester {
             state: MessageState::Queued,
             upstream: None,
             last_reply: None,
+            header_message_id: None,
         };
         let routed = self
             .router

@@ -9,6 +9,8 @@
 //! log → envelope → body. So a body never lacks its envelope while the message is live, a
 //! body without an envelope is the leftover of a message never acknowledged or already
 //! finished, and the schedule, derived from the envelopes, is rebuilt by [`Queue::recover`].
+//! The delivery events of a change and the webhook deliveries they owe are written right after
+//! the log entry (`events::stage`), so the same flush makes them durable.
 //!
 //! Bodies over `memory_budget::SPILL_THRESHOLD` are not put in sled: sled keeps large values
 //! in memory long after they are written (20 × 25 MiB held over 1 GiB). They go to
@@ -154,6 +156,9 @@ pub struct Envelope {
     pub state: MessageState,
     pub upstream: Option<String>,
     pub last_reply: Option<String>,
+    /// The app's own `Message-ID` header, for delivery events (absent in older envelopes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_message_id: Option<String>,
 }
 
 /// Queue size for monitoring.
@@ -328,8 +333,22 @@ impl Queue {
             state: MessageState::Queued,
             upstream: None,
             last_reply: None,
+            header_message_id: crate::events::header_message_id(bytes),
         };
         let encoded = encode(&env);
+        let all: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
+        let mut events = vec![crate::events::Event::new(
+            crate::events::EventKind::Accepted,
+            &env,
+            all.clone(),
+        )];
+        if env.next_attempt_ms > now {
+            // Accept-and-delay: held back by the project's limits until its release slot.
+            let mut held =
+                crate::events::Event::new(crate::events::EventKind::RateLimited, &env, all);
+            held.next_attempt_ms = Some(env.next_attempt_ms);
+            events.push(held);
+        }
         let in_file = crate::memory_budget::MemoryBudget::is_large(bytes.len());
         if in_file {
             let path = self.body_path(&env.id);
@@ -352,6 +371,7 @@ impl Queue {
             self.store
                 .log
                 .insert(env.id.as_bytes(), encoded.as_slice())?;
+            crate::events::stage(&self.store, &events)?;
             self.store
                 .schedule
                 .insert(schedule::key(env.next_attempt_ms, &env.id), &[])?;
@@ -365,6 +385,7 @@ impl Queue {
         })?;
         self.store.durable().await?;
         self.wake.notify_one();
+        crate::events::outbox::wake();
         Ok(env)
     }
 
@@ -447,6 +468,15 @@ impl Queue {
 
     /// Records a new state: final states leave the spool, others are rescheduled.
     pub async fn update(&self, env: &Envelope) -> Result<(), QueueError> {
+        self.update_with_events(env, &[]).await
+    }
+
+    /// [`Queue::update`], with the delivery events of this outcome in the same group commit.
+    pub async fn update_with_events(
+        &self,
+        env: &Envelope,
+        events: &[crate::events::Event],
+    ) -> Result<(), QueueError> {
         self.store.check_healthy()?;
         let encoded = encode(env);
         let id = &env.id;
@@ -456,6 +486,7 @@ impl Queue {
         // Order matters (module doc): the log first, then the envelope, the body last.
         let had_file = (|| {
             self.store.log.insert(id.as_bytes(), encoded.as_slice())?;
+            crate::events::stage(&self.store, events)?;
             if state.is_final() {
                 self.remove_entry(id)
             } else {
@@ -466,6 +497,9 @@ impl Queue {
         })()
         .map_err(|e| self.write_err(e))?;
         self.store.durable().await?;
+        if !events.is_empty() {
+            crate::events::outbox::wake();
+        }
         if !state.is_final() {
             self.wake.notify_one();
         }

@@ -6,3 +6,4 @@ pub mod oauth;
 pub mod ops;
 pub mod relay;
 pub mod upstream;
+pub mod webhook_receiver;
