@@ -21,4 +21,10 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# tests/send_api.rs drives Resend's official Python SDK against the relay.
+if ! python3 -c "import resend" >/dev/null 2>&1; then
+  echo "== installing the resend Python package (tests/send_api.rs)"
+  python3 -m pip install --quiet resend
+fi
+
 exec cargo test --locked "$@"
