@@ -551,3 +551,66 @@ async fn resend_python_sdk_sends_through_the_relay() {
     assert_eq!(att.attachment_name(), Some("note.txt"));
     assert_eq!(att.contents(), b"attached bytes\n");
 }
+
+/// Resend's official Node SDK (npm `resend`, pinned in tests/support/resend_node), pointed at
+/// the relay with `RESEND_BASE_URL`: the mail arrives at the upstream signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_node_sdk_sends_through_the_relay() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/resend_node");
+    assert!(
+        dir.join("node_modules/resend").is_dir(),
+        "Resend's Node SDK is not installed: run scripts/test.sh (npm ci in {}; Debian packages nodejs and npm)",
+        dir.display()
+    );
+    let pki = TestPki::generate();
+    let up = TestUpstream::start(UpstreamOptions::implicit(&pki)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let files = pki.write_to(tmp.path());
+    let relay = Relay::start(RelayOptions {
+        upstreams: Some(smtp_upstream(up.port(), "implicit", &files.ca, None)),
+        extra_config: SEND_API.into(),
+        ..Default::default()
+    });
+    let (_id, token) = relay.add_project("app", &["app.test"]);
+    let record = keygen(&relay, "app.test", "s1", "rsa", true);
+    let dns = Dns::default();
+    dns.publish(&record);
+    let api = Api::new(&relay);
+
+    let out = Command::new("node")
+        .arg(dir.join("send.mjs"))
+        .args(["noreply@app.test", "user@example.net"])
+        .current_dir(&dir)
+        .env("RESEND_BASE_URL", &api.base)
+        .env("RESEND_API_KEY", &token)
+        .output()
+        .expect("node must be installed (Debian package nodejs)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        relay.server_log()
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(v["id"].is_string(), "{v:#}");
+    assert_eq!(v["batch"].as_array().unwrap().len(), 2, "{v:#}");
+    assert_eq!(v["bad_key"]["statusCode"], 403, "{v:#}");
+    assert_eq!(v["bad_key"]["name"], "invalid_api_key", "{v:#}");
+
+    let got = up.wait_for(3, Duration::from_secs(30)).await;
+    let sdk = got
+        .iter()
+        .find(|m| m.text().contains("resend Node SDK"))
+        .expect("the SDK's message");
+    let results = verify(&dns, &sdk.data).await;
+    assert!(results.len() == 1 && results[0].pass(), "{results:?}");
+    let parsed = MessageParser::default().parse(&sdk.data).unwrap();
+    assert_eq!(
+        parsed.from().and_then(|f| f.first()).and_then(|a| a.name()),
+        Some("Node SDK")
+    );
+    let att = parsed.attachment(0).expect("attachment");
+    assert_eq!(att.attachment_name(), Some("note.txt"));
+    assert_eq!(att.contents(), b"attached bytes\n");
+}
