@@ -213,6 +213,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         }
         let state = crate::send_api::ApiState {
             shared: shared_rx.clone(),
+            tls: api.is_tls(),
         };
         tokio::spawn(api.serve(state, shutdown_rx.clone()));
     }

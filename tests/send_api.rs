@@ -30,6 +30,10 @@ struct Api {
 
 impl Api {
     fn new(relay: &Relay) -> Api {
+        Api::with_scheme(relay, "http")
+    }
+
+    fn with_scheme(relay: &Relay, scheme: &str) -> Api {
         let listeners: Value = serde_json::from_str(
             &std::fs::read_to_string(relay.state_dir().join("listeners.json")).unwrap(),
         )
@@ -50,7 +54,7 @@ impl Api {
             .build()
             .unwrap();
         Api {
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             http,
         }
     }
@@ -613,4 +617,34 @@ async fn resend_node_sdk_sends_through_the_relay() {
     let att = parsed.attachment(0).expect("attachment");
     assert_eq!(att.attachment_name(), Some("note.txt"));
     assert_eq!(att.contents(), b"attached bytes\n");
+}
+
+/// `tls = true`: HTTPS with the relay's certificate; plain HTTP to it gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_send_api_with_the_relays_certificate() {
+    let relay = Relay::start(RelayOptions {
+        extra_config: format!("{SEND_API}tls = true\n"),
+        ..Default::default()
+    });
+    let (_id, token) = relay.add_project("app", &["app.test"]);
+    let api = Api::with_scheme(&relay, "https");
+    let (s, v) = api
+        .post(
+            &token,
+            "/emails",
+            &json!({ "from": "noreply@app.test", "to": "user@example.net",
+                     "subject": "over https", "text": "hello" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v:#}");
+    let plain = Api::new(&relay);
+    let r = plain
+        .http
+        .post(format!("{}/emails", plain.base))
+        .bearer_auth(&token)
+        .body("{}")
+        .send()
+        .await;
+    assert!(r.is_err(), "plain HTTP answered on the HTTPS port: {r:?}");
+    assert_eq!(queued(&relay), 1);
 }

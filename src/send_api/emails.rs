@@ -685,6 +685,7 @@ async fn read_json<T: for<'a> Deserialize<'a>>(body: Body, max_size: usize) -> R
 /// Checks, builds and submits one prepared email; the queue id on success.
 async fn send_prepared(
     shared: &Shared,
+    tls: bool,
     caller: &mut Caller,
     peer: std::net::SocketAddr,
     p: &Prepared,
@@ -745,7 +746,7 @@ async fn send_prepared(
             quota: Some(&caller.quota),
             peer,
             helo: &helo,
-            tls: false,
+            tls,
         },
         Submission {
             mail_from: p.from.address.clone(),
@@ -798,7 +799,7 @@ async fn send_one(State(state): State<ApiState>, req: Request) -> Response {
         let email: EmailIn = read_json(req.into_body(), max_size).await?;
         let p = prepare(email, &shared, caller.quota.effective.max_recipients())?;
         check_sender(&caller, &p)?;
-        send_prepared(&shared, &mut caller, peer, &p).await
+        send_prepared(&shared, state.tls, &mut caller, peer, &p).await
     }
     .await;
     match result {
@@ -833,7 +834,7 @@ async fn send_batch(State(state): State<ApiState>, req: Request) -> Response {
         }
         let mut ids = Vec::new();
         for (i, p) in prepared.iter().enumerate() {
-            match send_prepared(&shared, &mut caller, peer, p).await {
+            match send_prepared(&shared, state.tls, &mut caller, peer, p).await {
                 Ok(id) => ids.push(json!({ "id": id })),
                 Err(mut err) if ids.is_empty() => {
                     err.message = format!("emails[{i}]: {}", err.message);

@@ -48,6 +48,8 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(Clone)]
 pub struct ApiState {
     pub shared: watch::Receiver<Arc<Shared>>,
+    /// Served over HTTPS (recorded in the Received header like SMTP's TLS).
+    pub tls: bool,
 }
 
 pub struct SendApi {
@@ -86,6 +88,10 @@ impl SendApi {
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Serves until `shutdown`.
