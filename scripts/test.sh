@@ -21,4 +21,18 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# tests/send_api.rs drives Resend's official Python SDK against the relay.
+if ! python3 -c "import resend" >/dev/null 2>&1; then
+  echo "== installing the resend Python package (tests/send_api.rs)"
+  # Debian's Python is "externally managed" (PEP 668): allow the user-level install there.
+  python3 -m pip install --quiet --user resend 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages resend \
+    || python3 -m pip install --quiet resend
+fi
+# ... and Resend's Node SDK, pinned by tests/support/resend_node/package-lock.json.
+if [ ! -d tests/support/resend_node/node_modules/resend ]; then
+  echo "== installing Resend's Node SDK (tests/support/resend_node)"
+  (cd tests/support/resend_node && npm ci --silent --no-audit --no-fund)
+fi
+
 exec cargo test --locked "$@"

@@ -69,6 +69,9 @@ pub struct Config {
     /// Webhook delivery of delivery events (events::outbox).
     #[serde(default)]
     pub webhooks: WebhooksConfig,
+    /// The HTTP send API (Resend-compatible `POST /emails`); off unless `address` is set.
+    #[serde(default)]
+    pub send_api: SendApiConfig,
     /// Default per-project rate limits and quotas (policy::limits).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -108,6 +111,22 @@ pub struct MetricsConfig {
 #[serde(deny_unknown_fields)]
 pub struct AdminHttpConfig {
     /// Where the admin API listens. Unset: no HTTP admin server.
+    #[serde(default)]
+    pub address: Option<SocketAddr>,
+    /// Serve HTTPS. Required on any address that is not loopback.
+    #[serde(default)]
+    pub tls: bool,
+    /// Certificate and key for HTTPS; unset: the relay's own (`[tls]`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendApiConfig {
+    /// Where the send API listens. Unset: no send API.
     #[serde(default)]
     pub address: Option<SocketAddr>,
     /// Serve HTTPS. Required on any address that is not loopback.
@@ -948,6 +967,26 @@ impl Config {
                 "admin_http",
                 "cert_file",
                 "set both admin_http.cert_file and admin_http.key_file, or neither".into(),
+            ));
+        }
+        if let Some(addr) = self.send_api.address
+            && !addr.ip().is_loopback()
+            && !self.send_api.tls
+        {
+            return Err(bad(
+                "send_api",
+                "tls",
+                format!(
+                    "the send API on {addr} (not loopback) needs TLS: set send_api.tls = true \
+                     (the relay's certificate, or send_api.cert_file/key_file)"
+                ),
+            ));
+        }
+        if self.send_api.cert_file.is_some() != self.send_api.key_file.is_some() {
+            return Err(bad(
+                "send_api",
+                "cert_file",
+                "set both send_api.cert_file and send_api.key_file, or neither".into(),
             ));
         }
         if !self.upstreams.contains_key(&self.delivery.default_route) {

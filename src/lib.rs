@@ -23,6 +23,7 @@ pub mod policy;
 pub mod queue;
 pub mod reload;
 pub mod secret;
+pub mod send_api;
 pub mod server;
 pub mod shutdown;
 pub mod store;

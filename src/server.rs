@@ -55,6 +55,8 @@ pub enum ServerError {
     Metrics(#[from] crate::metrics::http::MetricsBindError),
     #[error(transparent)]
     AdminHttp(#[from] crate::admin_http::AdminHttpError),
+    #[error(transparent)]
+    SendApi(#[from] crate::send_api::SendApiError),
     #[error("storage failed: {0}; exiting so the service manager restarts the relay")]
     StorageFailed(String),
 }
@@ -137,6 +139,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         events: crate::events::webhooks::WebhookAdmin::new(store.clone(), &config.webhooks),
     };
     let admin_http = crate::admin_http::AdminHttp::bind(&config).await?;
+    let send_api = crate::send_api::SendApi::bind(&config).await?;
     let admin_http_state = crate::admin_http::HttpState {
         admin: admin_ctx.clone(),
         throttle: Throttle::new(&config.throttle),
@@ -202,6 +205,18 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
                 .push(serde_json::json!({ "mode": "admin_http", "address": addr.to_string() }));
         }
         tokio::spawn(http.serve(admin_http_state, shutdown_rx.clone()));
+    }
+    if let Some(api) = send_api {
+        if let Some(addr) = api.local_addr() {
+            tracing::info!(address = %addr, "send API listening (POST /emails)");
+            listeners_info
+                .push(serde_json::json!({ "mode": "send_api", "address": addr.to_string() }));
+        }
+        let state = crate::send_api::ApiState {
+            shared: shared_rx.clone(),
+            tls: api.is_tls(),
+        };
+        tokio::spawn(api.serve(state, shutdown_rx.clone()));
     }
     // Lets scripts and tests find the ports (useful with port 0).
     let _ = std::fs::write(

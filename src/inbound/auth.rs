@@ -12,7 +12,7 @@
 use base64::Engine;
 
 use crate::policy::limits::LimitsError;
-use crate::policy::projects::Standing;
+use crate::policy::projects::{Authenticated, Standing};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -264,39 +264,36 @@ impl Session {
         &mut self,
         conn: &mut Connection<S>,
     ) -> Option<Flow> {
-        let auth = self.auth.as_ref()?;
-        let now = self.shared.registry.generation();
-        if now == self.registry_generation {
-            return None;
-        }
-        let why = match self
-            .shared
-            .registry
-            .standing(&auth.project.id, &auth.token_id)
-        {
-            Ok(Standing::Valid(project)) => {
-                self.registry_generation = now;
-                if let Some(a) = self.auth.as_mut() {
-                    a.project = project;
-                }
-                return None;
-            }
-            Ok(Standing::TokenRevoked) => "token revoked",
-            Ok(Standing::ProjectDisabled) => "project disabled",
-            Ok(Standing::ProjectDeleted) => "project deleted",
-            Err(e) => {
+        let auth = self.auth.as_mut()?;
+        let why = match recheck(&self.shared.registry, auth, &mut self.registry_generation) {
+            Ok(()) => return None,
+            Err(Recheck::Withdrawn(why)) => why,
+            Err(Recheck::Unavailable(e)) => {
                 tracing::error!(error = %e, "registry unavailable while re-checking a session");
                 self.reset_transaction();
                 return Some(self.send(conn, &reply::LOCAL_ERROR).await);
             }
         };
-        tracing::warn!(client = %self.peer, project = %auth.project.id, token = %auth.token_id, reason = why, "credentials withdrawn; closing session");
+        Some(self.withdrawn(conn, why).await)
+    }
+
+    /// The session's credentials were withdrawn (`why`): refuse, then close.
+    pub(super) async fn withdrawn<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Connection<S>,
+        why: &'static str,
+    ) -> Flow {
+        let (project, token) = match &self.auth {
+            Some(a) => (a.project.id.clone(), a.token_id.clone()),
+            None => Default::default(),
+        };
+        tracing::warn!(client = %self.peer, project = %project, token = %token, reason = why, "credentials withdrawn; closing session");
         let r = reply::credentials_withdrawn(why);
-        crate::metrics::rejected(&auth.project.id, &r);
+        crate::metrics::rejected(&project, &r);
         self.reset_transaction();
         let _ = conn.write_reply(&r).await;
         let _ = conn.write_reply(&reply::CREDENTIALS_WITHDRAWN_CLOSE).await;
-        Some(Flow::Close)
+        Flow::Close
     }
 
     /// Sends a 334 challenge and reads the client's answer line.
@@ -321,6 +318,38 @@ impl Session {
                 Err(Flow::Close)
             }
         }
+    }
+}
+
+/// Why [`recheck`] refused credentials that held before.
+#[derive(Debug)]
+pub enum Recheck {
+    /// `token revoked`, `project disabled`, `project deleted`.
+    Withdrawn(&'static str),
+    Unavailable(crate::policy::projects::RegistryError),
+}
+
+/// Re-checks `auth` when the registry changed since `generation` (a number compare
+/// otherwise); on success `auth.project` is the project as it is now.
+pub fn recheck(
+    registry: &crate::policy::projects::Registry,
+    auth: &mut Authenticated,
+    generation: &mut u64,
+) -> Result<(), Recheck> {
+    let now = registry.generation();
+    if now == *generation {
+        return Ok(());
+    }
+    match registry.standing(&auth.project.id, &auth.token_id) {
+        Ok(Standing::Valid(project)) => {
+            *generation = now;
+            auth.project = project;
+            Ok(())
+        }
+        Ok(Standing::TokenRevoked) => Err(Recheck::Withdrawn("token revoked")),
+        Ok(Standing::ProjectDisabled) => Err(Recheck::Withdrawn("project disabled")),
+        Ok(Standing::ProjectDeleted) => Err(Recheck::Withdrawn("project deleted")),
+        Err(e) => Err(Recheck::Unavailable(e)),
     }
 }
 

@@ -3,18 +3,14 @@
 //! The `250` goes out only after the queue says the message is on disk. If storing fails the
 //! client gets a 4xx and keeps the message — never a `250` for something we might lose.
 //! The message counts against the project's rate windows just before it is queued.
+//! Everything after the bytes are in is `submit.rs`, shared with the HTTP send API.
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{Connection, DataOutcome};
 use super::reply::{self, Reply};
 use super::session::{Flow, Session};
-use crate::memory_budget::MemoryBudget;
-use crate::policy::sender;
-use crate::queue::now_ms;
-use crate::queue::spool::{NewMessage, new_id};
-use crate::transform::dkim::Signing;
-use crate::transform::{self, TransformContext};
+use super::submit::{self, Refusal, Submission, Submitter};
 
 impl Session {
     pub(super) async fn data<S: AsyncRead + AsyncWrite + Unpin>(
@@ -88,102 +84,49 @@ impl Session {
             }
         };
 
-        let hops = transform::headers::received_count(&message);
-        if hops > self.shared.config.server.max_received_headers {
-            tracing::warn!(client = %self.peer, project = %auth.project.id, hops, "mail loop: too many Received fields");
-            return self.error(conn, &reply::TOO_MANY_HOPS).await;
-        }
-        if let Err(e) = sender::check_header_from(&auth.project, &message)
-            .and_then(|()| sender::check_originator_headers(&auth.project, &message))
-        {
-            tracing::warn!(client = %self.peer, project = %auth.project.id, error = %e, "header From refused");
-            return self.error(conn, &Reply::from(&e)).await;
-        }
-
-        let branding = match self.shared.branding.active(&auth.project.id) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(client = %self.peer, project = %auth.project.id, error = %e, "cannot load branding");
-                return self.send(conn, &Reply::from(&e)).await;
-            }
-        };
-        let id = new_id(now_ms());
         let helo = self.helo.clone().unwrap_or_default();
-        let ctx = TransformContext {
-            message_id: &id,
-            hostname: &self.shared.config.server.hostname,
-            helo: &helo,
-            mail_from: &mail_from,
-            client_ip: self.peer.ip(),
-            tls: self.tls,
-            received_ms: now_ms(),
-            branding: branding.as_deref(),
-            from_rewrite: self.shared.routes.from_rewrite(&auth.project.id),
-            dkim: Some(Signing {
-                keys: &self.shared.dkim,
-                project: &auth.project,
-            }),
-        };
-        // Branding and signing a large message take milliseconds per MiB: off the async
-        // worker, so other sessions keep being served.
-        let transformed = if MemoryBudget::is_large(size) {
-            crate::run_blocking(|| transform::apply(&ctx, message))
-        } else {
-            transform::apply(&ctx, message)
-        };
-        let bytes = match transformed {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::warn!(id = %id, client = %self.peer, project = %auth.project.id, error = %e, "message refused by transform");
-                return self.send(conn, &Reply::from(&e)).await;
-            }
-        };
-        // The token or project may have been withdrawn while the message arrived.
-        if let Some(flow) = self.revalidate(conn).await {
-            return flow;
+        let mut auth = auth;
+        let result = submit::submit(
+            Submitter {
+                shared: &self.shared,
+                auth: &mut auth,
+                registry_generation: &mut self.registry_generation,
+                quota: self.quota.as_ref(),
+                peer: self.peer,
+                helo: &helo,
+                tls: self.tls,
+            },
+            Submission {
+                mail_from,
+                mail_params: tx.mail,
+                recipients: rcpts,
+                rcpt_params: tx.rcpts,
+                message,
+                memory,
+            },
+        )
+        .await;
+        // The re-check may have refreshed the project (domains, limits).
+        if let Some(a) = self.auth.as_mut() {
+            a.project = auth.project.clone();
         }
-        // Counted only now that nothing else can refuse it (but storage; refunded then).
-        let recipients = rcpts.len();
-        let not_before_ms = match self.consume_rate(recipients) {
-            Ok(slot) => slot,
-            Err(r) => return self.error(conn, &r).await,
-        };
-        let max_age = self.max_age_secs();
-        let new = NewMessage {
-            id,
-            project: auth.project.id.clone(),
-            mail_from,
-            mail_params: tx.mail,
-            recipients: rcpts,
-            rcpt_params: tx.rcpts,
-            client_ip: self.peer.ip().to_string(),
-            max_age_secs: max_age,
-            not_before_ms,
-        };
-        let queued = self.shared.queue.enqueue(new, &bytes).await;
-        drop(bytes);
-        drop(memory);
-        match queued {
+        match result {
             Ok(env) => {
                 self.accepted += 1;
                 self.message_ids.push(env.id.clone());
-                crate::metrics::accepted(&env.project);
-                tracing::info!(
-                    id = %env.id,
-                    project = %env.project,
-                    client = %self.peer,
-                    recipients = env.recipients.len(),
-                    size = env.size,
-                    "message queued"
-                );
                 self.send(conn, &reply::queued(&env.id)).await
             }
-            Err(e) => {
-                self.refund_rate(recipients);
-                tracing::error!(client = %self.peer, project = %auth.project.id, error = %e, "cannot store message");
+            Err(Refusal::Withdrawn(why)) => self.withdrawn(conn, why).await,
+            Err(e @ (Refusal::TooManyHops(_) | Refusal::Sender(_) | Refusal::Rate(_))) => {
+                self.error(conn, &Reply::from(&e)).await
+            }
+            Err(e @ Refusal::Storage(_)) => {
                 let r = Reply::from(&e);
                 crate::metrics::rejected(&auth.project.id, &r);
                 self.send(conn, &r).await
+            }
+            Err(e @ (Refusal::Branding(_) | Refusal::Transform(_) | Refusal::Registry(_))) => {
+                self.send(conn, &Reply::from(&e)).await
             }
         }
     }

@@ -10,6 +10,7 @@ pub mod listener;
 pub mod quota;
 pub mod reply;
 pub mod session;
+pub mod submit;
 pub mod tls;
 
 use std::sync::Arc;

@@ -5,13 +5,161 @@
 //! body); DATA *consumes*, once the message passed every other check, right before it is
 //! queued — and gives it back if it could not be stored. In `accept-and-delay` mode DATA
 //! reserves the message's release slot instead, and the message is queued due at that slot.
+//! [`RateCheck`] holds these questions without a session, so the HTTP send API asks the
+//! same ones (`submit.rs`).
+
+use std::net::SocketAddr;
 
 use crate::config::LimitMode;
-use crate::policy::limits::{Cost, Decision, LimitsError, MessageLimits, Slot, retry_secs};
+use crate::policy::limits::{
+    Cost, Decision, Limiter, LimitsError, MessageLimits, ProjectSession, Slot, retry_secs,
+};
 use crate::queue::now_ms;
 
 use super::reply::{self, Reply};
 use super::session::Session;
+
+/// Why the project's limits refuse a message (replies in `reply.rs`, HTTP statuses in
+/// `send_api`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateRefusal {
+    /// Over a rate window; the same message would fit in `retry_secs`.
+    Exceeded { project: String, retry_secs: u64 },
+    /// More recipients than a window can ever hold.
+    TooManyRecipients,
+    /// The limiter's store failed.
+    Unavailable,
+}
+
+impl From<&RateRefusal> for Reply {
+    fn from(r: &RateRefusal) -> Reply {
+        match r {
+            RateRefusal::Exceeded {
+                project,
+                retry_secs,
+            } => reply::rate_limited(project, *retry_secs),
+            RateRefusal::TooManyRecipients => reply::TOO_MANY_RCPTS,
+            RateRefusal::Unavailable => reply::LOCAL_ERROR,
+        }
+    }
+}
+
+/// The project's limits as one submission sees them.
+pub struct RateCheck<'a> {
+    pub limiter: &'a Limiter,
+    /// `None` before AUTH: nothing is limited.
+    pub quota: Option<&'a ProjectSession>,
+    pub peer: SocketAddr,
+    pub max_age_secs: u64,
+}
+
+impl RateCheck<'_> {
+    /// Would one more message with `recipients` recipients fit now? Consumes nothing.
+    pub fn check_message(&self, recipients: usize) -> Result<(), RateRefusal> {
+        let Some(q) = self.quota else {
+            return Ok(());
+        };
+        let cost = Cost::message(recipients);
+        let result = match q.effective.mode {
+            LimitMode::Reject => self
+                .limiter
+                .check(&q.project, cost)
+                .map(|d| self.decided(d)),
+            LimitMode::AcceptAndDelay => self
+                .limiter
+                .preview_slot(&q.project, cost, self.deadline_ms())
+                .map(|s| self.slotted(s).err()),
+        };
+        match result {
+            Ok(None) => Ok(()),
+            Ok(Some(r)) => Err(r),
+            Err(e) => Err(self.limits_unavailable(&e)),
+        }
+    }
+
+    /// Would `count` recipients fit the recipient quota? (Reject mode only: in
+    /// accept-and-delay the message waits for its slot instead.)
+    pub fn check_recipients(&self, count: usize) -> Result<(), RateRefusal> {
+        let Some(q) = self.quota else {
+            return Ok(());
+        };
+        if q.effective.mode != LimitMode::Reject {
+            return Ok(());
+        }
+        match self.limiter.check(&q.project, Cost::recipients(count)) {
+            Ok(d) => self.decided(d).map_or(Ok(()), Err),
+            Err(e) => Err(self.limits_unavailable(&e)),
+        }
+    }
+
+    /// Counts the message (Reject) or reserves its release slot (AcceptAndDelay, `Some(ms)`).
+    pub fn consume(&self, recipients: usize) -> Result<Option<u64>, RateRefusal> {
+        let Some(q) = self.quota else {
+            return Ok(None);
+        };
+        let cost = Cost::message(recipients);
+        match q.effective.mode {
+            LimitMode::Reject => match self.limiter.acquire(&q.project, cost) {
+                Ok(d) => self.decided(d).map_or(Ok(None), Err),
+                Err(e) => Err(self.limits_unavailable(&e)),
+            },
+            LimitMode::AcceptAndDelay => {
+                match self.limiter.reserve(&q.project, cost, self.deadline_ms()) {
+                    // A slot not later than now (the limiter's clock) is no delay: due at
+                    // once, and no `rate_limited` event for it.
+                    Ok(slot) => self.slotted(slot).map(|at| {
+                        (at > crate::policy::limits::now_ns().div_ceil(1_000_000)).then_some(at)
+                    }),
+                    Err(e) => Err(self.limits_unavailable(&e)),
+                }
+            }
+        }
+    }
+
+    /// The message was consumed but could not be stored: give it back.
+    pub fn refund(&self, recipients: usize) {
+        if let Some(q) = self.quota
+            && let Err(e) = self.limiter.refund(&q.project, Cost::message(recipients))
+        {
+            tracing::error!(project = %q.project, error = %e, "cannot refund rate limit");
+        }
+    }
+
+    /// When a message accepted now would expire.
+    fn deadline_ms(&self) -> u64 {
+        now_ms() + self.max_age_secs * 1000
+    }
+
+    fn decided(&self, d: Decision) -> Option<RateRefusal> {
+        let project = self.quota.map(|q| q.project.as_str())?;
+        match d {
+            Decision::Allowed => None,
+            Decision::Exceeded(wait) => {
+                tracing::info!(client = %self.peer, project, wait_ms = wait.as_millis() as u64, "rate limit exceeded");
+                Some(RateRefusal::Exceeded {
+                    project: project.to_string(),
+                    retry_secs: retry_secs(wait),
+                })
+            }
+            Decision::TooLarge => Some(RateRefusal::TooManyRecipients),
+        }
+    }
+
+    fn slotted(&self, s: Slot) -> Result<u64, RateRefusal> {
+        match s {
+            Slot::At(ms) => Ok(ms),
+            Slot::Exceeded(wait) => Err(self
+                .decided(Decision::Exceeded(wait))
+                .unwrap_or(RateRefusal::Unavailable)),
+            Slot::TooLarge => Err(RateRefusal::TooManyRecipients),
+        }
+    }
+
+    fn limits_unavailable(&self, e: &LimitsError) -> RateRefusal {
+        tracing::error!(client = %self.peer, error = %e, "rate limits unavailable");
+        RateRefusal::Unavailable
+    }
+}
 
 impl Session {
     /// Size and recipient limits of this session: the project's, once authenticated.
@@ -33,101 +181,25 @@ impl Session {
             .unwrap_or(self.shared.config.queue.max_age_secs)
     }
 
+    pub(super) fn rate(&self) -> RateCheck<'_> {
+        RateCheck {
+            limiter: &self.shared.limiter,
+            quota: self.quota.as_ref(),
+            peer: self.peer,
+            max_age_secs: self.max_age_secs(),
+        }
+    }
+
     /// MAIL FROM: would one more message (with one recipient) fit? `Some` refuses it.
     pub(super) fn check_rate_at_mail(&self) -> Option<Reply> {
-        let q = self.quota.as_ref()?;
-        let cost = Cost::message(1);
-        let limiter = &self.shared.limiter;
-        let result = match q.effective.mode {
-            LimitMode::Reject => limiter.check(&q.project, cost).map(|d| self.decided(d)),
-            LimitMode::AcceptAndDelay => limiter
-                .preview_slot(&q.project, cost, self.deadline_ms())
-                .map(|s| self.slotted(s).err()),
-        };
-        result.unwrap_or_else(|e| Some(self.limits_unavailable(&e)))
+        self.rate().check_message(1).err().map(|r| Reply::from(&r))
     }
 
-    /// RCPT TO: would `count` recipients fit the recipient quota? (Reject mode only: in
-    /// accept-and-delay the message waits for its slot instead.)
+    /// RCPT TO: would `count` recipients fit the recipient quota?
     pub(super) fn check_rate_at_rcpt(&self, count: usize) -> Option<Reply> {
-        let q = self.quota.as_ref()?;
-        if q.effective.mode != LimitMode::Reject {
-            return None;
-        }
-        self.shared
-            .limiter
-            .check(&q.project, Cost::recipients(count))
-            .map(|d| self.decided(d))
-            .unwrap_or_else(|e| Some(self.limits_unavailable(&e)))
-    }
-
-    /// DATA, just before queueing: consumes the message from every window. `Ok(Some(ms))` is
-    /// the accept-and-delay release slot; `Err` refuses the message (nothing was consumed).
-    pub(super) fn consume_rate(&self, recipients: usize) -> Result<Option<u64>, Reply> {
-        let Some(q) = self.quota.as_ref() else {
-            return Ok(None);
-        };
-        let cost = Cost::message(recipients);
-        let limiter = &self.shared.limiter;
-        match q.effective.mode {
-            LimitMode::Reject => match limiter.acquire(&q.project, cost) {
-                Ok(d) => self.decided(d).map_or(Ok(None), Err),
-                Err(e) => Err(self.limits_unavailable(&e)),
-            },
-            LimitMode::AcceptAndDelay => {
-                match limiter.reserve(&q.project, cost, self.deadline_ms()) {
-                    // A slot not later than now (the limiter's clock) is no delay: due at
-                    // once, and no `rate_limited` event for it.
-                    Ok(slot) => self.slotted(slot).map(|at| {
-                        (at > crate::policy::limits::now_ns().div_ceil(1_000_000)).then_some(at)
-                    }),
-                    Err(e) => Err(self.limits_unavailable(&e)),
-                }
-            }
-        }
-    }
-
-    /// The message was consumed but could not be stored: give it back.
-    pub(super) fn refund_rate(&self, recipients: usize) {
-        if let Some(q) = &self.quota
-            && let Err(e) = self
-                .shared
-                .limiter
-                .refund(&q.project, Cost::message(recipients))
-        {
-            tracing::error!(project = %q.project, error = %e, "cannot refund rate limit");
-        }
-    }
-
-    /// When a message accepted now would expire.
-    fn deadline_ms(&self) -> u64 {
-        now_ms() + self.max_age_secs() * 1000
-    }
-
-    fn decided(&self, d: Decision) -> Option<Reply> {
-        let project = self.quota.as_ref().map(|q| q.project.as_str())?;
-        match d {
-            Decision::Allowed => None,
-            Decision::Exceeded(wait) => {
-                tracing::info!(client = %self.peer, project, wait_ms = wait.as_millis() as u64, "rate limit exceeded");
-                Some(reply::rate_limited(project, retry_secs(wait)))
-            }
-            Decision::TooLarge => Some(reply::TOO_MANY_RCPTS),
-        }
-    }
-
-    fn slotted(&self, s: Slot) -> Result<u64, Reply> {
-        match s {
-            Slot::At(ms) => Ok(ms),
-            Slot::Exceeded(wait) => Err(self
-                .decided(Decision::Exceeded(wait))
-                .unwrap_or(reply::LOCAL_ERROR)),
-            Slot::TooLarge => Err(reply::TOO_MANY_RCPTS),
-        }
-    }
-
-    fn limits_unavailable(&self, e: &LimitsError) -> Reply {
-        tracing::error!(client = %self.peer, error = %e, "rate limits unavailable");
-        reply::LOCAL_ERROR
+        self.rate()
+            .check_recipients(count)
+            .err()
+            .map(|r| Reply::from(&r))
     }
 }

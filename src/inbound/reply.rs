@@ -232,6 +232,22 @@ impl From<&TransformError> for Reply {
     }
 }
 
+impl From<&super::submit::Refusal> for Reply {
+    fn from(r: &super::submit::Refusal) -> Reply {
+        use super::submit::Refusal;
+        match r {
+            Refusal::TooManyHops(_) => TOO_MANY_HOPS,
+            Refusal::Sender(e) => Reply::from(e),
+            Refusal::Branding(e) => Reply::from(e),
+            Refusal::Transform(e) => Reply::from(e),
+            Refusal::Withdrawn(why) => credentials_withdrawn(why),
+            Refusal::Registry(_) => LOCAL_ERROR,
+            Refusal::Rate(e) => Reply::from(e),
+            Refusal::Storage(e) => Reply::from(e),
+        }
+    }
+}
+
 /// Branding settings that cannot be read: the message is kept by the client and retried.
 impl From<&SettingsError> for Reply {
     fn from(_: &SettingsError) -> Reply {
