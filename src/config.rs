@@ -72,6 +72,9 @@ pub struct Config {
     /// Per-client-IP abuse throttles (policy::throttle).
     #[serde(default)]
     pub throttle: ThrottleConfig,
+    /// The resolver `domain verify` uses (domain_check).
+    #[serde(default)]
+    pub dns: DnsConfig,
     /// Where the config came from, for errors found after parsing (secret files).
     #[serde(skip)]
     pub origin: Option<std::sync::Arc<ConfigOrigin>>,
@@ -554,6 +557,52 @@ fn d_project_connections() -> Option<u32> {
     Some(50)
 }
 
+/// `[dns]`: the resolver that checks published SPF, DKIM and DMARC records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `"ip"` or `"ip:port"`; empty: the system's resolver (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// How long one query may take before it counts as "could not check".
+    #[serde(default = "d_dns_timeout")]
+    pub timeout_secs: u64,
+    /// Tries per query (1 = no retry).
+    #[serde(default = "d_dns_attempts")]
+    pub attempts: usize,
+}
+
+fn d_dns_timeout() -> u64 {
+    3
+}
+fn d_dns_attempts() -> usize {
+    2
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout_secs: d_dns_timeout(),
+            attempts: d_dns_attempts(),
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The configured nameservers as socket addresses (port 53 when none is given).
+    pub fn nameserver_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        self.nameservers
+            .iter()
+            .map(|n| {
+                n.parse::<SocketAddr>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| format!("{n:?} is not an IP address or IP:port"))
+            })
+            .collect()
+    }
+}
+
 /// `[throttle]`: per-client-IP protections, independent of projects. The defaults (those of
 /// the example config) apply when a key or the section is left out; 0 turns one off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -884,6 +933,15 @@ impl Config {
                 "cert_file",
                 "set both admin_http.cert_file and admin_http.key_file, or neither".into(),
             ));
+        }
+        if let Err(message) = self.dns.nameserver_addrs() {
+            return Err(bad("dns", "nameservers", message));
+        }
+        if self.dns.timeout_secs == 0 || self.dns.timeout_secs > 60 {
+            return Err(bad("dns", "timeout_secs", "must be 1 to 60 seconds".into()));
+        }
+        if self.dns.attempts == 0 || self.dns.attempts > 5 {
+            return Err(bad("dns", "attempts", "must be 1 to 5".into()));
         }
         if !self.upstreams.contains_key(&self.delivery.default_route) {
             return Err(bad(

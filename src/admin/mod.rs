@@ -6,6 +6,7 @@
 //! Both paths end in [`execute`], so behaviour cannot drift between them.
 
 pub mod dkim;
+pub mod domain;
 pub mod socket;
 
 use serde::{Deserialize, Serialize};
@@ -106,6 +107,15 @@ pub enum AdminRequest {
     SendTest(SendTest),
     /// DKIM keys, DNS records and signing policy (`dkim.rs`).
     Dkim(dkim::DkimRequest),
+    /// Looks up the domain's DKIM, SPF and DMARC records (`domain.rs`; `execute_async` only).
+    DomainVerify {
+        domain: String,
+    },
+    /// `DomainVerify` for every domain of a project, or of every project.
+    DomainStatus {
+        #[serde(default)]
+        project: Option<String>,
+    },
     /// A new admin token for the HTTP API (shown once).
     AdminTokenAdd {
         label: String,
@@ -129,7 +139,7 @@ impl AdminRequest {
             ProjectRoute {
                 upstream, clear, ..
             } => upstream.is_none() && !clear,
-            SendTest(_) => true,
+            SendTest(_) | DomainVerify { .. } | DomainStatus { .. } => true,
             Dkim(d) => matches!(
                 d,
                 dkim::DkimRequest::List { .. }
@@ -238,6 +248,8 @@ pub async fn execute_async(ctx: &AdminContext, req: AdminRequest) -> Result<Valu
             Some(tester) => tester.run(&t).await.map_err(err),
             None => Err(AdminError("send-test is not available here".into())),
         },
+        AdminRequest::DomainVerify { domain } => domain::verify_domain(ctx, &domain).await,
+        AdminRequest::DomainStatus { project } => domain::status(ctx, project.as_deref()).await,
         other => {
             let ctx = ctx.clone();
             tokio::task::spawn_blocking(move || execute(&ctx, other))
@@ -367,7 +379,9 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             }
             route_json(ctx, &id)?
         }
-        SendTest(_) => return Err(AdminError("send-test runs asynchronously".into())),
+        SendTest(_) | DomainVerify { .. } | DomainStatus { .. } => {
+            return Err(AdminError("this operation runs asynchronously".into()));
+        }
         Dkim(req) => dkim::execute(ctx, req)?,
         AdminTokenAdd { label, role } => {
             let (info, token) = ctx.admin_tokens.create(&label, role).map_err(err)?;

@@ -5,6 +5,7 @@
 pub mod admin_tokens;
 pub mod config;
 pub mod dkim;
+pub mod domain;
 pub mod limits;
 pub mod project;
 pub mod queue;
@@ -85,6 +86,11 @@ pub enum Command {
         #[command(subcommand)]
         command: dkim::DkimCommand,
     },
+    /// Check a sending domain's DKIM, SPF and DMARC records in DNS.
+    Domain {
+        #[command(subcommand)]
+        command: domain::DomainCommand,
+    },
     /// The HTTP admin API: its admin tokens.
     Admin {
         #[command(subcommand)]
@@ -101,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { ref command } => config::run(&cli, command),
         Command::SendTest(ref args) => send_test::run(&cli, args),
         Command::Dkim { ref command } => dkim::run(&cli, command),
+        Command::Domain { ref command } => domain::run(&cli, command),
         Command::Admin { ref command } => admin_tokens::run(&cli, command),
     }
 }
