@@ -596,7 +596,10 @@ impl DnsConfig {
             .iter()
             .map(|n| {
                 n.parse::<SocketAddr>()
-                    .or_else(|_| n.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .or_else(|_| {
+                        n.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
                     .map_err(|_| format!("{n:?} is not an IP address or IP:port"))
             })
             .collect()

@@ -131,13 +131,22 @@ fn records_in_dns_are_checked_precisely() {
             std_dmarc("good.test"),
         ],
     );
-    add("nodkim.test", vec![rec("@", GOOD_SPF), std_dmarc("nodkim.test")]);
+    add(
+        "nodkim.test",
+        vec![rec("@", GOOD_SPF), std_dmarc("nodkim.test")],
+    );
     // The record of another key under wrongp.test's selector.
-    let other_p = dkim["good.test"]["dns"]["value"].as_str().unwrap().to_string();
+    let other_p = dkim["good.test"]["dns"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
     add(
         "wrongp.test",
         vec![
-            rec(dkim["wrongp.test"]["dns"]["name"].as_str().unwrap(), &other_p),
+            rec(
+                dkim["wrongp.test"]["dns"]["name"].as_str().unwrap(),
+                &other_p,
+            ),
             rec("@", GOOD_SPF),
             std_dmarc("wrongp.test"),
         ],
@@ -172,7 +181,10 @@ fn records_in_dns_are_checked_precisely() {
         "lookups.test",
         vec![
             published("lookups.test"),
-            rec("@", "v=spf1 include:sendgrid.net include:_spf.lookups.test ~all"),
+            rec(
+                "@",
+                "v=spf1 include:sendgrid.net include:_spf.lookups.test ~all",
+            ),
             rec(
                 "_spf",
                 "v=spf1 a mx a:x.lookups.test mx:x.lookups.test include:_spf2.lookups.test -all",
@@ -184,7 +196,10 @@ fn records_in_dns_are_checked_precisely() {
             std_dmarc("lookups.test"),
         ],
     );
-    add("nodmarc.test", vec![published("nodmarc.test"), rec("@", GOOD_SPF)]);
+    add(
+        "nodmarc.test",
+        vec![published("nodmarc.test"), rec("@", GOOD_SPF)],
+    );
     add(
         "baddmarc.test",
         vec![
@@ -250,7 +265,12 @@ fn records_in_dns_are_checked_precisely() {
 
     let (v, _) = verify(&relay, "nodmarc.test");
     assert_eq!(v["verdict"], "partial", "{v:#}");
-    let f = has(&v, "dmarc", "warning", "no DMARC record at _dmarc.nodmarc.test.");
+    let f = has(
+        &v,
+        "dmarc",
+        "warning",
+        "no DMARC record at _dmarc.nodmarc.test.",
+    );
     assert_eq!(
         f["publish"],
         "_dmarc.nodmarc.test. IN TXT \"v=DMARC1; p=none; rua=mailto:dmarc-reports@nodmarc.test\""
@@ -275,7 +295,11 @@ fn records_in_dns_are_checked_precisely() {
 
     // domain status: every domain of a project, one report each.
     let out = relay.cli(&["domain", "status", "--project", &smart, "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v.as_array().map(Vec::len), Some(1));
     assert_eq!(v[0]["domain"], "smart.test");
@@ -287,8 +311,12 @@ fn records_in_dns_are_checked_precisely() {
         println!("$ smtp-relay domain verify {d}\n{text}");
         assert!(text.starts_with(&format!("{d}: ")), "{text}");
     }
-    let text = String::from_utf8_lossy(&relay.cli(&["domain", "verify", "noinclude.test"]).stdout).to_string();
-    assert!(text.contains("publish: noinclude.test. IN TXT \"v=spf1 mx include:sendgrid.net ~all\""), "{text}");
+    let text = String::from_utf8_lossy(&relay.cli(&["domain", "verify", "noinclude.test"]).stdout)
+        .to_string();
+    assert!(
+        text.contains("publish: noinclude.test. IN TXT \"v=spf1 mx include:sendgrid.net ~all\""),
+        "{text}"
+    );
 }
 
 /// A resolver that gets no answer: every check "could not check", quickly, never verified.
@@ -307,7 +335,11 @@ fn dns_timeout_is_could_not_check() {
     assert!(!ok);
     assert_eq!(v["verdict"], "could_not_check", "{v:#}");
     for check in ["dkim", "spf", "dmarc"] {
-        assert_eq!(findings(&v, check, "could_not_check").len(), 1, "{check}: {v:#}");
+        assert_eq!(
+            findings(&v, check, "could_not_check").len(),
+            1,
+            "{check}: {v:#}"
+        );
         assert!(findings(&v, check, "ok").is_empty(), "{check}: {v:#}");
     }
     assert!(

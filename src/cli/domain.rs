@@ -105,6 +105,8 @@ fn in_process(cli: &Cli, config: &Config, req: AdminRequest) -> anyhow::Result<V
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         let (_store, ctx) = offline_context(cli, config, true)?;
-        execute_async(&ctx, req).await.map_err(|e| anyhow::anyhow!(e.0))
+        execute_async(&ctx, req)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.0))
     })
 }

@@ -46,7 +46,9 @@ pub fn parse(record: &str) -> Result<Dmarc, String> {
     };
     let subdomain_policy = match get("sp") {
         Some(p) if !matches!(p.as_str(), "none" | "quarantine" | "reject") => {
-            return Err(format!("sp={p} is not a policy (none, quarantine or reject)"));
+            return Err(format!(
+                "sp={p} is not a policy (none, quarantine or reject)"
+            ));
         }
         other => other,
     };
@@ -80,7 +82,11 @@ mod tests {
         let d = parse("v=DMARC1; p=reject; adkim=s; rua=mailto:x@example.com").unwrap();
         assert_eq!(d.policy, "reject");
         assert!(d.dkim_strict && !d.spf_strict);
-        assert!(parse("v=DMARC1; rua=mailto:x@example.com").unwrap_err().contains("p="));
+        assert!(
+            parse("v=DMARC1; rua=mailto:x@example.com")
+                .unwrap_err()
+                .contains("p=")
+        );
         assert!(parse("v=DMARC1; p=block").unwrap_err().contains("p=block"));
         assert!(parse("p=none; v=DMARC1").unwrap_err().contains("start"));
         assert!(parse("v=DMARC1; p none").unwrap_err().contains("tag=value"));

@@ -76,7 +76,13 @@ pub struct Carrier {
 struct Findings(Vec<Finding>);
 
 impl Findings {
-    fn add(&mut self, check: &'static str, status: Status, message: String, publish: Option<String>) {
+    fn add(
+        &mut self,
+        check: &'static str,
+        status: Status,
+        message: String,
+        publish: Option<String>,
+    ) {
         self.0.push(Finding {
             check,
             status,
@@ -91,8 +97,8 @@ pub async fn verify(dns: &Dns, domain: &str, keys: &[KeyInfo], carriers: &[Carri
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
     let mut f = Findings(Vec::new());
     let dkim_aligned = check_dkim(dns, &domain, keys, &mut f).await;
-    let spf_aligned = check_spf(dns, &domain, carriers, &mut f).await;
-    check_dmarc(dns, &domain, dkim_aligned, spf_aligned, &mut f).await;
+    let spf = check_spf(dns, &domain, carriers, &mut f).await;
+    check_dmarc(dns, &domain, dkim_aligned, &spf, &mut f).await;
     let worst = |s: Status| f.0.iter().any(|x| x.status == s);
     let verdict = if worst(Status::Error) {
         Verdict::Failing
@@ -133,9 +139,13 @@ async fn check_dkim(dns: &Dns, domain: &str, keys: &[KeyInfo], f: &mut Findings)
     let mut aligned = false;
     if !keys.iter().any(|k| k.state == KeyState::Active) {
         let next = if keys.is_empty() {
-            format!("`smtp-relay dkim keygen --domain {domain}`, publish its record, then activate it")
+            format!(
+                "`smtp-relay dkim keygen --domain {domain}`, publish its record, then activate it"
+            )
         } else {
-            format!("publish a pending key's record, then `smtp-relay dkim activate {domain} <selector>`")
+            format!(
+                "publish a pending key's record, then `smtp-relay dkim activate {domain} <selector>`"
+            )
         };
         f.add(
             "dkim",
@@ -162,7 +172,12 @@ async fn check_dkim(dns: &Dns, domain: &str, keys: &[KeyInfo], f: &mut Findings)
         };
         let txts = match dns.txt(&name).await {
             Answer::Failed(e) => {
-                f.add("dkim", Status::CouldNotCheck, format!("could not check selector {} ({role}): {e}", k.selector), None);
+                f.add(
+                    "dkim",
+                    Status::CouldNotCheck,
+                    format!("could not check selector {} ({role}): {e}", k.selector),
+                    None,
+                );
                 continue;
             }
             Answer::Absent => Vec::new(),
@@ -177,7 +192,10 @@ async fn check_dkim(dns: &Dns, domain: &str, keys: &[KeyInfo], f: &mut Findings)
             f.add(
                 "dkim",
                 bad,
-                format!("selector {} ({role}): no DKIM record at {name}: {consequence}", k.selector),
+                format!(
+                    "selector {} ({role}): no DKIM record at {name}: {consequence}",
+                    k.selector
+                ),
                 Some(k.txt_record()),
             );
             continue;
@@ -207,9 +225,20 @@ async fn check_dkim(dns: &Dns, domain: &str, keys: &[KeyInfo], f: &mut Findings)
             let what = match k.state {
                 KeyState::Active => "signs outgoing mail",
                 KeyState::Pending => "ready to activate",
-                KeyState::Retiring => "still published; remove it with the key when the retirement is done",
+                KeyState::Retiring => {
+                    "still published; remove it with the key when the retirement is done"
+                }
             };
-            f.add("dkim", Status::Ok, format!("selector {} ({role}, {}): record published and matches ({what})", k.selector, k.algorithm.dns_k()), None);
+            f.add(
+                "dkim",
+                Status::Ok,
+                format!(
+                    "selector {} ({role}, {}): record published and matches ({what})",
+                    k.selector,
+                    k.algorithm.dns_k()
+                ),
+                None,
+            );
         }
     }
     aligned
@@ -218,7 +247,11 @@ async fn check_dkim(dns: &Dns, domain: &str, keys: &[KeyInfo], f: &mut Findings)
 /// What the SPF record must contain for one carrier, and whether the carrier keeps the
 /// domain's envelope sender (so SPF can align).
 enum Expect {
-    Include { include: String, name: String, own_envelope: bool },
+    Include {
+        include: String,
+        name: String,
+        own_envelope: bool,
+    },
     Host(String),
 }
 
@@ -246,9 +279,48 @@ fn expectation(c: &Carrier) -> Option<Expect> {
     })
 }
 
-/// Returns whether SPF can align for some carrier (it keeps the domain's envelope sender and
-/// the record authorises it).
-async fn check_spf(dns: &Dns, domain: &str, carriers: &[Carrier], f: &mut Findings) -> bool {
+/// Whether SPF can align for some carrier (it keeps the domain's envelope sender and the
+/// record authorises it), and why not.
+struct SpfAlignment {
+    aligned: bool,
+    why_not: String,
+}
+
+async fn check_spf(
+    dns: &Dns,
+    domain: &str,
+    carriers: &[Carrier],
+    f: &mut Findings,
+) -> SpfAlignment {
+    let mut why_not =
+        String::from("no SPF record authorises an upstream that keeps your envelope sender");
+    if let Some((_, Expect::Include { name, .. })) = expects_own_envelope(carriers) {
+        why_not = format!(
+            "{name} sends with its own envelope sender (return path) unless you set up a custom return-path domain there"
+        );
+    }
+    let aligned = check_spf_records(dns, domain, carriers, f).await;
+    SpfAlignment { aligned, why_not }
+}
+
+/// The first carrier whose provider uses its own envelope sender.
+fn expects_own_envelope(carriers: &[Carrier]) -> Option<(String, Expect)> {
+    carriers.iter().find_map(|c| match expectation(c) {
+        Some(
+            e @ Expect::Include {
+                own_envelope: true, ..
+            },
+        ) => Some((c.name.clone(), e)),
+        _ => None,
+    })
+}
+
+async fn check_spf_records(
+    dns: &Dns,
+    domain: &str,
+    carriers: &[Carrier],
+    f: &mut Findings,
+) -> bool {
     let expects: Vec<(String, Expect)> = carriers
         .iter()
         .filter_map(|c| expectation(c).map(|e| (c.name.clone(), e)))
@@ -256,7 +328,11 @@ async fn check_spf(dns: &Dns, domain: &str, carriers: &[Carrier], f: &mut Findin
     let mechanism = |e: &Expect| match e {
         Expect::Include { include, .. } => include.clone(),
         Expect::Host(h) if h.parse::<std::net::Ipv4Addr>().is_ok() => format!("ip4:{h}"),
-        Expect::Host(h) if h.trim_matches(['[', ']']).parse::<std::net::Ipv6Addr>().is_ok() => {
+        Expect::Host(h)
+            if h.trim_matches(['[', ']'])
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok() =>
+        {
             format!("ip6:{}", h.trim_matches(['[', ']']))
         }
         Expect::Host(h) => format!("a:{h}"),
@@ -271,7 +347,12 @@ async fn check_spf(dns: &Dns, domain: &str, carriers: &[Carrier], f: &mut Findin
     };
     let txts = match dns.txt(domain).await {
         Answer::Failed(e) => {
-            f.add("spf", Status::CouldNotCheck, format!("could not check SPF: {e}"), None);
+            f.add(
+                "spf",
+                Status::CouldNotCheck,
+                format!("could not check SPF: {e}"),
+                None,
+            );
             return false;
         }
         Answer::Absent => Vec::new(),
@@ -296,10 +377,22 @@ async fn check_spf(dns: &Dns, domain: &str, carriers: &[Carrier], f: &mut Findin
     }
     let walk = spf::walk(dns, domain, &record).await;
     for e in &walk.failed {
-        f.add("spf", Status::CouldNotCheck, format!("could not check an included SPF record: {e}"), None);
+        f.add(
+            "spf",
+            Status::CouldNotCheck,
+            format!("could not check an included SPF record: {e}"),
+            None,
+        );
     }
     for b in &walk.broken {
-        f.add("spf", Status::Error, format!("the SPF record of {domain} includes {b}: receivers answer permerror and SPF fails"), None);
+        f.add(
+            "spf",
+            Status::Error,
+            format!(
+                "the SPF record of {domain} includes {b}: receivers answer permerror and SPF fails"
+            ),
+            None,
+        );
     }
     if walk.lookups > spf::LOOKUP_LIMIT {
         f.add("spf", Status::Error, format!("the SPF record of {domain} needs {}{} DNS lookups (include, a, mx, ptr, exists, redirect, counted through every include); the limit is {} (RFC 7208 §4.6.4): receivers answer permerror and SPF fails. Remove mechanisms you do not use or replace includes by ip4:/ip6: ranges", walk.lookups, if walk.lookups > 25 { " or more" } else { "" }, spf::LOOKUP_LIMIT), None);
@@ -309,30 +402,57 @@ async fn check_spf(dns: &Dns, domain: &str, carriers: &[Carrier], f: &mut Findin
         let mech = mechanism(e);
         let named = walk.terms.iter().any(|(_, t)| t.passes() && t.body == mech);
         let (ok, who, own_envelope) = match e {
-            Expect::Include { name: who, own_envelope, .. } => (named, who.clone(), *own_envelope),
+            Expect::Include {
+                name: who,
+                own_envelope,
+                ..
+            } => (named, who.clone(), *own_envelope),
             Expect::Host(h) => {
                 let covered = if named {
                     true
                 } else {
                     match dns.ips(h).await {
                         Answer::Found(ips) => ips.iter().all(|ip| {
-                            walk.terms.iter().any(|(_, t)| t.passes() && spf::ip_matches(t, *ip))
+                            walk.terms
+                                .iter()
+                                .any(|(_, t)| t.passes() && spf::ip_matches(t, *ip))
                         }),
                         Answer::Absent => false,
                         Answer::Failed(err) => {
-                            f.add("spf", Status::CouldNotCheck, format!("could not resolve upstream {name}'s host to check SPF: {err}"), None);
+                            f.add(
+                                "spf",
+                                Status::CouldNotCheck,
+                                format!(
+                                    "could not resolve upstream {name}'s host to check SPF: {err}"
+                                ),
+                                None,
+                            );
                             continue;
                         }
                     }
                 };
-                (covered, format!("the smarthost {h} (upstream {name})"), false)
+                (
+                    covered,
+                    format!("the smarthost {h} (upstream {name})"),
+                    false,
+                )
             }
         };
         if ok {
-            f.add("spf", Status::Ok, format!("SPF authorises {who} ({mech})"), None);
+            f.add(
+                "spf",
+                Status::Ok,
+                format!("SPF authorises {who} ({mech})"),
+                None,
+            );
             aligned |= !own_envelope && walk.lookups <= spf::LOOKUP_LIMIT && walk.broken.is_empty();
         } else {
-            f.add("spf", Status::Warning, format!("the SPF record of {domain} does not authorise {who}: add {mech}"), publish(&spf::with_mechanism(&record, &mech)));
+            f.add(
+                "spf",
+                Status::Warning,
+                format!("the SPF record of {domain} does not authorise {who}: add {mech}"),
+                publish(&spf::with_mechanism(&record, &mech)),
+            );
         }
     }
     if expects.is_empty() {
@@ -341,20 +461,42 @@ async fn check_spf(dns: &Dns, domain: &str, carriers: &[Carrier], f: &mut Findin
     aligned
 }
 
-async fn check_dmarc(dns: &Dns, domain: &str, dkim_aligned: bool, spf_aligned: bool, f: &mut Findings) {
+async fn check_dmarc(
+    dns: &Dns,
+    domain: &str,
+    dkim_aligned: bool,
+    spf: &SpfAlignment,
+    f: &mut Findings,
+) {
+    let spf_aligned = spf.aligned;
     let name = format!("_dmarc.{domain}.");
     let suggested = format!(
         "{name} IN TXT {}",
-        quote_txt(&format!("v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}"))
+        quote_txt(&format!(
+            "v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}"
+        ))
     );
     let alignment = format!(
         "DKIM alignment {}, SPF alignment {}",
-        if dkim_aligned { "can pass (the relay signs with d={domain})" } else { "cannot pass (no published active key)" },
-        if spf_aligned { "can pass (the upstream keeps your envelope sender)" } else { "cannot pass (the upstream's envelope sender is not on your domain, or SPF does not authorise it)" }
+        if dkim_aligned {
+            format!("can pass (the relay signs with d={domain})")
+        } else {
+            "cannot pass (no published active key)".to_string()
+        },
+        if spf_aligned {
+            "can pass (the upstream keeps your envelope sender)".to_string()
+        } else {
+            format!("cannot pass ({})", spf.why_not)
+        }
     );
     let txts = match dns.txt(&name).await {
         Answer::Failed(e) => {
-            f.add("dmarc", Status::CouldNotCheck, format!("could not check DMARC: {e}"), None);
+            f.add(
+                "dmarc",
+                Status::CouldNotCheck,
+                format!("could not check DMARC: {e}"),
+                None,
+            );
             return;
         }
         Answer::Absent => Vec::new(),
@@ -375,20 +517,48 @@ async fn check_dmarc(dns: &Dns, domain: &str, dkim_aligned: bool, spf_aligned: b
     let d = match dmarc::parse(record) {
         Ok(d) => d,
         Err(e) => {
-            f.add("dmarc", Status::Error, format!("the DMARC record at {name} is malformed: {e}; receivers ignore it"), Some(suggested));
+            f.add(
+                "dmarc",
+                Status::Error,
+                format!("the DMARC record at {name} is malformed: {e}; receivers ignore it"),
+                Some(suggested),
+            );
             return;
         }
     };
     let policy = format!(
         "policy p={}{}{}",
         d.policy,
-        d.subdomain_policy.as_ref().map(|s| format!(", sp={s}")).unwrap_or_default(),
-        if d.pct < 100 { format!(", pct={}", d.pct) } else { String::new() }
+        d.subdomain_policy
+            .as_ref()
+            .map(|s| format!(", sp={s}"))
+            .unwrap_or_default(),
+        if d.pct < 100 {
+            format!(", pct={}", d.pct)
+        } else {
+            String::new()
+        }
     );
     if !dkim_aligned && !spf_aligned {
-        let status = if d.policy == "none" { Status::Warning } else { Status::Error };
-        f.add("dmarc", status, format!("DMARC record valid ({policy}) but the relay's mail cannot pass it: {alignment}"), None);
+        let status = if d.policy == "none" {
+            Status::Warning
+        } else {
+            Status::Error
+        };
+        f.add(
+            "dmarc",
+            status,
+            format!(
+                "DMARC record valid ({policy}) but the relay's mail cannot pass it: {alignment}"
+            ),
+            None,
+        );
     } else {
-        f.add("dmarc", Status::Ok, format!("DMARC record valid ({policy}); {alignment}"), None);
+        f.add(
+            "dmarc",
+            Status::Ok,
+            format!("DMARC record valid ({policy}); {alignment}"),
+            None,
+        );
     }
 }

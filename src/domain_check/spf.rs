@@ -147,7 +147,11 @@ pub fn ip_matches(term: &Term, ip: IpAddr) -> bool {
         }
         (IpAddr::V6(n), IpAddr::V6(i), "ip6") => {
             let len = len.unwrap_or(128).min(128);
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             u128::from(n) & mask == u128::from(i) & mask
         }
         _ => false,
@@ -204,10 +208,22 @@ mod tests {
     #[test]
     fn networks() {
         let t = |s: &str| terms(&format!("v=spf1 {s}")).remove(0);
-        assert!(ip_matches(&t("ip4:127.0.0.0/8"), "127.0.0.1".parse().unwrap()));
-        assert!(!ip_matches(&t("ip4:10.0.0.1"), "127.0.0.1".parse().unwrap()));
-        assert!(ip_matches(&t("ip6:2001:db8::/32"), "2001:db8::5".parse().unwrap()));
-        assert!(!ip_matches(&t("ip6:2001:db8::/32"), "127.0.0.1".parse().unwrap()));
+        assert!(ip_matches(
+            &t("ip4:127.0.0.0/8"),
+            "127.0.0.1".parse().unwrap()
+        ));
+        assert!(!ip_matches(
+            &t("ip4:10.0.0.1"),
+            "127.0.0.1".parse().unwrap()
+        ));
+        assert!(ip_matches(
+            &t("ip6:2001:db8::/32"),
+            "2001:db8::5".parse().unwrap()
+        ));
+        assert!(!ip_matches(
+            &t("ip6:2001:db8::/32"),
+            "127.0.0.1".parse().unwrap()
+        ));
     }
 
     #[test]
@@ -217,7 +233,10 @@ mod tests {
             "v=spf1 mx include:sendgrid.net ~all"
         );
         assert_eq!(
-            merged(&["v=spf1 mx -all".into(), "v=spf1 include:x.example ~all".into()]),
+            merged(&[
+                "v=spf1 mx -all".into(),
+                "v=spf1 include:x.example ~all".into()
+            ]),
             "v=spf1 mx include:x.example ~all"
         );
     }
