@@ -570,6 +570,9 @@ pub struct DnsConfig {
     /// Tries per query (1 = no retry).
     #[serde(default = "d_dns_attempts")]
     pub attempts: usize,
+    /// How often the server re-checks every domain (jittered ±10 %); 0: never.
+    #[serde(default = "d_dns_recheck")]
+    pub recheck_secs: u64,
 }
 
 fn d_dns_timeout() -> u64 {
@@ -578,6 +581,9 @@ fn d_dns_timeout() -> u64 {
 fn d_dns_attempts() -> usize {
     2
 }
+fn d_dns_recheck() -> u64 {
+    3600
+}
 
 impl Default for DnsConfig {
     fn default() -> Self {
@@ -585,6 +591,7 @@ impl Default for DnsConfig {
             nameservers: Vec::new(),
             timeout_secs: d_dns_timeout(),
             attempts: d_dns_attempts(),
+            recheck_secs: d_dns_recheck(),
         }
     }
 }

@@ -119,6 +119,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
             source,
         })?;
     let admin_ctx = AdminContext {
+        domain_reports: Default::default(),
         admin_tokens: crate::policy::admin_tokens::AdminTokens::new(store.clone(), secret.clone()),
         registry: registry.clone(),
         queue: queue.clone(),
@@ -135,6 +136,13 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         })),
         dkim: dkim.clone(),
     };
+    if config.dns.recheck_secs > 0 {
+        tokio::spawn(admin::domain::recheck(
+            admin_ctx.clone(),
+            std::time::Duration::from_secs(config.dns.recheck_secs),
+            shutdown_rx.clone(),
+        ));
+    }
     let admin_http = crate::admin_http::AdminHttp::bind(&config).await?;
     let admin_http_state = crate::admin_http::HttpState {
         admin: admin_ctx.clone(),

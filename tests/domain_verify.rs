@@ -5,6 +5,7 @@
 mod support;
 
 use std::net::UdpSocket;
+use std::time::Duration;
 
 use serde_json::Value;
 use support::dns::{Nsd, zone};
@@ -343,8 +344,73 @@ fn dns_timeout_is_could_not_check() {
         assert!(findings(&v, check, "ok").is_empty(), "{check}: {v:#}");
     }
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(20),
+        started.elapsed() < Duration::from_secs(20),
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// The server re-checks every domain on its own: the last verdict in `project show`, the
+/// metric, and a log line when the verdict changes (here: DNS down, then up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_rechecks_every_domain() {
+    let mut nsd = Nsd::prepare();
+    let relay = Relay::start(RelayOptions {
+        upstreams: Some(upstreams()),
+        env: vec![("SG_KEY".into(), "test-key".into())],
+        extra_config: format!("{}recheck_secs = 1\n", nsd.config()),
+        metrics: true,
+        ..Default::default()
+    });
+    let (id, _) = relay.add_project("r", &["r.test"]);
+    let key = keygen(&relay, "r.test", "ed25519");
+    // No DNS server yet: the first checks conclude nothing.
+    relay.wait_log("domain checked", 1, Duration::from_secs(30));
+    let v = relay.cli_json(&["project", "show", &id]);
+    assert_eq!(
+        v["domain_verification"]["r.test"]["verdict"], "could_not_check",
+        "{v:#}"
+    );
+
+    nsd.start(&[
+        (
+            "sendgrid.net".into(),
+            zone("sendgrid.net", &[rec("@", "v=spf1 ip4:167.89.0.0/17 ~all")]),
+        ),
+        (
+            "r.test".into(),
+            zone(
+                "r.test",
+                &[
+                    key["dns"]["record"].as_str().unwrap().to_string(),
+                    rec("@", GOOD_SPF),
+                    rec("_dmarc", "v=DMARC1; p=reject"),
+                ],
+            ),
+        ),
+    ]);
+    let log = relay.wait_log("domain verdict changed", 1, Duration::from_secs(30));
+    let line = log
+        .lines()
+        .find(|l| l.contains("domain verdict changed"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("could_not_check") && line.contains("\"to\":\"verified\""),
+        "{line}"
+    );
+    let v = relay.cli_json(&["project", "show", &id]);
+    assert_eq!(
+        v["domain_verification"]["r.test"]["verdict"], "verified",
+        "{v:#}"
+    );
+
+    let (_, _, body) = support::ops::http_get(relay.metrics.expect("metrics"), "/metrics").await;
+    for (check, want) in [("all", 1.0), ("dkim", 1.0), ("spf", 1.0), ("dmarc", 1.0)] {
+        let series = format!("smtp_relay_domain_verified{{domain=\"r.test\",check=\"{check}\"}}");
+        assert_eq!(
+            support::ops::sample(&body, &series),
+            Some(want),
+            "{series}\n{body}"
+        );
+    }
 }

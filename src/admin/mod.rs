@@ -169,6 +169,8 @@ pub struct AdminContext {
     pub dkim: crate::transform::dkim_keys::DkimKeys,
     /// Tokens of the HTTP admin API.
     pub admin_tokens: crate::policy::admin_tokens::AdminTokens,
+    /// The server's last domain checks (empty where no server runs).
+    pub domain_reports: crate::domain_check::LastReports,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -278,8 +280,10 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         }
         ProjectList => Value::Array(r.list().map_err(err)?.iter().map(project_json).collect()),
         ProjectShow { id } => {
-            let mut v = project_with_limits(ctx, &r.get(&id).map_err(err)?)?;
+            let p = r.get(&id).map_err(err)?;
+            let mut v = project_with_limits(ctx, &p)?;
             v["branding"] = branding_json(ctx, &id)?;
+            v["domain_verification"] = domain::last_json(ctx, &p.domains);
             v
         }
         ProjectLimits { id, set, clear } => {

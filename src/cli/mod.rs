@@ -193,6 +193,7 @@ pub fn offline_context(
         &config.server.state_dir,
     )?;
     let ctx = AdminContext {
+        domain_reports: Default::default(),
         admin_tokens: crate::policy::admin_tokens::AdminTokens::new(store.clone(), secret.clone()),
         registry: crate::policy::projects::Registry::new(store.clone(), secret),
         queue: crate::queue::Queue::new(store.clone()),

@@ -66,6 +66,50 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
+impl Report {
+    /// The worst status among the findings of `check` (dkim, spf, dmarc).
+    pub fn check_status(&self, check: &str) -> Status {
+        let mut worst = Status::Ok;
+        for f in self.findings.iter().filter(|f| f.check == check) {
+            let rank = |s: Status| match s {
+                Status::Ok => 0,
+                Status::Warning => 1,
+                Status::CouldNotCheck => 2,
+                Status::Error => 3,
+            };
+            if rank(f.status) > rank(worst) {
+                worst = f.status;
+            }
+        }
+        worst
+    }
+}
+
+/// The last report of each domain, from the server's periodic re-check.
+#[derive(Debug, Clone, Default)]
+pub struct LastReports(
+    std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<String, Report>>>,
+);
+
+impl LastReports {
+    pub fn get(&self, domain: &str) -> Option<Report> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(domain)
+            .cloned()
+    }
+
+    /// Stores `report`; returns the verdict it replaces.
+    pub fn put(&self, report: Report) -> Option<Verdict> {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(report.domain.clone(), report)
+            .map(|r| r.verdict)
+    }
+}
+
 /// An upstream that may carry the domain's mail (any upstream of an owner's route).
 #[derive(Debug, Clone)]
 pub struct Carrier {
