@@ -1421,6 +1421,28 @@ mod tests {
     }
 
     #[test]
+    fn dns_settings_are_checked() {
+        let c = Config::parse(DEFAULT_CONFIG, "x.toml").unwrap();
+        assert!(c.dns.nameservers.is_empty(), "system resolver by default");
+        assert_eq!((c.dns.timeout_secs, c.dns.recheck_secs), (3, 3600));
+        let with = |t: &str| Config::parse(&format!("{DEFAULT_CONFIG}\n[dns]\n{t}\n"), "x.toml");
+        let ok = with("nameservers = [\"127.0.0.1:5353\", \"::1\"]").unwrap();
+        assert_eq!(
+            ok.dns.nameserver_addrs().unwrap()[1],
+            "[::1]:53".parse().unwrap()
+        );
+        for (t, key) in [
+            ("nameservers = [\"ns.example.com\"]", "dns.nameservers"),
+            ("timeout_secs = 0", "dns.timeout_secs"),
+            ("attempts = 9", "dns.attempts"),
+            ("resolver = \"x\"", "resolver"),
+        ] {
+            let err = with(t).unwrap_err().to_string();
+            assert!(err.contains(key), "{t}: {err}");
+        }
+    }
+
+    #[test]
     fn hop_limit_is_checked() {
         assert_eq!(
             Config::parse(DEFAULT_CONFIG, "x.toml")
