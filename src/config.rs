@@ -573,6 +573,9 @@ pub struct DnsConfig {
     /// How often the server re-checks every domain (jittered ±10 %); 0: never.
     #[serde(default = "d_dns_recheck")]
     pub recheck_secs: u64,
+    /// Refuse MAIL FROM (550 5.7.26) whose domain the last re-check found `failing`.
+    #[serde(default)]
+    pub require_verified_domain: bool,
 }
 
 fn d_dns_timeout() -> u64 {
@@ -592,6 +595,7 @@ impl Default for DnsConfig {
             timeout_secs: d_dns_timeout(),
             attempts: d_dns_attempts(),
             recheck_secs: d_dns_recheck(),
+            require_verified_domain: false,
         }
     }
 }
@@ -952,6 +956,13 @@ impl Config {
         }
         if self.dns.attempts == 0 || self.dns.attempts > 5 {
             return Err(bad("dns", "attempts", "must be 1 to 5".into()));
+        }
+        if self.dns.require_verified_domain && self.dns.recheck_secs == 0 {
+            return Err(bad(
+                "dns",
+                "require_verified_domain",
+                "needs the server's re-check: set dns.recheck_secs above 0".into(),
+            ));
         }
         if !self.upstreams.contains_key(&self.delivery.default_route) {
             return Err(bad(
@@ -1436,6 +1447,10 @@ mod tests {
             ("timeout_secs = 0", "dns.timeout_secs"),
             ("attempts = 9", "dns.attempts"),
             ("resolver = \"x\"", "resolver"),
+            (
+                "recheck_secs = 0\nrequire_verified_domain = true",
+                "dns.require_verified_domain",
+            ),
         ] {
             let err = with(t).unwrap_err().to_string();
             assert!(err.contains(key), "{t}: {err}");

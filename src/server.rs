@@ -118,8 +118,9 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
             path: admin_path.clone(),
             source,
         })?;
+    let domain_reports = crate::domain_check::LastReports::default();
     let admin_ctx = AdminContext {
-        domain_reports: Default::default(),
+        domain_reports: domain_reports.clone(),
         admin_tokens: crate::policy::admin_tokens::AdminTokens::new(store.clone(), secret.clone()),
         registry: registry.clone(),
         queue: queue.clone(),
@@ -156,6 +157,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
 
     let memory = crate::memory_budget::MemoryBudget::new(config.server.message_memory_mb);
     let shared = Shared {
+        domain_reports,
         config: config.clone(),
         registry: registry.clone(),
         routes: routes.clone(),

@@ -414,3 +414,69 @@ async fn server_rechecks_every_domain() {
         );
     }
 }
+
+/// `dns.require_verified_domain`: MAIL FROM a domain the last re-check found failing is
+/// refused with 550 5.7.26; a verified domain of the same project still sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_domain_is_refused_at_mail_from() {
+    let mut nsd = Nsd::prepare();
+    let relay = Relay::start(RelayOptions {
+        upstreams: Some(upstreams()),
+        env: vec![("SG_KEY".into(), "test-key".into())],
+        extra_config: format!(
+            "{}recheck_secs = 1\nrequire_verified_domain = true\n",
+            nsd.config()
+        ),
+        ..Default::default()
+    });
+    let (id, token) = relay.add_project("g", &["ok.test", "bad.test"]);
+    let key = keygen(&relay, "ok.test", "ed25519");
+    keygen(&relay, "bad.test", "ed25519");
+    let dmarc = rec("_dmarc", "v=DMARC1; p=reject");
+    nsd.start(&[
+        (
+            "sendgrid.net".into(),
+            zone("sendgrid.net", &[rec("@", "v=spf1 ip4:167.89.0.0/17 ~all")]),
+        ),
+        (
+            "ok.test".into(),
+            zone(
+                "ok.test",
+                &[
+                    key["dns"]["record"].as_str().unwrap().to_string(),
+                    rec("@", GOOD_SPF),
+                    dmarc.clone(),
+                ],
+            ),
+        ),
+        // No DKIM record for its active key.
+        (
+            "bad.test".into(),
+            zone("bad.test", &[rec("@", GOOD_SPF), dmarc]),
+        ),
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = relay.cli_json(&["project", "show", &id]);
+        let d = &v["domain_verification"];
+        if d["ok.test"]["verdict"] == "verified" && d["bad.test"]["verdict"] == "failing" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not re-checked: {d:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut c = support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
+    let r = c.cmd("MAIL FROM:<app@bad.test>").await;
+    assert_eq!(r.code, 550, "{}", r.text);
+    assert!(
+        r.text.contains("5.7.26") && r.text.contains("smtp-relay domain verify bad.test"),
+        "{}",
+        r.text
+    );
+    assert_eq!(c.cmd("RSET").await.code, 250);
+    let r = c.cmd("MAIL FROM:<app@ok.test>").await;
+    assert_eq!(r.code, 250, "{}", r.text);
+}
