@@ -77,6 +77,10 @@ max_connections = 0
 [throttle]
 max_connections_per_ip = 0
 connections_per_ip_per_minute = 0
+
+# No periodic domain re-check: it would ask the system resolver, off this machine.
+[dns]
+recheck_secs = 0
 CONF
 }
 

@@ -78,6 +78,9 @@ pub struct Config {
     /// Per-client-IP abuse throttles (policy::throttle).
     #[serde(default)]
     pub throttle: ThrottleConfig,
+    /// The resolver `domain verify` uses (domain_check).
+    #[serde(default)]
+    pub dns: DnsConfig,
     /// Where the config came from, for errors found after parsing (secret files).
     #[serde(skip)]
     pub origin: Option<std::sync::Arc<ConfigOrigin>>,
@@ -615,6 +618,66 @@ fn d_project_connections() -> Option<u32> {
     Some(50)
 }
 
+/// `[dns]`: the resolver that checks published SPF, DKIM and DMARC records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `"ip"` or `"ip:port"`; empty: the system's resolver (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// How long one query may take before it counts as "could not check".
+    #[serde(default = "d_dns_timeout")]
+    pub timeout_secs: u64,
+    /// Tries per query (1 = no retry).
+    #[serde(default = "d_dns_attempts")]
+    pub attempts: usize,
+    /// How often the server re-checks every domain (jittered ±10 %); 0: never.
+    #[serde(default = "d_dns_recheck")]
+    pub recheck_secs: u64,
+    /// Refuse MAIL FROM (550 5.7.26) whose domain the last re-check found `failing`.
+    #[serde(default)]
+    pub require_verified_domain: bool,
+}
+
+fn d_dns_timeout() -> u64 {
+    3
+}
+fn d_dns_attempts() -> usize {
+    2
+}
+fn d_dns_recheck() -> u64 {
+    3600
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout_secs: d_dns_timeout(),
+            attempts: d_dns_attempts(),
+            recheck_secs: d_dns_recheck(),
+            require_verified_domain: false,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The configured nameservers as socket addresses (port 53 when none is given).
+    pub fn nameserver_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        self.nameservers
+            .iter()
+            .map(|n| {
+                n.parse::<SocketAddr>()
+                    .or_else(|_| {
+                        n.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| format!("{n:?} is not an IP address or IP:port"))
+            })
+            .collect()
+    }
+}
+
 /// `[throttle]`: per-client-IP protections, independent of projects. The defaults (those of
 /// the example config) apply when a key or the section is left out; 0 turns one off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -987,6 +1050,22 @@ impl Config {
                 "send_api",
                 "cert_file",
                 "set both send_api.cert_file and send_api.key_file, or neither".into(),
+            ));
+        }
+        if let Err(message) = self.dns.nameserver_addrs() {
+            return Err(bad("dns", "nameservers", message));
+        }
+        if self.dns.timeout_secs == 0 || self.dns.timeout_secs > 60 {
+            return Err(bad("dns", "timeout_secs", "must be 1 to 60 seconds".into()));
+        }
+        if self.dns.attempts == 0 || self.dns.attempts > 5 {
+            return Err(bad("dns", "attempts", "must be 1 to 5".into()));
+        }
+        if self.dns.require_verified_domain && self.dns.recheck_secs == 0 {
+            return Err(bad(
+                "dns",
+                "require_verified_domain",
+                "needs the server's re-check: set dns.recheck_secs above 0".into(),
             ));
         }
         if !self.upstreams.contains_key(&self.delivery.default_route) {
@@ -1454,6 +1533,32 @@ mod tests {
         let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("server.max_recipients"), "{err}");
         assert!(err.starts_with("x.toml:"), "{err}");
+    }
+
+    #[test]
+    fn dns_settings_are_checked() {
+        let c = Config::parse(DEFAULT_CONFIG, "x.toml").unwrap();
+        assert!(c.dns.nameservers.is_empty(), "system resolver by default");
+        assert_eq!((c.dns.timeout_secs, c.dns.recheck_secs), (3, 3600));
+        let with = |t: &str| Config::parse(&format!("{DEFAULT_CONFIG}\n[dns]\n{t}\n"), "x.toml");
+        let ok = with("nameservers = [\"127.0.0.1:5353\", \"::1\"]").unwrap();
+        assert_eq!(
+            ok.dns.nameserver_addrs().unwrap()[1],
+            "[::1]:53".parse().unwrap()
+        );
+        for (t, key) in [
+            ("nameservers = [\"ns.example.com\"]", "dns.nameservers"),
+            ("timeout_secs = 0", "dns.timeout_secs"),
+            ("attempts = 9", "dns.attempts"),
+            ("resolver = \"x\"", "resolver"),
+            (
+                "recheck_secs = 0\nrequire_verified_domain = true",
+                "dns.require_verified_domain",
+            ),
+        ] {
+            let err = with(t).unwrap_err().to_string();
+            assert!(err.contains(key), "{t}: {err}");
+        }
     }
 
     #[test]

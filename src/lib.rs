@@ -13,6 +13,7 @@ pub mod admin;
 pub mod admin_http;
 pub mod cli;
 pub mod config;
+pub mod domain_check;
 pub mod events;
 pub mod inbound;
 pub mod logging;

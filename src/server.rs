@@ -120,7 +120,9 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
             path: admin_path.clone(),
             source,
         })?;
+    let domain_reports = crate::domain_check::LastReports::default();
     let admin_ctx = AdminContext {
+        domain_reports: domain_reports.clone(),
         admin_tokens: crate::policy::admin_tokens::AdminTokens::new(store.clone(), secret.clone()),
         registry: registry.clone(),
         queue: queue.clone(),
@@ -138,6 +140,13 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         dkim: dkim.clone(),
         events: crate::events::webhooks::WebhookAdmin::new(store.clone(), &config.webhooks),
     };
+    if config.dns.recheck_secs > 0 {
+        tokio::spawn(admin::domain::recheck(
+            admin_ctx.clone(),
+            std::time::Duration::from_secs(config.dns.recheck_secs),
+            shutdown_rx.clone(),
+        ));
+    }
     let admin_http = crate::admin_http::AdminHttp::bind(&config).await?;
     let send_api = crate::send_api::SendApi::bind(&config).await?;
     let admin_http_state = crate::admin_http::HttpState {
@@ -152,6 +161,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
 
     let memory = crate::memory_budget::MemoryBudget::new(config.server.message_memory_mb);
     let shared = Shared {
+        domain_reports,
         config: config.clone(),
         registry: registry.clone(),
         routes: routes.clone(),

@@ -6,6 +6,7 @@
 //! Both paths end in [`execute`], so behaviour cannot drift between them.
 
 pub mod dkim;
+pub mod domain;
 pub mod socket;
 
 use serde::{Deserialize, Serialize};
@@ -106,6 +107,15 @@ pub enum AdminRequest {
     SendTest(SendTest),
     /// DKIM keys, DNS records and signing policy (`dkim.rs`).
     Dkim(dkim::DkimRequest),
+    /// Looks up the domain's DKIM, SPF and DMARC records (`domain.rs`; `execute_async` only).
+    DomainVerify {
+        domain: String,
+    },
+    /// `DomainVerify` for every domain of a project, or of every project.
+    DomainStatus {
+        #[serde(default)]
+        project: Option<String>,
+    },
     /// A new admin token for the HTTP API (shown once).
     AdminTokenAdd {
         label: String,
@@ -158,7 +168,7 @@ impl AdminRequest {
             ProjectRoute {
                 upstream, clear, ..
             } => upstream.is_none() && !clear,
-            SendTest(_) => true,
+            SendTest(_) | DomainVerify { .. } | DomainStatus { .. } => true,
             Dkim(d) => matches!(
                 d,
                 dkim::DkimRequest::List { .. }
@@ -190,6 +200,8 @@ pub struct AdminContext {
     pub admin_tokens: crate::policy::admin_tokens::AdminTokens,
     /// Delivery events and webhook endpoints.
     pub events: crate::events::webhooks::WebhookAdmin,
+    /// The server's last domain checks (empty where no server runs).
+    pub domain_reports: crate::domain_check::LastReports,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +281,8 @@ pub async fn execute_async(ctx: &AdminContext, req: AdminRequest) -> Result<Valu
             Some(tester) => tester.run(&t).await.map_err(err),
             None => Err(AdminError("send-test is not available here".into())),
         },
+        AdminRequest::DomainVerify { domain } => domain::verify_domain(ctx, &domain).await,
+        AdminRequest::DomainStatus { project } => domain::status(ctx, project.as_deref()).await,
         other => {
             let ctx = ctx.clone();
             tokio::task::spawn_blocking(move || execute(&ctx, other))
@@ -297,8 +311,10 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         }
         ProjectList => Value::Array(r.list().map_err(err)?.iter().map(project_json).collect()),
         ProjectShow { id } => {
-            let mut v = project_with_limits(ctx, &r.get(&id).map_err(err)?)?;
+            let p = r.get(&id).map_err(err)?;
+            let mut v = project_with_limits(ctx, &p)?;
             v["branding"] = branding_json(ctx, &id)?;
+            v["domain_verification"] = domain::last_json(ctx, &p.domains);
             v
         }
         ProjectLimits { id, set, clear } => {
@@ -403,7 +419,9 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             }
             route_json(ctx, &id)?
         }
-        SendTest(_) => return Err(AdminError("send-test runs asynchronously".into())),
+        SendTest(_) | DomainVerify { .. } | DomainStatus { .. } => {
+            return Err(AdminError("this operation runs asynchronously".into()));
+        }
         Dkim(req) => dkim::execute(ctx, req)?,
         AdminTokenAdd { label, role } => {
             let (info, token) = ctx.admin_tokens.create(&label, role).map_err(err)?;

@@ -5,6 +5,7 @@
 pub mod admin_tokens;
 pub mod config;
 pub mod dkim;
+pub mod domain;
 pub mod generate;
 pub mod limits;
 pub mod project;
@@ -87,6 +88,11 @@ pub enum Command {
         #[command(subcommand)]
         command: dkim::DkimCommand,
     },
+    /// Check a sending domain's DKIM, SPF and DMARC records in DNS.
+    Domain {
+        #[command(subcommand)]
+        command: domain::DomainCommand,
+    },
     /// The HTTP admin API: its admin tokens.
     Admin {
         #[command(subcommand)]
@@ -113,6 +119,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { ref command } => config::run(&cli, command),
         Command::SendTest(ref args) => send_test::run(&cli, args),
         Command::Dkim { ref command } => dkim::run(&cli, command),
+        Command::Domain { ref command } => domain::run(&cli, command),
         Command::Admin { ref command } => admin_tokens::run(&cli, command),
         Command::Generate { ref command } => generate::run(command),
         Command::Webhook { ref command } => webhook::run(&cli, command),
@@ -200,6 +207,7 @@ pub fn offline_context(
         &config.server.state_dir,
     )?;
     let ctx = AdminContext {
+        domain_reports: Default::default(),
         admin_tokens: crate::policy::admin_tokens::AdminTokens::new(store.clone(), secret.clone()),
         registry: crate::policy::projects::Registry::new(store.clone(), secret),
         queue: crate::queue::Queue::new(store.clone()),

@@ -39,6 +39,48 @@ impl Provider {
     }
 }
 
+/// What a provider's SPF needs, for `domain verify` (domain_check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpfInfo {
+    /// The mechanism the provider documents for the sender's SPF record.
+    pub include: &'static str,
+    /// Whether the provider sends with its own envelope sender (bounce domain) unless a custom
+    /// MAIL FROM / return-path domain is set up there: then SPF passes for the provider's
+    /// domain, not yours, and DMARC can align only through DKIM.
+    pub own_envelope_sender: bool,
+}
+
+impl Provider {
+    /// The SPF `include:` each provider documents:
+    /// SendGrid twilio.com/docs/sendgrid/ui/account-and-settings/spf-records (include:sendgrid.net;
+    /// return path on SendGrid's domain unless domain authentication is set up);
+    /// SES docs.aws.amazon.com/ses/latest/dg/send-email-authentication-spf.html (include:amazonses.com;
+    /// MAIL FROM amazonses.com unless a custom MAIL FROM domain);
+    /// Google support.google.com/a/answer/10685031 (include:_spf.google.com; the mailbox's own envelope);
+    /// Microsoft 365 learn.microsoft.com/en-us/defender-office-365/email-authentication-spf-configure
+    /// (include:spf.protection.outlook.com; the mailbox's own envelope);
+    /// Resend resend.com/docs/dashboard/domains/introduction (include:amazonses.com on its send subdomain);
+    /// Mailgun documentation.mailgun.com, "Verifying your domain" (include:mailgun.org);
+    /// Postmark postmarkapp.com/support/article/1092-how-do-i-set-up-spf-for-postmark (include:spf.mtasv.net);
+    /// Alibaba Direct Mail alibabacloud.com/help/en/direct-mail, "Configure SPF" (include:spf1.dm.aliyun.com).
+    pub fn spf(self) -> SpfInfo {
+        let (include, own_envelope_sender) = match self {
+            Provider::Sendgrid => ("include:sendgrid.net", true),
+            Provider::Ses => ("include:amazonses.com", true),
+            Provider::Gmail => ("include:_spf.google.com", false),
+            Provider::Office365 => ("include:spf.protection.outlook.com", false),
+            Provider::Resend => ("include:amazonses.com", true),
+            Provider::Mailgun => ("include:mailgun.org", true),
+            Provider::Postmark => ("include:spf.mtasv.net", true),
+            Provider::Aliyun => ("include:spf1.dm.aliyun.com", true),
+        };
+        SpfInfo {
+            include,
+            own_envelope_sender,
+        }
+    }
+}
+
 /// What a preset contributes. `None` leaves the field to the config (or its default).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Preset {

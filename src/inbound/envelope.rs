@@ -301,6 +301,17 @@ impl Session {
             tracing::warn!(client = %self.peer, project = %auth.project.id, sender = %reply::printable(&from.address), "sender not owned by project");
             return self.error(conn, &Reply::from(&e)).await;
         }
+        if self.shared.config.dns.require_verified_domain
+            && let Some(domain) = sender::address_domain(&from.address)
+            && self
+                .shared
+                .domain_reports
+                .get(&domain)
+                .is_some_and(|r| r.verdict == crate::domain_check::Verdict::Failing)
+        {
+            tracing::warn!(client = %self.peer, project = %auth.project.id, %domain, "sending domain failing its DNS check: refused");
+            return self.error(conn, &reply::domain_failing(&domain)).await;
+        }
         if let Some(r) = self.check_rate_at_mail() {
             return self.error(conn, &r).await;
         }

@@ -39,6 +39,8 @@ pub struct Shared {
     /// Per-client-IP connection and AUTH-failure throttles.
     pub throttle: Arc<Throttle>,
     pub dkim: crate::transform::dkim_keys::DkimKeys,
+    /// The server's last domain checks (`dns.require_verified_domain`).
+    pub domain_reports: crate::domain_check::LastReports,
     /// Shared with delivery: large messages in memory at once.
     pub memory: crate::memory_budget::MemoryBudget,
     /// Becomes `true` when the server is shutting down.

@@ -170,6 +170,16 @@ pub fn greeting(hostname: &str) -> Reply {
     Reply::owned(220, format!("{hostname} ESMTP smtp-relay"))
 }
 
+/// The sender's domain failed the server's last DNS check (`dns.require_verified_domain`).
+pub fn domain_failing(domain: &str) -> Reply {
+    Reply::owned(
+        550,
+        format!(
+            "5.7.26 Sending domain {domain} fails its SPF/DKIM/DMARC check; see `smtp-relay domain verify {domain}`"
+        ),
+    )
+}
+
 impl From<&SenderError> for Reply {
     fn from(e: &SenderError) -> Reply {
         match e {

@@ -46,6 +46,12 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainLabels {
+    domain: String,
+    check: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -79,6 +85,7 @@ struct Metrics {
     rate_limited: Family<ProjectLabels, Counter>,
     auth_failures: Counter,
     reloads: Family<ResultLabels, Counter>,
+    domain_verified: Family<DomainLabels, Gauge>,
     events: Family<TypeLabels, Counter>,
     webhook_deliveries: Family<ResultLabels, Counter>,
     webhook_disabled: Counter,
@@ -115,7 +122,13 @@ impl Metrics {
             events: Family::default(),
             webhook_deliveries: Family::default(),
             webhook_disabled: Counter::default(),
+            domain_verified: Family::default(),
         };
+        registry.register(
+            "domain_verified",
+            "Last periodic DNS check of a sending domain, per check (dkim, spf, dmarc, all): 1 passes, 0 does not, -1 could not be checked",
+            m.domain_verified.clone(),
+        );
         // prometheus-client appends `_total` to counters and the unit to the name.
         registry.register(
             "messages_accepted",
@@ -376,6 +389,17 @@ pub fn set_queue(scheduled: u64, oldest_received_ms: Option<u64>) {
         .map(|t| now_ms().saturating_sub(t) as f64 / 1000.0)
         .unwrap_or(0.0);
     METRICS.queue_oldest.set(age);
+}
+
+/// The result of one check of a sending domain (see `domain_check`): 1, 0 or -1.
+pub fn domain_verified(domain: &str, check: &'static str, value: i64) {
+    METRICS
+        .domain_verified
+        .get_or_create(&DomainLabels {
+            domain: domain.to_string(),
+            check,
+        })
+        .set(value);
 }
 
 /// The OpenMetrics text exposition of every metric.

@@ -125,6 +125,11 @@ impl RouteTable {
         Ok(())
     }
 
+    /// The config the table was built with (domain verify reads `[dns]` and the upstreams).
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
     /// Checks a name against the config (send-test's `--upstream`).
     pub fn upstream(&self, name: &str) -> Result<&UpstreamConfig, RouteError> {
         self.check(name)?;

@@ -933,6 +933,15 @@ const SPF_INCLUDES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The SPF `include:` and provider name of a well-known upstream host, by its suffix.
+pub fn known_spf_include(host: &str) -> Option<(String, String)> {
+    let h = host.to_ascii_lowercase();
+    SPF_INCLUDES
+        .iter()
+        .find(|(suffix, _, _)| h == *suffix || h.ends_with(&format!(".{suffix}")))
+        .map(|(_, inc, name)| (inc.to_string(), name.to_string()))
+}
+
 /// Every record to publish for `domain`: the DKIM record of each stored key, and a suggested
 /// SPF and DMARC record.
 pub fn dns_records(domain: &str, keys: &[KeyInfo], upstream_host: Option<&str>) -> Vec<DnsRecord> {
@@ -960,13 +969,7 @@ pub fn dns_records(domain: &str, keys: &[KeyInfo], upstream_host: Option<&str>) 
             comment,
         });
     }
-    let known = upstream_host.and_then(|h| {
-        let h = h.to_ascii_lowercase();
-        SPF_INCLUDES
-            .iter()
-            .find(|(suffix, _, _)| h == *suffix || h.ends_with(&format!(".{suffix}")))
-            .map(|(_, inc, name)| (inc.to_string(), name.to_string()))
-    });
+    let known = upstream_host.and_then(known_spf_include);
     let (mechanism, spf_comment) = match (known, upstream_host) {
         (Some((inc, name)), _) => (
             inc,

@@ -2,6 +2,7 @@
 pub mod certs;
 pub mod client;
 pub mod dkim;
+pub mod dns;
 pub mod oauth;
 pub mod ops;
 pub mod relay;

@@ -107,6 +107,10 @@ fn harness_protections(extra: &str) -> String {
     if !extra.contains("[throttle]") {
         s.push_str("[throttle]\nmax_connections_per_ip = 0\nconnections_per_ip_per_minute = 0\n\n");
     }
+    // The periodic domain re-check would ask the system's resolver: tests never leave loopback.
+    if !extra.contains("[dns]") {
+        s.push_str("[dns]\nrecheck_secs = 0\n\n");
+    }
     s
 }
 
