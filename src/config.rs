@@ -101,7 +101,7 @@ pub struct MetricsConfig {
     pub address: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminHttpConfig {
     /// Where the admin API listens. Unset: no HTTP admin server.
@@ -115,6 +115,26 @@ pub struct AdminHttpConfig {
     pub cert_file: Option<PathBuf>,
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// How long a web panel login lasts, in hours (fractions allowed). Sessions are kept in
+    /// memory: a restart ends them too.
+    #[serde(default = "d_session_hours")]
+    pub session_hours: f64,
+}
+
+impl Default for AdminHttpConfig {
+    fn default() -> AdminHttpConfig {
+        AdminHttpConfig {
+            address: None,
+            tls: false,
+            cert_file: None,
+            key_file: None,
+            session_hours: d_session_hours(),
+        }
+    }
+}
+
+fn d_session_hours() -> f64 {
+    12.0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -883,6 +903,17 @@ impl Config {
                 "admin_http",
                 "cert_file",
                 "set both admin_http.cert_file and admin_http.key_file, or neither".into(),
+            ));
+        }
+        // At least a second, at most 30 days (NaN fails the range check too).
+        if !(1.0 / 3600.0..=720.0).contains(&self.admin_http.session_hours) {
+            return Err(bad(
+                "admin_http",
+                "session_hours",
+                format!(
+                    "{} hours: a panel session lasts from 1 second (0.0003) to 720 hours",
+                    self.admin_http.session_hours
+                ),
             ));
         }
         if !self.upstreams.contains_key(&self.delivery.default_route) {

@@ -4,5 +4,6 @@ pub mod client;
 pub mod dkim;
 pub mod oauth;
 pub mod ops;
+pub mod panel;
 pub mod relay;
 pub mod upstream;
