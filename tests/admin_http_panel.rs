@@ -164,7 +164,7 @@ async fn project_pages_reveal_token_once_and_change_things() {
     let id = page.trim_start_matches("/projects/").to_string();
     let (st, html) = panel.page(&page).await;
     assert_eq!(st, StatusCode::OK);
-    let at = html.find("smtp_").expect("the new token is shown");
+    let at = html.find("smtpr_").expect("the new token is shown");
     let project_token: String = html[at..]
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')

@@ -79,6 +79,7 @@ fn head(title: &str) -> Markup {
             meta name="referrer" content="no-referrer";
             title { (title) " · smtp-relay" }
             link rel="stylesheet" href="/static/panel.css";
+            link rel="icon" href="/static/favicon.svg" type="image/svg+xml";
         }
     }
 }

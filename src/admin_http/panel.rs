@@ -54,6 +54,8 @@ pub fn router(state: PanelState) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/static/panel.css", get(stylesheet))
+        .route("/favicon.ico", get(favicon))
+        .route("/static/favicon.svg", get(favicon))
         .route("/projects", get(projects).post(create_project))
         .route("/projects/{id}", get(project))
         .route("/projects/{id}/domains", post(add_domain))
@@ -76,20 +78,25 @@ pub fn router(state: PanelState) -> Router {
 
 /// Paths served without a session.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/login" | "/static/panel.css")
+    matches!(
+        path,
+        "/login" | "/static/panel.css" | "/static/favicon.svg" | "/favicon.ico"
+    )
 }
 
 /// Whether a state-changing request comes from a page of this panel. Browsers send
 /// `Sec-Fetch-Site` and `Origin` on every cross-site POST; a client that sends neither (curl)
-/// is held by the CSRF token alone.
+/// is held by the CSRF token alone. Under `Referrer-Policy: no-referrer` a browser sends
+/// `Origin: null` even from our own pages, so `null` counts only with
+/// `Sec-Fetch-Site: same-origin`.
 fn same_origin(headers: &HeaderMap, scheme: &str) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if site.as_bytes() != b"same-origin" {
-            return false;
-        }
+    let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if fetch_site.is_some_and(|site| site != b"same-origin") {
+        return false;
     }
     match headers.get(header::ORIGIN) {
         None => true,
+        Some(origin) if origin.as_bytes() == b"null" => fetch_site.is_some(),
         Some(origin) => {
             let host = headers
                 .get(header::HOST)
@@ -233,6 +240,20 @@ async fn stylesheet() -> Response {
     )
         .into_response()
 }
+
+/// The envelope mark of the header, as the tab icon (browsers ask for `/favicon.ico`).
+async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        FAVICON,
+    )
+        .into_response()
+}
+
+const FAVICON: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="7" fill="#3056d3"/><path d="M7 10h18v12H7z" fill="none" stroke="#fff" stroke-width="2"/><path d="M7 10l9 7 9-7" fill="none" stroke="#fff" stroke-width="2"/></svg>"##;
 
 async fn login_page(State(p): State<PanelState>, headers: HeaderMap) -> Response {
     if p.sessions.find(&headers).is_some() {
