@@ -82,7 +82,7 @@ async fn browser() -> (Driver, Client) {
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync",
-                "--window-size=1280,900",
+                "--window-size=1280,1300",
                 format!("--user-data-dir={}", driver._profile.path().display()),
             ],
         }),

@@ -46,6 +46,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/admin-tokens"),
     ("POST", "/api/v1/admin-tokens"),
     ("DELETE", "/api/v1/admin-tokens/{id}"),
+    ("GET", "/api/v1/openapi.json"),
 ];
 
 pub fn router(state: HttpState) -> Router {
@@ -89,6 +90,7 @@ pub fn router(state: HttpState) -> Router {
             get(list_admin_tokens).post(add_admin_token),
         )
         .route("/api/v1/admin-tokens/{id}", delete(revoke_admin_token))
+        .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -176,6 +178,11 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
             &e.body_text(),
         )),
     }
+}
+
+/// The API description; no token needed (it holds nothing secret).
+async fn openapi() -> Response {
+    Json(super::openapi::document()).into_response()
 }
 
 async fn not_found(_caller: Caller) -> Response {

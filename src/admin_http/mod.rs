@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod openapi;
 mod pages;
 pub mod panel;
 pub mod session;

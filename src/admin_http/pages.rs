@@ -359,7 +359,7 @@ pub fn project(ctx: Ctx<'_>, p: &Value, reveal: Option<&Reveal>, log: &[Value]) 
                                 tr {
                                     td { (s(&t["label"])) }
                                     td class="mono" { (s(&t["id"])) }
-                                    td { (t["created"].as_u64().map(when_secs).unwrap_or_default()) }
+                                    td class="when" { (t["created"].as_u64().map(when_secs).unwrap_or_default()) }
                                     td {
                                         @if admin {
                                             form method="post" action={ (base) "/tokens/" (path_part(s(&t["id"]))) "/revoke" } class="inline" {
@@ -496,7 +496,7 @@ fn message_table(log: &[Value], with_project: bool) -> Markup {
                 tbody {
                     @for m in log {
                         tr {
-                            td { a href={ "/messages/" (path_part(s(&m["id"]))) } { (when_ms(&m["received_ms"])) } }
+                            td class="when" { a href={ "/messages/" (path_part(s(&m["id"]))) } { (when_ms(&m["received_ms"])) } }
                             @if with_project { td class="mono" { (s(&m["project"])) } }
                             td class="clip" { (s(&m["mail_from"])) }
                             td class="clip" { (recipients(m)) }
