@@ -88,6 +88,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[delivery]", differs(&old.delivery, &new.delivery)),
         ("[upstream.*]", differs(&old.upstreams, &new.upstreams)),
         ("[metrics]", differs(&old.metrics, &new.metrics)),
+        ("[admin_http]", differs(&old.admin_http, &new.admin_http)),
         // The limiter and the per-IP throttle keep live state (windows, counters), so they
         // are built once, from the startup config; the limiter's defaults include the
         // message size and recipient limits authenticated sessions use.

@@ -61,15 +61,26 @@ async fn login_cookie_headers_and_logout() {
     let csp = h["content-security-policy"].to_str().unwrap().to_string();
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     assert!(csp.contains("default-src 'none'"), "{csp}");
-    assert!(!csp.contains("script-src") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        !csp.contains("script-src") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["referrer-policy"], "no-referrer");
     let html = r.text().await.unwrap();
-    assert!(html.contains("Overview") && !html.contains("<script"), "{html}");
+    assert!(
+        html.contains("Overview") && !html.contains("<script"),
+        "{html}"
+    );
     assert!(!html.contains(&token) && !html.contains(&session_id));
     let css = panel.get("/static/panel.css").await;
     assert_eq!(css.status(), StatusCode::OK);
-    assert!(css.headers()["content-type"].to_str().unwrap().starts_with("text/css"));
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
 
     // Logout needs the CSRF token too, then the old cookie is worth nothing.
     let csrf = panel.csrf().await;
@@ -77,7 +88,12 @@ async fn login_cookie_headers_and_logout() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = panel.post("/logout", &[("csrf", &csrf)]).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
     let r = panel.get("/").await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&r), "/login");
@@ -86,6 +102,29 @@ async fn login_cookie_headers_and_logout() {
     let log = relay.server_log();
     assert!(log.contains("panel login"), "{log}");
     assert!(!log.contains(&token) && !log.contains(&session_id), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_the_cookie_is_secure_and_host_prefixed() {
+    let relay = relay_with_panel("tls = true\n");
+    let token = admin_token(&relay, "admin");
+    let mut panel = Panel::new_tls(&relay);
+    let set = panel.login(&token).await;
+    assert!(set.starts_with("__Host-smtp-relay-session="), "{set}");
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{attr} missing in {set}");
+    }
+    assert!(!set.contains("Domain="), "{set}");
+    let (st, html) = panel.page("/").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("Overview"));
+    // A form from the plain-HTTP origin of the same host is another origin.
+    let csrf = csrf_of(&html);
+    let plain = panel.base.replace("https://", "http://");
+    let r = panel
+        .post_with("/logout", &[("csrf", &csrf)], &[("origin", &plain)])
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,8 +150,12 @@ async fn csrf_token_and_origin_are_checked() {
     };
     let mut good = with("");
     good.last_mut().unwrap().1 = csrf.clone();
-    let cases: Vec<(Vec<(&'static str, String)>, Vec<(&'static str, String)>)> = vec![
-        (new.iter().map(|(k, v)| (*k, v.to_string())).collect(), vec![("origin", own.clone())]),
+    type Fields = Vec<(&'static str, String)>;
+    let cases: Vec<(Fields, Fields)> = vec![
+        (
+            new.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            vec![("origin", own.clone())],
+        ),
         (with("not-the-token"), vec![("origin", own.clone())]),
         (good.clone(), vec![("origin", "http://evil.example".into())]),
         (good.clone(), vec![("origin", "null".into())]),
@@ -127,7 +170,11 @@ async fn csrf_token_and_origin_are_checked() {
     }
     // A login form posted from another site is refused as well (login CSRF).
     let r = panel
-        .post_with("/login", &[("token", &token)], &[("origin", "http://evil.example")])
+        .post_with(
+            "/login",
+            &[("token", &token)],
+            &[("origin", "http://evil.example")],
+        )
         .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(relay.cli_json(&["project", "list"]), serde_json::json!([]));
@@ -171,8 +218,8 @@ async fn project_pages_reveal_token_once_and_change_things() {
         .collect();
     assert!(html.contains("Project created."), "{html}");
     // The token works over SMTP.
-    let mut c = support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &project_token)
-        .await;
+    let mut c =
+        support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &project_token).await;
     c.submit("noreply@shop.test", "user@example.net").await;
 
     // A reload no longer shows it, nor does any other page.
@@ -193,18 +240,37 @@ async fn project_pages_reveal_token_once_and_change_things() {
             assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path}");
         }
     };
-    post(format!("{page}/domains"), vec![("domain", "news.shop.test".into())]).await;
-    post(format!("{page}/domains/remove"), vec![("domain", "mail.shop.test".into())]).await;
+    post(
+        format!("{page}/domains"),
+        vec![("domain", "news.shop.test".into())],
+    )
+    .await;
+    post(
+        format!("{page}/domains/remove"),
+        vec![("domain", "mail.shop.test".into())],
+    )
+    .await;
     post(format!("{page}/tokens"), vec![("label", "staging".into())]).await;
-    post(format!("{page}/max-age"), vec![("max_age_secs", "7200".into())]).await;
+    post(
+        format!("{page}/max-age"),
+        vec![("max_age_secs", "7200".into())],
+    )
+    .await;
     post(format!("{page}/enabled"), vec![("enabled", "false".into())]).await;
     let v = relay.cli_json(&["project", "show", &id]);
-    assert_eq!(v["domains"], serde_json::json!(["shop.test", "news.shop.test"]), "{v}");
+    assert_eq!(
+        v["domains"],
+        serde_json::json!(["shop.test", "news.shop.test"]),
+        "{v}"
+    );
     assert_eq!(v["tokens"].as_array().unwrap().len(), 2, "{v}");
     assert_eq!(v["max_age_secs"], 7200, "{v}");
     assert_eq!(v["enabled"], false, "{v}");
     let (_, html) = panel.page(&page).await;
-    assert!(html.contains("staging") && html.contains("disabled"), "{html}");
+    assert!(
+        html.contains("staging") && html.contains("disabled"),
+        "{html}"
+    );
     let staging = v["tokens"][1]["id"].as_str().unwrap().to_string();
     post(format!("{page}/tokens/{staging}/revoke"), vec![]).await;
     assert_eq!(
@@ -216,7 +282,11 @@ async fn project_pages_reveal_token_once_and_change_things() {
     );
 
     // A refused change says why on the next page and changes nothing.
-    post(format!("{page}/max-age"), vec![("max_age_secs", "5".into())]).await;
+    post(
+        format!("{page}/max-age"),
+        vec![("max_age_secs", "5".into())],
+    )
+    .await;
     let (_, html) = panel.page(&page).await;
     assert!(html.contains("too short"), "{html}");
 
@@ -225,7 +295,14 @@ async fn project_pages_reveal_token_once_and_change_things() {
     assert_eq!(st, StatusCode::OK);
     assert!(html.contains("Type the project id"), "{html}");
     post(format!("{page}/delete"), vec![("confirm", "wrong".into())]).await;
-    assert_eq!(relay.cli_json(&["project", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        relay
+            .cli_json(&["project", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     post(format!("{page}/delete"), vec![("confirm", id.clone())]).await;
     assert_eq!(relay.cli_json(&["project", "list"]), serde_json::json!([]));
     let (st, _) = panel.page(&page).await;
@@ -251,7 +328,10 @@ async fn viewer_sees_no_buttons_and_cannot_change() {
     let csrf = csrf_of(&html);
 
     for (path, form) in [
-        ("/projects".to_string(), vec![("name", "x"), ("domains", "x.test")]),
+        (
+            "/projects".to_string(),
+            vec![("name", "x"), ("domains", "x.test")],
+        ),
         (format!("{page}/enabled"), vec![("enabled", "false")]),
         (format!("{page}/delete"), vec![("confirm", id.as_str())]),
     ] {
@@ -279,7 +359,11 @@ async fn sessions_expire_and_end_with_their_admin_token() {
     assert_eq!(panel.get("/").await.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let r = panel.get("/").await;
-    assert_eq!(r.status(), StatusCode::SEE_OTHER, "an expired session still works");
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "an expired session still works"
+    );
 
     // A session ends when its admin token is revoked, before it expires.
     let relay = relay_with_panel("");
@@ -290,7 +374,11 @@ async fn sessions_expire_and_end_with_their_admin_token() {
     let token_id = v["admin_token"]["id"].as_str().unwrap();
     relay.cli_json(&["admin", "token", "revoke", token_id]);
     let r = panel.get("/").await;
-    assert_eq!(r.status(), StatusCode::SEE_OTHER, "a revoked token's session still works");
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "a revoked token's session still works"
+    );
 }
 
 #[test]

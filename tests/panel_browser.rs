@@ -44,7 +44,10 @@ fn free_port() -> u16 {
 }
 
 async fn browser() -> (Driver, Client) {
-    for (cmd, package) in [("chromedriver", "chromium-driver"), ("chromium", "chromium")] {
+    for (cmd, package) in [
+        ("chromedriver", "chromium-driver"),
+        ("chromium", "chromium"),
+    ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {cmd}")])
             .output()
@@ -184,7 +187,10 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
         Ok(e) => e,
         Err(e) => {
             shot(&c, "failed").await;
-            panic!("no token shown ({e}): {}", c.source().await.unwrap_or_default());
+            panic!(
+                "no token shown ({e}): {}",
+                c.source().await.unwrap_or_default()
+            );
         }
     };
     let project_token = reveal.text().await.unwrap();
@@ -193,7 +199,13 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
     let id = url.path().trim_start_matches("/projects/").to_string();
     no_alert(&c, "project").await;
     shot(&c, "project-new-token").await;
-    let h1 = c.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();
+    let h1 = c
+        .find(Locator::Css("h1"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(h1, format!("Shop {XSS_SCRIPT}"), "the name shows as text");
 
     // A reload no longer shows the token.
@@ -227,21 +239,41 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
     assert_eq!(r.code, 250, "{r:?}");
 
     // The Messages page lists it; its page shows the envelope as text.
-    c.goto(&format!("{base}/messages?project={id}")).await.unwrap();
+    c.goto(&format!("{base}/messages?project={id}"))
+        .await
+        .unwrap();
     let link = c
         .find(Locator::Css(&format!("a[href='/messages/{queued}']")))
         .await
         .expect("the message on the Messages page");
     let page = c.source().await.unwrap();
-    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
-    assert!(!page.contains(XSS_SCRIPT) && !page.contains(XSS_IMG), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(
+        !page.contains(XSS_SCRIPT) && !page.contains(XSS_IMG),
+        "{page}"
+    );
     assert!(c.find_all(Locator::Css("img")).await.unwrap().is_empty());
     no_alert(&c, "messages").await;
     shot(&c, "messages").await;
     link.click().await.unwrap();
-    c.wait().for_element(Locator::Css("dl.facts")).await.unwrap();
-    let text = c.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
-    assert!(text.contains(&queued) && text.contains(XSS_SCRIPT), "{text}");
+    c.wait()
+        .for_element(Locator::Css("dl.facts"))
+        .await
+        .unwrap();
+    let text = c
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(&queued) && text.contains(XSS_SCRIPT),
+        "{text}"
+    );
     assert!(c.find_all(Locator::Css("img")).await.unwrap().is_empty());
     no_alert(&c, "message").await;
     shot(&c, "message").await;
@@ -251,13 +283,21 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
     c.wait().for_element(Locator::Css(".stats")).await.unwrap();
     no_alert(&c, "overview").await;
     shot(&c, "overview").await;
-    let text = c.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
+    let text = c
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains(&format!("Shop {XSS_SCRIPT}")), "{text}");
 
     c.goto(&format!("{base}/projects")).await.unwrap();
     no_alert(&c, "projects").await;
     shot(&c, "projects").await;
-    c.goto(&format!("{base}/projects/{id}/delete")).await.unwrap();
+    c.goto(&format!("{base}/projects/{id}/delete"))
+        .await
+        .unwrap();
     shot(&c, "project-delete").await;
 
     c.close().await.unwrap();

@@ -108,10 +108,7 @@ impl AdminHttp {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let panel = panel::PanelState {
             http: state.clone(),
-            sessions: Arc::new(session::Sessions::new(
-                self.session_ttl,
-                self.tls.is_some(),
-            )),
+            sessions: Arc::new(session::Sessions::new(self.session_ttl, self.tls.is_some())),
             scheme,
         };
         // The API's fallback (JSON 404) answers whatever the panel does not route.

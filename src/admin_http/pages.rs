@@ -310,7 +310,10 @@ pub fn project(ctx: Ctx<'_>, p: &Value, reveal: Option<&Reveal>, log: &[Value]) 
     let id = s(&p["id"]);
     let base = format!("/projects/{}", path_part(id));
     let title = s(&p["name"]).to_string();
-    let windows = p["limits"]["windows"].as_array().cloned().unwrap_or_default();
+    let windows = p["limits"]["windows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     html! {
         (layout(ctx, &title, html! {
             p class="sub" { span class="mono" { (id) } " " (enabled_badge(p)) }
@@ -511,12 +514,7 @@ fn message_table(log: &[Value], with_project: bool) -> Markup {
     }
 }
 
-pub fn messages(
-    ctx: Ctx<'_>,
-    projects: &[Value],
-    selected: Option<&str>,
-    log: &[Value],
-) -> Markup {
+pub fn messages(ctx: Ctx<'_>, projects: &[Value], selected: Option<&str>, log: &[Value]) -> Markup {
     html! {
         (layout(ctx, "Messages", html! {
             form method="get" action="/messages" class="row filter" {

@@ -10,13 +10,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{Extension, Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use serde::Deserialize;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
@@ -61,7 +61,10 @@ pub fn router(state: PanelState) -> Router {
         .route("/projects/{id}/domains", post(add_domain))
         .route("/projects/{id}/domains/remove", post(remove_domain))
         .route("/projects/{id}/tokens", post(add_token))
-        .route("/projects/{id}/tokens/{token_id}/revoke", post(revoke_token))
+        .route(
+            "/projects/{id}/tokens/{token_id}/revoke",
+            post(revoke_token),
+        )
         .route("/projects/{id}/enabled", post(set_enabled))
         .route("/projects/{id}/max-age", post(set_max_age))
         .route(
@@ -573,8 +576,11 @@ async fn set_max_age(
         v => match v.parse::<u64>() {
             Ok(n) => Some(n),
             Err(_) => {
-                p.sessions
-                    .notify(&s, true, "Max age: a whole number of seconds, or empty for the default.");
+                p.sessions.notify(
+                    &s,
+                    true,
+                    "Max age: a whole number of seconds, or empty for the default.",
+                );
                 return Redirect::to(&to).into_response();
             }
         },

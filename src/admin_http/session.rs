@@ -241,7 +241,9 @@ mod tests {
         let s = Sessions::new(Duration::from_millis(50), true);
         let set = s.create(&token(Role::Viewer));
         assert!(set.starts_with("__Host-smtp-relay-session="), "{set}");
-        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Secure"));
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Secure")
+        );
         let id = set.split(';').next().unwrap();
         let found = s.find(&headers(&format!("other=1; {id}"))).unwrap();
         assert_eq!(found.role, Role::Viewer);

@@ -64,6 +64,13 @@ impl Panel {
         }
     }
 
+    /// The same over HTTPS (`[admin_http] tls = true`).
+    pub fn new_tls(relay: &Relay) -> Panel {
+        let mut p = Panel::new(relay);
+        p.base = format!("https://{}", admin_http_addr(relay));
+        p
+    }
+
     fn headers(&self, extra: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         if let Some(c) = &self.cookie {
@@ -93,8 +100,12 @@ impl Panel {
     /// POSTs a form as the panel's own page would (same `Origin`, `Sec-Fetch-Site`).
     pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> Response {
         let origin = self.base.clone();
-        self.post_with(path, form, &[("origin", &origin), ("sec-fetch-site", "same-origin")])
-            .await
+        self.post_with(
+            path,
+            form,
+            &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+        )
+        .await
     }
 
     pub async fn post_with(
