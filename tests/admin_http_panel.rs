@@ -398,3 +398,65 @@ fn session_hours_out_of_range_is_refused_naming_the_key() {
         assert!(err.contains("session_hours"), "{bad}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_messages_can_be_retried_and_deleted_from_their_page() {
+    use support::upstream::{Script, TestUpstream, UpstreamOptions};
+    let up = TestUpstream::start(UpstreamOptions::default().with_script(
+        Script::default().with_rcpt("later@example.net", "451 4.3.0 <b>try</b> later"),
+    ))
+    .await;
+    let pki = support::certs::TestPki::generate();
+    let relay = Relay::start_with_upstream(
+        up.port(),
+        "none",
+        &pki,
+        RelayOptions {
+            extra_config: "[admin_http]\naddress = \"127.0.0.1:0\"\n".into(),
+            // Well inside the harness's max age, so a deferred message stays deferred.
+            retry_schedule_secs: vec![600],
+            ..Default::default()
+        },
+    );
+    let (id, token) = relay.add_project("shop", &["shop.test"]);
+    let queued = relay
+        .submit(&id, &token, "noreply@shop.test", &["later@example.net"])
+        .await;
+    relay.wait_state(&queued, &["deferred"], Duration::from_secs(30));
+
+    let admin = admin_token(&relay, "admin");
+    let mut panel = Panel::new(&relay);
+    panel.login(&admin).await;
+    let page = format!("/messages/{queued}");
+    let (st, html) = panel.page(&page).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("&lt;b&gt;try&lt;/b&gt; later"), "{html}");
+    assert!(html.contains("Retry now") && html.contains("Delete from queue"));
+    let csrf = csrf_of(&html);
+
+    let r = panel
+        .post(&format!("{page}/retry"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, html) = panel.page(&page).await;
+    assert!(html.contains("Retrying now."), "{html}");
+    relay.wait_log("\"attempt\":2", 1, Duration::from_secs(30));
+    relay.wait_state(&queued, &["deferred"], Duration::from_secs(30));
+
+    let r = panel
+        .post(&format!("{page}/delete"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let v = relay.wait_state(&queued, &["deleted"], Duration::from_secs(10));
+    assert_eq!(v["state"], "deleted");
+    let (_, html) = panel.page(&page).await;
+    assert!(
+        !html.contains("Retry now"),
+        "a deleted message offers a retry"
+    );
+    let (_, html) = panel.page("/messages").await;
+    assert!(
+        html.contains(&format!("href=\"/messages/{queued}\"")),
+        "{html}"
+    );
+}

@@ -136,7 +136,9 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
         "none",
         &pki,
         RelayOptions {
-            extra_config: "[admin_http]\naddress = \"127.0.0.1:0\"\n".into(),
+            extra_config: "[admin_http]\naddress = \"127.0.0.1:0\"\n\n\
+                           [limits]\nper_minute = 100\nper_day = 1000\nmax_connections = 0\n"
+                .into(),
             ..Default::default()
         },
     );
@@ -215,7 +217,7 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
     assert!(!c.source().await.unwrap().contains(&project_token));
     assert!(c.find_all(Locator::Css("img")).await.unwrap().is_empty());
     no_alert(&c, "project").await;
-    shot(&c, "project").await;
+    shot(&c, "project-reload").await;
 
     // Mail over SMTP with that token, with payloads in the subject and the From display
     // name; the upstream refuses it with a reply carrying them too.
@@ -291,6 +293,20 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
         .await
         .unwrap();
     assert!(text.contains(&format!("Shop {XSS_SCRIPT}")), "{text}");
+
+    // The project page: limits with what is used, the recent messages.
+    c.goto(&format!("{base}/projects/{id}")).await.unwrap();
+    let text = c
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("100 messages per minute"), "{text}");
+    assert!(text.contains("bounce@example.net"), "{text}");
+    no_alert(&c, "project").await;
+    shot(&c, "project").await;
 
     c.goto(&format!("{base}/projects")).await.unwrap();
     no_alert(&c, "projects").await;

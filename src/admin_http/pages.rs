@@ -48,6 +48,11 @@ fn when_secs(secs: u64) -> String {
     )
 }
 
+/// Seconds since the epoch as `YYYY-MM-DD` (UTC).
+fn day(secs: u64) -> String {
+    when_secs(secs).chars().take(10).collect()
+}
+
 fn duration(secs: u64) -> String {
     match secs {
         s if s % 86400 == 0 => format!("{} d", s / 86400),
@@ -356,13 +361,13 @@ pub fn project(ctx: Ctx<'_>, p: &Value, reveal: Option<&Reveal>, log: &[Value]) 
                 div class="card" {
                     h2 { "Tokens" }
                     table {
-                        thead { tr { th { "Label" } th { "Id" } th { "Created" } th { "" } } }
+                        thead { tr { th { "Label" } th { "Id" } th { "Created" } th {} } }
                         tbody {
                             @for t in p["tokens"].as_array().into_iter().flatten() {
                                 tr {
                                     td { (s(&t["label"])) }
                                     td class="mono" { (s(&t["id"])) }
-                                    td class="when" { (t["created"].as_u64().map(when_secs).unwrap_or_default()) }
+                                    td class="when" { (t["created"].as_u64().map(day).unwrap_or_default()) }
                                     td {
                                         @if admin {
                                             form method="post" action={ (base) "/tokens/" (path_part(s(&t["id"]))) "/revoke" } class="inline" {
@@ -385,7 +390,7 @@ pub fn project(ctx: Ctx<'_>, p: &Value, reveal: Option<&Reveal>, log: &[Value]) 
                 }
             }
             div class="card" {
-                h2 { "Limits" span class="muted small" { " — " (s(&p["limits"]["mode"])) } }
+                h2 { "Limits" span class="muted small" { " — over a limit: " (s(&p["limits"]["mode"])) } }
                 table {
                     thead { tr { th { "Window" } th { "Limit" } th class="num" { "Used" } th class="num" { "Remaining" } th { "Set by" } } }
                     tbody {
@@ -457,7 +462,7 @@ pub fn confirm_delete(ctx: Ctx<'_>, p: &Value) -> Markup {
     html! {
         (layout(ctx, "Delete project", html! {
             div class="card narrow danger-zone" {
-                p { "Delete " strong { (s(&p["name"])) } " (" span class="mono" { (id) } ")? Its apps can no longer send; messages already queued are still delivered. This cannot be undone." }
+                p { "Delete " strong { (s(&p["name"])) } " (" span class="mono" { (id) } ")? Its apps can no longer send. This cannot be undone." }
                 form method="post" action={ (base) "/delete" } {
                     (csrf(session))
                     label { "Type the project id to confirm" input name="confirm" required autocomplete="off"; }
