@@ -73,6 +73,16 @@ async fn login_cookie_headers_and_logout() {
         "{html}"
     );
     assert!(!html.contains(&token) && !html.contains(&session_id));
+    // Paths outside the panel and the API are plain 404s, never counted as failed tokens.
+    let failures = || relay.server_log().matches("invalid admin token").count();
+    let before = failures();
+    for _ in 0..15 {
+        assert_eq!(
+            panel.get("/robots.txt").await.status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(failures(), before);
     let css = panel.get("/static/panel.css").await;
     assert_eq!(css.status(), StatusCode::OK);
     assert!(

@@ -185,7 +185,19 @@ async fn openapi() -> Response {
     Json(super::openapi::document()).into_response()
 }
 
-async fn not_found(_caller: Caller) -> Response {
+/// Unknown API paths need a token like any route (no probing without one); anything outside
+/// `/api/` is a plain 404, so a browser asking for an icon never counts as a failed token.
+async fn not_found(State(s): State<HttpState>, req: axum::extract::Request) -> Response {
+    let (mut parts, _) = req.into_parts();
+    if !parts.uri.path().starts_with("/api/") {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    }
+    if let Err(r) =
+        <Caller as axum::extract::FromRequestParts<HttpState>>::from_request_parts(&mut parts, &s)
+            .await
+    {
+        return r;
+    }
     error_response(StatusCode::NOT_FOUND, "not_found", "no such API route")
 }
 
