@@ -110,7 +110,7 @@ pub struct MetricsConfig {
     pub address: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminHttpConfig {
     /// Where the admin API listens. Unset: no HTTP admin server.
@@ -124,6 +124,26 @@ pub struct AdminHttpConfig {
     pub cert_file: Option<PathBuf>,
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// How long a web panel login lasts, in hours (fractions allowed). Sessions are kept in
+    /// memory: a restart ends them too.
+    #[serde(default = "d_session_hours")]
+    pub session_hours: f64,
+}
+
+impl Default for AdminHttpConfig {
+    fn default() -> AdminHttpConfig {
+        AdminHttpConfig {
+            address: None,
+            tls: false,
+            cert_file: None,
+            key_file: None,
+            session_hours: d_session_hours(),
+        }
+    }
+}
+
+fn d_session_hours() -> f64 {
+    12.0
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1066,6 +1086,17 @@ impl Config {
                 "dns",
                 "require_verified_domain",
                 "needs the server's re-check: set dns.recheck_secs above 0".into(),
+            ));
+        }
+        // At least a second, at most 30 days (NaN fails the range check too).
+        if !(1.0 / 3600.0..=720.0).contains(&self.admin_http.session_hours) {
+            return Err(bad(
+                "admin_http",
+                "session_hours",
+                format!(
+                    "{} hours: a panel session lasts from 1 second (0.0003) to 720 hours",
+                    self.admin_http.session_hours
+                ),
             ));
         }
         if !self.upstreams.contains_key(&self.delivery.default_route) {

@@ -91,6 +91,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[send_api]", differs(&old.send_api, &new.send_api)),
         // The re-check task and its resolver settings are set up once, at startup.
         ("[dns]", differs(&old.dns, &new.dns)),
+        ("[admin_http]", differs(&old.admin_http, &new.admin_http)),
         // The limiter and the per-IP throttle keep live state (windows, counters), so they
         // are built once, from the startup config; the limiter's defaults include the
         // message size and recipient limits authenticated sessions use.

@@ -398,3 +398,34 @@ async fn every_listed_route_is_served() {
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_eq!(v["error"]["message"], "no such API route");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_describes_exactly_the_routes() {
+    let relay = relay_with_api("");
+    let api = Api::new(&relay);
+    // No token needed: it describes the API and holds nothing secret.
+    let (st, doc) = api
+        .call("", Method::GET, "/api/v1/openapi.json", None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{doc}");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut described: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(|m| (m.to_ascii_uppercase(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut routed: Vec<(String, String)> = smtp_relay::admin_http::api::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    described.sort();
+    routed.sort();
+    assert_eq!(described, routed);
+}

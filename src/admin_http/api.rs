@@ -53,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/webhooks/{id}/test"),
     ("POST", "/api/v1/webhooks/{id}/rotate-secret"),
     ("POST", "/api/v1/webhooks/{id}/enable"),
+    ("GET", "/api/v1/openapi.json"),
 ];
 
 pub fn router(state: HttpState) -> Router {
@@ -104,6 +105,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/webhooks/{id}/test", post(test_webhook))
         .route("/api/v1/webhooks/{id}/rotate-secret", post(rotate_webhook))
         .route("/api/v1/webhooks/{id}/enable", post(enable_webhook))
+        .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -193,7 +195,24 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
     }
 }
 
-async fn not_found(_caller: Caller) -> Response {
+/// The API description; no token needed (it holds nothing secret).
+async fn openapi() -> Response {
+    Json(super::openapi::document()).into_response()
+}
+
+/// Unknown API paths need a token like any route (no probing without one); anything outside
+/// `/api/` is a plain 404, so a browser asking for an icon never counts as a failed token.
+async fn not_found(State(s): State<HttpState>, req: axum::extract::Request) -> Response {
+    let (mut parts, _) = req.into_parts();
+    if !parts.uri.path().starts_with("/api/") {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    }
+    if let Err(r) =
+        <Caller as axum::extract::FromRequestParts<HttpState>>::from_request_parts(&mut parts, &s)
+            .await
+    {
+        return r;
+    }
     error_response(StatusCode::NOT_FOUND, "not_found", "no such API route")
 }
 

@@ -46,39 +46,68 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Why a presented admin token was not accepted.
+pub enum Refusal {
+    /// This address failed too often; try again after this long.
+    CoolingDown(std::time::Duration),
+    /// Missing, unknown or revoked (answered after the fixed failure delay).
+    Invalid,
+    /// The admin tokens could not be read.
+    Unavailable,
+}
+
+/// Checks `token` for a client at `ip` with the failure delay and per-address cool-down the
+/// bearer API and the panel login share. The token is never logged.
+pub async fn check_token(
+    state: &HttpState,
+    ip: std::net::IpAddr,
+    token: &str,
+) -> Result<AdminTokenInfo, Refusal> {
+    if let Some(left) = state.throttle.login_cooling_down(ip, THROTTLE_USER) {
+        return Err(Refusal::CoolingDown(left));
+    }
+    let answer_at = tokio::time::Instant::now() + state.throttle.auth_failure_delay();
+    let found = if token.is_empty() {
+        Ok(None)
+    } else {
+        let tokens = state.admin.admin_tokens.clone();
+        let token = token.to_string();
+        tokio::task::spawn_blocking(move || tokens.authenticate(&token))
+            .await
+            .unwrap_or(Ok(None))
+    };
+    match found {
+        Ok(Some(info)) => Ok(info),
+        Ok(None) => {
+            state.throttle.auth_failed(ip, THROTTLE_USER);
+            tracing::warn!(client = %ip, "admin API: missing or invalid admin token");
+            tokio::time::sleep_until(answer_at).await;
+            Err(Refusal::Invalid)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "admin tokens unavailable");
+            Err(Refusal::Unavailable)
+        }
+    }
+}
+
+/// The client address of a request (loopback when the accept loop did not say).
+pub fn client_ip(parts: &Parts) -> std::net::IpAddr {
+    parts
+        .extensions
+        .get::<ClientAddr>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+}
+
 impl FromRequestParts<HttpState> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Caller, Response> {
-        let ip = parts
-            .extensions
-            .get::<ClientAddr>()
-            .map(|c| c.0.ip())
-            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-        if let Some(left) = state.throttle.login_cooling_down(ip, THROTTLE_USER) {
-            let mut r = error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many failed admin tokens from your address, try later",
-            );
-            if let Ok(v) = left.as_secs().max(1).to_string().parse() {
-                r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
-            }
-            return Err(r);
-        }
-        let answer_at = tokio::time::Instant::now() + state.throttle.auth_failure_delay();
+        let ip = client_ip(parts);
         let token = bearer(&parts.headers).unwrap_or("");
-        let found = if token.is_empty() {
-            Ok(None)
-        } else {
-            let tokens = state.admin.admin_tokens.clone();
-            let token = token.to_string();
-            tokio::task::spawn_blocking(move || tokens.authenticate(&token))
-                .await
-                .unwrap_or(Ok(None))
-        };
-        match found {
-            Ok(Some(token)) => {
+        match check_token(state, ip, token).await {
+            Ok(token) => {
                 let caller = Caller { token };
                 if !caller.may(&parts.method) {
                     return Err(error_response(
@@ -89,10 +118,18 @@ impl FromRequestParts<HttpState> for Caller {
                 }
                 Ok(caller)
             }
-            Ok(None) => {
-                state.throttle.auth_failed(ip, THROTTLE_USER);
-                tracing::warn!(client = %ip, "admin API: missing or invalid admin token");
-                tokio::time::sleep_until(answer_at).await;
+            Err(Refusal::CoolingDown(left)) => {
+                let mut r = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many failed admin tokens from your address, try later",
+                );
+                if let Ok(v) = left.as_secs().max(1).to_string().parse() {
+                    r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+                }
+                Err(r)
+            }
+            Err(Refusal::Invalid) => {
                 let mut r = error_response(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
@@ -104,15 +141,12 @@ impl FromRequestParts<HttpState> for Caller {
                 );
                 Err(r)
             }
-            Err(e) => {
-                tracing::error!(error = %e, "admin tokens unavailable");
-                Err(error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "admin tokens cannot be read right now",
-                )
-                .into_response())
-            }
+            Err(Refusal::Unavailable) => Err(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "admin tokens cannot be read right now",
+            )
+            .into_response()),
         }
     }
 }

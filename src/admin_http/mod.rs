@@ -1,5 +1,6 @@
-//! The HTTP admin API: the admin operations (`admin::execute`) over HTTP/1.1 for scripts and,
-//! later, the web panel. It owns the listener, TLS, deadlines and authentication; it never
+//! The HTTP admin API and web panel: the admin operations (`admin::execute`) over HTTP/1.1,
+//! as JSON for scripts (`/api/v1`, bearer tokens) and as HTML pages for people (`/`, session
+//! cookies). It owns the listener, TLS, deadlines, authentication and sessions; it never
 //! touches a store itself, so the CLI, the Unix socket and HTTP cannot drift apart.
 //!
 //! `[admin_http] address` turns it on. Off loopback it must be HTTPS (`tls = true`, with the
@@ -8,6 +9,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod openapi;
+mod pages;
+pub mod panel;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +53,7 @@ pub struct HttpState {
 pub struct AdminHttp {
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    session_ttl: Duration,
 }
 
 impl AdminHttp {
@@ -76,7 +82,12 @@ impl AdminHttp {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| AdminHttpError::Bind { address, source })?;
-        Ok(Some(AdminHttp { listener, tls }))
+        let session_ttl = Duration::from_secs_f64(config.admin_http.session_hours * 3600.0);
+        Ok(Some(AdminHttp {
+            listener,
+            tls,
+            session_ttl,
+        }))
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -94,7 +105,14 @@ impl AdminHttp {
 
     /// Serves until `shutdown`.
     pub async fn serve(self, state: HttpState, mut shutdown: crate::shutdown::Signal) {
-        let router = api::router(state);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let panel = panel::PanelState {
+            http: state.clone(),
+            sessions: Arc::new(session::Sessions::new(self.session_ttl, self.tls.is_some())),
+            scheme,
+        };
+        // The API's fallback (JSON 404) answers whatever the panel does not route.
+        let router = panel::router(panel).merge(api::router(state));
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,

@@ -5,6 +5,7 @@ pub mod dkim;
 pub mod dns;
 pub mod oauth;
 pub mod ops;
+pub mod panel;
 pub mod relay;
 pub mod upstream;
 pub mod webhook_receiver;

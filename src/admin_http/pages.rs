@@ -1,0 +1,601 @@
+//! The panel's HTML (maud). Every value that came from a client, a message or an upstream is
+//! inserted as text, which maud escapes; no page carries a script, and buttons that change
+//! anything are only drawn for admin sessions (the guard refuses viewers anyway).
+
+use maud::{DOCTYPE, Markup, html};
+use serde_json::Value;
+
+use super::session::{Notice, Reveal, Session};
+
+/// What every page of a logged-in session needs.
+pub struct Ctx<'a> {
+    pub session: &'a Session,
+    pub notice: Option<Notice>,
+    /// The nav entry to highlight.
+    pub path: &'a str,
+}
+
+/// `id` as one URL path segment.
+pub fn path_part(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn when_ms(ms: &Value) -> String {
+    match ms.as_u64() {
+        Some(ms) if ms > 0 => when_secs(ms / 1000),
+        _ => "—".into(),
+    }
+}
+
+fn when_secs(secs: u64) -> String {
+    let dt = mail_parser::DateTime::from_timestamp(secs as i64);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second
+    )
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD` (UTC).
+fn day(secs: u64) -> String {
+    when_secs(secs).chars().take(10).collect()
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s % 86400 == 0 => format!("{} d", s / 86400),
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+fn csrf(session: &Session) -> Markup {
+    html! { input type="hidden" name="csrf" value=(session.csrf); }
+}
+
+fn state_badge(state: &str) -> Markup {
+    let class = match state {
+        "delivered" => "badge ok",
+        "queued" | "deferred" => "badge wait",
+        "failed" | "expired" => "badge bad",
+        _ => "badge",
+    };
+    html! { span class=(class) { (state) } }
+}
+
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            meta name="referrer" content="no-referrer";
+            title { (title) " · smtp-relay" }
+            link rel="stylesheet" href="/static/panel.css";
+            link rel="icon" href="/static/favicon.svg" type="image/svg+xml";
+        }
+    }
+}
+
+fn layout(ctx: Ctx<'_>, title: &str, body: Markup) -> Markup {
+    let nav = [
+        ("/", "Overview"),
+        ("/projects", "Projects"),
+        ("/messages", "Messages"),
+    ];
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body {
+                header class="top" {
+                    a class="brand" href="/" { span class="logo" { "✉" } "smtp-relay" }
+                    nav {
+                        @for (href, name) in nav {
+                            a href=(href) class=[(ctx.path == href).then_some("active")] { (name) }
+                        }
+                    }
+                    div class="who" {
+                        span { (ctx.session.label) }
+                        span class={ "badge " (if ctx.session.is_admin() { "admin" } else { "viewer" }) } {
+                            (ctx.session.role.as_str())
+                        }
+                        form method="post" action="/logout" {
+                            (csrf(ctx.session))
+                            button class="link" type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main {
+                    @if let Some(n) = &ctx.notice {
+                        div class={ "notice " (if n.error { "error" } else { "ok" }) } role="status" { (n.text) }
+                    }
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+pub fn error_page(title: &str, text: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body class="center" {
+                div class="card narrow" {
+                    h1 { (title) }
+                    p { (text) }
+                    p { a href="/" { "Back to the panel" } }
+                }
+            }
+        }
+    }
+}
+
+pub fn login(error: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head("Log in"))
+            body class="center" {
+                div class="card narrow login" {
+                    div class="brand big" { span class="logo" { "✉" } "smtp-relay" }
+                    p class="muted" { "Paste an admin token to manage projects and messages." }
+                    @if let Some(e) = error {
+                        div class="notice error" role="alert" { (e) }
+                    }
+                    form method="post" action="/login" {
+                        label for="token" { "Admin token" }
+                        input id="token" name="token" type="password" autocomplete="off"
+                            placeholder="smtpa_…" required autofocus;
+                        button class="primary" type="submit" { "Log in" }
+                    }
+                    p class="hint" {
+                        "Create one on the server with "
+                        code { "smtp-relay admin token add --label you --role admin" }
+                        ". Sessions end after a while, on logout, and when the server restarts."
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts by state of the log entries of `project`.
+fn counts(log: &[Value], project: &str) -> (usize, usize, usize) {
+    let mut c = (0, 0, 0);
+    for m in log.iter().filter(|m| s(&m["project"]) == project) {
+        match s(&m["state"]) {
+            "delivered" => c.0 += 1,
+            "queued" | "deferred" => c.1 += 1,
+            "failed" | "expired" => c.2 += 1,
+            _ => {}
+        }
+    }
+    c
+}
+
+/// A stacked bar (delivered / waiting / failed) drawn server-side; no script, no inline style.
+fn bar(c: (usize, usize, usize), max: usize) -> Markup {
+    let total = c.0 + c.1 + c.2;
+    let width = 240.0;
+    let scale = if max == 0 { 0.0 } else { width / max as f64 };
+    let (w0, w1, w2) = (c.0 as f64 * scale, c.1 as f64 * scale, c.2 as f64 * scale);
+    html! {
+        svg class="bar" width="240" height="14" viewBox="0 0 240 14" role="img"
+            aria-label={ (c.0) " delivered, " (c.1) " waiting, " (c.2) " failed" } {
+            rect x="0" y="0" width="240" height="14" rx="3" fill="#eef1f5" {}
+            @if total > 0 {
+                rect x="0" y="0" width=(format!("{w0:.1}")) height="14" fill="#2f9e6e" {}
+                rect x=(format!("{w0:.1}")) y="0" width=(format!("{w1:.1}")) height="14" fill="#e0a526" {}
+                rect x=(format!("{:.1}", w0 + w1)) y="0" width=(format!("{w2:.1}")) height="14" fill="#d64545" {}
+            }
+        }
+    }
+}
+
+pub fn overview(ctx: Ctx<'_>, projects: &[Value], queue: &[Value], log: &[Value]) -> Markup {
+    let all = log.iter().fold((0, 0, 0), |mut c, m| {
+        match s(&m["state"]) {
+            "delivered" => c.0 += 1,
+            "failed" | "expired" => c.2 += 1,
+            _ => {}
+        }
+        c
+    });
+    let rows: Vec<(&Value, (usize, usize, usize))> = projects
+        .iter()
+        .map(|p| (p, counts(log, s(&p["id"]))))
+        .collect();
+    let max = rows.iter().map(|(_, c)| c.0 + c.1 + c.2).max().unwrap_or(0);
+    html! {
+        (layout(ctx, "Overview", html! {
+            div class="stats" {
+                div class="stat" { span class="num" { (projects.len()) } span { "projects" } }
+                div class="stat" { span class="num" { (queue.len()) } span { "in the queue" } }
+                div class="stat" { span class="num" { (all.0) } span { "delivered" } }
+                div class="stat" { span class="num" { (all.2) } span { "failed or expired" } }
+            }
+            div class="card" {
+                h2 { "Projects" span class="muted small" { " — the last " (log.len()) " messages" } }
+                @if projects.is_empty() {
+                    p class="empty" { "No projects yet. " a href="/projects" { "Create the first one." } }
+                } @else {
+                    table {
+                        thead { tr { th { "Project" } th { "Status" } th class="num" { "Delivered" }
+                            th class="num" { "Waiting" } th class="num" { "Failed" } th { "" } } }
+                        tbody {
+                            @for (p, c) in &rows {
+                                tr {
+                                    td { a href={ "/projects/" (path_part(s(&p["id"]))) } { (s(&p["name"])) }
+                                        div class="muted small mono" { (s(&p["id"])) } }
+                                    td { (enabled_badge(p)) }
+                                    td class="num" { (c.0) }
+                                    td class="num" { (c.1) }
+                                    td class="num" { (c.2) }
+                                    td { (bar(*c, max)) }
+                                }
+                            }
+                        }
+                    }
+                    p class="legend small muted" {
+                        span class="dot ok" {} "delivered " span class="dot wait" {} "waiting " span class="dot bad" {} "failed"
+                    }
+                }
+            }
+        }))
+    }
+}
+
+fn enabled_badge(p: &Value) -> Markup {
+    if p["enabled"].as_bool().unwrap_or(true) {
+        html! { span class="badge ok" { "enabled" } }
+    } else {
+        html! { span class="badge bad" { "disabled" } }
+    }
+}
+
+pub fn projects(ctx: Ctx<'_>, projects: &[Value]) -> Markup {
+    let session = ctx.session;
+    html! {
+        (layout(ctx, "Projects", html! {
+            div class="card" {
+                @if projects.is_empty() {
+                    p class="empty" { "No projects yet." }
+                } @else {
+                    table {
+                        thead { tr { th { "Name" } th { "Id" } th { "Domains" } th { "Tokens" } th { "Status" } } }
+                        tbody {
+                            @for p in projects {
+                                tr {
+                                    td { a href={ "/projects/" (path_part(s(&p["id"]))) } { (s(&p["name"])) } }
+                                    td class="mono" { (s(&p["id"])) }
+                                    td { @for d in p["domains"].as_array().into_iter().flatten() { span class="chip" { (s(d)) } } }
+                                    td class="num" { (p["tokens"].as_array().map_or(0, |t| t.len())) }
+                                    td { (enabled_badge(p)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if session.is_admin() {
+                div class="card" {
+                    h2 { "New project" }
+                    form method="post" action="/projects" class="grid" {
+                        (csrf(session))
+                        label { "Name" input name="name" required placeholder="Shop"; }
+                        label { "Sender domains" input name="domains" required placeholder="shop.example.com, mail.shop.example.com"; }
+                        label { "First token's label" input name="label" placeholder="production"; }
+                        div { button class="primary" type="submit" { "Create project" } }
+                    }
+                }
+            }
+        }))
+    }
+}
+
+pub fn project(ctx: Ctx<'_>, p: &Value, reveal: Option<&Reveal>, log: &[Value]) -> Markup {
+    let session = ctx.session;
+    let admin = session.is_admin();
+    let id = s(&p["id"]);
+    let base = format!("/projects/{}", path_part(id));
+    let title = s(&p["name"]).to_string();
+    let windows = p["limits"]["windows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    html! {
+        (layout(ctx, &title, html! {
+            p class="sub" { span class="mono" { (id) } " " (enabled_badge(p)) }
+            @if let Some(r) = reveal {
+                div class="reveal" {
+                    h2 { "New token — copy it now" }
+                    p { "This is the only time it is shown. Apps log in with the project id as the username and this token as the password." }
+                    dl {
+                        dt { "Username" } dd class="mono" { (id) }
+                        dt { "Token" } dd class="mono token" { (r.token.expose()) }
+                        dt { "Token id" } dd class="mono" { (r.token_id) }
+                    }
+                }
+            }
+            div class="cols" {
+                div class="card" {
+                    h2 { "Sender domains" }
+                    ul class="list" {
+                        @for d in p["domains"].as_array().into_iter().flatten() {
+                            li {
+                                span { (s(d)) }
+                                @if admin {
+                                    form method="post" action={ (base) "/domains/remove" } class="inline" {
+                                        (csrf(session))
+                                        input type="hidden" name="domain" value=(s(d));
+                                        button class="link danger" type="submit" { "Remove" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    @if admin {
+                        form method="post" action={ (base) "/domains" } class="row" {
+                            (csrf(session))
+                            input name="domain" required placeholder="another.example.com" aria-label="Domain";
+                            button type="submit" { "Add domain" }
+                        }
+                    }
+                }
+                div class="card" {
+                    h2 { "Tokens" }
+                    table {
+                        thead { tr { th { "Label" } th { "Id" } th { "Created" } th {} } }
+                        tbody {
+                            @for t in p["tokens"].as_array().into_iter().flatten() {
+                                tr {
+                                    td { (s(&t["label"])) }
+                                    td class="mono" { (s(&t["id"])) }
+                                    td class="when" { (t["created"].as_u64().map(day).unwrap_or_default()) }
+                                    td {
+                                        @if admin {
+                                            form method="post" action={ (base) "/tokens/" (path_part(s(&t["id"]))) "/revoke" } class="inline" {
+                                                (csrf(session))
+                                                button class="link danger" type="submit" { "Revoke" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    @if admin {
+                        form method="post" action={ (base) "/tokens" } class="row" {
+                            (csrf(session))
+                            input name="label" placeholder="label, e.g. staging" aria-label="Token label";
+                            button type="submit" { "New token" }
+                        }
+                    }
+                }
+            }
+            div class="card" {
+                h2 { "Limits" span class="muted small" { " — over a limit: " (s(&p["limits"]["mode"])) } }
+                table {
+                    thead { tr { th { "Window" } th { "Limit" } th class="num" { "Used" } th class="num" { "Remaining" } th { "Set by" } } }
+                    tbody {
+                        @for w in &windows {
+                            tr {
+                                td { (s(&w["window"])) }
+                                td { (w["limit"]) " " (s(&w["unit"])) " per " (s(&w["per"])) }
+                                td class="num" { (w["used"]) }
+                                td class="num" { (w["remaining"]) }
+                                td { (s(&w["source"])) }
+                            }
+                        }
+                        tr { td { "message size" } td { (p["limits"]["max_size"]) " bytes" } td {} td {} td {} }
+                        tr { td { "recipients" } td { (p["limits"]["max_recipients"]) " per message" } td {} td {} td {} }
+                    }
+                }
+            }
+            div class="card" {
+                h2 { "Settings" }
+                div class="settings" {
+                    div {
+                        h3 { "Maximum queue age" }
+                        p class="muted" {
+                            @match p["max_age_secs"].as_u64() {
+                                Some(v) => { (duration(v)) " (this project)" }
+                                None => { "The server's default (queue.max_age_secs)." }
+                            }
+                        }
+                        @if admin {
+                            form method="post" action={ (base) "/max-age" } class="row" {
+                                (csrf(session))
+                                input name="max_age_secs" inputmode="numeric" placeholder="seconds; empty: default" aria-label="Maximum age in seconds";
+                                button type="submit" { "Save" }
+                            }
+                        }
+                    }
+                    @if admin {
+                        div {
+                            h3 { "Status" }
+                            @let enabled = p["enabled"].as_bool().unwrap_or(true);
+                            p class="muted" { @if enabled { "Apps of this project can send." } @else { "Its tokens are refused." } }
+                            form method="post" action={ (base) "/enabled" } {
+                                (csrf(session))
+                                input type="hidden" name="enabled" value=(if enabled { "false" } else { "true" });
+                                button type="submit" { @if enabled { "Disable project" } @else { "Enable project" } }
+                            }
+                        }
+                        div {
+                            h3 { "Delete" }
+                            p class="muted" { "Removes the project and its tokens." }
+                            a class="button danger" href={ (base) "/delete" } { "Delete project…" }
+                        }
+                    }
+                }
+            }
+            div class="card" {
+                h2 { "Recent messages" }
+                (message_table(log, false))
+                p { a href={ "/messages?project=" (path_part(id)) } { "All messages of this project →" } }
+            }
+        }))
+    }
+}
+
+pub fn confirm_delete(ctx: Ctx<'_>, p: &Value) -> Markup {
+    let session = ctx.session;
+    let id = s(&p["id"]);
+    let base = format!("/projects/{}", path_part(id));
+    html! {
+        (layout(ctx, "Delete project", html! {
+            div class="card narrow danger-zone" {
+                p { "Delete " strong { (s(&p["name"])) } " (" span class="mono" { (id) } ")? Its apps can no longer send. This cannot be undone." }
+                form method="post" action={ (base) "/delete" } {
+                    (csrf(session))
+                    label { "Type the project id to confirm" input name="confirm" required autocomplete="off"; }
+                    div class="row" {
+                        button class="danger" type="submit" { "Delete for good" }
+                        a class="button" href=(base) { "Cancel" }
+                    }
+                }
+            }
+        }))
+    }
+}
+
+fn recipients(m: &Value) -> String {
+    let all: Vec<&str> = m["recipients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| s(&r["address"]))
+        .collect();
+    match all.len() {
+        0 => String::new(),
+        1 => all[0].to_string(),
+        n => format!("{} +{}", all[0], n - 1),
+    }
+}
+
+fn message_table(log: &[Value], with_project: bool) -> Markup {
+    html! {
+        @if log.is_empty() {
+            p class="empty" { "No messages yet." }
+        } @else {
+            table {
+                thead { tr {
+                    th { "Received" }
+                    @if with_project { th { "Project" } }
+                    th { "From" } th { "To" } th { "State" } th class="num" { "Attempts" } th { "Last reply" }
+                } }
+                tbody {
+                    @for m in log {
+                        tr {
+                            td class="when" { a href={ "/messages/" (path_part(s(&m["id"]))) } { (when_ms(&m["received_ms"])) } }
+                            @if with_project { td class="mono" { (s(&m["project"])) } }
+                            td class="clip" { (s(&m["mail_from"])) }
+                            td class="clip" { (recipients(m)) }
+                            td { (state_badge(s(&m["state"]))) }
+                            td class="num" { (m["attempts"]) }
+                            td class="clip muted" { (s(&m["last_reply"])) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn messages(ctx: Ctx<'_>, projects: &[Value], selected: Option<&str>, log: &[Value]) -> Markup {
+    html! {
+        (layout(ctx, "Messages", html! {
+            form method="get" action="/messages" class="row filter" {
+                label for="project" { "Project" }
+                select id="project" name="project" {
+                    option value="" { "All projects" }
+                    @for p in projects {
+                        option value=(s(&p["id"])) selected[selected == Some(s(&p["id"]))] { (s(&p["name"])) }
+                    }
+                }
+                button type="submit" { "Show" }
+                span class="muted small" { "Newest first, the last " (log.len()) "." }
+            }
+            div class="card" { (message_table(log, true)) }
+        }))
+    }
+}
+
+pub fn message(ctx: Ctx<'_>, m: &Value) -> Markup {
+    let session = ctx.session;
+    let id = s(&m["id"]);
+    let base = format!("/messages/{}", path_part(id));
+    let waiting = matches!(s(&m["state"]), "queued" | "deferred");
+    html! {
+        (layout(ctx, "Message", html! {
+            p class="sub" { span class="mono" { (id) } " " (state_badge(s(&m["state"]))) }
+            div class="cols" {
+                div class="card" {
+                    h2 { "Envelope" }
+                    dl class="facts" {
+                        dt { "Project" } dd { a class="mono" href={ "/projects/" (path_part(s(&m["project"]))) } { (s(&m["project"])) } }
+                        dt { "MAIL FROM" } dd class="mono" { (s(&m["mail_from"])) }
+                        dt { "Size" } dd { (m["size"]) " bytes" }
+                        dt { "Client" } dd class="mono" { (s(&m["client_ip"])) }
+                        dt { "Received" } dd { (when_ms(&m["received_ms"])) " UTC" }
+                        dt { "Expires" } dd { (when_ms(&m["expires_ms"])) " UTC" }
+                    }
+                }
+                div class="card" {
+                    h2 { "Delivery" }
+                    dl class="facts" {
+                        dt { "State" } dd { (state_badge(s(&m["state"]))) }
+                        dt { "Attempts" } dd { (m["attempts"]) }
+                        @if waiting { dt { "Next attempt" } dd { (when_ms(&m["next_attempt_ms"])) " UTC" } }
+                        dt { "Upstream" } dd { (s(&m["upstream"])) }
+                        dt { "Last reply" } dd class="mono wrap" { (s(&m["last_reply"])) }
+                    }
+                    @if waiting && session.is_admin() {
+                        div class="row" {
+                            form method="post" action={ (base) "/retry" } class="inline" {
+                                (csrf(session))
+                                button type="submit" { "Retry now" }
+                            }
+                            form method="post" action={ (base) "/delete" } class="inline" {
+                                (csrf(session))
+                                button class="danger" type="submit" { "Delete from queue" }
+                            }
+                        }
+                    }
+                }
+            }
+            div class="card" {
+                h2 { "Recipients" }
+                table {
+                    thead { tr { th { "Address" } th { "State" } th { "Reply" } } }
+                    tbody {
+                        @for r in m["recipients"].as_array().into_iter().flatten() {
+                            tr {
+                                td class="mono" { (s(&r["address"])) }
+                                td { (state_badge(s(&r["state"]))) }
+                                td class="muted wrap" { (s(&r["reply"])) }
+                            }
+                        }
+                    }
+                }
+            }
+        }))
+    }
+}

@@ -1,0 +1,472 @@
+//! The web panel over real HTTP against the real binary, without a browser: login and the
+//! session cookie's attributes, the security headers, CSRF (token and Origin /
+//! Sec-Fetch-Site), viewers refused any change, session expiry and logout, a project token
+//! shown exactly once, and the project pages' changes reaching the registry.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use support::panel::{Panel, admin_token, csrf_of};
+use support::relay::{Relay, RelayOptions};
+
+fn relay_with_panel(extra: &str) -> Relay {
+    Relay::start(RelayOptions {
+        extra_config: format!("[admin_http]\naddress = \"127.0.0.1:0\"\n{extra}"),
+        ..Default::default()
+    })
+}
+
+fn location(r: &reqwest::Response) -> &str {
+    r.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_cookie_headers_and_logout() {
+    let relay = relay_with_panel("");
+    let token = admin_token(&relay, "admin");
+    let mut panel = Panel::new(&relay);
+
+    // Not logged in: pages send to the login page; the API stays JSON.
+    let r = panel.get("/").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&r), "/login");
+    let (st, html) = panel.page("/login").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("Admin token"), "{html}");
+
+    // A wrong token: the login page again, no cookie.
+    let r = panel.post("/login", &[("token", "smtpa_wrong")]).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().get("set-cookie").is_none());
+
+    let set = panel.login(&token).await;
+    // Plain HTTP (loopback only): no Secure, so no __Host- prefix (browsers would drop it).
+    assert!(set.starts_with("smtp-relay-session="), "{set}");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+        assert!(set.contains(attr), "{attr} missing in {set}");
+    }
+    assert!(!set.contains("Secure"), "{set}");
+    let session_id = panel.cookie.clone().unwrap();
+    let session_id = session_id.split('=').nth(1).unwrap().to_string();
+    assert!(session_id.len() >= 43, "{session_id}");
+
+    let r = panel.get("/").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let h = r.headers().clone();
+    let csp = h["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(
+        !csp.contains("script-src") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("Overview") && !html.contains("<script"),
+        "{html}"
+    );
+    assert!(!html.contains(&token) && !html.contains(&session_id));
+    // Paths outside the panel and the API are plain 404s, never counted as failed tokens.
+    let failures = || relay.server_log().matches("invalid admin token").count();
+    let before = failures();
+    for _ in 0..15 {
+        assert_eq!(
+            panel.get("/robots.txt").await.status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(failures(), before);
+    let css = panel.get("/static/panel.css").await;
+    assert_eq!(css.status(), StatusCode::OK);
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+
+    // Logout needs the CSRF token too, then the old cookie is worth nothing.
+    let csrf = panel.csrf().await;
+    let r = panel.post("/logout", &[]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = panel.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let r = panel.get("/").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&r), "/login");
+
+    // Neither the admin token nor the session id is ever logged.
+    let log = relay.server_log();
+    assert!(log.contains("panel login"), "{log}");
+    assert!(!log.contains(&token) && !log.contains(&session_id), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_the_cookie_is_secure_and_host_prefixed() {
+    let relay = relay_with_panel("tls = true\n");
+    let token = admin_token(&relay, "admin");
+    let mut panel = Panel::new_tls(&relay);
+    let set = panel.login(&token).await;
+    assert!(set.starts_with("__Host-smtp-relay-session="), "{set}");
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{attr} missing in {set}");
+    }
+    assert!(!set.contains("Domain="), "{set}");
+    let (st, html) = panel.page("/").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("Overview"));
+    // A form from the plain-HTTP origin of the same host is another origin.
+    let csrf = csrf_of(&html);
+    let plain = panel.base.replace("https://", "http://");
+    let r = panel
+        .post_with("/logout", &[("csrf", &csrf)], &[("origin", &plain)])
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csrf_token_and_origin_are_checked() {
+    let relay = relay_with_panel("");
+    let token = admin_token(&relay, "admin");
+    let mut panel = Panel::new(&relay);
+    panel.login(&token).await;
+    let csrf = panel.csrf().await;
+    let new = [
+        ("name", "Shop"),
+        ("domains", "shop.test"),
+        ("label", "production"),
+    ];
+
+    // No token, a wrong token, a foreign Origin, a cross-site fetch: 403, nothing made.
+    let own = panel.base.clone();
+    let with = |t: &'static str| -> Vec<(&'static str, String)> {
+        let mut f: Vec<(&'static str, String)> =
+            new.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        f.push(("csrf", t.to_string()));
+        f
+    };
+    let mut good = with("");
+    good.last_mut().unwrap().1 = csrf.clone();
+    type Fields = Vec<(&'static str, String)>;
+    let cases: Vec<(Fields, Fields)> = vec![
+        (
+            new.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            vec![("origin", own.clone())],
+        ),
+        (with("not-the-token"), vec![("origin", own.clone())]),
+        (good.clone(), vec![("origin", "http://evil.example".into())]),
+        (good.clone(), vec![("origin", "null".into())]),
+        (good.clone(), vec![("sec-fetch-site", "cross-site".into())]),
+        (good.clone(), vec![("sec-fetch-site", "same-site".into())]),
+    ];
+    for (form, headers) in &cases {
+        let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let h: Vec<(&'static str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = panel.post_with("/projects", &f, &h).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{headers:?}");
+    }
+    // A login form posted from another site is refused as well (login CSRF).
+    let r = panel
+        .post_with(
+            "/login",
+            &[("token", &token)],
+            &[("origin", "http://evil.example")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(relay.cli_json(&["project", "list"]), serde_json::json!([]));
+
+    // The panel's own form: made.
+    let f: Vec<(&str, &str)> = good.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = panel.post("/projects", &f).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let list = relay.cli_json(&["project", "list"]);
+    assert_eq!(list[0]["name"], "Shop", "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_pages_reveal_token_once_and_change_things() {
+    let relay = relay_with_panel("");
+    let token = admin_token(&relay, "admin");
+    let mut panel = Panel::new(&relay);
+    panel.login(&token).await;
+    let csrf = panel.csrf().await;
+
+    let r = panel
+        .post(
+            "/projects",
+            &[
+                ("csrf", &csrf),
+                ("name", "Shop"),
+                ("domains", "shop.test, mail.shop.test"),
+                ("label", "production"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let page = location(&r).to_string();
+    let id = page.trim_start_matches("/projects/").to_string();
+    let (st, html) = panel.page(&page).await;
+    assert_eq!(st, StatusCode::OK);
+    let at = html.find("smtpr_").expect("the new token is shown");
+    let project_token: String = html[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    assert!(html.contains("Project created."), "{html}");
+    // The token works over SMTP.
+    let mut c =
+        support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &project_token).await;
+    c.submit("noreply@shop.test", "user@example.net").await;
+
+    // A reload no longer shows it, nor does any other page.
+    for p in [page.as_str(), "/", "/projects", "/messages"] {
+        let (st, html) = panel.page(p).await;
+        assert_eq!(st, StatusCode::OK, "{p}");
+        assert!(!html.contains(&project_token), "{p} shows the token again");
+    }
+
+    // Domains, tokens, max age, disable.
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        let panel = &panel;
+        let csrf = csrf.clone();
+        async move {
+            let mut f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            f.push(("csrf", &csrf));
+            let r = panel.post(&path, &f).await;
+            assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path}");
+        }
+    };
+    post(
+        format!("{page}/domains"),
+        vec![("domain", "news.shop.test".into())],
+    )
+    .await;
+    post(
+        format!("{page}/domains/remove"),
+        vec![("domain", "mail.shop.test".into())],
+    )
+    .await;
+    post(format!("{page}/tokens"), vec![("label", "staging".into())]).await;
+    post(
+        format!("{page}/max-age"),
+        vec![("max_age_secs", "7200".into())],
+    )
+    .await;
+    post(format!("{page}/enabled"), vec![("enabled", "false".into())]).await;
+    let v = relay.cli_json(&["project", "show", &id]);
+    assert_eq!(
+        v["domains"],
+        serde_json::json!(["shop.test", "news.shop.test"]),
+        "{v}"
+    );
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["max_age_secs"], 7200, "{v}");
+    assert_eq!(v["enabled"], false, "{v}");
+    let (_, html) = panel.page(&page).await;
+    assert!(
+        html.contains("staging") && html.contains("disabled"),
+        "{html}"
+    );
+    let staging = v["tokens"][1]["id"].as_str().unwrap().to_string();
+    post(format!("{page}/tokens/{staging}/revoke"), vec![]).await;
+    assert_eq!(
+        relay.cli_json(&["project", "show", &id])["tokens"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A refused change says why on the next page and changes nothing.
+    post(
+        format!("{page}/max-age"),
+        vec![("max_age_secs", "5".into())],
+    )
+    .await;
+    let (_, html) = panel.page(&page).await;
+    assert!(html.contains("too short"), "{html}");
+
+    // Deleting asks for the id typed out first.
+    let (st, html) = panel.page(&format!("{page}/delete")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("Type the project id"), "{html}");
+    post(format!("{page}/delete"), vec![("confirm", "wrong".into())]).await;
+    assert_eq!(
+        relay
+            .cli_json(&["project", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    post(format!("{page}/delete"), vec![("confirm", id.clone())]).await;
+    assert_eq!(relay.cli_json(&["project", "list"]), serde_json::json!([]));
+    let (st, _) = panel.page(&page).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_sees_no_buttons_and_cannot_change() {
+    let relay = relay_with_panel("");
+    let (id, _) = relay.add_project("shop", &["shop.test"]);
+    let viewer = admin_token(&relay, "viewer");
+    let mut panel = Panel::new(&relay);
+    panel.login(&viewer).await;
+
+    let page = format!("/projects/{id}");
+    let (st, html) = panel.page(&page).await;
+    assert_eq!(st, StatusCode::OK);
+    // The only form that posts is the logout button.
+    assert_eq!(html.matches("method=\"post\"").count(), 1, "{html}");
+    assert!(html.contains("action=\"/logout\""));
+    let (_, html) = panel.page("/projects").await;
+    assert!(!html.contains("New project"), "{html}");
+    let csrf = csrf_of(&html);
+
+    for (path, form) in [
+        (
+            "/projects".to_string(),
+            vec![("name", "x"), ("domains", "x.test")],
+        ),
+        (format!("{page}/enabled"), vec![("enabled", "false")]),
+        (format!("{page}/delete"), vec![("confirm", id.as_str())]),
+    ] {
+        let mut f = form.clone();
+        f.push(("csrf", &csrf));
+        let r = panel.post(&path, &f).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    let v = relay.cli_json(&["project", "list"]);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["enabled"], true);
+    // A viewer may still log out.
+    let r = panel.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_expire_and_end_with_their_admin_token() {
+    // 0.0005 h = 1.8 s.
+    let relay = relay_with_panel("session_hours = 0.0005\n");
+    let token = admin_token(&relay, "admin");
+    let mut panel = Panel::new(&relay);
+    let set = panel.login(&token).await;
+    assert!(set.contains("Max-Age=1"), "{set}");
+    assert_eq!(panel.get("/").await.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = panel.get("/").await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "an expired session still works"
+    );
+
+    // A session ends when its admin token is revoked, before it expires.
+    let relay = relay_with_panel("");
+    let v = relay.cli_json(&["admin", "token", "add", "--label", "ops", "--role", "admin"]);
+    let mut panel = Panel::new(&relay);
+    panel.login(v["token"].as_str().unwrap()).await;
+    assert_eq!(panel.get("/").await.status(), StatusCode::OK);
+    let token_id = v["admin_token"]["id"].as_str().unwrap();
+    relay.cli_json(&["admin", "token", "revoke", token_id]);
+    let r = panel.get("/").await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "a revoked token's session still works"
+    );
+}
+
+#[test]
+fn session_hours_out_of_range_is_refused_naming_the_key() {
+    let relay = relay_with_panel("session_hours = 2\n");
+    let config = std::fs::read_to_string(&relay.config_path).unwrap();
+    for bad in ["0", "-1", "1000", "\"12\""] {
+        let path = relay.dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            config.replace("session_hours = 2\n", &format!("session_hours = {bad}\n")),
+        )
+        .unwrap();
+        let out = relay.cli(&["config", "check", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "session_hours = {bad} accepted");
+        assert!(err.contains("session_hours"), "{bad}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_messages_can_be_retried_and_deleted_from_their_page() {
+    use support::upstream::{Script, TestUpstream, UpstreamOptions};
+    let up = TestUpstream::start(UpstreamOptions::default().with_script(
+        Script::default().with_rcpt("later@example.net", "451 4.3.0 <b>try</b> later"),
+    ))
+    .await;
+    let pki = support::certs::TestPki::generate();
+    let relay = Relay::start_with_upstream(
+        up.port(),
+        "none",
+        &pki,
+        RelayOptions {
+            extra_config: "[admin_http]\naddress = \"127.0.0.1:0\"\n".into(),
+            // Well inside the harness's max age, so a deferred message stays deferred.
+            retry_schedule_secs: vec![600],
+            ..Default::default()
+        },
+    );
+    let (id, token) = relay.add_project("shop", &["shop.test"]);
+    let queued = relay
+        .submit(&id, &token, "noreply@shop.test", &["later@example.net"])
+        .await;
+    relay.wait_state(&queued, &["deferred"], Duration::from_secs(30));
+
+    let admin = admin_token(&relay, "admin");
+    let mut panel = Panel::new(&relay);
+    panel.login(&admin).await;
+    let page = format!("/messages/{queued}");
+    let (st, html) = panel.page(&page).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("&lt;b&gt;try&lt;/b&gt; later"), "{html}");
+    assert!(html.contains("Retry now") && html.contains("Delete from queue"));
+    let csrf = csrf_of(&html);
+
+    let r = panel
+        .post(&format!("{page}/retry"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, html) = panel.page(&page).await;
+    assert!(html.contains("Retrying now."), "{html}");
+    relay.wait_log("\"attempt\":2", 1, Duration::from_secs(30));
+    relay.wait_state(&queued, &["deferred"], Duration::from_secs(30));
+
+    let r = panel
+        .post(&format!("{page}/delete"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let v = relay.wait_state(&queued, &["deleted"], Duration::from_secs(10));
+    assert_eq!(v["state"], "deleted");
+    let (_, html) = panel.page(&page).await;
+    assert!(
+        !html.contains("Retry now"),
+        "a deleted message offers a retry"
+    );
+    let (_, html) = panel.page("/messages").await;
+    assert!(
+        html.contains(&format!("href=\"/messages/{queued}\"")),
+        "{html}"
+    );
+}

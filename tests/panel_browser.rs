@@ -1,0 +1,320 @@
+//! The web panel in a real browser: Debian's headless Chromium driven over WebDriver
+//! (chromedriver, fantoccini) against the real binary. Logs in with an admin token, creates a
+//! project and sees its token exactly once, sends a mail over SMTP with it and finds it on
+//! the Messages page, and checks that script-carrying names, labels and addresses show as
+//! text and run nothing. Saves a screenshot of each page under `target/panel-screenshots/`.
+//!
+//! Needs the Debian packages `chromium` and `chromium-driver` (scripts/test-packages.txt);
+//! without them the test fails saying so.
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+use support::panel::{admin_http_addr, admin_token};
+use support::relay::{Relay, RelayOptions};
+use support::upstream::{Script, TestUpstream, UpstreamOptions};
+
+/// chromedriver on a free loopback port, stopped on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn browser() -> (Driver, Client) {
+    for (cmd, package) in [
+        ("chromedriver", "chromium-driver"),
+        ("chromium", "chromium"),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {cmd}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "`{cmd}` not found: install the Debian package `{package}` \
+             (scripts/test.sh installs scripts/test-packages.txt)"
+        );
+    }
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let driver = Driver {
+        child,
+        port,
+        _profile: tempfile::tempdir().unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", driver.port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--window-size=1280,1300",
+                format!("--user-data-dir={}", driver._profile.path().display()),
+            ],
+        }),
+    );
+    let client = ClientBuilder::new(HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("WebDriver session with headless Chromium");
+    (driver, client)
+}
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/panel-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// No alert is open: a payload that ran would have opened one.
+async fn no_alert(c: &Client, page: &str) {
+    if let Ok(text) = c.get_alert_text().await {
+        panic!("a script ran on {page}: alert({text})");
+    }
+}
+
+const XSS_SCRIPT: &str = "<script>alert(1)</script>";
+const XSS_IMG: &str = "\"><img src=x onerror=alert(1)>";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
+    // The upstream refuses one recipient with a reply carrying the payloads: the panel
+    // shows upstream replies, so they must come out as text.
+    let up = TestUpstream::start(UpstreamOptions::default().with_script(
+        Script::default().with_rcpt(
+            "bounce@example.net",
+            &format!("550 5.1.1 {XSS_SCRIPT} {XSS_IMG} no such user"),
+        ),
+    ))
+    .await;
+    let pki = support::certs::TestPki::generate();
+    let relay = Relay::start_with_upstream(
+        up.port(),
+        "none",
+        &pki,
+        RelayOptions {
+            extra_config: "[admin_http]\naddress = \"127.0.0.1:0\"\n\n\
+                           [limits]\nper_minute = 100\nper_day = 1000\nmax_connections = 0\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    let token = admin_token(&relay, "admin");
+    let base = format!("http://{}", admin_http_addr(&relay));
+    let (_driver, c) = browser().await;
+
+    // Log in.
+    c.goto(&format!("{base}/")).await.unwrap();
+    assert!(c.current_url().await.unwrap().as_str().ends_with("/login"));
+    shot(&c, "login").await;
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(&token)
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    if let Err(e) = c.wait().for_element(Locator::Css("header.top")).await {
+        shot(&c, "failed").await;
+        panic!(
+            "login did not reach the overview ({e}) at {:?}: {}\n{}",
+            c.current_url().await,
+            c.source().await.unwrap_or_default(),
+            relay.server_log()
+        );
+    }
+    assert!(!c.source().await.unwrap().contains(&token));
+
+    // Create a project whose name and token label are script payloads.
+    c.goto(&format!("{base}/projects")).await.unwrap();
+    let form = c
+        .form(Locator::Css("form[action='/projects']"))
+        .await
+        .unwrap();
+    form.set_by_name("name", &format!("Shop {XSS_SCRIPT}"))
+        .await
+        .unwrap();
+    form.set_by_name("domains", "shop.test").await.unwrap();
+    form.set_by_name("label", XSS_IMG).await.unwrap();
+    form.submit().await.unwrap();
+    let reveal = match c.wait().for_element(Locator::Css(".reveal .token")).await {
+        Ok(e) => e,
+        Err(e) => {
+            shot(&c, "failed").await;
+            panic!(
+                "no token shown ({e}): {}",
+                c.source().await.unwrap_or_default()
+            );
+        }
+    };
+    let project_token = reveal.text().await.unwrap();
+    assert!(project_token.starts_with("smtpr_"), "{project_token}");
+    let url = c.current_url().await.unwrap();
+    let id = url.path().trim_start_matches("/projects/").to_string();
+    no_alert(&c, "project").await;
+    shot(&c, "project-new-token").await;
+    let h1 = c
+        .find(Locator::Css("h1"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(h1, format!("Shop {XSS_SCRIPT}"), "the name shows as text");
+
+    // A reload no longer shows the token.
+    c.refresh().await.unwrap();
+    c.wait().for_element(Locator::Css("h1")).await.unwrap();
+    assert!(c.find(Locator::Css(".reveal")).await.is_err());
+    assert!(!c.source().await.unwrap().contains(&project_token));
+    assert!(c.find_all(Locator::Css("img")).await.unwrap().is_empty());
+    no_alert(&c, "project").await;
+    shot(&c, "project-reload").await;
+
+    // Mail over SMTP with that token, with payloads in the subject and the From display
+    // name; the upstream refuses it with a reply carrying them too.
+    let mut smtp =
+        support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &project_token).await;
+    let display = XSS_IMG.replace('"', "\\\"");
+    let body = format!(
+        "From: \"{display}\" <noreply@shop.test>\r\nTo: <bounce@example.net>\r\n\
+         Subject: {XSS_SCRIPT}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nHello\r\n"
+    );
+    let r = smtp
+        .send("noreply@shop.test", &["bounce@example.net"], &body)
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let queued = r.queued_id();
+    relay.wait_state(&queued, &["failed"], Duration::from_secs(30));
+    let r = smtp
+        .send("noreply@shop.test", &["user@example.net"], &body)
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+
+    // The Messages page lists it; its page shows the envelope as text.
+    c.goto(&format!("{base}/messages?project={id}"))
+        .await
+        .unwrap();
+    let link = c
+        .find(Locator::Css(&format!("a[href='/messages/{queued}']")))
+        .await
+        .expect("the message on the Messages page");
+    let page = c.source().await.unwrap();
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(
+        !page.contains(XSS_SCRIPT) && !page.contains(XSS_IMG),
+        "{page}"
+    );
+    assert!(c.find_all(Locator::Css("img")).await.unwrap().is_empty());
+    no_alert(&c, "messages").await;
+    shot(&c, "messages").await;
+    link.click().await.unwrap();
+    c.wait()
+        .for_element(Locator::Css("dl.facts"))
+        .await
+        .unwrap();
+    let text = c
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(&queued) && text.contains(XSS_SCRIPT),
+        "{text}"
+    );
+    assert!(c.find_all(Locator::Css("img")).await.unwrap().is_empty());
+    no_alert(&c, "message").await;
+    shot(&c, "message").await;
+
+    // The overview counts it.
+    c.goto(&format!("{base}/")).await.unwrap();
+    c.wait().for_element(Locator::Css(".stats")).await.unwrap();
+    no_alert(&c, "overview").await;
+    shot(&c, "overview").await;
+    let text = c
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(&format!("Shop {XSS_SCRIPT}")), "{text}");
+
+    // The project page: limits with what is used, the recent messages.
+    c.goto(&format!("{base}/projects/{id}")).await.unwrap();
+    let text = c
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("100 messages per minute"), "{text}");
+    assert!(text.contains("bounce@example.net"), "{text}");
+    no_alert(&c, "project").await;
+    shot(&c, "project").await;
+
+    c.goto(&format!("{base}/projects")).await.unwrap();
+    no_alert(&c, "projects").await;
+    shot(&c, "projects").await;
+    c.goto(&format!("{base}/projects/{id}/delete"))
+        .await
+        .unwrap();
+    shot(&c, "project-delete").await;
+
+    c.close().await.unwrap();
+}
