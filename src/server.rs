@@ -54,9 +54,7 @@ pub enum ServerError {
     #[error(transparent)]
     Metrics(#[from] crate::metrics::http::MetricsBindError),
     #[error(transparent)]
-    AdminHttp(#[from] crate::admin_http::AdminHttpError),
-    #[error(transparent)]
-    SendApi(#[from] crate::send_api::SendApiError),
+    HttpListener(#[from] crate::http_listener::HttpListenerError),
     #[error("storage failed: {0}; exiting so the service manager restarts the relay")]
     StorageFailed(String),
 }

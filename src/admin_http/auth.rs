@@ -5,8 +5,6 @@
 //! wrong, and one client address that keeps failing is cooled down (`429`) by the same
 //! throttle policy — keyed by address, so it never locks out other clients.
 
-use std::net::SocketAddr;
-
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -16,9 +14,7 @@ use super::HttpState;
 use super::api::error_response;
 use crate::policy::admin_tokens::{AdminTokenInfo, Role};
 
-/// The TCP peer of the connection (set by the accept loop).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
+pub use crate::http_listener::ClientAddr;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
