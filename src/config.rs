@@ -1009,18 +1009,46 @@ impl Config {
                 format!("the metrics endpoint is only allowed on a loopback address, not {addr}"),
             ));
         }
-        if let Some(addr) = self.admin_http.address
-            && !addr.ip().is_loopback()
-            && !self.admin_http.tls
-        {
-            return Err(bad(
+        // The two HTTP listeners follow one rule: HTTPS off loopback, certificate and key paired.
+        let http_sections = [
+            (
                 "admin_http",
-                "tls",
-                format!(
-                    "the admin API on {addr} (not loopback) needs TLS: set admin_http.tls = true \
-                     (the relay's certificate, or admin_http.cert_file/key_file)"
-                ),
-            ));
+                "admin API",
+                self.admin_http.address,
+                self.admin_http.tls,
+                self.admin_http.cert_file.is_some(),
+                self.admin_http.key_file.is_some(),
+            ),
+            (
+                "send_api",
+                "send API",
+                self.send_api.address,
+                self.send_api.tls,
+                self.send_api.cert_file.is_some(),
+                self.send_api.key_file.is_some(),
+            ),
+        ];
+        for (table, service, address, tls, cert, key) in http_sections {
+            if let Some(addr) = address
+                && !addr.ip().is_loopback()
+                && !tls
+            {
+                return Err(bad(
+                    table,
+                    "tls",
+                    format!(
+                        "the {service} on {addr} (not loopback) needs TLS: set {table}.tls = true \
+                         (the relay's certificate, or {table}.cert_file/key_file)"
+                    ),
+                ));
+            }
+            if cert != key {
+                return Err(bad(
+                    table,
+                    "cert_file",
+                    format!("set both {table}.cert_file and {table}.key_file, or neither"),
+                ));
+            }
         }
         if self.webhooks.retry_schedule_secs.is_empty()
             || self.webhooks.retry_schedule_secs.contains(&0)
@@ -1043,33 +1071,6 @@ impl Config {
                 "webhooks",
                 "disable_after_secs",
                 "must be at least 60 seconds".into(),
-            ));
-        }
-        if self.admin_http.cert_file.is_some() != self.admin_http.key_file.is_some() {
-            return Err(bad(
-                "admin_http",
-                "cert_file",
-                "set both admin_http.cert_file and admin_http.key_file, or neither".into(),
-            ));
-        }
-        if let Some(addr) = self.send_api.address
-            && !addr.ip().is_loopback()
-            && !self.send_api.tls
-        {
-            return Err(bad(
-                "send_api",
-                "tls",
-                format!(
-                    "the send API on {addr} (not loopback) needs TLS: set send_api.tls = true \
-                     (the relay's certificate, or send_api.cert_file/key_file)"
-                ),
-            ));
-        }
-        if self.send_api.cert_file.is_some() != self.send_api.key_file.is_some() {
-            return Err(bad(
-                "send_api",
-                "cert_file",
-                "set both send_api.cert_file and send_api.key_file, or neither".into(),
             ));
         }
         if let Err(message) = self.dns.nameserver_addrs() {

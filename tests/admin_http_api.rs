@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -20,28 +19,9 @@ struct Api {
 
 impl Api {
     fn new(relay: &Relay) -> Api {
-        let listeners: Value = serde_json::from_str(
-            &std::fs::read_to_string(relay.state_dir().join("listeners.json")).unwrap(),
-        )
-        .unwrap();
-        let addr: SocketAddr = listeners
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["mode"] == "admin_http")
-            .expect("admin_http in listeners.json")["address"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(relay.pki.client_config().as_ref().clone())
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
         Api {
-            base: format!("http://{addr}"),
-            http,
+            base: format!("http://{}", relay.listener_addr("admin_http")),
+            http: relay.http_client(),
         }
     }
 

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -34,28 +33,9 @@ impl Api {
     }
 
     fn with_scheme(relay: &Relay, scheme: &str) -> Api {
-        let listeners: Value = serde_json::from_str(
-            &std::fs::read_to_string(relay.state_dir().join("listeners.json")).unwrap(),
-        )
-        .unwrap();
-        let addr: SocketAddr = listeners
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["mode"] == "send_api")
-            .expect("send_api in listeners.json")["address"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(relay.pki.client_config().as_ref().clone())
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
         Api {
-            base: format!("{scheme}://{addr}"),
-            http,
+            base: format!("{scheme}://{}", relay.listener_addr("send_api")),
+            http: relay.http_client(),
         }
     }
 

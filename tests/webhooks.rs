@@ -441,19 +441,7 @@ async fn webhooks_over_the_http_api() {
         ..Default::default()
     });
     let (project, _) = relay.add_project("app", &["app.test"]);
-    let listeners: Value = serde_json::from_str(
-        &std::fs::read_to_string(relay.state_dir().join("listeners.json")).unwrap(),
-    )
-    .unwrap();
-    let addr = listeners
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["mode"] == "admin_http")
-        .expect("admin_http listener")["address"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let addr = relay.listener_addr("admin_http");
     let token = |role: &str| {
         relay.cli_json(&["admin", "token", "add", "--label", role, "--role", role])["token"]
             .as_str()
@@ -461,11 +449,7 @@ async fn webhooks_over_the_http_api() {
             .to_string()
     };
     let (admin, viewer) = (token("admin"), token("viewer"));
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(relay.pki.client_config().as_ref().clone())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let http = relay.http_client();
     let base = format!("http://{addr}/api/v1");
     let rx = Receiver::start(0).await;
     let new =

@@ -5,7 +5,7 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -111,23 +111,9 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Headers every response carries: nothing here is to be sniffed, framed, cached or referred.
-async fn security_headers(mut r: Response) -> Response {
-    let h = r.headers_mut();
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+/// Headers every API response carries (the panel's, with a CSP that allows nothing).
+async fn security_headers(r: Response) -> Response {
+    super::panel::with_security_headers(r, "default-src 'none'; frame-ancestors 'none'")
 }
 
 /// `{"error": {"code", "message"}}` with `status`.

@@ -7,7 +7,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::HttpState;
@@ -32,15 +32,6 @@ impl Caller {
 
 /// The throttle key of every admin API failure from one address.
 const THROTTLE_USER: &str = "admin-api";
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
 
 /// Why a presented admin token was not accepted.
 pub enum Refusal {
@@ -101,7 +92,7 @@ impl FromRequestParts<HttpState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Caller, Response> {
         let ip = client_ip(parts);
-        let token = bearer(&parts.headers).unwrap_or("");
+        let token = crate::http_listener::bearer_token(&parts.headers).unwrap_or("");
         match check_token(state, ip, token).await {
             Ok(token) => {
                 let caller = Caller { token };

@@ -110,11 +110,13 @@ fn same_origin(headers: &HeaderMap, scheme: &str) -> bool {
     }
 }
 
-fn with_headers(mut r: Response) -> Response {
+/// Headers every admin HTTP response carries, pages and API alike: nothing is sniffed,
+/// framed, cached or referred; `csp` says what a page may load.
+pub(super) fn with_security_headers(mut r: Response, csp: &'static str) -> Response {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -136,7 +138,7 @@ fn forbidden(why: &str) -> Response {
 }
 
 async fn guard(State(p): State<PanelState>, req: Request, next: Next) -> Response {
-    with_headers(guarded(p, req, next).await)
+    with_security_headers(guarded(p, req, next).await, CSP)
 }
 
 async fn guarded(p: PanelState, req: Request, next: Next) -> Response {

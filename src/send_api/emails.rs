@@ -577,12 +577,6 @@ fn build(p: &Prepared, hostname: &str) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 /// An authenticated request: the project, its limits, the registry generation it was read at.
 struct Caller {
     auth: Authenticated,
@@ -604,7 +598,7 @@ async fn authenticate(
         )
         .retry(left.as_secs()));
     }
-    let token = match bearer(headers) {
+    let token = match crate::http_listener::bearer_token(headers) {
         Some(t) if !t.is_empty() => t.to_string(),
         _ => {
             return Err(ApiError::new(

@@ -2,30 +2,15 @@
 //! browser-like HTTP client that keeps the session cookie and reads the CSRF token from pages.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Response, StatusCode};
-use serde_json::Value;
 
 use super::relay::Relay;
 
 /// Where the relay's `[admin_http]` listener is.
 pub fn admin_http_addr(relay: &Relay) -> SocketAddr {
-    let listeners: Value = serde_json::from_str(
-        &std::fs::read_to_string(relay.state_dir().join("listeners.json")).unwrap(),
-    )
-    .unwrap();
-    listeners
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["mode"] == "admin_http")
-        .expect("admin_http in listeners.json")["address"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
+    relay.listener_addr("admin_http")
 }
 
 /// An admin token made with the CLI.
@@ -51,12 +36,7 @@ pub struct Panel {
 
 impl Panel {
     pub fn new(relay: &Relay) -> Panel {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .tls_backend_preconfigured(relay.pki.client_config().as_ref().clone())
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
+        let http = relay.http_client();
         Panel {
             base: format!("http://{}", admin_http_addr(relay)),
             http,

@@ -254,6 +254,31 @@ poll_interval_ms = 100
         self.state.clone()
     }
 
+    /// The bound address of the listener of `mode` in `listeners.json` ("admin_http",
+    /// "send_api", "metrics", …).
+    pub fn listener_addr(&self, mode: &str) -> SocketAddr {
+        let text = std::fs::read_to_string(self.state_dir().join("listeners.json"))
+            .expect("listeners.json");
+        let listeners: Value = serde_json::from_str(&text).expect("listeners.json is JSON");
+        listeners
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["mode"] == mode))
+            .and_then(|l| l["address"].as_str())
+            .unwrap_or_else(|| panic!("no {mode} listener in listeners.json: {text}"))
+            .parse()
+            .expect("a socket address")
+    }
+
+    /// An HTTP client that trusts the test PKI (for the relay's HTTPS listeners); no redirects.
+    pub fn http_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(self.pki.client_config().as_ref().clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client")
+    }
+
     /// Starts the server process and waits until its listeners are bound.
     pub fn spawn(&mut self) {
         let ports = self.state_dir().join("listeners.json");
