@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod domain_check;
 pub mod events;
+pub mod health;
 pub mod http_listener;
 pub mod inbound;
 pub mod logging;

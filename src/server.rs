@@ -226,6 +226,9 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         };
         tokio::spawn(api.serve(state, shutdown_rx.clone()));
     }
+    crate::health::server_started(listeners_info.clone(), config.upstreams.keys().cloned());
+    crate::health::certificate_loaded(&config.tls.cert_file);
+    tokio::spawn(crate::health::watch_certificate(shutdown_rx.clone()));
     // Lets scripts and tests find the ports (useful with port 0).
     let _ = std::fs::write(
         config.server.state_dir.join("listeners.json"),
@@ -328,6 +331,7 @@ fn reload(path: Option<&Path>, shared: &watch::Sender<Arc<Shared>>, startup: &Co
     let current = shared.borrow().clone();
     match crate::reload::prepare(path, &current, startup) {
         Ok(next) => {
+            crate::health::certificate_loaded(&next.shared.config.tls.cert_file);
             let level = crate::logging::apply_level(next.shared.config.log.level.as_deref());
             shared.send_replace(Arc::new(next.shared));
             crate::metrics::config_reload(true);

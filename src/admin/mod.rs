@@ -8,6 +8,7 @@
 pub mod dkim;
 pub mod domain;
 pub mod socket;
+pub mod status;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -153,6 +154,8 @@ pub enum AdminRequest {
     WebhookEnable {
         id: String,
     },
+    /// The running server's status report (`status.rs`).
+    Status,
 }
 
 impl AdminRequest {
@@ -162,7 +165,7 @@ impl AdminRequest {
         use AdminRequest::*;
         match self {
             ProjectList | ProjectShow { .. } | QueueList | QueueShow { .. } | Log { .. } => true,
-            WebhookList { .. } | WebhookShow { .. } => true,
+            WebhookList { .. } | WebhookShow { .. } | Status => true,
             ProjectLimits { set, clear, .. } => set.is_empty() && !clear,
             ProjectBranding { update, .. } => update.is_none(),
             ProjectRoute {
@@ -449,5 +452,6 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         WebhookTest { id } => ctx.events.test(&id).map_err(err)?,
         WebhookRotateSecret { id } => ctx.events.rotate_secret(&id).map_err(err)?,
         WebhookEnable { id } => ctx.events.enable(&id).map_err(err)?,
+        Status => status::report(ctx)?,
     })
 }

@@ -53,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/webhooks/{id}/test"),
     ("POST", "/api/v1/webhooks/{id}/rotate-secret"),
     ("POST", "/api/v1/webhooks/{id}/enable"),
+    ("GET", "/api/v1/status"),
     ("GET", "/api/v1/openapi.json"),
 ];
 
@@ -105,6 +106,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/webhooks/{id}/test", post(test_webhook))
         .route("/api/v1/webhooks/{id}/rotate-secret", post(rotate_webhook))
         .route("/api/v1/webhooks/{id}/enable", post(enable_webhook))
+        .route("/api/v1/status", get(status))
         .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
@@ -531,6 +533,11 @@ async fn send_test(
         Err(r) => return r,
     };
     run(&s, AdminRequest::SendTest(t), false).await
+}
+
+/// The running server's status report (`smtp-relay status`).
+async fn status(_c: Caller, State(s): State<HttpState>) -> Response {
+    run(&s, AdminRequest::Status, false).await
 }
 
 async fn list_admin_tokens(_c: Caller, State(s): State<HttpState>) -> Response {

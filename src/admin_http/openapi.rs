@@ -284,6 +284,13 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
             None,
             200,
         ),
+        (
+            "GET",
+            "/api/v1/status",
+            "The running server: version, uptime, listeners, TLS certificate expiry, queue, upstreams, store, each project's last hour",
+            None,
+            200,
+        ),
         ("GET", "/api/v1/openapi.json", "This document", None, 200),
     ]
 }

@@ -12,6 +12,7 @@ pub mod project;
 pub mod queue;
 pub mod send_test;
 pub mod serve;
+pub mod status;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -108,6 +109,9 @@ pub enum Command {
         #[command(subcommand)]
         command: webhook::WebhookCommand,
     },
+    /// The running server at a glance: version, uptime, listeners, TLS certificate expiry,
+    /// queue, upstreams, store health, and each project's last hour (`--json` too).
+    Status,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -123,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin { ref command } => admin_tokens::run(&cli, command),
         Command::Generate { ref command } => generate::run(command),
         Command::Webhook { ref command } => webhook::run(&cli, command),
+        Command::Status => status::run(&cli),
     }
 }
 

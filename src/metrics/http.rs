@@ -89,6 +89,11 @@ async fn respond(req: Request<Incoming>, queue: &Queue) -> Response<Full<Bytes>>
         );
     }
     let q = queue.clone();
+    let store = queue.store().clone();
+    super::set_store(
+        store.failure.get().is_some(),
+        crate::store::free_bytes(store.state_dir()),
+    );
     // sled calls are synchronous; keep them off the async workers.
     match tokio::task::spawn_blocking(move || q.stats()).await {
         Ok(Ok(stats)) => super::set_queue(stats.scheduled, stats.oldest_received_ms),

@@ -89,7 +89,16 @@ struct Metrics {
     events: Family<TypeLabels, Counter>,
     webhook_deliveries: Family<ResultLabels, Counter>,
     webhook_disabled: Counter,
+    tls_cert_expiry: Gauge,
+    upstream_success: Family<UpstreamLabels, Gauge>,
+    upstream_error: Family<UpstreamLabels, Gauge>,
+    store_failed: Gauge,
+    store_free: Gauge,
 }
+
+/// `notAfter` of the serving certificate (epoch s); the expiry gauge is computed from it at
+/// each scrape so it never goes stale. `i64::MIN`: none loaded.
+static TLS_NOT_AFTER: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeLabels {
@@ -122,6 +131,11 @@ impl Metrics {
             events: Family::default(),
             webhook_deliveries: Family::default(),
             webhook_disabled: Counter::default(),
+            tls_cert_expiry: Gauge::default(),
+            upstream_success: Family::default(),
+            upstream_error: Family::default(),
+            store_failed: Gauge::default(),
+            store_free: Gauge::default(),
             domain_verified: Family::default(),
         };
         registry.register(
@@ -227,6 +241,35 @@ impl Metrics {
             "Webhook endpoints disabled (410 Gone, or failing for disable_after_secs)",
             m.webhook_disabled.clone(),
         );
+        registry.register_with_unit(
+            "tls_cert_expiry",
+            "Time until the serving TLS certificate expires (negative once expired); the relay warns below 14 days",
+            Unit::Seconds,
+            m.tls_cert_expiry.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_last_success_timestamp",
+            "When the upstream last accepted a message (epoch seconds; absent: not since start)",
+            Unit::Seconds,
+            m.upstream_success.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_last_error_timestamp",
+            "When an attempt over the upstream last delivered nothing (epoch seconds; absent: not since start)",
+            Unit::Seconds,
+            m.upstream_error.clone(),
+        );
+        registry.register(
+            "store_failed",
+            "1 once the database hit an I/O error or a flush slower than 30 s (the relay then exits for a restart)",
+            m.store_failed.clone(),
+        );
+        registry.register_with_unit(
+            "store_free_space",
+            "Free space on the state directory's filesystem",
+            Unit::Bytes,
+            m.store_free.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -250,6 +293,7 @@ pub fn reject_reason(reply: &Reply) -> Option<&'static str> {
 
 /// A message was stored and answered with `250`.
 pub fn accepted(project: &str) {
+    crate::health::project_outcome(project, crate::health::Outcome::Accepted);
     METRICS
         .accepted
         .get_or_create(&ProjectLabels {
@@ -352,6 +396,62 @@ pub fn delivery_outcome(env: &Envelope, upstream: &str) {
         MessageState::Deleted => return,
     };
     family.get_or_create(&labels).inc();
+    use crate::health::{Outcome, project_outcome};
+    match env.state {
+        MessageState::Delivered => project_outcome(&env.project, Outcome::Relayed),
+        MessageState::Queued | MessageState::Deferred => {
+            project_outcome(&env.project, Outcome::Deferred)
+        }
+        MessageState::Failed | MessageState::Expired => {
+            project_outcome(&env.project, Outcome::Failed)
+        }
+        MessageState::Deleted => {}
+    }
+}
+
+/// One attempt over `upstream` (the router calls this per upstream tried): `ok` when it
+/// accepted some recipients, else `reply` says why not. Feeds the last-success/last-error
+/// gauges and `smtp-relay status`.
+pub fn upstream_attempt(upstream: &str, ok: bool, reply: &str) {
+    crate::health::upstream_attempt(upstream, ok, reply);
+    let family = if ok {
+        &METRICS.upstream_success
+    } else {
+        &METRICS.upstream_error
+    };
+    family
+        .get_or_create(&UpstreamLabels {
+            upstream: upstream.to_string(),
+        })
+        .set((now_ms() / 1000) as i64);
+}
+
+/// The serving certificate's `notAfter` (epoch seconds), at startup and after each reload.
+pub fn tls_certificate(not_after: i64) {
+    TLS_NOT_AFTER.store(not_after, std::sync::atomic::Ordering::Relaxed);
+    refresh_tls_expiry();
+}
+
+fn refresh_tls_expiry() {
+    let not_after = TLS_NOT_AFTER.load(std::sync::atomic::Ordering::Relaxed);
+    if not_after != i64::MIN {
+        METRICS
+            .tls_cert_expiry
+            .set(not_after - (now_ms() / 1000) as i64);
+    }
+}
+
+/// The store's health at scrape time: failed flag and free bytes (`None`: unknown).
+pub fn set_store(failed: bool, free_bytes: Option<u64>) {
+    METRICS.store_failed.set(i64::from(failed));
+    if let Some(free) = free_bytes {
+        METRICS.store_free.set(free.min(i64::MAX as u64) as i64);
+    }
+}
+
+/// Delivery attempts running now.
+pub fn deliveries_in_flight() -> u64 {
+    METRICS.in_flight.get().max(0) as u64
 }
 
 pub fn event_recorded(kind: &'static str) {
@@ -404,6 +504,7 @@ pub fn domain_verified(domain: &str, check: &'static str, value: i64) {
 
 /// The OpenMetrics text exposition of every metric.
 pub fn encode() -> String {
+    refresh_tls_expiry();
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &METRICS.registry);

@@ -239,16 +239,17 @@ impl Router {
             };
             attempted = true;
             path.push(format!("{name}: {}", attempt.summary));
+            let delivered_some = attempt
+                .outcomes
+                .iter()
+                .any(|o| matches!(o, RcptOutcome::Delivered(_)));
+            crate::metrics::upstream_attempt(name, delivered_some, &attempt.summary);
             if throttled {
                 slot.throttled(&attempt.summary);
                 if let Some(until) = slot.backed_off_until() {
                     aside(until, &mut retry_at);
                 }
-            } else if attempt
-                .outcomes
-                .iter()
-                .any(|o| matches!(o, RcptOutcome::Delivered(_)))
-            {
+            } else if delivered_some {
                 slot.succeeded();
             }
             summary = Some((name.clone(), attempt.summary.clone()));

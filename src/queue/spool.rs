@@ -509,6 +509,11 @@ impl Queue {
         Ok(())
     }
 
+    /// The store under the queue, for its health (`status`, the store metrics).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Counts scheduled messages and finds the oldest one. Reads only schedule keys and the
     /// first spool key (ids start with their acceptance time), never message bodies.
     pub fn stats(&self) -> Result<QueueStats, QueueError> {

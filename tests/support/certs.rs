@@ -45,16 +45,22 @@ impl TestPki {
     /// Generates a fresh CA and a leaf for DNS `localhost` and IP `127.0.0.1`.
     /// Each call gives an unrelated PKI (handy for "untrusted certificate" tests).
     pub fn generate() -> TestPki {
-        Self::generate_with(false)
+        Self::generate_with(false, None)
+    }
+
+    /// Like [`generate`](Self::generate), but the leaf expires at midnight UTC `days` days
+    /// from today (for expiry warnings).
+    pub fn generate_expiring_in_days(days: u64) -> TestPki {
+        Self::generate_with(false, Some(days))
     }
 
     /// Like [`generate`](Self::generate), but the leaf expired on 2021-01-02 (for "certificate
     /// expired" errors); the CA is still valid.
     pub fn generate_expired() -> TestPki {
-        Self::generate_with(true)
+        Self::generate_with(true, None)
     }
 
-    fn generate_with(expired: bool) -> TestPki {
+    fn generate_with(expired: bool, expires_in_days: Option<u64>) -> TestPki {
         // CA
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params
@@ -90,6 +96,14 @@ impl TestPki {
         if expired {
             leaf_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
             leaf_params.not_after = rcgen::date_time_ymd(2021, 1, 2);
+        }
+        if let Some(days) = expires_in_days {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_secs();
+            let (y, m, d) = civil_from_days((now / 86_400 + days) as i64);
+            leaf_params.not_after = rcgen::date_time_ymd(y, m, d);
         }
         let leaf_key = KeyPair::generate().expect("generate leaf key");
         let leaf_cert = leaf_params
@@ -180,4 +194,18 @@ fn write_private(path: &Path, bytes: &[u8]) {
 #[cfg(not(unix))]
 fn write_private(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).expect("write key.pem");
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's civil_from_days).
+fn civil_from_days(z: i64) -> (i32, u8, u8) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y as i32, m as u8, d as u8)
 }
