@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command. Installs the Debian packages that tests start as real servers
-# or use as real clients (scripts/test-packages.txt: "<package> <command it provides>"), then
+# or use as real clients (scripts/test-packages.txt: "<package> <command it provides>", or
+# "<package> py:<module>" for a Python module), then
 # runs `cargo test`. A test never skips because a server is missing: it fails and names the
 # package, and this script is how it gets there. `.ci/run` calls it too.
 set -euo pipefail
@@ -9,7 +10,12 @@ cd "$(dirname "$0")/.."
 missing=()
 while read -r pkg cmd _; do
   [[ -z "${pkg:-}" || "$pkg" == \#* ]] && continue
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  if [[ "$cmd" == py:* ]]; then
+    # A Python module rather than a command: "py:<module>".
+    python3 -c "import ${cmd#py:}" >/dev/null 2>&1 || missing+=("$pkg")
+  else
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  fi
 done < scripts/test-packages.txt
 
 if ((${#missing[@]})); then
