@@ -35,5 +35,7 @@ sed -e 's|/usr/local/bin/smtp-relay|/usr/bin/smtp-relay|g' \
 cp systemd/smtp-relay.sysusers "$assets/systemd/smtp-relay.sysusers"
 
 echo "== cargo deb --no-build"
-cargo deb --no-build --locked "$@"
+# --strip: the release profile keeps line tables for backtraces (a 100+ MB binary); the
+# package ships the stripped binary, as Debian does.
+cargo deb --no-build --locked --strip "$@"
 ls -1 target/debian/*.deb

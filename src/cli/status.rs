@@ -146,28 +146,30 @@ pub fn render(r: &Value) -> String {
         let _ = writeln!(o, "  {:<16} last error   {err}", "");
     }
     let window = r["last_hour"]["window_secs"].as_u64().unwrap_or(0);
-    let _ = writeln!(
-        o,
-        "Projects, last {}:{:>9} {:>8} {:>9} {:>7}",
-        duration(window),
-        "accepted",
-        "relayed",
-        "deferred",
-        "failed"
-    );
+    let _ = writeln!(o, "Projects, last {}:", duration(window));
     let projects = r["last_hour"]["projects"].as_array();
     if projects.is_none_or(|p| p.is_empty()) {
         let _ = writeln!(o, "  (no mail)");
+        return o;
     }
+    let _ = writeln!(
+        o,
+        "  {:<32} {:>8} {:>8} {:>8} {:>8}",
+        "project", "accepted", "relayed", "deferred", "failed"
+    );
     for p in projects.into_iter().flatten() {
         let label = match p["name"].as_str() {
             Some(n) => format!("{} ({n})", str_of(&p["id"])),
             None => str_of(&p["id"]).to_string(),
         };
+        let n = |k: &str| p[k].as_u64().unwrap_or(0);
         let _ = writeln!(
             o,
-            "  {label:<28} {:>8} {:>8} {:>9} {:>7}",
-            p["accepted"], p["relayed"], p["deferred"], p["failed"]
+            "  {label:<32} {:>8} {:>8} {:>8} {:>8}",
+            n("accepted"),
+            n("relayed"),
+            n("deferred"),
+            n("failed")
         );
     }
     o
