@@ -30,7 +30,7 @@ gzip -9n "$assets"/man/*.1
 "$bin" generate completions fish > "$assets/completions/smtp-relay.fish"
 # The repository's unit is for the from-source install (/usr/local); the package's lives in /usr.
 sed -e 's|/usr/local/bin/smtp-relay|/usr/bin/smtp-relay|g' \
-    -e 's|file:///usr/local/share/doc/smtp-relay/README.md|man:smtp-relay(1) file:///usr/share/doc/smtp-relay/README.md.gz|' \
+    -e 's|file:///usr/local/share/doc/smtp-relay/README.md|man:smtp-relay(1) file:///usr/share/doc/smtp-relay/README.md|' \
     systemd/smtp-relay.service > "$assets/systemd/smtp-relay.service"
 cp systemd/smtp-relay.sysusers "$assets/systemd/smtp-relay.sysusers"
 

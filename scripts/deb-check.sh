@@ -34,14 +34,18 @@ dpkg-deb --contents "$deb"
 
 work=$(mktemp -d)
 server_pid=""
+installed=""
 cleanup() {
-  if [ -n "$server_pid" ]; then $SUDO kill "$server_pid" 2>/dev/null || true; fi
+  if [ -n "$server_pid" ]; then $SUDO kill "$server_pid" 2>/dev/null || true; sleep 1; fi
+  # A failed check leaves no package behind (the next run would refuse to start).
+  if [ -n "$installed" ]; then $SUDO dpkg --purge smtp-relay >/dev/null 2>&1 || true; fi
   $SUDO rm -rf "$work"
 }
 trap cleanup EXIT
 chmod 0755 "$work"
 
 echo "== dpkg -i"
+installed=1
 $SUDO dpkg -i "$deb" | tee "$work/install.log"
 grep -q "NOT enabled or started: nothing listens yet" "$work/install.log" \
   || fail "no post-install message saying nothing is enabled"
@@ -86,6 +90,8 @@ for f in /usr/share/doc/smtp-relay/README.md /usr/share/doc/smtp-relay/copyright
   /usr/share/fish/vendor_completions.d/smtp-relay.fish; do
   dpkg -L smtp-relay | grep -qx "$f" || fail "$f is not in the package"
 done
+grep -q "License: MIT" /usr/share/doc/smtp-relay/copyright && grep -q "License: Apache-2.0" /usr/share/doc/smtp-relay/copyright \
+  || fail "the copyright file does not carry both licences"
 ok "docs, licence, examples, contrib and completions installed"
 # Nothing started: no process runs the installed binary (test relays of a development machine
 # run other copies, so look at each process's executable, not its name).
@@ -152,16 +158,31 @@ $SUDO install -m 0400 -o smtp-relay -g smtp-relay /etc/smtp-relay/credentials/se
   "$work/credentials/server-secret"
 chmod 0644 "$work/smtp-relay.toml"
 cfg="$work/smtp-relay.toml"
-as_relay env CREDENTIALS_DIRECTORY="$work/credentials" SMTP_RELAY_LOG_FORMAT=text \
-  /usr/bin/smtp-relay --config "$cfg" serve >"$work/serve.log" 2>&1 &
-server_pid=$!
+# The server process itself (not the runuser/sudo in front of it): the installed binary.
+installed_relay_pid() {
+  local pid
+  for pid in $(pgrep -x smtp-relay || true); do
+    if [ "$($SUDO readlink "/proc/$pid/exe" 2>/dev/null)" = /usr/bin/smtp-relay ]; then echo "$pid"; fi
+  done
+}
+if [ -z "$SUDO" ]; then
+  runuser -u smtp-relay -- env CREDENTIALS_DIRECTORY="$work/credentials" SMTP_RELAY_LOG_FORMAT=text \
+    /usr/bin/smtp-relay --config "$cfg" serve >"$work/serve.log" 2>&1 &
+else
+  sudo -u smtp-relay -- env CREDENTIALS_DIRECTORY="$work/credentials" SMTP_RELAY_LOG_FORMAT=text \
+    /usr/bin/smtp-relay --config "$cfg" serve >"$work/serve.log" 2>&1 &
+fi
+launcher=$!
 for _ in $(seq 1 100); do
   $SUDO test -e /var/lib/smtp-relay/listeners.json && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work/serve.log"; fail "serve exited"; }
+  kill -0 "$launcher" 2>/dev/null || { cat "$work/serve.log"; fail "serve exited"; }
   sleep 0.1
 done
 $SUDO test -e /var/lib/smtp-relay/listeners.json || { cat "$work/serve.log"; fail "serve did not start"; }
-ok "serving on 127.0.0.1:$port as $(ps -o user= -p "$(pgrep -P "$server_pid" -x smtp-relay || echo "$server_pid")" | tr -d ' ')"
+server_pid=$(installed_relay_pid)
+[ -n "$server_pid" ] || fail "no /usr/bin/smtp-relay process"
+[ "$(ps -o uid= -p "$server_pid" | tr -d ' ')" = "$(id -u smtp-relay)" ] || fail "serve does not run as smtp-relay"
+ok "serving on 127.0.0.1:$port as smtp-relay (pid $server_pid)"
 project=$(as_relay env CREDENTIALS_DIRECTORY="$work/credentials" /usr/bin/smtp-relay --config "$cfg" --json \
   project add deb-check --domain example.com)
 python3 - "$port" "$project" <<'PY'
@@ -187,8 +208,8 @@ $SUDO sh -c 'grep -l "Subject: deb-check" /var/lib/smtp-relay/outbox/*.eml' >/de
 ok "mail delivered to the outbox upstream"
 as_relay /usr/bin/smtp-relay --config "$cfg" status | tee "$work/status.txt"
 grep -q "plain 127.0.0.1:$port" "$work/status.txt" || fail "status does not show the listener"
-$SUDO kill -TERM "$(pgrep -P "$server_pid" -x smtp-relay || echo "$server_pid")" 2>/dev/null || true
-wait "$server_pid" || fail "serve did not stop cleanly: $(cat "$work/serve.log")"
+$SUDO kill -TERM "$server_pid"
+wait "$launcher" || fail "serve did not stop cleanly: $(cat "$work/serve.log")"
 server_pid=""
 grep -q "stopped" "$work/serve.log" || fail "no clean stop in the log"
 ok "serve stopped cleanly"
@@ -211,6 +232,7 @@ ok "remove kept config and state"
 
 echo "== purge"
 $SUDO dpkg --purge smtp-relay
+installed=""
 for p in /var/lib/smtp-relay /etc/smtp-relay /usr/lib/sysusers.d/smtp-relay.conf; do
   $SUDO test ! -e "$p" || fail "$p left after purge"
 done
