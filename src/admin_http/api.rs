@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::HttpState;
 use super::auth::Caller;
-use crate::admin::{AdminError, AdminRequest, execute_async};
+use crate::admin::{AdminError, AdminRequest, ErrorKind, execute_async};
 use crate::outbound::send_test::SendTest;
 use crate::policy::limits::LimitOverride;
 
@@ -87,7 +87,7 @@ pub fn router(state: HttpState) -> Router {
             get(show_route).put(set_route).delete(clear_route),
         )
         .route("/api/v1/queue", get(queue_list))
-        .route("/api/v1/queue/{id}", get(message).delete(queue_delete))
+        .route("/api/v1/queue/{id}", get(queue_show).delete(queue_delete))
         .route("/api/v1/queue/{id}/retry", post(queue_retry))
         .route("/api/v1/messages", get(messages))
         .route("/api/v1/messages/{id}", get(message))
@@ -125,20 +125,25 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         .into_response()
 }
 
-/// The HTTP status of a refused admin operation. The operations report plain-words errors
-/// (the CLI prints them as they are); the few kinds the API must tell apart are recognised
-/// by the wording the registry, queue and token stores use for them.
-fn status_of(e: &AdminError) -> (StatusCode, &'static str) {
-    let m = e.0.as_str();
-    if m.starts_with("no ") || m.contains(" has no ") || m.contains("not found") {
-        (StatusCode::NOT_FOUND, "not_found")
-    } else if m.contains("already") {
-        (StatusCode::CONFLICT, "conflict")
-    } else if m.contains("not available") || m.contains("unavailable") {
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    } else {
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+/// The HTTP status of a refused admin operation, from its kind (never from its wording).
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
+}
+
+/// A refused admin operation as a JSON error (with the refused field when there is one).
+pub fn admin_error_response(e: &AdminError) -> Response {
+    let mut v = json!({ "error": { "code": e.kind.code(), "message": e.message } });
+    if let Some(f) = &e.field {
+        v["error"]["field"] = json!(f);
+    }
+    (status_of(e.kind), Json(v)).into_response()
 }
 
 async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
@@ -151,10 +156,7 @@ async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
             };
             (status, Json(v)).into_response()
         }
-        Err(e) => {
-            let (status, code) = status_of(&e);
-            error_response(status, code, &e.0)
-        }
+        Err(e) => admin_error_response(&e),
     }
 }
 
@@ -163,9 +165,11 @@ async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
     match b {
         Ok(Json(v)) => Ok(v),
+        // Right JSON, wrong shape (a field missing, unknown or of the wrong type): serde's
+        // message names the field.
         Err(JsonRejection::JsonDataError(e)) => Err(error_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
             &e.body_text(),
         )),
         Err(JsonRejection::MissingJsonContentType(_)) => Err(error_response(
@@ -484,7 +488,7 @@ async fn queue_list(_c: Caller, State(s): State<HttpState>) -> Response {
     run(&s, AdminRequest::QueueList, false).await
 }
 
-async fn message(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+async fn queue_show(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     run(&s, AdminRequest::QueueShow { id }, false).await
 }
 
@@ -496,13 +500,80 @@ async fn queue_retry(_c: Caller, State(s): State<HttpState>, Path(id): Path<Stri
     run(&s, AdminRequest::QueueRetry { id }, false).await
 }
 
+/// `GET /api/v1/messages` query: every filter optional; times in Unix seconds.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MessageQuery {
     #[serde(default)]
     project: Option<String>,
     #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    recipient: Option<String>,
+    #[serde(default)]
+    sender: Option<String>,
+    #[serde(default)]
+    since: Option<u64>,
+    #[serde(default)]
+    until: Option<u64>,
+    /// Free text in the subject, From, sender, recipients or id.
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
     limit: Option<usize>,
+}
+
+/// An empty query parameter (`?state=` from a form) is no filter.
+fn given(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The admin request for a message query, or the error naming the bad parameter.
+pub fn message_search(
+    q: MessageQueryParts,
+) -> Result<crate::admin::messages::MessagesRequest, AdminError> {
+    let state = match given(q.state) {
+        Some(st) => Some(
+            serde_json::from_value::<crate::queue::MessageState>(json!(st)).map_err(|_| {
+                AdminError::invalid(
+                    "state",
+                    format!(
+                        "unknown state {st:?}: use queued, deferred, delivered, failed, \
+                         expired or deleted"
+                    ),
+                )
+            })?,
+        ),
+        None => None,
+    };
+    Ok(crate::admin::messages::MessagesRequest::Search {
+        filter: crate::queue::log::LogFilter {
+            project: given(q.project),
+            state,
+            recipient: given(q.recipient),
+            sender: given(q.sender),
+            since_ms: q.since.map(|s| s.saturating_mul(1000)),
+            until_ms: q.until.map(|s| s.saturating_mul(1000)),
+            text: given(q.q),
+        },
+        cursor: given(q.cursor),
+        limit: q.limit.unwrap_or(50),
+    })
+}
+
+/// The query of a message search, shared by the API and the panel's filter form.
+pub struct MessageQueryParts {
+    pub project: Option<String>,
+    pub state: Option<String>,
+    pub recipient: Option<String>,
+    pub sender: Option<String>,
+    pub since: Option<u64>,
+    pub until: Option<u64>,
+    pub q: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
 }
 
 async fn messages(
@@ -514,11 +585,26 @@ async fn messages(
         Ok(Query(q)) => q,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
     };
-    let req = AdminRequest::Log {
+    let parts = MessageQueryParts {
         project: q.project,
-        limit: q.limit.unwrap_or(50).min(1000),
+        state: q.state,
+        recipient: q.recipient,
+        sender: q.sender,
+        since: q.since,
+        until: q.until,
+        q: q.q,
+        cursor: q.cursor,
+        limit: q.limit,
     };
-    run(&s, req, false).await
+    match message_search(parts) {
+        Ok(req) => run(&s, AdminRequest::Messages(req), false).await,
+        Err(e) => admin_error_response(&e),
+    }
+}
+
+async fn message(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    let req = crate::admin::messages::MessagesRequest::Show { id };
+    run(&s, AdminRequest::Messages(req), false).await
 }
 
 async fn send_test(

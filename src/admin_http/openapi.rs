@@ -182,14 +182,18 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
         (
             "GET",
             "/api/v1/messages",
-            "The message log, newest first (?project=&limit=, at most 1000)",
+            "The message log, newest first: filters ?project= &state= &recipient= &sender= \
+             &since= &until= (Unix seconds) &q= (subject, From, addresses, id); \
+             ?limit= (1-200, default 50); the answer's next_cursor, passed as ?cursor=, \
+             gives the next page",
             None,
             200,
         ),
         (
             "GET",
             "/api/v1/messages/{id}",
-            "One message of the log",
+            "One message: envelope, subject, header From, header fields, size, and every \
+             delivery attempt (attempt_log) with upstream, reply and timing",
             None,
             200,
         ),
@@ -342,12 +346,19 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "responses": {"Error": {
-                "description": "refused: 401 no/invalid token, 403 viewer, 404 not found, \
-                                409 conflict, 422 invalid input, 429 cooling down",
+                "description": "refused: 400 malformed request (names the field), 401 no/invalid \
+                                token, 403 viewer, 404 not found, 409 conflict, 413 too large, \
+                                422 invalid value (field names it), 429 cooling down, \
+                                503 unavailable",
                 "content": {"application/json": {"schema": {
                     "type": "object",
                     "properties": {"error": {"type": "object", "properties": {
-                        "code": {"type": "string"}, "message": {"type": "string"}
+                        "code": {"type": "string", "enum": ["bad_request", "unauthorized",
+                            "forbidden", "not_found", "conflict", "too_large", "invalid",
+                            "unavailable", "internal", "unsupported_media_type",
+                            "rate_limited"]},
+                        "message": {"type": "string"},
+                        "field": {"type": "string", "description": "the refused input field"}
                     }}}
                 }}}
             }}

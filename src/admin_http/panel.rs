@@ -25,7 +25,7 @@ use super::HttpState;
 use super::auth::{Refusal, check_token, client_ip};
 use super::pages;
 use super::session::{Reveal, Session, Sessions};
-use crate::admin::{AdminError, AdminRequest, execute_async};
+use crate::admin::{AdminError, AdminRequest, ErrorKind, execute_async};
 use crate::secret::Secret;
 
 /// Largest form body the panel reads (its forms are a few short fields).
@@ -214,7 +214,15 @@ async fn admin(p: &PanelState, req: AdminRequest) -> Result<Value, AdminError> {
 fn page_or_error(r: Result<maud::Markup, AdminError>) -> Response {
     match r {
         Ok(m) => m.into_response(),
-        Err(e) => (StatusCode::NOT_FOUND, pages::error_page("Not found", &e.0)).into_response(),
+        Err(e) => {
+            let (status, title) = match e.kind {
+                ErrorKind::NotFound => (StatusCode::NOT_FOUND, "Not found"),
+                ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
+                ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
+                _ => (StatusCode::UNPROCESSABLE_ENTITY, "Cannot show this"),
+            };
+            (status, pages::error_page(title, &e.message)).into_response()
+        }
     }
 }
 
@@ -222,7 +230,7 @@ fn page_or_error(r: Result<maud::Markup, AdminError>) -> Response {
 fn done(p: &PanelState, s: &Session, r: Result<Value, AdminError>, ok: &str, to: &str) -> Response {
     match r {
         Ok(_) => p.sessions.notify(s, false, ok),
-        Err(e) => p.sessions.notify(s, true, e.0),
+        Err(e) => p.sessions.notify(s, true, e.message),
     }
     Redirect::to(to).into_response()
 }
@@ -407,7 +415,7 @@ async fn create_project(
             Redirect::to(&format!("/projects/{}", pages::path_part(&id))).into_response()
         }
         Err(e) => {
-            p.sessions.notify(&s, true, e.0);
+            p.sessions.notify(&s, true, e.message);
             Redirect::to("/projects").into_response()
         }
     }
