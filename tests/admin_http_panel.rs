@@ -442,6 +442,13 @@ async fn waiting_messages_can_be_retried_and_deleted_from_their_page() {
     assert_eq!(st, StatusCode::OK);
     assert!(html.contains("&lt;b&gt;try&lt;/b&gt; later"), "{html}");
     assert!(html.contains("Retry now") && html.contains("Delete from queue"));
+    // Subject, the attempt with its reply, and the header fields as queued.
+    assert!(html.contains("Delivery attempts") && html.contains("Header fields"));
+    assert!(html.contains("<td class=\"mono\">test</td>"), "{html}");
+    assert!(
+        html.contains(">Received</th>") && html.contains(">hello<"),
+        "{html}"
+    );
     let csrf = csrf_of(&html);
 
     let r = panel
@@ -469,4 +476,51 @@ async fn waiting_messages_can_be_retried_and_deleted_from_their_page() {
         html.contains(&format!("href=\"/messages/{queued}\"")),
         "{html}"
     );
+
+    // The filter form: the state, a search, a date range; pages of 50 with an "Older" link.
+    for q in [
+        "state=deleted",
+        "q=hello&state=",
+        "recipient=later%40&since=2020-01-01&until=2999-12-31",
+    ] {
+        let (st, html) = panel.page(&format!("/messages?{q}")).await;
+        assert_eq!(st, StatusCode::OK, "{q}");
+        assert!(
+            html.contains(&format!("href=\"/messages/{queued}\"")),
+            "{q}: {html}"
+        );
+    }
+    for q in ["state=delivered", "q=nothing-like-it", "until=2020-01-01"] {
+        let (_, html) = panel.page(&format!("/messages?{q}")).await;
+        assert!(html.contains("No messages."), "{q}: {html}");
+    }
+    let (st, html) = panel.page("/messages?since=yesterday").await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("not a date"), "{html}");
+    let mut c = support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
+    for i in 0..50 {
+        let r = c
+            .send_plain(
+                "noreply@shop.test",
+                "later@example.net",
+                &format!("n{i}"),
+                "x\r\n",
+            )
+            .await;
+        assert_eq!(r.code, 250);
+    }
+    let (_, html) = panel.page("/messages?recipient=later").await;
+    assert!(!html.contains(&format!("href=\"/messages/{queued}\"")));
+    let at = html.find("rel=\"next\" href=\"").expect("an Older link") + 17;
+    let next = html[at..].split('"').next().unwrap().replace("&amp;", "&");
+    assert!(
+        next.starts_with("/messages?recipient=later&cursor="),
+        "{next}"
+    );
+    let (_, html) = panel.page(&next).await;
+    assert!(
+        html.contains(&format!("href=\"/messages/{queued}\"")),
+        "{html}"
+    );
+    assert!(html.contains("Newest") && !html.contains("rel=\"next\""));
 }

@@ -493,20 +493,23 @@ fn recipients(m: &Value) -> String {
 fn message_table(log: &[Value], with_project: bool) -> Markup {
     html! {
         @if log.is_empty() {
-            p class="empty" { "No messages yet." }
+            p class="empty" { "No messages." }
         } @else {
             table {
                 thead { tr {
                     th { "Received" }
                     @if with_project { th { "Project" } }
-                    th { "From" } th { "To" } th { "State" } th class="num" { "Attempts" } th { "Last reply" }
+                    th { "Subject" } th { "From" } th { "To" } th { "State" } th class="num" { "Attempts" } th { "Last reply" }
                 } }
                 tbody {
                     @for m in log {
                         tr {
                             td class="when" { a href={ "/messages/" (path_part(s(&m["id"]))) } { (when_ms(&m["received_ms"])) } }
                             @if with_project { td class="mono" { (s(&m["project"])) } }
-                            td class="clip" { (s(&m["mail_from"])) }
+                            td class="clip" { a href={ "/messages/" (path_part(s(&m["id"]))) } {
+                                @match m["subject"].as_str() { Some(t) if !t.is_empty() => (t), _ => span class="muted" { "(no subject)" } }
+                            } }
+                            td class="clip" { (m["from"].as_str().unwrap_or(s(&m["mail_from"]))) }
                             td class="clip" { (recipients(m)) }
                             td { (state_badge(s(&m["state"]))) }
                             td class="num" { (m["attempts"]) }
@@ -519,21 +522,98 @@ fn message_table(log: &[Value], with_project: bool) -> Markup {
     }
 }
 
-pub fn messages(ctx: Ctx<'_>, projects: &[Value], selected: Option<&str>, log: &[Value]) -> Markup {
+/// The filters of the Messages page, as the form shows them (and its links repeat them).
+#[derive(Debug, Default, Clone)]
+pub struct MessageFilters {
+    pub project: String,
+    pub state: String,
+    pub recipient: String,
+    pub sender: String,
+    pub q: String,
+    /// `YYYY-MM-DD` (UTC), as an `<input type=date>` sends it.
+    pub since: String,
+    pub until: String,
+}
+
+impl MessageFilters {
+    /// The query string of these filters (for the next page's link).
+    pub fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("project", &self.project),
+            ("state", &self.state),
+            ("recipient", &self.recipient),
+            ("sender", &self.sender),
+            ("q", &self.q),
+            ("since", &self.since),
+            ("until", &self.until),
+        ] {
+            if !v.is_empty() {
+                q.append_pair(k, v);
+            }
+        }
+        q.finish()
+    }
+}
+
+const STATES: [&str; 6] = [
+    "queued",
+    "deferred",
+    "delivered",
+    "failed",
+    "expired",
+    "deleted",
+];
+
+pub fn messages(
+    ctx: Ctx<'_>,
+    projects: &[Value],
+    f: &MessageFilters,
+    page: &Value,
+    paged: bool,
+) -> Markup {
+    let log: &[Value] = page["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let filters = f.query();
     html! {
         (layout(ctx, "Messages", html! {
-            form method="get" action="/messages" class="row filter" {
-                label for="project" { "Project" }
-                select id="project" name="project" {
-                    option value="" { "All projects" }
-                    @for p in projects {
-                        option value=(s(&p["id"])) selected[selected == Some(s(&p["id"]))] { (s(&p["name"])) }
+            form method="get" action="/messages" class="card filters" {
+                div class="grid" {
+                    label { "Project"
+                        select name="project" {
+                            option value="" { "All projects" }
+                            @for p in projects {
+                                option value=(s(&p["id"])) selected[f.project == s(&p["id"])] { (s(&p["name"])) }
+                            }
+                        }
                     }
+                    label { "State"
+                        select name="state" {
+                            option value="" { "Any state" }
+                            @for st in STATES { option value=(st) selected[f.state == st] { (st) } }
+                        }
+                    }
+                    label { "Recipient" input type="text" name="recipient" value=(f.recipient) placeholder="user@example.com"; }
+                    label { "Sender" input type="text" name="sender" value=(f.sender) placeholder="noreply@ or a From name"; }
+                    label { "From date" input type="date" name="since" value=(f.since); }
+                    label { "To date" input type="date" name="until" value=(f.until); }
+                    label class="wide" { "Search" input type="search" name="q" value=(f.q) placeholder="subject, From, address or id"; }
                 }
-                button type="submit" { "Show" }
-                span class="muted small" { "Newest first, the last " (log.len()) "." }
+                div class="row" {
+                    button type="submit" { "Filter" }
+                    @if !filters.is_empty() { a class="button secondary" href="/messages" { "Clear" } }
+                    span class="muted small" { "Newest first, " (log.len()) " on this page." }
+                }
             }
             div class="card" { (message_table(log, true)) }
+            div class="row pager" {
+                @if paged { a class="button secondary" href={ "/messages?" (filters) } { "← Newest" } }
+                @if let Some(c) = page["next_cursor"].as_str() {
+                    a class="button secondary" rel="next" href={ "/messages?" (filters) (if filters.is_empty() { "" } else { "&" }) "cursor=" (c) } { "Older →" }
+                }
+            }
         }))
     }
 }
@@ -546,6 +626,12 @@ pub fn message(ctx: Ctx<'_>, m: &Value) -> Markup {
     html! {
         (layout(ctx, "Message", html! {
             p class="sub" { span class="mono" { (id) } " " (state_badge(s(&m["state"]))) }
+            div class="card" {
+                dl class="facts" {
+                    dt { "Subject" } dd class="wrap" { (s(&m["subject"])) }
+                    dt { "From" } dd class="wrap" { (s(&m["from"])) }
+                }
+            }
             div class="cols" {
                 div class="card" {
                     h2 { "Envelope" }
@@ -593,6 +679,51 @@ pub fn message(ctx: Ctx<'_>, m: &Value) -> Markup {
                                 td class="muted wrap" { (s(&r["reply"])) }
                             }
                         }
+                    }
+                }
+            }
+            div class="card" {
+                h2 { "Delivery attempts" }
+                @let attempts = m["attempt_log"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                @if attempts.is_empty() {
+                    p class="empty" { "No delivery attempt yet." }
+                } @else {
+                    table class="attempts" {
+                        thead { tr { th class="num" { "#" } th { "When (UTC)" } th class="num" { "After" } th { "Outcome" }
+                            th { "Upstream" } th { "Recipients" } th { "Reply" } } }
+                        tbody {
+                            @for a in attempts {
+                                tr {
+                                    td class="num" { (a["attempt"]) }
+                                    td class="when" { (when_ms(&a["time_ms"])) }
+                                    td class="num" { (format!("{:.1} s", a["after_ms"].as_u64().unwrap_or(0) as f64 / 1000.0)) }
+                                    td { (state_badge(match s(&a["outcome"]) { "relayed" => "delivered", "deferred" => "deferred", _ => "failed" })) }
+                                    td class="mono" { (s(&a["upstream"])) }
+                                    td class="mono small" {
+                                        @for r in a["recipients"].as_array().into_iter().flatten() { (s(r)) br; }
+                                    }
+                                    td class="mono wrap" { (s(&a["reply"])) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            div class="card" {
+                h2 { "Header fields" span class="muted small" { " — as the message was queued" } }
+                @let headers = m["summary"]["headers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                @if headers.is_empty() {
+                    p class="empty" { "Not recorded for this message." }
+                } @else {
+                    table class="headers" {
+                        tbody {
+                            @for h in headers {
+                                tr { th class="mono" { (s(&h["name"])) } td class="mono wrap" { (s(&h["value"])) } }
+                            }
+                        }
+                    }
+                    @if let Some(n) = m["summary"]["headers_omitted"].as_u64() {
+                        p class="muted small" { (n) " more fields not kept." }
                     }
                 }
             }

@@ -637,29 +637,71 @@ async fn delete_project(
     done(&p, &s, r, "Project deleted.", "/projects")
 }
 
+/// `YYYY-MM-DD` (UTC) as Unix seconds at 00:00 that day.
+fn date_secs(d: &str) -> Option<u64> {
+    let mut it = d.splitn(3, '-');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: i64 = it.next()?.parse().ok()?;
+    let day: i64 = it.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || !(1970..=9999).contains(&y) {
+        return None;
+    }
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    u64::try_from((era * 146_097 + doe - 719_468) * 86_400).ok()
+}
+
 async fn messages(
     State(p): State<PanelState>,
     Extension(s): Extension<Session>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let project = q.get("project").filter(|v| !v.is_empty()).cloned();
+    let field = |k: &str| q.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
+    let f = pages::MessageFilters {
+        project: field("project"),
+        state: field("state"),
+        recipient: field("recipient"),
+        sender: field("sender"),
+        q: field("q"),
+        since: field("since"),
+        until: field("until"),
+    };
+    let cursor = q.get("cursor").cloned();
     let r = async {
+        let date = |name: &str, v: &str, plus_day: bool| -> Result<Option<u64>, AdminError> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            date_secs(v)
+                .map(|d| Some(if plus_day { d + 86_400 } else { d }))
+                .ok_or_else(|| AdminError::invalid(name, format!("{v:?} is not a date")))
+        };
+        let parts = super::api::MessageQueryParts {
+            project: Some(f.project.clone()),
+            state: Some(f.state.clone()),
+            recipient: Some(f.recipient.clone()),
+            sender: Some(f.sender.clone()),
+            since: date("since", &f.since, false)?,
+            // The whole "to" day is included.
+            until: date("until", &f.until, true)?,
+            q: Some(f.q.clone()),
+            cursor: cursor.clone(),
+            limit: Some(50),
+        };
+        let req = super::api::message_search(parts)?;
         let projects = array(admin(&p, AdminRequest::ProjectList).await?);
-        let log = array(
-            admin(
-                &p,
-                AdminRequest::Log {
-                    project: project.clone(),
-                    limit: LOG_LIMIT,
-                },
-            )
-            .await?,
-        );
+        let page = admin(&p, AdminRequest::Messages(req)).await?;
         Ok(pages::messages(
             ctx(&p, &s, "/messages"),
             &projects,
-            project.as_deref(),
-            &log,
+            &f,
+            &page,
+            cursor.is_some(),
         ))
     }
     .await;
@@ -672,7 +714,8 @@ async fn message(
     Path(id): Path<String>,
 ) -> Response {
     let r = async {
-        let m = admin(&p, AdminRequest::QueueShow { id }).await?;
+        let req = crate::admin::messages::MessagesRequest::Show { id };
+        let m = admin(&p, AdminRequest::Messages(req)).await?;
         Ok(pages::message(ctx(&p, &s, "/messages"), &m))
     }
     .await;
