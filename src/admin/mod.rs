@@ -5,6 +5,7 @@
 //! (`socket.rs`), and only when no server is running does it open the database itself.
 //! Both paths end in [`execute`], so behaviour cannot drift between them.
 
+pub mod branding_preview;
 pub mod dkim;
 pub mod domain;
 pub mod error;
@@ -158,6 +159,13 @@ pub enum AdminRequest {
     WebhookEnable {
         id: String,
     },
+    /// A sample mail branded by the real transform, with `changes` on top of the stored
+    /// settings (nothing is stored; `branding_preview.rs`).
+    BrandingPreview {
+        id: String,
+        #[serde(default)]
+        changes: Option<BrandingUpdate>,
+    },
     /// The message log with filters and a cursor, or one message in full (`messages.rs`).
     Messages(messages::MessagesRequest),
 }
@@ -176,7 +184,7 @@ impl AdminRequest {
                 upstream, clear, ..
             } => upstream.is_none() && !clear,
             SendTest(_) | DomainVerify { .. } | DomainStatus { .. } => true,
-            Messages(_) => true,
+            Messages(_) | BrandingPreview { .. } => true,
             Dkim(d) => matches!(
                 d,
                 dkim::DkimRequest::List { .. }
@@ -453,5 +461,6 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         WebhookRotateSecret { id } => ctx.events.rotate_secret(&id).map_err(err)?,
         WebhookEnable { id } => ctx.events.enable(&id).map_err(err)?,
         Messages(req) => messages::execute(ctx, req)?,
+        BrandingPreview { id, changes } => branding_preview::preview(ctx, &id, changes)?,
     })
 }

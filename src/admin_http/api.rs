@@ -17,6 +17,7 @@ use super::auth::Caller;
 use crate::admin::{AdminError, AdminRequest, ErrorKind, execute_async};
 use crate::outbound::send_test::SendTest;
 use crate::policy::limits::LimitOverride;
+use crate::transform::branding::BrandingUpdate;
 
 /// Every route of the API, for the router and for tests that check nothing is left out.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -33,6 +34,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/projects/{id}/limits"),
     ("PUT", "/api/v1/projects/{id}/limits"),
     ("DELETE", "/api/v1/projects/{id}/limits"),
+    ("GET", "/api/v1/projects/{id}/branding"),
+    ("PUT", "/api/v1/projects/{id}/branding"),
+    ("POST", "/api/v1/projects/{id}/branding/preview"),
     ("GET", "/api/v1/projects/{id}/route"),
     ("PUT", "/api/v1/projects/{id}/route"),
     ("DELETE", "/api/v1/projects/{id}/route"),
@@ -81,6 +85,14 @@ pub fn router(state: HttpState) -> Router {
         .route(
             "/api/v1/projects/{id}/limits",
             get(show_limits).put(set_limits).delete(clear_limits),
+        )
+        .route(
+            "/api/v1/projects/{id}/branding",
+            get(show_branding).put(set_branding),
+        )
+        .route(
+            "/api/v1/projects/{id}/branding/preview",
+            post(preview_branding),
         )
         .route(
             "/api/v1/projects/{id}/route",
@@ -435,6 +447,53 @@ async fn clear_limits(_c: Caller, State(s): State<HttpState>, Path(id): Path<Str
         clear: true,
     };
     run(&s, req, false).await
+}
+
+async fn show_branding(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    run(
+        &s,
+        AdminRequest::ProjectBranding { id, update: None },
+        false,
+    )
+    .await
+}
+
+/// The branding settings to change (`logo`: the image file, base64).
+async fn set_branding(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    b: Result<Json<BrandingUpdate>, JsonRejection>,
+) -> Response {
+    let update = match body(b) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let req = AdminRequest::ProjectBranding {
+        id,
+        update: Some(update),
+    };
+    run(&s, req, false).await
+}
+
+/// The branded sample; a body (optional) previews changes without saving them.
+async fn preview_branding(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    body_bytes: axum::body::Bytes,
+) -> Response {
+    let changes = if body_bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<BrandingUpdate>(&body_bytes) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
+            }
+        }
+    };
+    run(&s, AdminRequest::BrandingPreview { id, changes }, false).await
 }
 
 async fn show_route(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+mod branding_page;
 pub mod openapi;
 mod pages;
 pub mod panel;

@@ -8,6 +8,22 @@ use serde_json::{Map, Value, json};
 /// (method, path, summary, request body schema, success status) of every route.
 fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>, u16)> {
     let label = json!({"type": "string", "description": "free text, e.g. production"});
+    let branding_update = json!({
+        "type": "object",
+        "properties": {
+            "display_name": {"type": "string"},
+            "contact_email": {"type": "string"},
+            "contact_phone": {"type": "string"},
+            "logo": {"type": "string", "contentEncoding": "base64"},
+            "logo_url": {"type": "string"},
+            "no_logo": {"type": "boolean"},
+            "header_template": {"type": "string"},
+            "footer_template": {"type": "string"},
+            "text_footer": {"type": "string"},
+            "default_templates": {"type": "boolean"},
+            "off": {"type": "boolean"},
+        }
+    });
     vec![
         (
             "GET",
@@ -122,6 +138,29 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
             "/api/v1/projects/{id}/limits",
             "Back to the default limits",
             None,
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{id}/branding",
+            "A project's branding settings (null before the first set-up)",
+            None,
+            200,
+        ),
+        (
+            "PUT",
+            "/api/v1/projects/{id}/branding",
+            "Change branding: display name, contacts, logo (base64 PNG/JPEG/GIF, at most 200 KiB: \
+             413 above), logo URL, templates, on/off",
+            Some(branding_update.clone()),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{id}/branding/preview",
+            "A sample password-reset mail branded by the real transform (html with the logo as a \
+             data: URL, text, the MIME message); an optional body previews unsaved changes",
+            Some(branding_update),
             200,
         ),
         (

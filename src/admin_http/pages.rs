@@ -28,12 +28,12 @@ pub fn path_part(id: &str) -> String {
     out
 }
 
-fn s(v: &Value) -> &str {
+pub(super) fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
 
 /// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
-fn when_ms(ms: &Value) -> String {
+pub(super) fn when_ms(ms: &Value) -> String {
     match ms.as_u64() {
         Some(ms) if ms > 0 => when_secs(ms / 1000),
         _ => "—".into(),
@@ -62,11 +62,11 @@ fn duration(secs: u64) -> String {
     }
 }
 
-fn csrf(session: &Session) -> Markup {
+pub(super) fn csrf(session: &Session) -> Markup {
     html! { input type="hidden" name="csrf" value=(session.csrf); }
 }
 
-fn state_badge(state: &str) -> Markup {
+pub(super) fn state_badge(state: &str) -> Markup {
     let class = match state {
         "delivered" => "badge ok",
         "queued" | "deferred" => "badge wait",
@@ -89,11 +89,15 @@ fn head(title: &str) -> Markup {
     }
 }
 
-fn layout(ctx: Ctx<'_>, title: &str, body: Markup) -> Markup {
+pub(super) fn layout(ctx: Ctx<'_>, title: &str, body: Markup) -> Markup {
     let nav = [
         ("/", "Overview"),
         ("/projects", "Projects"),
         ("/messages", "Messages"),
+        ("/branding", "Branding"),
+        ("/dkim", "DKIM"),
+        ("/send-test", "Send test"),
+        ("/admin-tokens", "Admin tokens"),
     ];
     html! {
         (DOCTYPE)

@@ -30,6 +30,9 @@ use crate::secret::Secret;
 
 /// Largest form body the panel reads (its forms are a few short fields).
 const MAX_FORM: usize = 64 * 1024;
+/// Largest `multipart/form-data` body (the branding form with its logo: 200 KiB at most,
+/// refused with a clear message by the settings check, so some room above it).
+const MAX_UPLOAD: usize = 1024 * 1024;
 /// How many log entries the message pages and the overview read.
 const LOG_LIMIT: usize = 500;
 
@@ -37,8 +40,20 @@ const LOG_LIMIT: usize = 500;
 const STYLESHEET: &str = include_str!("panel.css");
 
 /// Scripts: none. Styles and images: this origin only. Forms post only here.
+/// Frames: only the panel's own (the sandboxed branding preview).
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
-                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+                   frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The branding preview, shown in a sandboxed iframe of the panel: a mail's HTML, so inline
+/// styles and images (data: or https:), never a script, a form or a plugin; `sandbox` again
+/// in the CSP in case it is opened on its own.
+const PREVIEW_CSP: &str = "sandbox; default-src 'none'; style-src 'unsafe-inline'; \
+                           img-src data: https:; form-action 'none'; \
+                           frame-ancestors 'self'; base-uri 'none'";
+
+/// Marks a response that is the branding preview (framed by the panel itself).
+#[derive(Clone, Copy)]
+pub(super) struct PreviewFrame;
 
 #[derive(Clone)]
 pub struct PanelState {
@@ -71,6 +86,15 @@ pub fn router(state: PanelState) -> Router {
             "/projects/{id}/delete",
             get(confirm_delete).post(delete_project),
         )
+        .route(
+            "/projects/{id}/branding",
+            get(super::branding_page::page).post(super::branding_page::save),
+        )
+        .route(
+            "/projects/{id}/branding/preview",
+            get(super::branding_page::preview).post(super::branding_page::preview_changes),
+        )
+        .route("/branding", get(super::branding_page::index))
         .route("/messages", get(messages))
         .route("/messages/{id}", get(message))
         .route("/messages/{id}/retry", post(retry_message))
@@ -138,7 +162,54 @@ fn forbidden(why: &str) -> Response {
 }
 
 async fn guard(State(p): State<PanelState>, req: Request, next: Next) -> Response {
-    with_security_headers(guarded(p, req, next).await, CSP)
+    let r = guarded(p, req, next).await;
+    if r.extensions().get::<PreviewFrame>().is_some() {
+        let mut r = with_security_headers(r, PREVIEW_CSP);
+        r.headers_mut()
+            .insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
+        return r;
+    }
+    with_security_headers(r, CSP)
+}
+
+/// Whether the request carries `multipart/form-data` (the branding form with its logo).
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"))
+}
+
+/// One field of a multipart form: its name, file name (for a file) and bytes.
+pub(super) struct Part {
+    pub name: String,
+    pub file_name: Option<String>,
+    pub data: axum::body::Bytes,
+}
+
+/// The fields of a `multipart/form-data` body (`None`: not a readable one).
+pub(super) async fn multipart_parts(
+    headers: &HeaderMap,
+    body: axum::body::Bytes,
+) -> Option<Vec<Part>> {
+    use axum::extract::FromRequest;
+    let mut req = Request::new(Body::from(body));
+    *req.headers_mut() = headers.clone();
+    let mut mp = axum::extract::Multipart::from_request(req, &())
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    while let Some(field) = mp.next_field().await.ok()? {
+        let name = field.name().unwrap_or_default().to_string();
+        let file_name = field.file_name().map(str::to_string);
+        let data = field.bytes().await.ok()?;
+        out.push(Part {
+            name,
+            file_name,
+            data,
+        });
+    }
+    Some(out)
 }
 
 async fn guarded(p: PanelState, req: Request, next: Next) -> Response {
@@ -165,14 +236,24 @@ async fn guarded(p: PanelState, req: Request, next: Next) -> Response {
     let mut req = req;
     if writes {
         let (parts, body) = req.into_parts();
-        let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM).await else {
+        let multipart = is_multipart(&parts.headers);
+        let limit = if multipart { MAX_UPLOAD } else { MAX_FORM };
+        let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
             return (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 pages::error_page("Too large", "That form is too large."),
             )
                 .into_response();
         };
-        let csrf = form_urlencoded_field(&bytes, "csrf").unwrap_or_default();
+        let csrf = if multipart {
+            multipart_parts(&parts.headers, bytes.clone())
+                .await
+                .and_then(|ps| ps.into_iter().find(|p| p.name == "csrf"))
+                .map(|p| String::from_utf8_lossy(&p.data).into_owned())
+                .unwrap_or_default()
+        } else {
+            form_urlencoded_field(&bytes, "csrf").unwrap_or_default()
+        };
         if !bool::from(csrf.as_bytes().ct_eq(session.csrf.as_bytes())) {
             return forbidden(
                 "This form is out of date or did not come from the panel; reload the page \
@@ -206,12 +287,12 @@ fn form_urlencoded_field(body: &[u8], name: &str) -> Option<String> {
 }
 
 /// Runs one admin operation; its error in plain words.
-async fn admin(p: &PanelState, req: AdminRequest) -> Result<Value, AdminError> {
+pub(super) async fn admin(p: &PanelState, req: AdminRequest) -> Result<Value, AdminError> {
     execute_async(&p.http.admin, req).await
 }
 
 /// A page, or the error page when the operation behind it failed.
-fn page_or_error(r: Result<maud::Markup, AdminError>) -> Response {
+pub(super) fn page_or_error(r: Result<maud::Markup, AdminError>) -> Response {
     match r {
         Ok(m) => m.into_response(),
         Err(e) => {
@@ -227,7 +308,13 @@ fn page_or_error(r: Result<maud::Markup, AdminError>) -> Response {
 }
 
 /// After a change: a notice for the next page, then back to `to`.
-fn done(p: &PanelState, s: &Session, r: Result<Value, AdminError>, ok: &str, to: &str) -> Response {
+pub(super) fn done(
+    p: &PanelState,
+    s: &Session,
+    r: Result<Value, AdminError>,
+    ok: &str,
+    to: &str,
+) -> Response {
     match r {
         Ok(_) => p.sessions.notify(s, false, ok),
         Err(e) => p.sessions.notify(s, true, e.message),
@@ -235,7 +322,7 @@ fn done(p: &PanelState, s: &Session, r: Result<Value, AdminError>, ok: &str, to:
     Redirect::to(to).into_response()
 }
 
-fn ctx<'a>(p: &'a PanelState, s: &'a Session, path: &'a str) -> pages::Ctx<'a> {
+pub(super) fn ctx<'a>(p: &'a PanelState, s: &'a Session, path: &'a str) -> pages::Ctx<'a> {
     pages::Ctx {
         session: s,
         notice: p.sessions.take_notice(s),
@@ -326,7 +413,7 @@ async fn logout(State(p): State<PanelState>, Extension(s): Extension<Session>) -
     r
 }
 
-fn array(v: Value) -> Vec<Value> {
+pub(super) fn array(v: Value) -> Vec<Value> {
     match v {
         Value::Array(a) => a,
         _ => Vec::new(),
@@ -451,7 +538,7 @@ async fn project(
     page_or_error(r)
 }
 
-fn project_url(id: &str) -> String {
+pub(super) fn project_url(id: &str) -> String {
     format!("/projects/{}", pages::path_part(id))
 }
 
