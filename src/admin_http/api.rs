@@ -57,6 +57,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/webhooks/{id}/test"),
     ("POST", "/api/v1/webhooks/{id}/rotate-secret"),
     ("POST", "/api/v1/webhooks/{id}/enable"),
+    ("GET", "/api/v1/dkim"),
+    ("POST", "/api/v1/dkim/keys"),
+    ("POST", "/api/v1/dkim/import"),
+    ("GET", "/api/v1/dkim/{domain}/dns"),
+    ("DELETE", "/api/v1/dkim/{domain}/{selector}"),
+    ("POST", "/api/v1/dkim/{domain}/{selector}/activate"),
+    ("POST", "/api/v1/dkim/{domain}/{selector}/retire"),
     ("GET", "/api/v1/openapi.json"),
 ];
 
@@ -118,6 +125,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/webhooks/{id}/rotate-secret", post(rotate_webhook))
         .route("/api/v1/webhooks/{id}/enable", post(enable_webhook))
         .route("/api/v1/openapi.json", get(openapi))
+        .merge(super::dkim_api::routes())
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -158,7 +166,7 @@ pub fn admin_error_response(e: &AdminError) -> Response {
     (status_of(e.kind), Json(v)).into_response()
 }
 
-async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
+pub(super) async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
     match execute_async(&state.admin, req).await {
         Ok(v) => {
             let status = if created {
@@ -174,7 +182,7 @@ async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
 
 /// A JSON body, or the error response naming what is wrong with it.
 #[allow(clippy::result_large_err)] // the error is the response itself, returned at once
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
     match b {
         Ok(Json(v)) => Ok(v),
         // Right JSON, wrong shape (a field missing, unknown or of the wrong type): serde's

@@ -10,6 +10,8 @@
 pub mod api;
 pub mod auth;
 mod branding_page;
+mod dkim_api;
+mod dkim_page;
 pub mod openapi;
 mod pages;
 pub mod panel;

@@ -327,6 +327,73 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
             None,
             200,
         ),
+        (
+            "GET",
+            "/api/v1/dkim",
+            "DKIM keys (?domain= for one domain) with state, owners and the DNS record of each",
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/dkim/keys",
+            "Generate a key (pending until activated; the private key never leaves the server)",
+            Some(json!({
+                "type": "object", "required": ["domain"], "additionalProperties": false,
+                "properties": {
+                    "domain": {"type": "string"},
+                    "selector": {"type": "string", "description": "default: s<yyyymm>"},
+                    "algorithm": {"enum": ["rsa", "ed25519"]},
+                    "bits": {"type": "integer"},
+                    "activate": {"type": "boolean"},
+                }
+            })),
+            201,
+        ),
+        (
+            "POST",
+            "/api/v1/dkim/import",
+            "Import a private key (PEM)",
+            Some(json!({
+                "type": "object", "required": ["domain", "selector", "private_key"],
+                "additionalProperties": false,
+                "properties": {
+                    "domain": {"type": "string"},
+                    "selector": {"type": "string"},
+                    "private_key": {"type": "string"},
+                    "activate": {"type": "boolean"},
+                }
+            })),
+            201,
+        ),
+        (
+            "GET",
+            "/api/v1/dkim/{domain}/dns",
+            "The DNS records to publish for a domain (DKIM per key, suggested SPF and DMARC)",
+            None,
+            200,
+        ),
+        (
+            "DELETE",
+            "/api/v1/dkim/{domain}/{selector}",
+            "Remove a key that is not active",
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/dkim/{domain}/{selector}/activate",
+            "Make a key the one that signs (the previous one starts retiring)",
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/dkim/{domain}/{selector}/retire",
+            "Stop signing with a key (keep its record published a few days)",
+            None,
+            200,
+        ),
         ("GET", "/api/v1/openapi.json", "This document", None, 200),
     ]
 }

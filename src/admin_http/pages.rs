@@ -40,7 +40,7 @@ pub(super) fn when_ms(ms: &Value) -> String {
     }
 }
 
-fn when_secs(secs: u64) -> String {
+pub(super) fn when_secs(secs: u64) -> String {
     let dt = mail_parser::DateTime::from_timestamp(secs as i64);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
@@ -49,7 +49,7 @@ fn when_secs(secs: u64) -> String {
 }
 
 /// Seconds since the epoch as `YYYY-MM-DD` (UTC).
-fn day(secs: u64) -> String {
+pub(super) fn day(secs: u64) -> String {
     when_secs(secs).chars().take(10).collect()
 }
 

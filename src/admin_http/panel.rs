@@ -95,6 +95,20 @@ pub fn router(state: PanelState) -> Router {
             get(super::branding_page::preview).post(super::branding_page::preview_changes),
         )
         .route("/branding", get(super::branding_page::index))
+        .route("/dkim", get(super::dkim_page::page))
+        .route("/dkim/keys", post(super::dkim_page::keygen))
+        .route(
+            "/dkim/{domain}/{selector}/activate",
+            post(super::dkim_page::activate),
+        )
+        .route(
+            "/dkim/{domain}/{selector}/retire",
+            post(super::dkim_page::retire),
+        )
+        .route(
+            "/dkim/{domain}/{selector}/remove",
+            post(super::dkim_page::remove),
+        )
         .route("/messages", get(messages))
         .route("/messages/{id}", get(message))
         .route("/messages/{id}/retry", post(retry_message))
