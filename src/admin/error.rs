@@ -21,6 +21,8 @@ pub enum ErrorKind {
     TooLarge,
     /// The operation cannot run here or now (no delivery side, storage failing).
     Unavailable,
+    /// It ran, and an upstream refused or could not be reached (send-test).
+    Upstream,
     /// Anything else: a bug or a corrupt record.
     Internal,
 }
@@ -34,6 +36,7 @@ impl ErrorKind {
             ErrorKind::Invalid => "invalid",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Upstream => "upstream",
             ErrorKind::Internal => "internal",
         }
     }
@@ -232,7 +235,7 @@ impl Classify for crate::outbound::send_test::SendTestError {
             E::Invalid(_) => (Invalid, None),
             // The upstream refused or could not be reached: the operation ran; its answer is
             // the result, not a malformed request.
-            E::Refused(_) => (Unavailable, None),
+            E::Refused(_) => (Upstream, None),
         }
     }
 }

@@ -153,6 +153,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -674,6 +675,32 @@ async fn message(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>)
     run(&s, AdminRequest::Messages(req), false).await
 }
 
+/// The outcome of a send-test in plain words: delivered or not, and why. An upstream's
+/// refusal is the answer to the test, not an error of the request (200, `delivered: false`);
+/// bad input is a 422.
+pub async fn send_test_outcome(
+    admin: &crate::admin::AdminContext,
+    t: SendTest,
+) -> Result<Value, AdminError> {
+    match execute_async(admin, AdminRequest::SendTest(t)).await {
+        Ok(mut v) => {
+            let words = format!(
+                "delivered through upstream {}: {}",
+                v["upstream"].as_str().unwrap_or("?"),
+                v["reply"].as_str().unwrap_or("")
+            );
+            v["delivered"] = json!(true);
+            v["result"] = json!(words);
+            Ok(v)
+        }
+        Err(e) if e.kind == ErrorKind::Upstream => Ok(json!({
+            "delivered": false,
+            "result": e.message,
+        })),
+        Err(e) => Err(e),
+    }
+}
+
 async fn send_test(
     _c: Caller,
     State(s): State<HttpState>,
@@ -683,7 +710,10 @@ async fn send_test(
         Ok(v) => v,
         Err(r) => return r,
     };
-    run(&s, AdminRequest::SendTest(t), false).await
+    match send_test_outcome(&s.admin, t).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => admin_error_response(&e),
+    }
 }
 
 async fn list_admin_tokens(_c: Caller, State(s): State<HttpState>) -> Response {

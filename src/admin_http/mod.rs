@@ -15,6 +15,7 @@ mod dkim_page;
 pub mod openapi;
 mod pages;
 pub mod panel;
+mod send_test_page;
 pub mod session;
 
 use std::net::SocketAddr;

@@ -239,8 +239,18 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
         (
             "POST",
             "/api/v1/send-test",
-            "Send a test message through an upstream and report its reply",
-            Some(json!({"type": "object"})),
+            "Send a test message through the project's route (or one upstream) now, bypassing \
+             the queue; the answer says in plain words whether it was delivered \
+             ({delivered, result, upstream, reply}); an upstream's refusal is delivered: false",
+            Some(json!({
+                "type": "object", "required": ["project", "to"],
+                "properties": {
+                    "project": {"type": "string"},
+                    "to": {"type": "string"},
+                    "upstream": {"type": "string"},
+                    "from": {"type": "string"},
+                }
+            })),
             200,
         ),
         (

@@ -95,6 +95,10 @@ pub fn router(state: PanelState) -> Router {
             get(super::branding_page::preview).post(super::branding_page::preview_changes),
         )
         .route("/branding", get(super::branding_page::index))
+        .route(
+            "/send-test",
+            get(super::send_test_page::page).post(super::send_test_page::send),
+        )
         .route("/dkim", get(super::dkim_page::page))
         .route("/dkim/keys", post(super::dkim_page::keygen))
         .route(

@@ -54,6 +54,8 @@ struct Entry {
     reveal: Option<Reveal>,
     /// One message for the next page ("project created", or why something was refused).
     notice: Option<Notice>,
+    /// The outcome of the last send-test, for the page the form goes back to.
+    result: Option<serde_json::Value>,
 }
 
 #[derive(Clone)]
@@ -131,6 +133,7 @@ impl Sessions {
                 session,
                 reveal: None,
                 notice: None,
+                result: None,
             },
         );
         let mut cookie = format!(
@@ -201,6 +204,17 @@ impl Sessions {
 
     pub fn take_notice(&self, session: &Session) -> Option<Notice> {
         self.lock().get_mut(&session.key)?.notice.take()
+    }
+
+    /// Keeps an operation's outcome (send-test) for the next page, once.
+    pub fn keep_result(&self, session: &Session, result: serde_json::Value) {
+        if let Some(e) = self.lock().get_mut(&session.key) {
+            e.result = Some(result);
+        }
+    }
+
+    pub fn take_result(&self, session: &Session) -> Option<serde_json::Value> {
+        self.lock().get_mut(&session.key)?.result.take()
     }
 }
 
