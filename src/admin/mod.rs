@@ -11,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod messages;
 pub mod socket;
+pub mod stats;
 
 use error::err;
 pub use error::{AdminError, ErrorKind};
@@ -166,6 +167,8 @@ pub enum AdminRequest {
         #[serde(default)]
         changes: Option<BrandingUpdate>,
     },
+    /// Counts over a time window, queue depth, upstream health (`stats.rs`).
+    Stats(stats::StatsRequest),
     /// The message log with filters and a cursor, or one message in full (`messages.rs`).
     Messages(messages::MessagesRequest),
 }
@@ -184,7 +187,7 @@ impl AdminRequest {
                 upstream, clear, ..
             } => upstream.is_none() && !clear,
             SendTest(_) | DomainVerify { .. } | DomainStatus { .. } => true,
-            Messages(_) | BrandingPreview { .. } => true,
+            Messages(_) | BrandingPreview { .. } | Stats(_) => true,
             Dkim(d) => matches!(
                 d,
                 dkim::DkimRequest::List { .. }
@@ -461,6 +464,7 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         WebhookRotateSecret { id } => ctx.events.rotate_secret(&id).map_err(err)?,
         WebhookEnable { id } => ctx.events.enable(&id).map_err(err)?,
         Messages(req) => messages::execute(ctx, req)?,
+        Stats(req) => stats::execute(ctx, req)?,
         BrandingPreview { id, changes } => branding_preview::preview(ctx, &id, changes)?,
     })
 }

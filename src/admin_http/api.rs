@@ -47,6 +47,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/messages"),
     ("GET", "/api/v1/messages/{id}"),
     ("POST", "/api/v1/send-test"),
+    ("GET", "/api/v1/stats"),
     ("GET", "/api/v1/admin-tokens"),
     ("POST", "/api/v1/admin-tokens"),
     ("DELETE", "/api/v1/admin-tokens/{id}"),
@@ -111,6 +112,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/messages", get(messages))
         .route("/api/v1/messages/{id}", get(message))
         .route("/api/v1/send-test", post(send_test))
+        .route("/api/v1/stats", get(stats))
         .route(
             "/api/v1/admin-tokens",
             get(list_admin_tokens).post(add_admin_token),
@@ -673,6 +675,28 @@ async fn messages(
 async fn message(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     let req = crate::admin::messages::MessagesRequest::Show { id };
     run(&s, AdminRequest::Messages(req), false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    #[serde(default)]
+    hours: Option<u32>,
+}
+
+async fn stats(
+    _c: Caller,
+    State(s): State<HttpState>,
+    q: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    let req = crate::admin::stats::StatsRequest {
+        hours: q.hours.unwrap_or(24),
+    };
+    run(&s, AdminRequest::Stats(req), false).await
 }
 
 /// The outcome of a send-test in plain words: delivered or not, and why. An upstream's

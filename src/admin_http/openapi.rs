@@ -255,6 +255,15 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
         ),
         (
             "GET",
+            "/api/v1/stats",
+            "Counts over the last ?hours= (1-720, default 24) per project and overall (accepted, \
+             relayed, deferred, failed, rate_limited), hourly buckets (up to 168), queue depth \
+             and oldest message, each upstream's last success, last error and throttling",
+            None,
+            200,
+        ),
+        (
+            "GET",
             "/api/v1/admin-tokens",
             "List admin tokens (never the tokens)",
             None,

@@ -33,8 +33,6 @@ const MAX_FORM: usize = 64 * 1024;
 /// Largest `multipart/form-data` body (the branding form with its logo: 200 KiB at most,
 /// refused with a clear message by the settings check, so some room above it).
 const MAX_UPLOAD: usize = 1024 * 1024;
-/// How many log entries the message pages and the overview read.
-const LOG_LIMIT: usize = 500;
 
 /// The stylesheet, served as a file so the CSP needs no inline style.
 const STYLESHEET: &str = include_str!("panel.css");
@@ -441,18 +439,12 @@ pub(super) fn array(v: Value) -> Vec<Value> {
 async fn overview(State(p): State<PanelState>, Extension(s): Extension<Session>) -> Response {
     let r = async {
         let projects = array(admin(&p, AdminRequest::ProjectList).await?);
-        let queue = array(admin(&p, AdminRequest::QueueList).await?);
-        let log = array(
-            admin(
-                &p,
-                AdminRequest::Log {
-                    project: None,
-                    limit: LOG_LIMIT,
-                },
-            )
-            .await?,
-        );
-        Ok(pages::overview(ctx(&p, &s, "/"), &projects, &queue, &log))
+        let stats = admin(
+            &p,
+            AdminRequest::Stats(crate::admin::stats::StatsRequest { hours: 24 }),
+        )
+        .await?;
+        Ok(pages::overview(ctx(&p, &s, "/"), &projects, &stats))
     }
     .await;
     page_or_error(r)
