@@ -524,3 +524,73 @@ async fn waiting_messages_can_be_retried_and_deleted_from_their_page() {
     );
     assert!(html.contains("Newest") && !html.contains("rel=\"next\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_tokens_are_listed_added_once_and_revoked() {
+    let relay = relay_with_panel("");
+    let admin = admin_token(&relay, "admin");
+    let mut panel = Panel::new(&relay);
+    panel.login(&admin).await;
+    let (st, html) = panel.page("/admin-tokens").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        html.contains("this session") && html.contains("Create token"),
+        "{html}"
+    );
+    let csrf = csrf_of(&html);
+
+    let r = panel
+        .post(
+            "/admin-tokens",
+            &[
+                ("csrf", &csrf),
+                ("label", "deploy <script>"),
+                ("role", "viewer"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, html) = panel.page("/admin-tokens").await;
+    assert!(html.contains("New admin token"), "{html}");
+    assert!(html.contains("deploy &lt;script&gt;"), "{html}");
+    let at = html.find("smtpa_").expect("the new token, shown once");
+    let token: String = html[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    assert_eq!(token.len(), 6 + 43, "{token}");
+    // Shown once: a reload no longer has it; it works as a viewer token.
+    let (_, html) = panel.page("/admin-tokens").await;
+    assert!(!html.contains(&token) && !html.contains("New admin token"));
+    let mut other = Panel::new(&relay);
+    other.login(&token).await;
+    let (_, html) = other.page("/admin-tokens").await;
+    assert!(
+        !html.contains("Create token") && !html.contains("Revoke"),
+        "a viewer sees no buttons"
+    );
+
+    // Revoked from the panel: its session ends.
+    let list = relay.cli_json(&["admin", "token", "list"]);
+    let id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["label"] == "deploy <script>")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = panel
+        .post(&format!("/admin-tokens/{id}/revoke"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, html) = panel.page("/admin-tokens").await;
+    assert!(html.contains("Admin token revoked"), "{html}");
+    let r = other.get("/admin-tokens").await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "the revoked token's session ended"
+    );
+}

@@ -17,6 +17,7 @@ mod pages;
 pub mod panel;
 mod send_test_page;
 pub mod session;
+mod tokens_page;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -97,6 +97,14 @@ pub fn router(state: PanelState) -> Router {
             "/send-test",
             get(super::send_test_page::page).post(super::send_test_page::send),
         )
+        .route(
+            "/admin-tokens",
+            get(super::tokens_page::page).post(super::tokens_page::add),
+        )
+        .route(
+            "/admin-tokens/{id}/revoke",
+            post(super::tokens_page::revoke),
+        )
         .route("/dkim", get(super::dkim_page::page))
         .route("/dkim/keys", post(super::dkim_page::keygen))
         .route(

@@ -27,7 +27,7 @@ pub async fn page(State(p): State<PanelState>, Extension(sess): Extension<Sessio
             .keys()
             .cloned()
             .collect();
-        let last = p.sessions.take_result(&sess);
+        let last = p.sessions.take_result(&sess, "/send-test");
         Ok(render(
             ctx(&p, &sess, "/send-test"),
             &projects,
@@ -101,7 +101,7 @@ pub async fn send(
         from: None,
     };
     match super::api::send_test_outcome(&p.http.admin, t).await {
-        Ok(v) => p.sessions.keep_result(&sess, v),
+        Ok(v) => p.sessions.keep_result(&sess, "/send-test", v),
         Err(e) => p.sessions.notify(&sess, true, e.message),
     }
     Redirect::to("/send-test").into_response()

@@ -54,8 +54,9 @@ struct Entry {
     reveal: Option<Reveal>,
     /// One message for the next page ("project created", or why something was refused).
     notice: Option<Notice>,
-    /// The outcome of the last send-test, for the page the form goes back to.
-    result: Option<serde_json::Value>,
+    /// An outcome for one page, once: (page, value) — a send-test's result, or a new admin
+    /// token to reveal.
+    result: Option<(&'static str, serde_json::Value)>,
 }
 
 #[derive(Clone)]
@@ -206,15 +207,22 @@ impl Sessions {
         self.lock().get_mut(&session.key)?.notice.take()
     }
 
-    /// Keeps an operation's outcome (send-test) for the next page, once.
-    pub fn keep_result(&self, session: &Session, result: serde_json::Value) {
+    /// Keeps an operation's outcome for the next view of `page`, once.
+    pub fn keep_result(&self, session: &Session, page: &'static str, result: serde_json::Value) {
         if let Some(e) = self.lock().get_mut(&session.key) {
-            e.result = Some(result);
+            e.result = Some((page, result));
         }
     }
 
-    pub fn take_result(&self, session: &Session) -> Option<serde_json::Value> {
-        self.lock().get_mut(&session.key)?.result.take()
+    /// The outcome kept for `page` (taken: a reload no longer shows it).
+    pub fn take_result(&self, session: &Session, page: &str) -> Option<serde_json::Value> {
+        let mut map = self.lock();
+        let e = map.get_mut(&session.key)?;
+        if e.result.as_ref().is_some_and(|(p, _)| *p == page) {
+            e.result.take().map(|(_, v)| v)
+        } else {
+            None
+        }
     }
 }
 
