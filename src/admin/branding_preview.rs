@@ -59,7 +59,7 @@ pub fn preview(
         Some(u) => BrandingSettings::updated(stored, u, crate::now_secs()).map_err(err)?,
         None => stored.ok_or_else(|| {
             AdminError::not_found(format!(
-                "project {id} has no branding yet (set a display name first)"
+                "project {id} has no branding yet: fill in a display name and press Preview changes, or Save"
             ))
         })?,
     };

@@ -141,9 +141,6 @@ fn form_page(ctx: Ctx<'_>, project: &Value, b: &Value) -> Markup {
                 }
                 div class="card" {
                     h2 { "Preview" span class="muted small" { " — a password-reset mail as recipients will see it" } }
-                    @if b.is_null() {
-                        p class="empty" { "Set a display name and save (or press Preview changes) to see the preview." }
-                    }
                     iframe class="preview" name="preview" title="Branded mail preview" sandbox="" src={ (url) "/preview" } {}
                 }
             }

@@ -610,7 +610,7 @@ fn message_table(log: &[Value], with_project: bool) -> Markup {
                 thead { tr {
                     th { "Received" }
                     @if with_project { th { "Project" } }
-                    th { "Subject" } th { "From" } th { "To" } th { "State" } th class="num" { "Attempts" } th { "Last reply" }
+                    th { "Subject" } th { "From" } th { "To" } th { "State" } th class="num" { "Attempts" }
                 } }
                 tbody {
                     @for m in log {
@@ -622,9 +622,9 @@ fn message_table(log: &[Value], with_project: bool) -> Markup {
                             } }
                             td class="clip" { (m["from"].as_str().unwrap_or(s(&m["mail_from"]))) }
                             td class="clip" { (recipients(m)) }
-                            td { (state_badge(s(&m["state"]))) }
+                            // The last reply as a tooltip: the message's page shows every one.
+                            td title=(s(&m["last_reply"])) { (state_badge(s(&m["state"]))) }
                             td class="num" { (m["attempts"]) }
-                            td class="clip muted" { (s(&m["last_reply"])) }
                         }
                     }
                 }
@@ -718,7 +718,7 @@ pub fn messages(
                     span class="muted small" { "Newest first, " (log.len()) " on this page." }
                 }
             }
-            div class="card" { (message_table(log, true)) }
+            div class="card" { (message_table(log, f.project.is_empty())) }
             div class="row pager" {
                 @if paged { a class="button secondary" href={ "/messages?" (filters) } { "← Newest" } }
                 @if let Some(c) = page["next_cursor"].as_str() {
