@@ -89,6 +89,13 @@ async fn stats_count_outcomes_and_feed_the_overview_chart() {
     let err = up_v["last_error"].as_str().unwrap();
     assert!(err.contains("550") || err.contains("451"), "{up_v}");
 
+    // The CLI runs the same operation.
+    let cli = relay.cli_json(&["stats", "--hours", "24"]);
+    assert_eq!(cli["overall"], v["overall"], "{cli:#}");
+    let out = relay.cli(&["stats"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("accepted=3 relayed=1 deferred=1 failed=1"), "{text}");
+
     let (st, v) = api.get(&viewer, "/api/v1/stats?hours=1").await;
     assert_eq!(
         (st, v["overall"]["accepted"].as_u64()),

@@ -12,6 +12,7 @@ pub mod project;
 pub mod queue;
 pub mod send_test;
 pub mod serve;
+pub mod stats;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -108,6 +109,8 @@ pub enum Command {
         #[command(subcommand)]
         command: webhook::WebhookCommand,
     },
+    /// Counts of the last hours per project, the queue and the upstreams' health.
+    Stats(stats::StatsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -123,6 +126,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin { ref command } => admin_tokens::run(&cli, command),
         Command::Generate { ref command } => generate::run(command),
         Command::Webhook { ref command } => webhook::run(&cli, command),
+        Command::Stats(ref args) => stats::run(&cli, args),
     }
 }
 
