@@ -135,6 +135,19 @@ async fn message_log_filters_search_pages_and_shows_attempts() {
         assert_eq!(ids(&v), owned(&want), "{query}");
     }
 
+    // The CLI's `log` searches the same way.
+    let cli = relay.cli_json(&["log", "--search", "invoice", "--state", "delivered"]);
+    assert_eq!(ids(&cli), owned(&[&invoice]), "{cli}");
+    let out = relay.cli(&["log", "--recipient", "example.net", "--limit", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&post) && text.contains("more: --cursor "),
+        "{text}"
+    );
+    let out = relay.cli(&["log", "--state", "lost"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown state"));
+
     // Pages of one: the cursor walks the log newest first, then ends.
     let mut seen = Vec::new();
     let mut path = "/api/v1/messages?limit=1".to_string();

@@ -94,7 +94,10 @@ async fn stats_count_outcomes_and_feed_the_overview_chart() {
     assert_eq!(cli["overall"], v["overall"], "{cli:#}");
     let out = relay.cli(&["stats"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("accepted=3 relayed=1 deferred=1 failed=1"), "{text}");
+    assert!(
+        text.contains("accepted=3 relayed=1 deferred=1 failed=1"),
+        "{text}"
+    );
 
     let (st, v) = api.get(&viewer, "/api/v1/stats?hours=1").await;
     assert_eq!(

@@ -33,6 +33,55 @@ pub enum MessagesRequest {
     Show { id: String },
 }
 
+/// An empty query parameter (`?state=` from a form) is no filter.
+fn given(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The admin request for a message query, or the error naming the bad parameter.
+pub fn message_search(q: MessageQueryParts) -> Result<MessagesRequest, AdminError> {
+    let state = match given(q.state) {
+        Some(st) => Some(
+            serde_json::from_value::<crate::queue::MessageState>(json!(st)).map_err(|_| {
+                AdminError::invalid(
+                    "state",
+                    format!(
+                        "unknown state {st:?}: use queued, deferred, delivered, failed, \
+                         expired or deleted"
+                    ),
+                )
+            })?,
+        ),
+        None => None,
+    };
+    Ok(MessagesRequest::Search {
+        filter: crate::queue::log::LogFilter {
+            project: given(q.project),
+            state,
+            recipient: given(q.recipient),
+            sender: given(q.sender),
+            since_ms: q.since.map(|s| s.saturating_mul(1000)),
+            until_ms: q.until.map(|s| s.saturating_mul(1000)),
+            text: given(q.q),
+        },
+        cursor: given(q.cursor),
+        limit: q.limit.unwrap_or(50),
+    })
+}
+
+/// The query of a message search, shared by the API and the panel's filter form.
+pub struct MessageQueryParts {
+    pub project: Option<String>,
+    pub state: Option<String>,
+    pub recipient: Option<String>,
+    pub sender: Option<String>,
+    pub since: Option<u64>,
+    pub until: Option<u64>,
+    pub q: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+}
+
 /// The cursor names the last message of a page; it is opaque so that callers only pass it back.
 fn encode_cursor(id: &str) -> String {
     URL_SAFE_NO_PAD.encode(id.as_bytes())

@@ -595,57 +595,6 @@ struct MessageQuery {
     limit: Option<usize>,
 }
 
-/// An empty query parameter (`?state=` from a form) is no filter.
-fn given(v: Option<String>) -> Option<String> {
-    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
-/// The admin request for a message query, or the error naming the bad parameter.
-pub fn message_search(
-    q: MessageQueryParts,
-) -> Result<crate::admin::messages::MessagesRequest, AdminError> {
-    let state = match given(q.state) {
-        Some(st) => Some(
-            serde_json::from_value::<crate::queue::MessageState>(json!(st)).map_err(|_| {
-                AdminError::invalid(
-                    "state",
-                    format!(
-                        "unknown state {st:?}: use queued, deferred, delivered, failed, \
-                         expired or deleted"
-                    ),
-                )
-            })?,
-        ),
-        None => None,
-    };
-    Ok(crate::admin::messages::MessagesRequest::Search {
-        filter: crate::queue::log::LogFilter {
-            project: given(q.project),
-            state,
-            recipient: given(q.recipient),
-            sender: given(q.sender),
-            since_ms: q.since.map(|s| s.saturating_mul(1000)),
-            until_ms: q.until.map(|s| s.saturating_mul(1000)),
-            text: given(q.q),
-        },
-        cursor: given(q.cursor),
-        limit: q.limit.unwrap_or(50),
-    })
-}
-
-/// The query of a message search, shared by the API and the panel's filter form.
-pub struct MessageQueryParts {
-    pub project: Option<String>,
-    pub state: Option<String>,
-    pub recipient: Option<String>,
-    pub sender: Option<String>,
-    pub since: Option<u64>,
-    pub until: Option<u64>,
-    pub q: Option<String>,
-    pub cursor: Option<String>,
-    pub limit: Option<usize>,
-}
-
 async fn messages(
     _c: Caller,
     State(s): State<HttpState>,
@@ -655,7 +604,7 @@ async fn messages(
         Ok(Query(q)) => q,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
     };
-    let parts = MessageQueryParts {
+    let parts = crate::admin::messages::MessageQueryParts {
         project: q.project,
         state: q.state,
         recipient: q.recipient,
@@ -666,7 +615,7 @@ async fn messages(
         cursor: q.cursor,
         limit: q.limit,
     };
-    match message_search(parts) {
+    match crate::admin::messages::message_search(parts) {
         Ok(req) => run(&s, AdminRequest::Messages(req), false).await,
         Err(e) => admin_error_response(&e),
     }

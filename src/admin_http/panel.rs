@@ -786,7 +786,7 @@ async fn messages(
                 .map(|d| Some(if plus_day { d + 86_400 } else { d }))
                 .ok_or_else(|| AdminError::invalid(name, format!("{v:?} is not a date")))
         };
-        let parts = super::api::MessageQueryParts {
+        let parts = crate::admin::messages::MessageQueryParts {
             project: Some(f.project.clone()),
             state: Some(f.state.clone()),
             recipient: Some(f.recipient.clone()),
@@ -798,7 +798,7 @@ async fn messages(
             cursor: cursor.clone(),
             limit: Some(50),
         };
-        let req = super::api::message_search(parts)?;
+        let req = crate::admin::messages::message_search(parts)?;
         let projects = array(admin(&p, AdminRequest::ProjectList).await?);
         let page = admin(&p, AdminRequest::Messages(req)).await?;
         Ok(pages::messages(

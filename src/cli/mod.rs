@@ -76,6 +76,9 @@ pub enum Command {
         project: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Search and filter like the API's /messages (any of these: pages of at most 200).
+        #[command(flatten)]
+        search: queue::LogSearch,
     },
     /// Validate and print the configuration.
     Config {
@@ -118,7 +121,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve::run(cli.config.as_deref()),
         Command::Project { ref command } => project::run(&cli, command),
         Command::Queue { ref command } => queue::run(&cli, command),
-        Command::Log { ref project, limit } => queue::log(&cli, project.clone(), limit),
+        Command::Log {
+            ref project,
+            limit,
+            ref search,
+        } => queue::log(&cli, project.clone(), limit, search),
         Command::Config { ref command } => config::run(&cli, command),
         Command::SendTest(ref args) => send_test::run(&cli, args),
         Command::Dkim { ref command } => dkim::run(&cli, command),
