@@ -115,6 +115,28 @@ async fn branding_settings_and_preview_over_the_api() {
     let html = v["html"].as_str().unwrap();
     assert!(html.contains("src=\"data:image/png;base64,"), "{html}");
     assert!(!html.contains("cid:"), "{html}");
+    // The CLI previews the same way, saving nothing.
+    let out = relay.cli(&[
+        "project",
+        "branding",
+        &id,
+        "--preview",
+        "--display-name",
+        "Other Co",
+    ]);
+    let mime = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        mime.contains("Subject: Reset your password") && mime.contains("Other Co"),
+        "{mime}"
+    );
+    let v = relay.cli_json(&["project", "show", &id]);
+    assert_eq!(v["branding"]["display_name"], "Acme", "{v}");
+
     let (st, _) = api
         .call(
             &admin,
