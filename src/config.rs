@@ -840,6 +840,13 @@ impl Config {
         Config::parse(&text, &path.display().to_string())
     }
 
+    /// Whether this is the built-in development config (no config file given).
+    pub fn is_builtin(&self) -> bool {
+        self.origin
+            .as_ref()
+            .is_some_and(|o| o.path == DEFAULT_SOURCE)
+    }
+
     /// `path`, or the built-in default when `None`.
     pub fn load_or_builtin(path: Option<&Path>) -> Result<Config, ConfigError> {
         match path {
@@ -1555,6 +1562,12 @@ mod tests {
     #[test]
     fn builtin_config_is_valid() {
         let c = Config::builtin().expect("built-in config must parse");
+        // The development default serves the panel on loopback.
+        assert_eq!(
+            c.admin_http.address,
+            Some("127.0.0.1:2580".parse().unwrap())
+        );
+        assert!(c.is_builtin());
         assert_eq!(c.delivery.default_route, "outbox");
         assert_eq!(c.listeners.len(), 2);
     }

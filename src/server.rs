@@ -145,7 +145,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
             shutdown_rx.clone(),
         ));
     }
-    let admin_http = crate::admin_http::AdminHttp::bind(&config).await?;
+    let admin_http = crate::admin_http::AdminHttp::bind_for(&config).await?;
     let send_api = crate::send_api::SendApi::bind(&config).await?;
     let admin_http_state = crate::admin_http::HttpState {
         admin: admin_ctx.clone(),
@@ -208,7 +208,13 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     }
     if let Some(http) = admin_http {
         if let Some(addr) = http.local_addr() {
-            tracing::info!(address = %addr, url = %http.url(), "admin API listening");
+            tracing::info!(
+                address = %addr,
+                url = %http.url(),
+                "web panel and admin API at {} (log in with a token from \
+                 `smtp-relay admin token add --label you --role admin`)",
+                http.url()
+            );
             listeners_info
                 .push(serde_json::json!({ "mode": "admin_http", "address": addr.to_string() }));
         }

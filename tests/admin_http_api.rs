@@ -8,50 +8,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
+use support::api::Api;
 use support::client::Client;
 use support::relay::{Relay, RelayOptions};
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(relay: &Relay) -> Api {
-        Api {
-            base: format!("http://{}", relay.listener_addr("admin_http")),
-            http: relay.http_client(),
-        }
-    }
-
-    async fn call(
-        &self,
-        token: &str,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("HTTP request");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        assert_eq!(
-            headers.get("x-content-type-options").map(|v| v.as_bytes()),
-            Some(&b"nosniff"[..]),
-            "{path}"
-        );
-        let text = resp.text().await.unwrap();
-        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, v)
-    }
-}
 
 fn relay_with_api(extra_throttle: &str) -> Relay {
     Relay::start(RelayOptions {
@@ -132,7 +92,10 @@ async fn project_lifecycle_over_http_reaches_smtp() {
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let msg_id = v[0]["id"].as_str().expect("a logged message").to_string();
+    let msg_id = v["messages"][0]["id"]
+        .as_str()
+        .expect("a logged message")
+        .to_string();
     let (st, _) = api
         .call(
             &admin,
@@ -209,7 +172,9 @@ async fn bad_input_is_a_json_error_naming_the_field_and_changes_nothing() {
         let (st, v) = api
             .call(&admin, Method::POST, "/api/v1/projects", Some(body.clone()))
             .await;
-        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {v}");
+        // The wrong shape (missing, mistyped, unknown field) is a 400 naming the field.
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body} → {v}");
+        assert_eq!(v["error"]["code"], "bad_request", "{v}");
         assert!(
             v["error"]["message"].as_str().unwrap().contains(field),
             "{body} → {v}"
@@ -224,7 +189,10 @@ async fn bad_input_is_a_json_error_naming_the_field_and_changes_nothing() {
             Some(json!({"name": "x", "domains": ["not a domain"]})),
         )
         .await;
+    // The right shape with a value refused: 422, the kind and field from the registry.
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["code"], "invalid", "{v}");
+    assert_eq!(v["error"]["field"], "domain", "{v}");
     // Not JSON at all.
     let resp = api
         .http

@@ -442,6 +442,13 @@ async fn waiting_messages_can_be_retried_and_deleted_from_their_page() {
     assert_eq!(st, StatusCode::OK);
     assert!(html.contains("&lt;b&gt;try&lt;/b&gt; later"), "{html}");
     assert!(html.contains("Retry now") && html.contains("Delete from queue"));
+    // Subject, the attempt with its reply, and the header fields as queued.
+    assert!(html.contains("Delivery attempts") && html.contains("Header fields"));
+    assert!(html.contains("<td class=\"mono\">test</td>"), "{html}");
+    assert!(
+        html.contains(">Received</th>") && html.contains(">hello<"),
+        "{html}"
+    );
     let csrf = csrf_of(&html);
 
     let r = panel
@@ -468,5 +475,122 @@ async fn waiting_messages_can_be_retried_and_deleted_from_their_page() {
     assert!(
         html.contains(&format!("href=\"/messages/{queued}\"")),
         "{html}"
+    );
+
+    // The filter form: the state, a search, a date range; pages of 50 with an "Older" link.
+    for q in [
+        "state=deleted",
+        "q=hello&state=",
+        "recipient=later%40&since=2020-01-01&until=2999-12-31",
+    ] {
+        let (st, html) = panel.page(&format!("/messages?{q}")).await;
+        assert_eq!(st, StatusCode::OK, "{q}");
+        assert!(
+            html.contains(&format!("href=\"/messages/{queued}\"")),
+            "{q}: {html}"
+        );
+    }
+    for q in ["state=delivered", "q=nothing-like-it", "until=2020-01-01"] {
+        let (_, html) = panel.page(&format!("/messages?{q}")).await;
+        assert!(html.contains("No messages."), "{q}: {html}");
+    }
+    let (st, html) = panel.page("/messages?since=yesterday").await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("not a date"), "{html}");
+    let mut c = support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
+    for i in 0..50 {
+        let r = c
+            .send_plain(
+                "noreply@shop.test",
+                "later@example.net",
+                &format!("n{i}"),
+                "x\r\n",
+            )
+            .await;
+        assert_eq!(r.code, 250);
+    }
+    let (_, html) = panel.page("/messages?recipient=later").await;
+    assert!(!html.contains(&format!("href=\"/messages/{queued}\"")));
+    let at = html.find("rel=\"next\" href=\"").expect("an Older link") + 17;
+    let next = html[at..].split('"').next().unwrap().replace("&amp;", "&");
+    assert!(
+        next.starts_with("/messages?recipient=later&cursor="),
+        "{next}"
+    );
+    let (_, html) = panel.page(&next).await;
+    assert!(
+        html.contains(&format!("href=\"/messages/{queued}\"")),
+        "{html}"
+    );
+    assert!(html.contains("Newest") && !html.contains("rel=\"next\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_tokens_are_listed_added_once_and_revoked() {
+    let relay = relay_with_panel("");
+    let admin = admin_token(&relay, "admin");
+    let mut panel = Panel::new(&relay);
+    panel.login(&admin).await;
+    let (st, html) = panel.page("/admin-tokens").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        html.contains("this session") && html.contains("Create token"),
+        "{html}"
+    );
+    let csrf = csrf_of(&html);
+
+    let r = panel
+        .post(
+            "/admin-tokens",
+            &[
+                ("csrf", &csrf),
+                ("label", "deploy <script>"),
+                ("role", "viewer"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, html) = panel.page("/admin-tokens").await;
+    assert!(html.contains("New admin token"), "{html}");
+    assert!(html.contains("deploy &lt;script&gt;"), "{html}");
+    let at = html.find("smtpa_").expect("the new token, shown once");
+    let token: String = html[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    assert_eq!(token.len(), 6 + 43, "{token}");
+    // Shown once: a reload no longer has it; it works as a viewer token.
+    let (_, html) = panel.page("/admin-tokens").await;
+    assert!(!html.contains(&token) && !html.contains("New admin token"));
+    let mut other = Panel::new(&relay);
+    other.login(&token).await;
+    let (_, html) = other.page("/admin-tokens").await;
+    assert!(
+        !html.contains("Create token") && !html.contains("Revoke"),
+        "a viewer sees no buttons"
+    );
+
+    // Revoked from the panel: its session ends.
+    let list = relay.cli_json(&["admin", "token", "list"]);
+    let id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["label"] == "deploy <script>")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = panel
+        .post(&format!("/admin-tokens/{id}/revoke"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, html) = panel.page("/admin-tokens").await;
+    assert!(html.contains("Admin token revoked"), "{html}");
+    let r = other.get("/admin-tokens").await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "the revoked token's session ended"
     );
 }

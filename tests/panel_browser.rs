@@ -1,8 +1,11 @@
 //! The web panel in a real browser: Debian's headless Chromium driven over WebDriver
 //! (chromedriver, fantoccini) against the real binary. Logs in with an admin token, creates a
 //! project and sees its token exactly once, sends a mail over SMTP with it and finds it on
-//! the Messages page, and checks that script-carrying names, labels and addresses show as
-//! text and run nothing. Saves a screenshot of each page under `target/panel-screenshots/`.
+//! the Messages page with its delivery attempts, uploads a logo and sees it in the sandboxed
+//! branding preview, runs send-test and reads its result, generates a DKIM key, makes an
+//! admin token; and checks that script-carrying names, labels, subjects, From display names
+//! and upstream replies show as text and run nothing on every page. Saves a screenshot of
+//! each page under `target/panel-screenshots/`.
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver` (scripts/test-packages.txt);
 //! without them the test fails saying so.
@@ -276,9 +279,37 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
         text.contains(&queued) && text.contains(XSS_SCRIPT),
         "{text}"
     );
+    // Subject, From display name and the upstream's reply, each as text; the attempt is there.
+    assert!(
+        text.contains("Delivery attempts") && text.contains("Header fields"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{XSS_IMG} <noreply@shop.test>")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("550 5.1.1 {XSS_SCRIPT} {XSS_IMG} no such user")),
+        "{text}"
+    );
+    let attempts = c
+        .find_all(Locator::Css("table.attempts tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(attempts.len(), 1, "one attempt, refused");
     assert!(c.find_all(Locator::Css("img")).await.unwrap().is_empty());
     no_alert(&c, "message").await;
     shot(&c, "message").await;
+
+    // The Messages filters: a search for the subject finds it, a state filter narrows.
+    c.goto(&format!("{base}/messages?q=alert&state=failed"))
+        .await
+        .unwrap();
+    c.find(Locator::Css(&format!("a[href='/messages/{queued}']")))
+        .await
+        .expect("found by subject search");
+    no_alert(&c, "messages search").await;
+    shot(&c, "messages-filtered").await;
 
     // The overview counts it.
     c.goto(&format!("{base}/")).await.unwrap();
@@ -311,6 +342,183 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
     c.goto(&format!("{base}/projects")).await.unwrap();
     no_alert(&c, "projects").await;
     shot(&c, "projects").await;
+
+    // Branding: upload a logo, preview it (unsaved) in the sandboxed frame, then save.
+    c.goto(&format!("{base}/projects/{id}/branding"))
+        .await
+        .unwrap();
+    let logo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/branding/logo.png");
+    c.find(Locator::Css("input[name=display_name]"))
+        .await
+        .unwrap()
+        .send_keys("Acme Shop")
+        .await
+        .unwrap();
+    c.find(Locator::Css("input[name=contact_email]"))
+        .await
+        .unwrap()
+        .send_keys("help@shop.test")
+        .await
+        .unwrap();
+    c.find(Locator::Css("input[name=logo]"))
+        .await
+        .unwrap()
+        .send_keys(logo.to_str().unwrap())
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[formtarget=preview]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let frame = c.find(Locator::Css("iframe.preview")).await.unwrap();
+    assert_eq!(frame.attr("sandbox").await.unwrap().as_deref(), Some(""));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        c.enter_frame(0).await.unwrap();
+        let imgs = c.find_all(Locator::Css("img")).await.unwrap_or_default();
+        let mut logo_shown = false;
+        for i in &imgs {
+            if i.attr("src")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.starts_with("data:image/png;base64,"))
+            {
+                logo_shown = true;
+            }
+        }
+        let text = c
+            .find(Locator::Css("body"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap_or_default();
+        c.enter_parent_frame().await.unwrap();
+        if logo_shown && text.contains("Reset your password") && text.contains("Acme Shop") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the preview never showed the uploaded logo: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    no_alert(&c, "branding").await;
+    shot(&c, "branding-preview").await;
+    let v = relay.cli_json(&["project", "show", &id]);
+    assert!(v["branding"].is_null(), "the preview saved something: {v}");
+    c.find(Locator::Css("input[name=logo]"))
+        .await
+        .unwrap()
+        .send_keys(logo.to_str().unwrap())
+        .await
+        .unwrap();
+    c.find(Locator::Css("button.primary[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_element(Locator::Css(".notice.ok"))
+        .await
+        .unwrap();
+    let v = relay.cli_json(&["project", "show", &id]);
+    assert_eq!(v["branding"]["logo"]["content_type"], "image/png", "{v}");
+    shot(&c, "branding-saved").await;
+    c.goto(&format!("{base}/branding")).await.unwrap();
+    no_alert(&c, "branding list").await;
+    shot(&c, "branding-list").await;
+
+    // Send test: through the project's route, the outcome in plain words.
+    c.goto(&format!("{base}/send-test")).await.unwrap();
+    c.find(Locator::Css("input[name=to]"))
+        .await
+        .unwrap()
+        .send_keys("ops@example.net")
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[action='/send-test'] button.primary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let result = c
+        .wait()
+        .for_element(Locator::Css("#send-test-result"))
+        .await
+        .expect("a send-test result")
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        result.starts_with("Delivered.") && result.contains("delivered through upstream test: 250"),
+        "{result}"
+    );
+    no_alert(&c, "send-test").await;
+    shot(&c, "send-test").await;
+
+    // DKIM: generate a key; its DNS record is shown in a read-only field.
+    c.goto(&format!("{base}/dkim")).await.unwrap();
+    let form = c
+        .form(Locator::Css("form[action='/dkim/keys']"))
+        .await
+        .unwrap();
+    form.set_by_name("algorithm", "ed25519").await.unwrap();
+    form.set_by_name("selector", "s2026").await.unwrap();
+    form.submit().await.unwrap();
+    c.wait()
+        .for_element(Locator::Css(".notice.ok"))
+        .await
+        .unwrap();
+    let mut values = Vec::new();
+    for rec in c
+        .find_all(Locator::Css("textarea.record[readonly]"))
+        .await
+        .unwrap()
+    {
+        values.push(rec.prop("value").await.unwrap().unwrap_or_default());
+    }
+    assert!(
+        values.iter().any(|v| v.starts_with("v=DKIM1; k=ed25519")),
+        "{values:?}"
+    );
+    no_alert(&c, "dkim").await;
+    shot(&c, "dkim").await;
+
+    // Admin tokens: a new one is revealed once.
+    c.goto(&format!("{base}/admin-tokens")).await.unwrap();
+    let form = c
+        .form(Locator::Css("form[action='/admin-tokens']"))
+        .await
+        .unwrap();
+    form.set_by_name("label", "deploy script").await.unwrap();
+    form.submit().await.unwrap();
+    let t = c
+        .wait()
+        .for_element(Locator::Css(".reveal .token"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(t.starts_with("smtpa_"), "{t}");
+    shot(&c, "admin-tokens").await;
+    c.refresh().await.unwrap();
+    assert!(!c.source().await.unwrap().contains(&t), "shown once");
+
+    // The overview after all that: the chart and the upstream's state.
+    c.goto(&format!("{base}/")).await.unwrap();
+    c.wait()
+        .for_element(Locator::Css("svg.chart"))
+        .await
+        .unwrap();
+    no_alert(&c, "overview").await;
+    shot(&c, "overview-chart").await;
     c.goto(&format!("{base}/projects/{id}/delete"))
         .await
         .unwrap();

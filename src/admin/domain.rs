@@ -42,7 +42,10 @@ fn carriers(ctx: &AdminContext, domain: &str) -> Result<Vec<Carrier>, AdminError
 async fn one(ctx: &AdminContext, dns: &Dns, domain: &str) -> Result<Report, AdminError> {
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
     if domain.is_empty() || !domain.contains('.') {
-        return Err(AdminError(format!("{domain:?} is not a domain name")));
+        return Err(AdminError::invalid(
+            "domain",
+            format!("{domain:?} is not a domain name"),
+        ));
     }
     let keys = ctx.dkim.list(Some(&domain)).map_err(err)?;
     let carriers = carriers(ctx, &domain)?;
@@ -84,7 +87,7 @@ async fn reports(ctx: &AdminContext, project: Option<&str>) -> Result<Vec<Report
     }
     let mut out = Vec::new();
     while let Some(r) = set.join_next().await {
-        let (i, report) = r.map_err(|_| AdminError("internal error".into()))?;
+        let (i, report) = r.map_err(|_| AdminError::internal("internal error"))?;
         out.push((i, report?));
     }
     out.sort_by_key(|(i, _)| *i);

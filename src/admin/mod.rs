@@ -5,10 +5,17 @@
 //! (`socket.rs`), and only when no server is running does it open the database itself.
 //! Both paths end in [`execute`], so behaviour cannot drift between them.
 
+pub mod branding_preview;
 pub mod dkim;
 pub mod domain;
+pub mod error;
+pub mod messages;
 pub mod socket;
+pub mod stats;
 pub mod status;
+
+use error::err;
+pub use error::{AdminError, ErrorKind};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -156,6 +163,17 @@ pub enum AdminRequest {
     },
     /// The running server's status report (`status.rs`).
     Status,
+    /// A sample mail branded by the real transform, with `changes` on top of the stored
+    /// settings (nothing is stored; `branding_preview.rs`).
+    BrandingPreview {
+        id: String,
+        #[serde(default)]
+        changes: Option<BrandingUpdate>,
+    },
+    /// Counts over a time window, queue depth, upstream health (`stats.rs`).
+    Stats(stats::StatsRequest),
+    /// The message log with filters and a cursor, or one message in full (`messages.rs`).
+    Messages(messages::MessagesRequest),
 }
 
 impl AdminRequest {
@@ -172,6 +190,7 @@ impl AdminRequest {
                 upstream, clear, ..
             } => upstream.is_none() && !clear,
             SendTest(_) | DomainVerify { .. } | DomainStatus { .. } => true,
+            Messages(_) | BrandingPreview { .. } | Stats(_) => true,
             Dkim(d) => matches!(
                 d,
                 dkim::DkimRequest::List { .. }
@@ -207,23 +226,18 @@ pub struct AdminContext {
     pub domain_reports: crate::domain_check::LastReports,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct AdminError(pub String);
-
-fn err(e: impl std::fmt::Display) -> AdminError {
-    AdminError(e.to_string())
-}
-
 /// A project's maximum queue age has the same floor as `queue.max_age_secs`: below it a
 /// message could expire before its first delivery attempt had a chance.
 fn check_max_age(secs: Option<u64>) -> Result<(), AdminError> {
     match secs {
-        Some(s) if s < crate::config::MIN_MAX_AGE_SECS => Err(AdminError(format!(
-            "max age {s} s is too short: at least {} s, so that a message \
+        Some(s) if s < crate::config::MIN_MAX_AGE_SECS => Err(AdminError::invalid(
+            "max_age_secs",
+            format!(
+                "max age {s} s is too short: at least {} s, so that a message \
              gets at least one delivery attempt (no value: the config's queue.max_age_secs)",
-            crate::config::MIN_MAX_AGE_SECS
-        ))),
+                crate::config::MIN_MAX_AGE_SECS
+            ),
+        )),
         _ => Ok(()),
     }
 }
@@ -282,7 +296,7 @@ pub async fn execute_async(ctx: &AdminContext, req: AdminRequest) -> Result<Valu
     match req {
         AdminRequest::SendTest(t) => match &ctx.tester {
             Some(tester) => tester.run(&t).await.map_err(err),
-            None => Err(AdminError("send-test is not available here".into())),
+            None => Err(AdminError::unavailable("send-test is not available here")),
         },
         AdminRequest::DomainVerify { domain } => domain::verify_domain(ctx, &domain).await,
         AdminRequest::DomainStatus { project } => domain::status(ctx, project.as_deref()).await,
@@ -290,7 +304,7 @@ pub async fn execute_async(ctx: &AdminContext, req: AdminRequest) -> Result<Valu
             let ctx = ctx.clone();
             tokio::task::spawn_blocking(move || execute(&ctx, other))
                 .await
-                .map_err(|_| AdminError("internal error".into()))?
+                .map_err(|_| AdminError::internal("internal error"))?
         }
     }
 }
@@ -355,13 +369,13 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             let p = r.get(&id).map_err(err)?;
             let d = domain.trim().to_ascii_lowercase();
             if !p.domains.contains(&d) {
-                return Err(AdminError(format!(
+                return Err(AdminError::not_found(format!(
                     "project {id} has no domain {d} (its domains: {})",
                     p.domains.join(", ")
                 )));
             }
             if p.domains.len() == 1 {
-                return Err(AdminError(format!(
+                return Err(AdminError::conflict(format!(
                     "{d} is the last domain of project {id}: a project must keep at least one \
                      (add the new one first, or disable the project)"
                 )));
@@ -383,7 +397,7 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
                     serde_json::to_value(ctx.events.for_message(&id).map_err(err)?).map_err(err)?;
                 v
             }
-            None => return Err(AdminError(format!("no message {id}"))),
+            None => return Err(AdminError::not_found(format!("no message {id}"))),
         },
         QueueRetry { id } => envelope_json(&ctx.queue.retry_now(&id).map_err(err)?),
         QueueDelete { id } => envelope_json(&ctx.queue.delete(&id).map_err(err)?),
@@ -423,7 +437,7 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             route_json(ctx, &id)?
         }
         SendTest(_) | DomainVerify { .. } | DomainStatus { .. } => {
-            return Err(AdminError("this operation runs asynchronously".into()));
+            return Err(AdminError::internal("this operation runs asynchronously"));
         }
         Dkim(req) => dkim::execute(ctx, req)?,
         AdminTokenAdd { label, role } => {
@@ -453,5 +467,8 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         WebhookRotateSecret { id } => ctx.events.rotate_secret(&id).map_err(err)?,
         WebhookEnable { id } => ctx.events.enable(&id).map_err(err)?,
         Status => status::report(ctx)?,
+        Messages(req) => messages::execute(ctx, req)?,
+        Stats(req) => stats::execute(ctx, req)?,
+        BrandingPreview { id, changes } => branding_preview::preview(ctx, &id, changes)?,
     })
 }

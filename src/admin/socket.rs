@@ -52,7 +52,9 @@ pub async fn serve(
                             tracing::info!(op = %op, "admin request");
                             match execute_async(&ctx, req).await {
                                 Ok(v) => json!({ "ok": v }),
-                                Err(e) => json!({ "error": e.0 }),
+                                Err(e) => {
+                                    json!({ "error": e.message, "kind": e.kind, "field": e.field })
+                                }
                             }
                         }
                         Err(e) => json!({ "error": format!("bad request: {e}") }),

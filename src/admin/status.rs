@@ -10,7 +10,7 @@
 
 use serde_json::{Value, json};
 
-use super::{AdminContext, AdminError, err};
+use super::{AdminContext, AdminError, ErrorKind, err};
 use crate::health;
 
 fn secs(ms: u64) -> u64 {
@@ -19,10 +19,10 @@ fn secs(ms: u64) -> u64 {
 
 pub fn report(ctx: &AdminContext) -> Result<Value, AdminError> {
     let Some((started_ms, uptime)) = health::started() else {
-        return Err(AdminError(
+        return Err(AdminError::new(
+            ErrorKind::Unavailable,
             "status describes a running server and none runs here: start `smtp-relay serve` \
-             (or point --config at the running server's config)"
-                .into(),
+             (or point --config at the running server's config)",
         ));
     };
     let now_s = secs(crate::queue::now_ms());

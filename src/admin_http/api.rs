@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 
 use super::HttpState;
 use super::auth::Caller;
-use crate::admin::{AdminError, AdminRequest, execute_async};
+use crate::admin::{AdminError, AdminRequest, ErrorKind, execute_async};
 use crate::outbound::send_test::SendTest;
 use crate::policy::limits::LimitOverride;
+use crate::transform::branding::BrandingUpdate;
 
 /// Every route of the API, for the router and for tests that check nothing is left out.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -33,6 +34,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/projects/{id}/limits"),
     ("PUT", "/api/v1/projects/{id}/limits"),
     ("DELETE", "/api/v1/projects/{id}/limits"),
+    ("GET", "/api/v1/projects/{id}/branding"),
+    ("PUT", "/api/v1/projects/{id}/branding"),
+    ("POST", "/api/v1/projects/{id}/branding/preview"),
     ("GET", "/api/v1/projects/{id}/route"),
     ("PUT", "/api/v1/projects/{id}/route"),
     ("DELETE", "/api/v1/projects/{id}/route"),
@@ -43,6 +47,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/messages"),
     ("GET", "/api/v1/messages/{id}"),
     ("POST", "/api/v1/send-test"),
+    ("GET", "/api/v1/stats"),
     ("GET", "/api/v1/admin-tokens"),
     ("POST", "/api/v1/admin-tokens"),
     ("DELETE", "/api/v1/admin-tokens/{id}"),
@@ -54,6 +59,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/webhooks/{id}/rotate-secret"),
     ("POST", "/api/v1/webhooks/{id}/enable"),
     ("GET", "/api/v1/status"),
+    ("GET", "/api/v1/dkim"),
+    ("POST", "/api/v1/dkim/keys"),
+    ("POST", "/api/v1/dkim/import"),
+    ("GET", "/api/v1/dkim/{domain}/dns"),
+    ("DELETE", "/api/v1/dkim/{domain}/{selector}"),
+    ("POST", "/api/v1/dkim/{domain}/{selector}/activate"),
+    ("POST", "/api/v1/dkim/{domain}/{selector}/retire"),
     ("GET", "/api/v1/openapi.json"),
 ];
 
@@ -84,15 +96,24 @@ pub fn router(state: HttpState) -> Router {
             get(show_limits).put(set_limits).delete(clear_limits),
         )
         .route(
+            "/api/v1/projects/{id}/branding",
+            get(show_branding).put(set_branding),
+        )
+        .route(
+            "/api/v1/projects/{id}/branding/preview",
+            post(preview_branding),
+        )
+        .route(
             "/api/v1/projects/{id}/route",
             get(show_route).put(set_route).delete(clear_route),
         )
         .route("/api/v1/queue", get(queue_list))
-        .route("/api/v1/queue/{id}", get(message).delete(queue_delete))
+        .route("/api/v1/queue/{id}", get(queue_show).delete(queue_delete))
         .route("/api/v1/queue/{id}/retry", post(queue_retry))
         .route("/api/v1/messages", get(messages))
         .route("/api/v1/messages/{id}", get(message))
         .route("/api/v1/send-test", post(send_test))
+        .route("/api/v1/stats", get(stats))
         .route(
             "/api/v1/admin-tokens",
             get(list_admin_tokens).post(add_admin_token),
@@ -108,6 +129,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/webhooks/{id}/enable", post(enable_webhook))
         .route("/api/v1/status", get(status))
         .route("/api/v1/openapi.json", get(openapi))
+        .merge(super::dkim_api::routes())
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -127,23 +149,29 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         .into_response()
 }
 
-/// The HTTP status of a refused admin operation. The operations report plain-words errors
-/// (the CLI prints them as they are); the few kinds the API must tell apart are recognised
-/// by the wording the registry, queue and token stores use for them.
-fn status_of(e: &AdminError) -> (StatusCode, &'static str) {
-    let m = e.0.as_str();
-    if m.starts_with("no ") || m.contains(" has no ") || m.contains("not found") {
-        (StatusCode::NOT_FOUND, "not_found")
-    } else if m.contains("already") {
-        (StatusCode::CONFLICT, "conflict")
-    } else if m.contains("not available") || m.contains("unavailable") {
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    } else {
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+/// The HTTP status of a refused admin operation, from its kind (never from its wording).
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
+/// A refused admin operation as a JSON error (with the refused field when there is one).
+pub fn admin_error_response(e: &AdminError) -> Response {
+    let mut v = json!({ "error": { "code": e.kind.code(), "message": e.message } });
+    if let Some(f) = &e.field {
+        v["error"]["field"] = json!(f);
+    }
+    (status_of(e.kind), Json(v)).into_response()
+}
+
+pub(super) async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
     match execute_async(&state.admin, req).await {
         Ok(v) => {
             let status = if created {
@@ -153,21 +181,20 @@ async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
             };
             (status, Json(v)).into_response()
         }
-        Err(e) => {
-            let (status, code) = status_of(&e);
-            error_response(status, code, &e.0)
-        }
+        Err(e) => admin_error_response(&e),
     }
 }
 
 /// A JSON body, or the error response naming what is wrong with it.
 #[allow(clippy::result_large_err)] // the error is the response itself, returned at once
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
     match b {
         Ok(Json(v)) => Ok(v),
+        // Right JSON, wrong shape (a field missing, unknown or of the wrong type): serde's
+        // message names the field.
         Err(JsonRejection::JsonDataError(e)) => Err(error_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
             &e.body_text(),
         )),
         Err(JsonRejection::MissingJsonContentType(_)) => Err(error_response(
@@ -435,6 +462,53 @@ async fn clear_limits(_c: Caller, State(s): State<HttpState>, Path(id): Path<Str
     run(&s, req, false).await
 }
 
+async fn show_branding(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    run(
+        &s,
+        AdminRequest::ProjectBranding { id, update: None },
+        false,
+    )
+    .await
+}
+
+/// The branding settings to change (`logo`: the image file, base64).
+async fn set_branding(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    b: Result<Json<BrandingUpdate>, JsonRejection>,
+) -> Response {
+    let update = match body(b) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let req = AdminRequest::ProjectBranding {
+        id,
+        update: Some(update),
+    };
+    run(&s, req, false).await
+}
+
+/// The branded sample; a body (optional) previews changes without saving them.
+async fn preview_branding(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    body_bytes: axum::body::Bytes,
+) -> Response {
+    let changes = if body_bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<BrandingUpdate>(&body_bytes) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
+            }
+        }
+    };
+    run(&s, AdminRequest::BrandingPreview { id, changes }, false).await
+}
+
 async fn show_route(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     let req = AdminRequest::ProjectRoute {
         id,
@@ -486,7 +560,7 @@ async fn queue_list(_c: Caller, State(s): State<HttpState>) -> Response {
     run(&s, AdminRequest::QueueList, false).await
 }
 
-async fn message(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+async fn queue_show(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     run(&s, AdminRequest::QueueShow { id }, false).await
 }
 
@@ -498,11 +572,27 @@ async fn queue_retry(_c: Caller, State(s): State<HttpState>, Path(id): Path<Stri
     run(&s, AdminRequest::QueueRetry { id }, false).await
 }
 
+/// `GET /api/v1/messages` query: every filter optional; times in Unix seconds.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MessageQuery {
     #[serde(default)]
     project: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    recipient: Option<String>,
+    #[serde(default)]
+    sender: Option<String>,
+    #[serde(default)]
+    since: Option<u64>,
+    #[serde(default)]
+    until: Option<u64>,
+    /// Free text in the subject, From, sender, recipients or id.
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
 }
@@ -516,11 +606,74 @@ async fn messages(
         Ok(Query(q)) => q,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
     };
-    let req = AdminRequest::Log {
+    let parts = crate::admin::messages::MessageQueryParts {
         project: q.project,
-        limit: q.limit.unwrap_or(50).min(1000),
+        state: q.state,
+        recipient: q.recipient,
+        sender: q.sender,
+        since: q.since,
+        until: q.until,
+        q: q.q,
+        cursor: q.cursor,
+        limit: q.limit,
     };
-    run(&s, req, false).await
+    match crate::admin::messages::message_search(parts) {
+        Ok(req) => run(&s, AdminRequest::Messages(req), false).await,
+        Err(e) => admin_error_response(&e),
+    }
+}
+
+async fn message(_c: Caller, State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    let req = crate::admin::messages::MessagesRequest::Show { id };
+    run(&s, AdminRequest::Messages(req), false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    #[serde(default)]
+    hours: Option<u32>,
+}
+
+async fn stats(
+    _c: Caller,
+    State(s): State<HttpState>,
+    q: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    let req = crate::admin::stats::StatsRequest {
+        hours: q.hours.unwrap_or(24),
+    };
+    run(&s, AdminRequest::Stats(req), false).await
+}
+
+/// The outcome of a send-test in plain words: delivered or not, and why. An upstream's
+/// refusal is the answer to the test, not an error of the request (200, `delivered: false`);
+/// bad input is a 422.
+pub async fn send_test_outcome(
+    admin: &crate::admin::AdminContext,
+    t: SendTest,
+) -> Result<Value, AdminError> {
+    match execute_async(admin, AdminRequest::SendTest(t)).await {
+        Ok(mut v) => {
+            let words = format!(
+                "delivered through upstream {}: {}",
+                v["upstream"].as_str().unwrap_or("?"),
+                v["reply"].as_str().unwrap_or("")
+            );
+            v["delivered"] = json!(true);
+            v["result"] = json!(words);
+            Ok(v)
+        }
+        Err(e) if e.kind == ErrorKind::Upstream => Ok(json!({
+            "delivered": false,
+            "result": e.message,
+        })),
+        Err(e) => Err(e),
+    }
 }
 
 async fn send_test(
@@ -532,7 +685,10 @@ async fn send_test(
         Ok(v) => v,
         Err(r) => return r,
     };
-    run(&s, AdminRequest::SendTest(t), false).await
+    match send_test_outcome(&s.admin, t).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => admin_error_response(&e),
+    }
 }
 
 /// The running server's status report (`smtp-relay status`).

@@ -9,10 +9,15 @@
 
 pub mod api;
 pub mod auth;
+mod branding_page;
+mod dkim_api;
+mod dkim_page;
 pub mod openapi;
 mod pages;
 pub mod panel;
+mod send_test_page;
 pub mod session;
+mod tokens_page;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +63,26 @@ impl AdminHttp {
         }))
     }
 
+    /// [`bind`](Self::bind), except that with the built-in development config a port already
+    /// in use is a warning and the panel stays off: a second `smtp-relay serve` on the same
+    /// machine, or anything else on 2580, must not stop a first run. A config file's address
+    /// is the operator's choice, so there it stays an error.
+    pub async fn bind_for(config: &Config) -> Result<Option<AdminHttp>, HttpListenerError> {
+        match AdminHttp::bind(config).await {
+            Err(HttpListenerError::Bind {
+                address, source, ..
+            }) if config.is_builtin() && source.kind() == std::io::ErrorKind::AddrInUse => {
+                tracing::warn!(
+                    address = %address,
+                    "web panel off: {address} is in use (built-in config; set [admin_http] \
+                     address in a config file to choose another)"
+                );
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr()
     }
@@ -93,5 +118,34 @@ impl AdminHttp {
         // The API's fallback (JSON 404) answers whatever the panel does not route.
         let router = panel::router(panel).merge(api::router(state));
         self.listener.serve(router, shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn busy_port_warns_for_the_builtin_config_only() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = Config::builtin().unwrap();
+        c.admin_http.address = Some(taken.local_addr().unwrap());
+        assert!(AdminHttp::bind_for(&c).await.unwrap().is_none());
+        // The same settings from a file of the operator's: the start fails, naming the address.
+        let mut explicit = Config::parse(
+            crate::config::DEFAULT_CONFIG,
+            "/etc/smtp-relay/smtp-relay.toml",
+        )
+        .unwrap();
+        explicit.admin_http.address = Some(taken.local_addr().unwrap());
+        assert!(!explicit.is_builtin());
+        let e = AdminHttp::bind_for(&explicit)
+            .await
+            .err()
+            .expect("an error");
+        assert!(
+            e.to_string().contains("cannot listen for the admin API"),
+            "{e}"
+        );
     }
 }

@@ -8,6 +8,22 @@ use serde_json::{Map, Value, json};
 /// (method, path, summary, request body schema, success status) of every route.
 fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>, u16)> {
     let label = json!({"type": "string", "description": "free text, e.g. production"});
+    let branding_update = json!({
+        "type": "object",
+        "properties": {
+            "display_name": {"type": "string"},
+            "contact_email": {"type": "string"},
+            "contact_phone": {"type": "string"},
+            "logo": {"type": "string", "contentEncoding": "base64"},
+            "logo_url": {"type": "string"},
+            "no_logo": {"type": "boolean"},
+            "header_template": {"type": "string"},
+            "footer_template": {"type": "string"},
+            "text_footer": {"type": "string"},
+            "default_templates": {"type": "boolean"},
+            "off": {"type": "boolean"},
+        }
+    });
     vec![
         (
             "GET",
@@ -126,6 +142,29 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
         ),
         (
             "GET",
+            "/api/v1/projects/{id}/branding",
+            "A project's branding settings (null before the first set-up)",
+            None,
+            200,
+        ),
+        (
+            "PUT",
+            "/api/v1/projects/{id}/branding",
+            "Change branding: display name, contacts, logo (base64 PNG/JPEG/GIF, at most 200 KiB: \
+             413 above), logo URL, templates, on/off",
+            Some(branding_update.clone()),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{id}/branding/preview",
+            "A sample password-reset mail branded by the real transform (html with the logo as a \
+             data: URL, text, the MIME message); an optional body previews unsaved changes",
+            Some(branding_update),
+            200,
+        ),
+        (
+            "GET",
             "/api/v1/projects/{id}/route",
             "A project's upstream route",
             None,
@@ -182,22 +221,45 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
         (
             "GET",
             "/api/v1/messages",
-            "The message log, newest first (?project=&limit=, at most 1000)",
+            "The message log, newest first: filters ?project= &state= &recipient= &sender= \
+             &since= &until= (Unix seconds) &q= (subject, From, addresses, id); \
+             ?limit= (1-200, default 50); the answer's next_cursor, passed as ?cursor=, \
+             gives the next page",
             None,
             200,
         ),
         (
             "GET",
             "/api/v1/messages/{id}",
-            "One message of the log",
+            "One message: envelope, subject, header From, header fields, size, and every \
+             delivery attempt (attempt_log) with upstream, reply and timing",
             None,
             200,
         ),
         (
             "POST",
             "/api/v1/send-test",
-            "Send a test message through an upstream and report its reply",
-            Some(json!({"type": "object"})),
+            "Send a test message through the project's route (or one upstream) now, bypassing \
+             the queue; the answer says in plain words whether it was delivered \
+             ({delivered, result, upstream, reply}); an upstream's refusal is delivered: false",
+            Some(json!({
+                "type": "object", "required": ["project", "to"],
+                "properties": {
+                    "project": {"type": "string"},
+                    "to": {"type": "string"},
+                    "upstream": {"type": "string"},
+                    "from": {"type": "string"},
+                }
+            })),
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/stats",
+            "Counts over the last ?hours= (1-720, default 24) per project and overall (accepted, \
+             relayed, deferred, failed, rate_limited), hourly buckets (up to 168), queue depth \
+             and oldest message, each upstream's last success, last error and throttling",
+            None,
             200,
         ),
         (
@@ -291,6 +353,73 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
             None,
             200,
         ),
+        (
+            "GET",
+            "/api/v1/dkim",
+            "DKIM keys (?domain= for one domain) with state, owners and the DNS record of each",
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/dkim/keys",
+            "Generate a key (pending until activated; the private key never leaves the server)",
+            Some(json!({
+                "type": "object", "required": ["domain"], "additionalProperties": false,
+                "properties": {
+                    "domain": {"type": "string"},
+                    "selector": {"type": "string", "description": "default: s<yyyymm>"},
+                    "algorithm": {"enum": ["rsa", "ed25519"]},
+                    "bits": {"type": "integer"},
+                    "activate": {"type": "boolean"},
+                }
+            })),
+            201,
+        ),
+        (
+            "POST",
+            "/api/v1/dkim/import",
+            "Import a private key (PEM)",
+            Some(json!({
+                "type": "object", "required": ["domain", "selector", "private_key"],
+                "additionalProperties": false,
+                "properties": {
+                    "domain": {"type": "string"},
+                    "selector": {"type": "string"},
+                    "private_key": {"type": "string"},
+                    "activate": {"type": "boolean"},
+                }
+            })),
+            201,
+        ),
+        (
+            "GET",
+            "/api/v1/dkim/{domain}/dns",
+            "The DNS records to publish for a domain (DKIM per key, suggested SPF and DMARC)",
+            None,
+            200,
+        ),
+        (
+            "DELETE",
+            "/api/v1/dkim/{domain}/{selector}",
+            "Remove a key that is not active",
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/dkim/{domain}/{selector}/activate",
+            "Make a key the one that signs (the previous one starts retiring)",
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/dkim/{domain}/{selector}/retire",
+            "Stop signing with a key (keep its record published a few days)",
+            None,
+            200,
+        ),
         ("GET", "/api/v1/openapi.json", "This document", None, 200),
     ]
 }
@@ -349,12 +478,19 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "responses": {"Error": {
-                "description": "refused: 401 no/invalid token, 403 viewer, 404 not found, \
-                                409 conflict, 422 invalid input, 429 cooling down",
+                "description": "refused: 400 malformed request (names the field), 401 no/invalid \
+                                token, 403 viewer, 404 not found, 409 conflict, 413 too large, \
+                                422 invalid value (field names it), 429 cooling down, \
+                                503 unavailable",
                 "content": {"application/json": {"schema": {
                     "type": "object",
                     "properties": {"error": {"type": "object", "properties": {
-                        "code": {"type": "string"}, "message": {"type": "string"}
+                        "code": {"type": "string", "enum": ["bad_request", "unauthorized",
+                            "forbidden", "not_found", "conflict", "too_large", "invalid",
+                            "unavailable", "internal", "unsupported_media_type",
+                            "rate_limited"]},
+                        "message": {"type": "string"},
+                        "field": {"type": "string", "description": "the refused input field"}
                     }}}
                 }}}
             }}

@@ -28,19 +28,19 @@ pub fn path_part(id: &str) -> String {
     out
 }
 
-fn s(v: &Value) -> &str {
+pub(super) fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
 
 /// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
-fn when_ms(ms: &Value) -> String {
+pub(super) fn when_ms(ms: &Value) -> String {
     match ms.as_u64() {
         Some(ms) if ms > 0 => when_secs(ms / 1000),
         _ => "—".into(),
     }
 }
 
-fn when_secs(secs: u64) -> String {
+pub(super) fn when_secs(secs: u64) -> String {
     let dt = mail_parser::DateTime::from_timestamp(secs as i64);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
@@ -49,7 +49,7 @@ fn when_secs(secs: u64) -> String {
 }
 
 /// Seconds since the epoch as `YYYY-MM-DD` (UTC).
-fn day(secs: u64) -> String {
+pub(super) fn day(secs: u64) -> String {
     when_secs(secs).chars().take(10).collect()
 }
 
@@ -62,11 +62,11 @@ fn duration(secs: u64) -> String {
     }
 }
 
-fn csrf(session: &Session) -> Markup {
+pub(super) fn csrf(session: &Session) -> Markup {
     html! { input type="hidden" name="csrf" value=(session.csrf); }
 }
 
-fn state_badge(state: &str) -> Markup {
+pub(super) fn state_badge(state: &str) -> Markup {
     let class = match state {
         "delivered" => "badge ok",
         "queued" | "deferred" => "badge wait",
@@ -89,11 +89,15 @@ fn head(title: &str) -> Markup {
     }
 }
 
-fn layout(ctx: Ctx<'_>, title: &str, body: Markup) -> Markup {
+pub(super) fn layout(ctx: Ctx<'_>, title: &str, body: Markup) -> Markup {
     let nav = [
         ("/", "Overview"),
         ("/projects", "Projects"),
         ("/messages", "Messages"),
+        ("/branding", "Branding"),
+        ("/dkim", "DKIM"),
+        ("/send-test", "Send test"),
+        ("/admin-tokens", "Admin tokens"),
     ];
     html! {
         (DOCTYPE)
@@ -175,29 +179,19 @@ pub fn login(error: Option<&str>) -> Markup {
     }
 }
 
-/// Counts by state of the log entries of `project`.
-fn counts(log: &[Value], project: &str) -> (usize, usize, usize) {
-    let mut c = (0, 0, 0);
-    for m in log.iter().filter(|m| s(&m["project"]) == project) {
-        match s(&m["state"]) {
-            "delivered" => c.0 += 1,
-            "queued" | "deferred" => c.1 += 1,
-            "failed" | "expired" => c.2 += 1,
-            _ => {}
-        }
-    }
-    c
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
 }
 
-/// A stacked bar (delivered / waiting / failed) drawn server-side; no script, no inline style.
-fn bar(c: (usize, usize, usize), max: usize) -> Markup {
+/// A stacked bar (relayed / deferred / failed) for one project, drawn server-side.
+fn bar(c: (u64, u64, u64), max: u64) -> Markup {
     let total = c.0 + c.1 + c.2;
     let width = 240.0;
     let scale = if max == 0 { 0.0 } else { width / max as f64 };
     let (w0, w1, w2) = (c.0 as f64 * scale, c.1 as f64 * scale, c.2 as f64 * scale);
     html! {
         svg class="bar" width="240" height="14" viewBox="0 0 240 14" role="img"
-            aria-label={ (c.0) " delivered, " (c.1) " waiting, " (c.2) " failed" } {
+            aria-label={ (c.0) " relayed, " (c.1) " deferred, " (c.2) " failed" } {
             rect x="0" y="0" width="240" height="14" rx="3" fill="#eef1f5" {}
             @if total > 0 {
                 rect x="0" y="0" width=(format!("{w0:.1}")) height="14" fill="#2f9e6e" {}
@@ -208,56 +202,173 @@ fn bar(c: (usize, usize, usize), max: usize) -> Markup {
     }
 }
 
-pub fn overview(ctx: Ctx<'_>, projects: &[Value], queue: &[Value], log: &[Value]) -> Markup {
-    let all = log.iter().fold((0, 0, 0), |mut c, m| {
-        match s(&m["state"]) {
-            "delivered" => c.0 += 1,
-            "failed" | "expired" => c.2 += 1,
-            _ => {}
-        }
-        c
-    });
-    let rows: Vec<(&Value, (usize, usize, usize))> = projects
+/// The last hours as stacked columns (relayed, deferred, failed) with the accepted count as
+/// a line: an SVG drawn on the server, no script.
+fn chart(hourly: &[Value]) -> Markup {
+    let (w, h, left, bottom) = (960.0, 220.0, 40.0, 24.0);
+    let plot_h = h - bottom - 10.0;
+    let max = hourly
         .iter()
-        .map(|p| (p, counts(log, s(&p["id"]))))
+        .map(|b| (n(&b["relayed"]) + n(&b["deferred"]) + n(&b["failed"])).max(n(&b["accepted"])))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let step = (w - left) / hourly.len().max(1) as f64;
+    let bw = (step * 0.7).max(1.0);
+    let y = |v: u64| 10.0 + plot_h - v as f64 / max as f64 * plot_h;
+    let line: Vec<String> = hourly
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            format!(
+                "{:.1},{:.1}",
+                left + step * i as f64 + step / 2.0,
+                y(n(&b["accepted"]))
+            )
+        })
         .collect();
-    let max = rows.iter().map(|(_, c)| c.0 + c.1 + c.2).max().unwrap_or(0);
+    html! {
+        svg class="chart" viewBox=(format!("0 0 {w} {h}")) role="img" aria-label="Messages per hour" {
+            @for frac in [0.0, 0.5, 1.0] {
+                @let v = (max as f64 * frac).round() as u64;
+                line x1=(left) x2=(w) y1=(format!("{:.1}", y(v))) y2=(format!("{:.1}", y(v))) stroke="#e4e8ee" {}
+                text x=(left - 6.0) y=(format!("{:.1}", y(v) + 4.0)) text-anchor="end" font-size="11" fill="#667085" { (v) }
+            }
+            @for (i, b) in hourly.iter().enumerate() {
+                @let x = left + step * i as f64 + (step - bw) / 2.0;
+                @let (r, d, f) = (n(&b["relayed"]), n(&b["deferred"]), n(&b["failed"]));
+                @let hr = r as f64 / max as f64 * plot_h;
+                @let hd = d as f64 / max as f64 * plot_h;
+                @let hf = f as f64 / max as f64 * plot_h;
+                @let base = 10.0 + plot_h;
+                g {
+                    title { (when_ms(&b["start_ms"])) " UTC: " (n(&b["accepted"])) " accepted, " (r) " relayed, " (d) " deferred, " (f) " failed" }
+                    rect x=(format!("{x:.1}")) y=(format!("{:.1}", base - hr)) width=(format!("{bw:.1}")) height=(format!("{hr:.1}")) fill="#2f9e6e" {}
+                    rect x=(format!("{x:.1}")) y=(format!("{:.1}", base - hr - hd)) width=(format!("{bw:.1}")) height=(format!("{hd:.1}")) fill="#e0a526" {}
+                    rect x=(format!("{x:.1}")) y=(format!("{:.1}", base - hr - hd - hf)) width=(format!("{bw:.1}")) height=(format!("{hf:.1}")) fill="#d64545" {}
+                }
+                @if i % 3 == 0 {
+                    text x=(format!("{:.1}", x + bw / 2.0)) y=(h - 6.0) text-anchor="middle" font-size="11" fill="#667085" {
+                        (when_ms(&b["start_ms"]).get(11..16).unwrap_or(""))
+                    }
+                }
+            }
+            polyline points=(line.join(" ")) fill="none" stroke="#3056d3" stroke-width="2" {}
+        }
+    }
+}
+
+fn ago(ms: &Value, now_ms: u64) -> String {
+    match ms.as_u64() {
+        Some(t) => {
+            let secs = now_ms.saturating_sub(t) / 1000;
+            match secs {
+                s if s < 60 => format!("{s} s ago"),
+                s if s < 3600 => format!("{} min ago", s / 60),
+                s if s < 86400 => format!("{} h ago", s / 3600),
+                s => format!("{} d ago", s / 86400),
+            }
+        }
+        None => "—".into(),
+    }
+}
+
+pub fn overview(ctx: Ctx<'_>, projects: &[Value], stats: &Value) -> Markup {
+    let overall = &stats["overall"];
+    let now = n(&stats["window"]["until_ms"]);
+    let rows: Vec<&Value> = stats["projects"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let max = rows
+        .iter()
+        .map(|p| n(&p["relayed"]) + n(&p["deferred"]) + n(&p["failed"]))
+        .max()
+        .unwrap_or(0);
+    let enabled: std::collections::HashMap<&str, &Value> =
+        projects.iter().map(|p| (s(&p["id"]), p)).collect();
+    let hourly = stats["hourly"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     html! {
         (layout(ctx, "Overview", html! {
-            div class="stats" {
-                div class="stat" { span class="num" { (projects.len()) } span { "projects" } }
-                div class="stat" { span class="num" { (queue.len()) } span { "in the queue" } }
-                div class="stat" { span class="num" { (all.0) } span { "delivered" } }
-                div class="stat" { span class="num" { (all.2) } span { "failed or expired" } }
+            div class="stats five" {
+                div class="stat" { span class="num" { (n(&overall["accepted"])) } span { "accepted, 24 h" } }
+                div class="stat" { span class="num" { (n(&overall["relayed"])) } span { "relayed" } }
+                div class="stat" { span class="num" { (n(&overall["deferred"])) } span { "deferred" } }
+                div class="stat" { span class="num" { (n(&overall["failed"])) } span { "failed" } }
+                div class="stat" { span class="num" { (n(&stats["queue"]["depth"])) } span {
+                    "in the queue"
+                    @if let Some(a) = stats["queue"]["oldest_age_secs"].as_u64() { " · oldest " (duration_rough(a)) }
+                } }
             }
             div class="card" {
-                h2 { "Projects" span class="muted small" { " — the last " (log.len()) " messages" } }
-                @if projects.is_empty() {
+                h2 { "Last 24 hours" span class="muted small" { " — messages per hour (UTC)" } }
+                (chart(hourly))
+                p class="legend small muted" {
+                    span class="dot ok" {} "relayed " span class="dot wait" {} "deferred " span class="dot bad" {} "failed "
+                    span class="dot line" {} "accepted"
+                }
+            }
+            div class="card" {
+                h2 { "Projects" span class="muted small" { " — the last 24 hours" } }
+                @if rows.is_empty() {
                     p class="empty" { "No projects yet. " a href="/projects" { "Create the first one." } }
                 } @else {
                     table {
-                        thead { tr { th { "Project" } th { "Status" } th class="num" { "Delivered" }
-                            th class="num" { "Waiting" } th class="num" { "Failed" } th { "" } } }
+                        thead { tr { th { "Project" } th { "Status" } th class="num" { "Accepted" } th class="num" { "Relayed" }
+                            th class="num" { "Deferred" } th class="num" { "Failed" } th class="num" { "Rate-limited" } th { "" } } }
                         tbody {
-                            @for (p, c) in &rows {
+                            @for p in &rows {
                                 tr {
-                                    td { a href={ "/projects/" (path_part(s(&p["id"]))) } { (s(&p["name"])) }
-                                        div class="muted small mono" { (s(&p["id"])) } }
-                                    td { (enabled_badge(p)) }
-                                    td class="num" { (c.0) }
-                                    td class="num" { (c.1) }
-                                    td class="num" { (c.2) }
-                                    td { (bar(*c, max)) }
+                                    td { a href={ "/projects/" (path_part(s(&p["project"]))) } { (p["name"].as_str().unwrap_or("(deleted)")) }
+                                        div class="muted small mono" { (s(&p["project"])) } }
+                                    td { @if let Some(pr) = enabled.get(s(&p["project"])) { (enabled_badge(pr)) } @else { span class="badge" { "deleted" } } }
+                                    td class="num" { (n(&p["accepted"])) }
+                                    td class="num" { (n(&p["relayed"])) }
+                                    td class="num" { (n(&p["deferred"])) }
+                                    td class="num" { (n(&p["failed"])) }
+                                    td class="num" { (n(&p["rate_limited"])) }
+                                    td { (bar((n(&p["relayed"]), n(&p["deferred"]), n(&p["failed"])), max)) }
                                 }
                             }
                         }
                     }
-                    p class="legend small muted" {
-                        span class="dot ok" {} "delivered " span class="dot wait" {} "waiting " span class="dot bad" {} "failed"
+                }
+            }
+            div class="card" {
+                h2 { "Upstreams" }
+                table {
+                    thead { tr { th { "Upstream" } th { "State" } th { "Last success" } th { "Last error" } th { "" } } }
+                    tbody {
+                        @for u in stats["upstreams"].as_array().into_iter().flatten() {
+                            tr {
+                                td class="mono" { (s(&u["name"])) }
+                                td { @match s(&u["state"]) {
+                                    "ok" => span class="badge ok" { "ok" },
+                                    "throttled" => span class="badge wait" { "throttled" },
+                                    "failing" => span class="badge bad" { "failing" },
+                                    other => span class="badge" { (other) },
+                                } }
+                                td { (ago(&u["last_success_ms"], now)) }
+                                td { (ago(&u["last_error_ms"], now)) }
+                                td class="clip muted" {
+                                    @if let Some(t) = u["throttled_until_ms"].as_u64() { "aside until " (when_secs(t / 1000)) " UTC. " }
+                                    (s(&u["last_error"]))
+                                }
+                            }
+                        }
                     }
                 }
             }
         }))
+    }
+}
+
+fn duration_rough(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min", s / 60),
+        s if s < 86400 => format!("{} h", s / 3600),
+        s => format!("{} d", s / 86400),
     }
 }
 
@@ -493,24 +604,27 @@ fn recipients(m: &Value) -> String {
 fn message_table(log: &[Value], with_project: bool) -> Markup {
     html! {
         @if log.is_empty() {
-            p class="empty" { "No messages yet." }
+            p class="empty" { "No messages." }
         } @else {
             table {
                 thead { tr {
                     th { "Received" }
                     @if with_project { th { "Project" } }
-                    th { "From" } th { "To" } th { "State" } th class="num" { "Attempts" } th { "Last reply" }
+                    th { "Subject" } th { "From" } th { "To" } th { "State" } th class="num" { "Attempts" }
                 } }
                 tbody {
                     @for m in log {
                         tr {
                             td class="when" { a href={ "/messages/" (path_part(s(&m["id"]))) } { (when_ms(&m["received_ms"])) } }
                             @if with_project { td class="mono" { (s(&m["project"])) } }
-                            td class="clip" { (s(&m["mail_from"])) }
+                            td class="clip" { a href={ "/messages/" (path_part(s(&m["id"]))) } {
+                                @match m["subject"].as_str() { Some(t) if !t.is_empty() => (t), _ => span class="muted" { "(no subject)" } }
+                            } }
+                            td class="clip" { (m["from"].as_str().unwrap_or(s(&m["mail_from"]))) }
                             td class="clip" { (recipients(m)) }
-                            td { (state_badge(s(&m["state"]))) }
+                            // The last reply as a tooltip: the message's page shows every one.
+                            td title=(s(&m["last_reply"])) { (state_badge(s(&m["state"]))) }
                             td class="num" { (m["attempts"]) }
-                            td class="clip muted" { (s(&m["last_reply"])) }
                         }
                     }
                 }
@@ -519,21 +633,98 @@ fn message_table(log: &[Value], with_project: bool) -> Markup {
     }
 }
 
-pub fn messages(ctx: Ctx<'_>, projects: &[Value], selected: Option<&str>, log: &[Value]) -> Markup {
+/// The filters of the Messages page, as the form shows them (and its links repeat them).
+#[derive(Debug, Default, Clone)]
+pub struct MessageFilters {
+    pub project: String,
+    pub state: String,
+    pub recipient: String,
+    pub sender: String,
+    pub q: String,
+    /// `YYYY-MM-DD` (UTC), as an `<input type=date>` sends it.
+    pub since: String,
+    pub until: String,
+}
+
+impl MessageFilters {
+    /// The query string of these filters (for the next page's link).
+    pub fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("project", &self.project),
+            ("state", &self.state),
+            ("recipient", &self.recipient),
+            ("sender", &self.sender),
+            ("q", &self.q),
+            ("since", &self.since),
+            ("until", &self.until),
+        ] {
+            if !v.is_empty() {
+                q.append_pair(k, v);
+            }
+        }
+        q.finish()
+    }
+}
+
+const STATES: [&str; 6] = [
+    "queued",
+    "deferred",
+    "delivered",
+    "failed",
+    "expired",
+    "deleted",
+];
+
+pub fn messages(
+    ctx: Ctx<'_>,
+    projects: &[Value],
+    f: &MessageFilters,
+    page: &Value,
+    paged: bool,
+) -> Markup {
+    let log: &[Value] = page["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let filters = f.query();
     html! {
         (layout(ctx, "Messages", html! {
-            form method="get" action="/messages" class="row filter" {
-                label for="project" { "Project" }
-                select id="project" name="project" {
-                    option value="" { "All projects" }
-                    @for p in projects {
-                        option value=(s(&p["id"])) selected[selected == Some(s(&p["id"]))] { (s(&p["name"])) }
+            form method="get" action="/messages" class="card filters" {
+                div class="grid" {
+                    label { "Project"
+                        select name="project" {
+                            option value="" { "All projects" }
+                            @for p in projects {
+                                option value=(s(&p["id"])) selected[f.project == s(&p["id"])] { (s(&p["name"])) }
+                            }
+                        }
                     }
+                    label { "State"
+                        select name="state" {
+                            option value="" { "Any state" }
+                            @for st in STATES { option value=(st) selected[f.state == st] { (st) } }
+                        }
+                    }
+                    label { "Recipient" input type="text" name="recipient" value=(f.recipient) placeholder="user@example.com"; }
+                    label { "Sender" input type="text" name="sender" value=(f.sender) placeholder="noreply@ or a From name"; }
+                    label { "From date" input type="date" name="since" value=(f.since); }
+                    label { "To date" input type="date" name="until" value=(f.until); }
+                    label class="wide" { "Search" input type="search" name="q" value=(f.q) placeholder="subject, From, address or id"; }
                 }
-                button type="submit" { "Show" }
-                span class="muted small" { "Newest first, the last " (log.len()) "." }
+                div class="row" {
+                    button type="submit" { "Filter" }
+                    @if !filters.is_empty() { a class="button secondary" href="/messages" { "Clear" } }
+                    span class="muted small" { "Newest first, " (log.len()) " on this page." }
+                }
             }
-            div class="card" { (message_table(log, true)) }
+            div class="card" { (message_table(log, f.project.is_empty())) }
+            div class="row pager" {
+                @if paged { a class="button secondary" href={ "/messages?" (filters) } { "← Newest" } }
+                @if let Some(c) = page["next_cursor"].as_str() {
+                    a class="button secondary" rel="next" href={ "/messages?" (filters) (if filters.is_empty() { "" } else { "&" }) "cursor=" (c) } { "Older →" }
+                }
+            }
         }))
     }
 }
@@ -546,6 +737,12 @@ pub fn message(ctx: Ctx<'_>, m: &Value) -> Markup {
     html! {
         (layout(ctx, "Message", html! {
             p class="sub" { span class="mono" { (id) } " " (state_badge(s(&m["state"]))) }
+            div class="card" {
+                dl class="facts" {
+                    dt { "Subject" } dd class="wrap" { (s(&m["subject"])) }
+                    dt { "From" } dd class="wrap" { (s(&m["from"])) }
+                }
+            }
             div class="cols" {
                 div class="card" {
                     h2 { "Envelope" }
@@ -593,6 +790,51 @@ pub fn message(ctx: Ctx<'_>, m: &Value) -> Markup {
                                 td class="muted wrap" { (s(&r["reply"])) }
                             }
                         }
+                    }
+                }
+            }
+            div class="card" {
+                h2 { "Delivery attempts" }
+                @let attempts = m["attempt_log"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                @if attempts.is_empty() {
+                    p class="empty" { "No delivery attempt yet." }
+                } @else {
+                    table class="attempts" {
+                        thead { tr { th class="num" { "#" } th { "When (UTC)" } th class="num" { "After" } th { "Outcome" }
+                            th { "Upstream" } th { "Recipients" } th { "Reply" } } }
+                        tbody {
+                            @for a in attempts {
+                                tr {
+                                    td class="num" { (a["attempt"]) }
+                                    td class="when" { (when_ms(&a["time_ms"])) }
+                                    td class="num" { (format!("{:.1} s", a["after_ms"].as_u64().unwrap_or(0) as f64 / 1000.0)) }
+                                    td { (state_badge(match s(&a["outcome"]) { "relayed" => "delivered", "deferred" => "deferred", _ => "failed" })) }
+                                    td class="mono" { (s(&a["upstream"])) }
+                                    td class="mono small" {
+                                        @for r in a["recipients"].as_array().into_iter().flatten() { (s(r)) br; }
+                                    }
+                                    td class="mono wrap" { (s(&a["reply"])) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            div class="card" {
+                h2 { "Header fields" span class="muted small" { " — as the message was queued" } }
+                @let headers = m["summary"]["headers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                @if headers.is_empty() {
+                    p class="empty" { "Not recorded for this message." }
+                } @else {
+                    table class="headers" {
+                        tbody {
+                            @for h in headers {
+                                tr { th class="mono" { (s(&h["name"])) } td class="mono wrap" { (s(&h["value"])) } }
+                            }
+                        }
+                    }
+                    @if let Some(n) = m["summary"]["headers_omitted"].as_u64() {
+                        p class="muted small" { (n) " more fields not kept." }
                     }
                 }
             }

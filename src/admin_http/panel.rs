@@ -25,20 +25,33 @@ use super::HttpState;
 use super::auth::{Refusal, check_token, client_ip};
 use super::pages;
 use super::session::{Reveal, Session, Sessions};
-use crate::admin::{AdminError, AdminRequest, execute_async};
+use crate::admin::{AdminError, AdminRequest, ErrorKind, execute_async};
 use crate::secret::Secret;
 
 /// Largest form body the panel reads (its forms are a few short fields).
 const MAX_FORM: usize = 64 * 1024;
-/// How many log entries the message pages and the overview read.
-const LOG_LIMIT: usize = 500;
+/// Largest `multipart/form-data` body (the branding form with its logo: 200 KiB at most,
+/// refused with a clear message by the settings check, so some room above it).
+const MAX_UPLOAD: usize = 1024 * 1024;
 
 /// The stylesheet, served as a file so the CSP needs no inline style.
 const STYLESHEET: &str = include_str!("panel.css");
 
 /// Scripts: none. Styles and images: this origin only. Forms post only here.
+/// Frames: only the panel's own (the sandboxed branding preview).
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
-                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+                   frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The branding preview, shown in a sandboxed iframe of the panel: a mail's HTML, so inline
+/// styles and images (data: or https:), never a script, a form or a plugin; `sandbox` again
+/// in the CSP in case it is opened on its own.
+const PREVIEW_CSP: &str = "sandbox; default-src 'none'; style-src 'unsafe-inline'; \
+                           img-src data: https:; form-action 'none'; \
+                           frame-ancestors 'self'; base-uri 'none'";
+
+/// Marks a response that is the branding preview (framed by the panel itself).
+#[derive(Clone, Copy)]
+pub(super) struct PreviewFrame;
 
 #[derive(Clone)]
 pub struct PanelState {
@@ -70,6 +83,41 @@ pub fn router(state: PanelState) -> Router {
         .route(
             "/projects/{id}/delete",
             get(confirm_delete).post(delete_project),
+        )
+        .route(
+            "/projects/{id}/branding",
+            get(super::branding_page::page).post(super::branding_page::save),
+        )
+        .route(
+            "/projects/{id}/branding/preview",
+            get(super::branding_page::preview).post(super::branding_page::preview_changes),
+        )
+        .route("/branding", get(super::branding_page::index))
+        .route(
+            "/send-test",
+            get(super::send_test_page::page).post(super::send_test_page::send),
+        )
+        .route(
+            "/admin-tokens",
+            get(super::tokens_page::page).post(super::tokens_page::add),
+        )
+        .route(
+            "/admin-tokens/{id}/revoke",
+            post(super::tokens_page::revoke),
+        )
+        .route("/dkim", get(super::dkim_page::page))
+        .route("/dkim/keys", post(super::dkim_page::keygen))
+        .route(
+            "/dkim/{domain}/{selector}/activate",
+            post(super::dkim_page::activate),
+        )
+        .route(
+            "/dkim/{domain}/{selector}/retire",
+            post(super::dkim_page::retire),
+        )
+        .route(
+            "/dkim/{domain}/{selector}/remove",
+            post(super::dkim_page::remove),
         )
         .route("/messages", get(messages))
         .route("/messages/{id}", get(message))
@@ -138,7 +186,54 @@ fn forbidden(why: &str) -> Response {
 }
 
 async fn guard(State(p): State<PanelState>, req: Request, next: Next) -> Response {
-    with_security_headers(guarded(p, req, next).await, CSP)
+    let r = guarded(p, req, next).await;
+    if r.extensions().get::<PreviewFrame>().is_some() {
+        let mut r = with_security_headers(r, PREVIEW_CSP);
+        r.headers_mut()
+            .insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
+        return r;
+    }
+    with_security_headers(r, CSP)
+}
+
+/// Whether the request carries `multipart/form-data` (the branding form with its logo).
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"))
+}
+
+/// One field of a multipart form: its name, file name (for a file) and bytes.
+pub(super) struct Part {
+    pub name: String,
+    pub file_name: Option<String>,
+    pub data: axum::body::Bytes,
+}
+
+/// The fields of a `multipart/form-data` body (`None`: not a readable one).
+pub(super) async fn multipart_parts(
+    headers: &HeaderMap,
+    body: axum::body::Bytes,
+) -> Option<Vec<Part>> {
+    use axum::extract::FromRequest;
+    let mut req = Request::new(Body::from(body));
+    *req.headers_mut() = headers.clone();
+    let mut mp = axum::extract::Multipart::from_request(req, &())
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    while let Some(field) = mp.next_field().await.ok()? {
+        let name = field.name().unwrap_or_default().to_string();
+        let file_name = field.file_name().map(str::to_string);
+        let data = field.bytes().await.ok()?;
+        out.push(Part {
+            name,
+            file_name,
+            data,
+        });
+    }
+    Some(out)
 }
 
 async fn guarded(p: PanelState, req: Request, next: Next) -> Response {
@@ -165,14 +260,24 @@ async fn guarded(p: PanelState, req: Request, next: Next) -> Response {
     let mut req = req;
     if writes {
         let (parts, body) = req.into_parts();
-        let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM).await else {
+        let multipart = is_multipart(&parts.headers);
+        let limit = if multipart { MAX_UPLOAD } else { MAX_FORM };
+        let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
             return (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 pages::error_page("Too large", "That form is too large."),
             )
                 .into_response();
         };
-        let csrf = form_urlencoded_field(&bytes, "csrf").unwrap_or_default();
+        let csrf = if multipart {
+            multipart_parts(&parts.headers, bytes.clone())
+                .await
+                .and_then(|ps| ps.into_iter().find(|p| p.name == "csrf"))
+                .map(|p| String::from_utf8_lossy(&p.data).into_owned())
+                .unwrap_or_default()
+        } else {
+            form_urlencoded_field(&bytes, "csrf").unwrap_or_default()
+        };
         if !bool::from(csrf.as_bytes().ct_eq(session.csrf.as_bytes())) {
             return forbidden(
                 "This form is out of date or did not come from the panel; reload the page \
@@ -206,28 +311,42 @@ fn form_urlencoded_field(body: &[u8], name: &str) -> Option<String> {
 }
 
 /// Runs one admin operation; its error in plain words.
-async fn admin(p: &PanelState, req: AdminRequest) -> Result<Value, AdminError> {
+pub(super) async fn admin(p: &PanelState, req: AdminRequest) -> Result<Value, AdminError> {
     execute_async(&p.http.admin, req).await
 }
 
 /// A page, or the error page when the operation behind it failed.
-fn page_or_error(r: Result<maud::Markup, AdminError>) -> Response {
+pub(super) fn page_or_error(r: Result<maud::Markup, AdminError>) -> Response {
     match r {
         Ok(m) => m.into_response(),
-        Err(e) => (StatusCode::NOT_FOUND, pages::error_page("Not found", &e.0)).into_response(),
+        Err(e) => {
+            let (status, title) = match e.kind {
+                ErrorKind::NotFound => (StatusCode::NOT_FOUND, "Not found"),
+                ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
+                ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
+                _ => (StatusCode::UNPROCESSABLE_ENTITY, "Cannot show this"),
+            };
+            (status, pages::error_page(title, &e.message)).into_response()
+        }
     }
 }
 
 /// After a change: a notice for the next page, then back to `to`.
-fn done(p: &PanelState, s: &Session, r: Result<Value, AdminError>, ok: &str, to: &str) -> Response {
+pub(super) fn done(
+    p: &PanelState,
+    s: &Session,
+    r: Result<Value, AdminError>,
+    ok: &str,
+    to: &str,
+) -> Response {
     match r {
         Ok(_) => p.sessions.notify(s, false, ok),
-        Err(e) => p.sessions.notify(s, true, e.0),
+        Err(e) => p.sessions.notify(s, true, e.message),
     }
     Redirect::to(to).into_response()
 }
 
-fn ctx<'a>(p: &'a PanelState, s: &'a Session, path: &'a str) -> pages::Ctx<'a> {
+pub(super) fn ctx<'a>(p: &'a PanelState, s: &'a Session, path: &'a str) -> pages::Ctx<'a> {
     pages::Ctx {
         session: s,
         notice: p.sessions.take_notice(s),
@@ -318,7 +437,7 @@ async fn logout(State(p): State<PanelState>, Extension(s): Extension<Session>) -
     r
 }
 
-fn array(v: Value) -> Vec<Value> {
+pub(super) fn array(v: Value) -> Vec<Value> {
     match v {
         Value::Array(a) => a,
         _ => Vec::new(),
@@ -328,18 +447,12 @@ fn array(v: Value) -> Vec<Value> {
 async fn overview(State(p): State<PanelState>, Extension(s): Extension<Session>) -> Response {
     let r = async {
         let projects = array(admin(&p, AdminRequest::ProjectList).await?);
-        let queue = array(admin(&p, AdminRequest::QueueList).await?);
-        let log = array(
-            admin(
-                &p,
-                AdminRequest::Log {
-                    project: None,
-                    limit: LOG_LIMIT,
-                },
-            )
-            .await?,
-        );
-        Ok(pages::overview(ctx(&p, &s, "/"), &projects, &queue, &log))
+        let stats = admin(
+            &p,
+            AdminRequest::Stats(crate::admin::stats::StatsRequest { hours: 24 }),
+        )
+        .await?;
+        Ok(pages::overview(ctx(&p, &s, "/"), &projects, &stats))
     }
     .await;
     page_or_error(r)
@@ -407,7 +520,7 @@ async fn create_project(
             Redirect::to(&format!("/projects/{}", pages::path_part(&id))).into_response()
         }
         Err(e) => {
-            p.sessions.notify(&s, true, e.0);
+            p.sessions.notify(&s, true, e.message);
             Redirect::to("/projects").into_response()
         }
     }
@@ -443,7 +556,7 @@ async fn project(
     page_or_error(r)
 }
 
-fn project_url(id: &str) -> String {
+pub(super) fn project_url(id: &str) -> String {
     format!("/projects/{}", pages::path_part(id))
 }
 
@@ -629,29 +742,71 @@ async fn delete_project(
     done(&p, &s, r, "Project deleted.", "/projects")
 }
 
+/// `YYYY-MM-DD` (UTC) as Unix seconds at 00:00 that day.
+fn date_secs(d: &str) -> Option<u64> {
+    let mut it = d.splitn(3, '-');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: i64 = it.next()?.parse().ok()?;
+    let day: i64 = it.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || !(1970..=9999).contains(&y) {
+        return None;
+    }
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    u64::try_from((era * 146_097 + doe - 719_468) * 86_400).ok()
+}
+
 async fn messages(
     State(p): State<PanelState>,
     Extension(s): Extension<Session>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let project = q.get("project").filter(|v| !v.is_empty()).cloned();
+    let field = |k: &str| q.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
+    let f = pages::MessageFilters {
+        project: field("project"),
+        state: field("state"),
+        recipient: field("recipient"),
+        sender: field("sender"),
+        q: field("q"),
+        since: field("since"),
+        until: field("until"),
+    };
+    let cursor = q.get("cursor").cloned();
     let r = async {
+        let date = |name: &str, v: &str, plus_day: bool| -> Result<Option<u64>, AdminError> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            date_secs(v)
+                .map(|d| Some(if plus_day { d + 86_400 } else { d }))
+                .ok_or_else(|| AdminError::invalid(name, format!("{v:?} is not a date")))
+        };
+        let parts = crate::admin::messages::MessageQueryParts {
+            project: Some(f.project.clone()),
+            state: Some(f.state.clone()),
+            recipient: Some(f.recipient.clone()),
+            sender: Some(f.sender.clone()),
+            since: date("since", &f.since, false)?,
+            // The whole "to" day is included.
+            until: date("until", &f.until, true)?,
+            q: Some(f.q.clone()),
+            cursor: cursor.clone(),
+            limit: Some(50),
+        };
+        let req = crate::admin::messages::message_search(parts)?;
         let projects = array(admin(&p, AdminRequest::ProjectList).await?);
-        let log = array(
-            admin(
-                &p,
-                AdminRequest::Log {
-                    project: project.clone(),
-                    limit: LOG_LIMIT,
-                },
-            )
-            .await?,
-        );
+        let page = admin(&p, AdminRequest::Messages(req)).await?;
         Ok(pages::messages(
             ctx(&p, &s, "/messages"),
             &projects,
-            project.as_deref(),
-            &log,
+            &f,
+            &page,
+            cursor.is_some(),
         ))
     }
     .await;
@@ -664,7 +819,8 @@ async fn message(
     Path(id): Path<String>,
 ) -> Response {
     let r = async {
-        let m = admin(&p, AdminRequest::QueueShow { id }).await?;
+        let req = crate::admin::messages::MessagesRequest::Show { id };
+        let m = admin(&p, AdminRequest::Messages(req)).await?;
         Ok(pages::message(ctx(&p, &s, "/messages"), &m))
     }
     .await;

@@ -54,6 +54,9 @@ struct Entry {
     reveal: Option<Reveal>,
     /// One message for the next page ("project created", or why something was refused).
     notice: Option<Notice>,
+    /// An outcome for one page, once: (page, value) — a send-test's result, or a new admin
+    /// token to reveal.
+    result: Option<(&'static str, serde_json::Value)>,
 }
 
 #[derive(Clone)]
@@ -131,6 +134,7 @@ impl Sessions {
                 session,
                 reveal: None,
                 notice: None,
+                result: None,
             },
         );
         let mut cookie = format!(
@@ -201,6 +205,24 @@ impl Sessions {
 
     pub fn take_notice(&self, session: &Session) -> Option<Notice> {
         self.lock().get_mut(&session.key)?.notice.take()
+    }
+
+    /// Keeps an operation's outcome for the next view of `page`, once.
+    pub fn keep_result(&self, session: &Session, page: &'static str, result: serde_json::Value) {
+        if let Some(e) = self.lock().get_mut(&session.key) {
+            e.result = Some((page, result));
+        }
+    }
+
+    /// The outcome kept for `page` (taken: a reload no longer shows it).
+    pub fn take_result(&self, session: &Session, page: &str) -> Option<serde_json::Value> {
+        let mut map = self.lock();
+        let e = map.get_mut(&session.key)?;
+        if e.result.as_ref().is_some_and(|(p, _)| *p == page) {
+            e.result.take().map(|(_, v)| v)
+        } else {
+            None
+        }
     }
 }
 

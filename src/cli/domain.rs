@@ -107,6 +107,6 @@ fn in_process(cli: &Cli, config: &Config, req: AdminRequest) -> anyhow::Result<V
         let (_store, ctx) = offline_context(cli, config, true)?;
         execute_async(&ctx, req)
             .await
-            .map_err(|e| anyhow::anyhow!(e.0))
+            .map_err(|e| anyhow::anyhow!(e.message))
     })
 }

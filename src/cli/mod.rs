@@ -12,6 +12,7 @@ pub mod project;
 pub mod queue;
 pub mod send_test;
 pub mod serve;
+pub mod stats;
 pub mod status;
 pub mod webhook;
 
@@ -76,6 +77,9 @@ pub enum Command {
         project: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Search and filter like the API's /messages (any of these: pages of at most 200).
+        #[command(flatten)]
+        search: queue::LogSearch,
     },
     /// Validate and print the configuration.
     Config {
@@ -112,6 +116,8 @@ pub enum Command {
     /// The running server at a glance: version, uptime, listeners, TLS certificate expiry,
     /// queue, upstreams, store health, and each project's last hour (`--json` too).
     Status,
+    /// Counts of the last hours per project, the queue and the upstreams' health.
+    Stats(stats::StatsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -119,7 +125,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve::run(cli.config.as_deref()),
         Command::Project { ref command } => project::run(&cli, command),
         Command::Queue { ref command } => queue::run(&cli, command),
-        Command::Log { ref project, limit } => queue::log(&cli, project.clone(), limit),
+        Command::Log {
+            ref project,
+            limit,
+            ref search,
+        } => queue::log(&cli, project.clone(), limit, search),
         Command::Config { ref command } => config::run(&cli, command),
         Command::SendTest(ref args) => send_test::run(&cli, args),
         Command::Dkim { ref command } => dkim::run(&cli, command),
@@ -128,6 +138,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate { ref command } => generate::run(command),
         Command::Webhook { ref command } => webhook::run(&cli, command),
         Command::Status => status::run(&cli),
+        Command::Stats(ref args) => stats::run(&cli, args),
     }
 }
 

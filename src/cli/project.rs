@@ -115,6 +115,10 @@ pub struct BrandingArgs {
     /// Turn branding off (settings are kept).
     #[arg(long)]
     pub off: bool,
+    /// Save nothing: print a sample password-reset mail (MIME) branded by the real transform,
+    /// with the options given here applied on top of the stored settings.
+    #[arg(long)]
+    pub preview: bool,
 }
 
 impl BrandingArgs {
@@ -251,6 +255,10 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             id: id.clone(),
             allow_foreign_sender: *allow_foreign_sender,
         },
+        ProjectCommand::Branding(args) if args.preview => AdminRequest::BrandingPreview {
+            id: args.id.clone(),
+            changes: args.update()?,
+        },
         ProjectCommand::Branding(args) => AdminRequest::ProjectBranding {
             id: args.id.clone(),
             update: args.update()?,
@@ -311,6 +319,9 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             }
         }
         _ if creates_token => print_new_token(&v),
+        ProjectCommand::Branding(args) if args.preview => {
+            print!("{}", v["message"].as_str().unwrap_or(""))
+        }
         ProjectCommand::Branding(args) => print_branding(&args.id, &v),
         ProjectCommand::Route { .. } => {
             let mut order = vec![v["upstream"].as_str().unwrap_or("").to_string()];

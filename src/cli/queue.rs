@@ -1,6 +1,6 @@
 //! `smtp-relay queue …` and `smtp-relay log`: what is waiting, and what happened.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use super::{Cli, admin, fmt_time, load_config, print_json};
@@ -37,13 +37,80 @@ pub fn run(cli: &Cli, cmd: &QueueCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn log(cli: &Cli, project: Option<String>, limit: usize) -> anyhow::Result<()> {
+/// `log`'s search options: the filters of `GET /api/v1/messages`.
+#[derive(Debug, Args, Default)]
+pub struct LogSearch {
+    /// Only messages in this state (queued, deferred, delivered, failed, expired, deleted).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Part of a recipient address.
+    #[arg(long)]
+    pub recipient: Option<String>,
+    /// Part of the envelope sender or the header From.
+    #[arg(long)]
+    pub sender: Option<String>,
+    /// Free text in the subject, From, addresses or id.
+    #[arg(long)]
+    pub search: Option<String>,
+    /// Accepted at or after this Unix time (seconds).
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// Accepted before this Unix time (seconds).
+    #[arg(long)]
+    pub until: Option<u64>,
+    /// The next page: the cursor a previous search printed.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+impl LogSearch {
+    fn is_empty(&self) -> bool {
+        self.state.is_none()
+            && self.recipient.is_none()
+            && self.sender.is_none()
+            && self.search.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+            && self.cursor.is_none()
+    }
+}
+
+pub fn log(
+    cli: &Cli,
+    project: Option<String>,
+    limit: usize,
+    search: &LogSearch,
+) -> anyhow::Result<()> {
     let config = load_config(cli)?;
-    let v = admin(cli, &config, AdminRequest::Log { project, limit })?;
+    if search.is_empty() {
+        let v = admin(cli, &config, AdminRequest::Log { project, limit })?;
+        if cli.json {
+            print_json(&v);
+        } else {
+            print_table(&v);
+        }
+        return Ok(());
+    }
+    let req = crate::admin::messages::message_search(crate::admin::messages::MessageQueryParts {
+        project,
+        state: search.state.clone(),
+        recipient: search.recipient.clone(),
+        sender: search.sender.clone(),
+        since: search.since,
+        until: search.until,
+        q: search.search.clone(),
+        cursor: search.cursor.clone(),
+        limit: Some(limit.min(crate::admin::messages::MAX_PAGE)),
+    })
+    .map_err(|e| anyhow::anyhow!(e.message))?;
+    let v = admin(cli, &config, AdminRequest::Messages(req))?;
     if cli.json {
         print_json(&v);
     } else {
-        print_table(&v);
+        print_table(&v["messages"]);
+        if let Some(c) = v["next_cursor"].as_str() {
+            println!("more: --cursor {c}");
+        }
     }
     Ok(())
 }

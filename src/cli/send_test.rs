@@ -98,6 +98,6 @@ fn in_process(cli: &Cli, config: &Config, test: SendTest) -> anyhow::Result<serd
         let result = execute_async(&ctx, AdminRequest::SendTest(test)).await;
         router.close().await;
         store.flush_now()?;
-        result.map_err(|e| anyhow::anyhow!("send-test: {}", e.0))
+        result.map_err(|e| anyhow::anyhow!("send-test: {}", e.message))
     })
 }

@@ -185,6 +185,23 @@ pub fn for_message(store: &Store, message_id: &str) -> Result<Vec<Event>, EventE
     Ok(out)
 }
 
+/// Every event of the messages accepted at or after `first_ms` (message ids start with the
+/// acceptance time, so this is a range scan), in key order, to `each`.
+pub fn of_messages_since(
+    store: &Store,
+    first_ms: u64,
+    mut each: impl FnMut(Event),
+) -> Result<(), EventError> {
+    let lower = format!("{:012x}", first_ms & 0xffff_ffff_ffff);
+    for item in store.events.range(lower.as_bytes()..) {
+        let (_, v) = item?;
+        if let Ok(e) = serde_json::from_slice::<Event>(&v) {
+            each(e);
+        }
+    }
+    Ok(())
+}
+
 /// The app's `Message-ID` from the header section (mail-parser's `parse_headers` only; full
 /// `parse()` is unsafe on hostile nesting, DESIGN.md Known traps).
 pub fn header_message_id(bytes: &[u8]) -> Option<String> {

@@ -380,6 +380,15 @@ impl WebhookAdmin {
         super::for_message(&self.store, id)
     }
 
+    /// See [`super::of_messages_since`] (the stats of `admin/stats.rs`).
+    pub fn of_messages_since(
+        &self,
+        first_ms: u64,
+        each: impl FnMut(Event),
+    ) -> Result<(), EventError> {
+        super::of_messages_since(&self.store, first_ms, each)
+    }
+
     pub fn add(
         &self,
         project: Option<String>,

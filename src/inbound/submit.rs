@@ -115,6 +115,8 @@ pub async fn submit(who: Submitter<'_>, sub: Submission) -> Result<Envelope, Ref
         }
     };
     let id = new_id(now_ms());
+    // Taken before transform: the log shows the From the app wrote, not a rewritten one.
+    let summary = crate::queue::summary::original(&message);
     let ctx = TransformContext {
         message_id: &id,
         hostname: &shared.config.server.hostname,
@@ -176,6 +178,7 @@ pub async fn submit(who: Submitter<'_>, sub: Submission) -> Result<Envelope, Ref
         client_ip: peer.ip().to_string(),
         max_age_secs,
         not_before_ms,
+        summary,
     };
     let queued = shared.queue.enqueue(new, &bytes).await;
     drop(bytes);

@@ -325,6 +325,7 @@ mod tests {
             upstream: None,
             last_reply: None,
             header_message_id: None,
+            summary: Default::default(),
         }
     }
 

@@ -175,6 +175,14 @@ impl Router {
         })
     }
 
+    /// Each upstream's name and, when it is put aside (throttle backoff), until when (epoch ms).
+    pub fn backoffs(&self) -> Vec<(String, Option<u64>)> {
+        self.slots
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.backed_off_until().map(to_epoch_ms)))
+            .collect()
+    }
+
     /// Delivers over the project's route.
     pub async fn deliver(&self, env: &Envelope, rcpts: &[String], bytes: &[u8]) -> RouteOutcome {
         let names = self.routes.resolve(&env.project).names();

@@ -157,6 +157,7 @@ impl Tester {
             upstream: None,
             last_reply: None,
             header_message_id: None,
+            summary: Default::default(),
         };
         let routed = self
             .router

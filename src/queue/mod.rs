@@ -7,6 +7,7 @@
 pub mod log;
 pub mod schedule;
 pub mod spool;
+pub mod summary;
 
 pub use log::MessageLog;
 pub use spool::{Envelope, MessageState, Queue, QueueError, QueueStats, RcptState, Recipient};

@@ -159,6 +159,9 @@ pub struct Envelope {
     /// The app's own `Message-ID` header, for delivery events (absent in older envelopes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_message_id: Option<String>,
+    /// Subject, header From and header fields for the log (`summary.rs`; empty in older envelopes).
+    #[serde(default)]
+    pub summary: crate::queue::summary::MessageSummary,
 }
 
 /// Queue size for monitoring.
@@ -186,6 +189,8 @@ pub struct NewMessage {
     /// First delivery no earlier than this (ms since the epoch): the release slot of a project
     /// in accept-and-delay mode. `None`: due at once.
     pub not_before_ms: Option<u64>,
+    /// Subject and header From of the message as the app submitted it.
+    pub summary: crate::queue::summary::MessageSummary,
 }
 
 pub(crate) fn decode<T: for<'a> Deserialize<'a>>(v: &[u8]) -> Result<T, QueueError> {
@@ -334,6 +339,7 @@ impl Queue {
             upstream: None,
             last_reply: None,
             header_message_id: crate::events::header_message_id(bytes),
+            summary: crate::queue::summary::with_headers(msg.summary, bytes),
         };
         let encoded = encode(&env);
         let all: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();

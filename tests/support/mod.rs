@@ -1,4 +1,5 @@
 #![allow(dead_code)]
+pub mod api;
 pub mod certs;
 pub mod client;
 pub mod dkim;

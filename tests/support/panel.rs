@@ -103,6 +103,48 @@ impl Panel {
             .expect("POST")
     }
 
+    /// POSTs a `multipart/form-data` form (fields: name, file name for a file, bytes) as the
+    /// panel's own page would.
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        fields: &[(&str, Option<&str>, &[u8])],
+    ) -> Response {
+        let boundary = "----smtp-relay-test-boundary-7d3f";
+        let mut body = Vec::new();
+        for (name, file, data) in fields {
+            body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            match file {
+                Some(f) => body.extend_from_slice(
+                    format!(
+                        "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\
+                         Content-Type: application/octet-stream\r\n\r\n"
+                    )
+                    .as_bytes(),
+                ),
+                None => body.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+                ),
+            }
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let origin = self.base.clone();
+        let ct = format!("multipart/form-data; boundary={boundary}");
+        self.http
+            .post(format!("{}{path}", self.base))
+            .headers(self.headers(&[
+                ("origin", &origin),
+                ("sec-fetch-site", "same-origin"),
+                ("content-type", &ct),
+            ]))
+            .body(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
     /// Logs in with `token`; answers the `Set-Cookie` header.
     pub async fn login(&mut self, token: &str) -> String {
         let r = self.post("/login", &[("token", token)]).await;
