@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 /// Provider presets (`provider = "sendgrid"`…): facts about the config, applied while parsing.
 pub mod providers;
+/// `[suppression]` and `[retention]`.
+pub mod retention;
 
 /// The example config, which is also the built-in default.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/smtp-relay.toml");
@@ -81,6 +83,12 @@ pub struct Config {
     /// The resolver `domain verify` uses (domain_check).
     #[serde(default)]
     pub dns: DnsConfig,
+    /// Lifetime of suppression list entries (policy::suppression).
+    #[serde(default)]
+    pub suppression: retention::SuppressionConfig,
+    /// How long the message log, events and webhook attempts are kept (retention.rs).
+    #[serde(default)]
+    pub retention: retention::RetentionConfig,
     /// Where the config came from, for errors found after parsing (secret files).
     #[serde(skip)]
     pub origin: Option<std::sync::Arc<ConfigOrigin>>,
@@ -1072,6 +1080,10 @@ impl Config {
                 "disable_after_secs",
                 "must be at least 60 seconds".into(),
             ));
+        }
+        if let Err((table, key, message)) = retention::validate(&self.suppression, &self.retention)
+        {
+            return Err(bad(table, key, message));
         }
         if let Err(message) = self.dns.nameserver_addrs() {
             return Err(bad("dns", "nameservers", message));

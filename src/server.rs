@@ -137,6 +137,10 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         })),
         dkim: dkim.clone(),
         events: crate::events::webhooks::WebhookAdmin::new(store.clone(), &config.webhooks),
+        suppression: crate::policy::suppression::Suppressions::new(
+            store.clone(),
+            config.suppression.expire_secs,
+        ),
     };
     if config.dns.recheck_secs > 0 {
         tokio::spawn(admin::domain::recheck(
@@ -171,6 +175,10 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         throttle: Throttle::new(&config.throttle),
         dkim,
         memory: memory.clone(),
+        suppression: crate::policy::suppression::Suppressions::new(
+            store.clone(),
+            config.suppression.expire_secs,
+        ),
         shutdown: shutdown_rx.clone(),
     };
     // Listeners read the current value at each accept; a reload replaces it.
@@ -237,6 +245,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         config: config.clone(),
         router,
         memory,
+        registry: registry.clone(),
     };
     let delivery_task = tokio::spawn(delivery.run(shutdown_rx.clone()));
     let webhook_task = tokio::spawn(
@@ -246,6 +255,16 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         }
         .run(shutdown_rx.clone()),
     );
+
+    tokio::spawn(crate::retention::run(
+        store.clone(),
+        crate::policy::suppression::Suppressions::new(
+            store.clone(),
+            config.suppression.expire_secs,
+        ),
+        config.retention.clone(),
+        shutdown_rx.clone(),
+    ));
 
     if recovered > 0 {
         tracing::info!(messages = recovered, "resuming queued messages");

@@ -115,6 +115,8 @@ pub mod trees {
     pub const WEBHOOK_OUTBOX: &str = "webhook_outbox";
     /// Recent delivery attempts per endpoint, `endpoint id ‖ time ‖ random` → attempt.
     pub const WEBHOOK_ATTEMPTS: &str = "webhook_attempts";
+    /// Suppressed recipients, `project \0 address` → entry (policy::suppression).
+    pub const SUPPRESSION: &str = "suppression";
 }
 
 /// Each waiter gets the result of the flush that covered its writes.
@@ -140,6 +142,7 @@ pub struct Store {
     pub webhooks: sled::Tree,
     pub webhook_outbox: sled::Tree,
     pub webhook_attempts: sled::Tree,
+    pub suppression: sled::Tree,
     flusher: Arc<tokio::sync::OnceCell<FlushSender>>,
     /// When false (development only), `durable()` returns without flushing.
     fsync: bool,
@@ -191,6 +194,7 @@ impl Store {
             webhooks: db.open_tree(trees::WEBHOOKS)?,
             webhook_outbox: db.open_tree(trees::WEBHOOK_OUTBOX)?,
             webhook_attempts: db.open_tree(trees::WEBHOOK_ATTEMPTS)?,
+            suppression: db.open_tree(trees::SUPPRESSION)?,
             db,
             flusher: Arc::new(tokio::sync::OnceCell::new()),
             fsync: true,

@@ -8,6 +8,7 @@
 pub mod dkim;
 pub mod domain;
 pub mod socket;
+pub mod suppression;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -153,6 +154,26 @@ pub enum AdminRequest {
     WebhookEnable {
         id: String,
     },
+    /// A project's suppressed recipients (`suppression.rs`).
+    SuppressionList {
+        project: String,
+    },
+    SuppressionAdd {
+        project: String,
+        address: String,
+        #[serde(default)]
+        reason: String,
+    },
+    SuppressionRemove {
+        project: String,
+        address: String,
+    },
+    /// Shows whether the project sends bounce messages; with `enabled`, sets it.
+    ProjectBounces {
+        id: String,
+        #[serde(default)]
+        enabled: Option<bool>,
+    },
 }
 
 impl AdminRequest {
@@ -162,7 +183,8 @@ impl AdminRequest {
         use AdminRequest::*;
         match self {
             ProjectList | ProjectShow { .. } | QueueList | QueueShow { .. } | Log { .. } => true,
-            WebhookList { .. } | WebhookShow { .. } => true,
+            WebhookList { .. } | WebhookShow { .. } | SuppressionList { .. } => true,
+            ProjectBounces { enabled, .. } => enabled.is_none(),
             ProjectLimits { set, clear, .. } => set.is_empty() && !clear,
             ProjectBranding { update, .. } => update.is_none(),
             ProjectRoute {
@@ -200,6 +222,8 @@ pub struct AdminContext {
     pub admin_tokens: crate::policy::admin_tokens::AdminTokens,
     /// Delivery events and webhook endpoints.
     pub events: crate::events::webhooks::WebhookAdmin,
+    /// Suppressed recipients, per project.
+    pub suppression: crate::policy::suppression::Suppressions,
     /// The server's last domain checks (empty where no server runs).
     pub domain_reports: crate::domain_check::LastReports,
 }
@@ -235,6 +259,7 @@ pub fn project_json(p: &Project) -> Value {
         "created": p.created,
         "max_age_secs": p.max_age_secs,
         "allow_foreign_sender": p.allow_foreign_sender,
+        "bounces": p.bounces,
         "tokens": p.tokens.iter().map(|t| json!({
             "id": t.id, "label": t.label, "created": t.created,
         })).collect::<Vec<_>>(),
@@ -449,5 +474,16 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         WebhookTest { id } => ctx.events.test(&id).map_err(err)?,
         WebhookRotateSecret { id } => ctx.events.rotate_secret(&id).map_err(err)?,
         WebhookEnable { id } => ctx.events.enable(&id).map_err(err)?,
+        SuppressionList { project } => suppression::list(ctx, &project)?,
+        SuppressionAdd {
+            project,
+            address,
+            reason,
+        } => suppression::add(ctx, &project, &address, &reason)?,
+        SuppressionRemove { project, address } => suppression::remove(ctx, &project, &address)?,
+        ProjectBounces { id, enabled } => project_json(&match enabled {
+            Some(on) => r.set_bounces(&id, on).map_err(err)?,
+            None => r.get(&id).map_err(err)?,
+        }),
     })
 }

@@ -12,6 +12,7 @@ pub mod project;
 pub mod queue;
 pub mod send_test;
 pub mod serve;
+pub mod suppression;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -108,6 +109,11 @@ pub enum Command {
         #[command(subcommand)]
         command: webhook::WebhookCommand,
     },
+    /// Recipients a project's mail is refused for after a permanent upstream refusal.
+    Suppression {
+        #[command(subcommand)]
+        command: suppression::SuppressionCommand,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -123,6 +129,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin { ref command } => admin_tokens::run(&cli, command),
         Command::Generate { ref command } => generate::run(command),
         Command::Webhook { ref command } => webhook::run(&cli, command),
+        Command::Suppression { ref command } => suppression::run(&cli, command),
     }
 }
 
@@ -218,6 +225,10 @@ pub fn offline_context(
         ),
         tester: None,
         events: crate::events::webhooks::WebhookAdmin::new(store.clone(), &config.webhooks),
+        suppression: crate::policy::suppression::Suppressions::new(
+            store.clone(),
+            config.suppression.expire_secs,
+        ),
         branding: crate::transform::branding::BrandingStore::new(store.clone()),
         dkim: crate::transform::dkim_keys::DkimKeys::new(store.clone(), config),
         limiter: crate::policy::limits::Limiter::new(

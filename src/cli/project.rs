@@ -57,6 +57,13 @@ pub enum ProjectCommand {
         #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
         allow_foreign_sender: Option<bool>,
     },
+    /// Show or set whether a message that finally fails sends an RFC 3464 bounce (delivery
+    /// status notification) to its envelope sender (off by default).
+    Bounces {
+        id: String,
+        #[arg(value_name = "on|off", value_parser = parse_on_off)]
+        state: Option<bool>,
+    },
     /// Show or override the project's rate limits and quotas (defaults: `[limits]`).
     Limits(super::limits::LimitsArgs),
     /// Show the project's upstream route; with --upstream, set it (fallbacks tried in order
@@ -251,6 +258,10 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             id: id.clone(),
             allow_foreign_sender: *allow_foreign_sender,
         },
+        ProjectCommand::Bounces { id, state } => AdminRequest::ProjectBounces {
+            id: id.clone(),
+            enabled: *state,
+        },
         ProjectCommand::Branding(args) => AdminRequest::ProjectBranding {
             id: args.id.clone(),
             update: args.update()?,
@@ -365,6 +376,14 @@ fn print_project(p: &Value) {
         println!("max age   {age} s");
     }
     println!("sender    {}", sender_policy(p));
+    println!(
+        "bounces   {}",
+        if p["bounces"].as_bool() == Some(true) {
+            "on (a DSN to the envelope sender when a message finally fails)"
+        } else {
+            "off"
+        }
+    );
     println!("created   {}", fmt_time(p["created"].as_u64().unwrap_or(0)));
     println!("branding  {}", branding_summary(&p["branding"]));
     if p.get("limits").is_some() {

@@ -89,6 +89,20 @@ struct Metrics {
     events: Family<TypeLabels, Counter>,
     webhook_deliveries: Family<ResultLabels, Counter>,
     webhook_disabled: Counter,
+    suppressions_added: Family<SourceLabels, Counter>,
+    suppressed: Family<ProjectLabels, Counter>,
+    pruned: Family<TreeLabels, Counter>,
+    bounces: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TreeLabels {
+    tree: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,6 +136,10 @@ impl Metrics {
             events: Family::default(),
             webhook_deliveries: Family::default(),
             webhook_disabled: Counter::default(),
+            suppressions_added: Family::default(),
+            suppressed: Family::default(),
+            pruned: Family::default(),
+            bounces: Counter::default(),
             domain_verified: Family::default(),
         };
         registry.register(
@@ -226,6 +244,26 @@ impl Metrics {
             "webhook_endpoints_disabled",
             "Webhook endpoints disabled (410 Gone, or failing for disable_after_secs)",
             m.webhook_disabled.clone(),
+        );
+        registry.register(
+            "suppressions_added",
+            "Recipients put on a suppression list, by source: upstream (permanent refusal), admin",
+            m.suppressions_added.clone(),
+        );
+        registry.register(
+            "suppressed_recipients",
+            "Recipients refused at RCPT or by the send API because they are suppressed",
+            m.suppressed.clone(),
+        );
+        registry.register(
+            "retention_pruned_records",
+            "Records removed by the retention prune, by tree: log, events, webhook_attempts, suppression",
+            m.pruned.clone(),
+        );
+        registry.register(
+            "bounces_queued",
+            "Delivery status notifications (bounces) queued to envelope senders",
+            m.bounces.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -364,6 +402,34 @@ pub fn webhook_delivery(result: &'static str) {
         .webhook_deliveries
         .get_or_create(&ResultLabels { result })
         .inc();
+}
+
+/// `source`: upstream, admin.
+pub fn suppression_added(source: &'static str) {
+    METRICS
+        .suppressions_added
+        .get_or_create(&SourceLabels { source })
+        .inc();
+}
+
+pub fn recipient_suppressed(project: &str) {
+    METRICS
+        .suppressed
+        .get_or_create(&ProjectLabels {
+            project: project.to_string(),
+        })
+        .inc();
+}
+
+pub fn retention_pruned(tree: &'static str, count: usize) {
+    METRICS
+        .pruned
+        .get_or_create(&TreeLabels { tree })
+        .inc_by(count as u64);
+}
+
+pub fn bounce_queued() {
+    METRICS.bounces.inc();
 }
 
 pub fn webhook_endpoint_disabled() {

@@ -25,6 +25,8 @@ pub struct Delivery {
     pub router: Arc<Router>,
     /// Shared with inbound: a large message is loaded only under a reservation.
     pub memory: crate::memory_budget::MemoryBudget,
+    /// Read for each finished message: does its project want bounces (`bounce.rs`)?
+    pub registry: crate::policy::projects::Registry,
 }
 
 /// How long an attempt waits for memory before it gives the turn to others.
@@ -133,7 +135,7 @@ impl Delivery {
             let mut event =
                 Event::new(EventKind::Failed, &env, pending).with_reply(upstream_reply.as_deref());
             event.reason = Some("expired".into());
-            self.save_with(&env, &[event]).await;
+            self.save_outcome(&env, &[event], &bytes).await;
             // Never attempted: no upstream to name.
             let upstream = env.upstream.clone().unwrap_or_else(|| "-".into());
             crate::metrics::delivery_outcome(&env, &upstream);
@@ -221,7 +223,7 @@ impl Delivery {
             duration_ms = started.elapsed().as_millis() as u64,
             "delivery attempt"
         );
-        self.save_with(&env, &events).await;
+        self.save_outcome(&env, &events, &bytes).await;
     }
 
     fn unreadable(&self, id: &str, e: crate::queue::QueueError) {
@@ -236,6 +238,29 @@ impl Delivery {
 
     async fn save(&self, env: &Envelope) {
         self.save_with(env, &[]).await
+    }
+
+    /// [`Delivery::save_with`], plus the bounce a finished message owes its sender when its
+    /// project asked for bounces; queued in the same group commit as the outcome.
+    async fn save_outcome(&self, env: &Envelope, events: &[Event], original: &[u8]) {
+        let wants = env.state.is_final()
+            && super::bounce::owed(env, original)
+            && self.registry.get(&env.project).is_ok_and(|p| p.bounces);
+        let bounce = if wants {
+            super::bounce::build(
+                env,
+                original,
+                &self.config.server.hostname,
+                self.config.queue.max_age_secs,
+            )
+        } else {
+            None
+        };
+        let new = bounce.as_ref().map(|(m, b)| (m.clone(), b.as_slice()));
+        if let Err(e) = self.queue.update_with(env, events, new).await {
+            // The spool still holds the previous state; the message is retried after restart.
+            tracing::error!(id = %env.id, error = %e, "cannot record delivery outcome");
+        }
     }
 
     /// Saves the outcome and its delivery events in one group commit.

@@ -43,6 +43,10 @@ pub struct Project {
     /// that sends on behalf of its users' mailboxes). Off: refused like a foreign `From`.
     #[serde(default)]
     pub allow_foreign_sender: bool,
+    /// Send a delivery status notification (RFC 3464) to the envelope sender when a message
+    /// finally fails (`project bounces`). Off: the app learns only from events and the log.
+    #[serde(default)]
+    pub bounces: bool,
 }
 
 /// Token index value: which project and which of its tokens a digest belongs to.
@@ -220,6 +224,7 @@ impl Registry {
             max_age_secs,
             tokens: Vec::new(),
             allow_foreign_sender: false,
+            bounces: false,
         };
         self.put(&project)?;
         let (project, token) = self.add_token(&project.id, label)?;
@@ -284,6 +289,14 @@ impl Registry {
     ) -> Result<Project, RegistryError> {
         let mut project = self.get(id)?;
         project.allow_foreign_sender = allow;
+        self.put(&project)?;
+        self.store.flush_now()?;
+        Ok(project)
+    }
+
+    pub fn set_bounces(&self, id: &str, on: bool) -> Result<Project, RegistryError> {
+        let mut project = self.get(id)?;
+        project.bounces = on;
         self.put(&project)?;
         self.store.flush_now()?;
         Ok(project)

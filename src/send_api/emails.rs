@@ -2,7 +2,8 @@
 //! an envelope and a MIME message (mail-builder) and handed to `inbound::submit`.
 //!
 //! Order of checks, cheapest first: token (401/403), the project's session place and body size
-//! (429/413), the JSON (422), every address (422), the sender domain (403), the rate windows
+//! (429/413), the JSON (422), every address (422), the sender domain (403), suppressed
+//! recipients (422, `Recipient suppressed: …`, the `suppressed` event), the rate windows
 //! *before* the message is built (429 + `retry-after`), the built size (413), then the shared
 //! acceptance path, whose refusals map to the statuses below. Errors have Resend's shape:
 //! `{"statusCode": 422, "name": "validation_error", "message": "…"}`.
@@ -696,6 +697,16 @@ async fn send_prepared(
         peer,
         max_age_secs,
     };
+    // A suppressed recipient refuses the whole request (SMTP refuses only its RCPT, but an
+    // HTTP request is one message: sending it to the others silently would hide the refusal).
+    // 422 like Resend's other per-address validation errors; 403 is for what the key may do.
+    for r in &p.recipients {
+        if let Some(text) = shared.suppression.refuse(&caller.auth.project.id, r).await {
+            return Err(ApiError::invalid(
+                text.trim_start_matches("5.1.1 ").to_string(),
+            ));
+        }
+    }
     // Before building anything: an app over its limit learns it cheaply.
     rate.check_message(p.recipients.len())
         .and_then(|()| rate.check_recipients(p.recipients.len()))
