@@ -68,11 +68,12 @@ pub fn validate(
             "must be between 1 second and 3650 days (315360000)".into(),
         ));
     }
-    if !(60..=3650 * DAY).contains(&r.max_age_secs) {
+    // No floor beyond 1 s: a message still queued keeps its history whatever its age.
+    if !(1..=3650 * DAY).contains(&r.max_age_secs) {
         return Err((
             "retention",
             "max_age_secs",
-            "must be between 60 seconds and 3650 days (315360000)".into(),
+            "must be between 1 second and 3650 days (315360000)".into(),
         ));
     }
     if !(1..=DAY).contains(&r.prune_interval_secs) {

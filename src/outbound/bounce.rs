@@ -150,11 +150,9 @@ pub fn build(
             clean(addr),
             status_of(reply, expired)
         ));
+        // The upstream is a config name, not a DNS name: an extension field, not Remote-MTA.
         if let Some(up) = &env.upstream {
-            status.push_str(&format!(
-                "Remote-MTA: x-smtp-relay-upstream; {}\r\n",
-                clean(up)
-            ));
+            status.push_str(&format!("X-Smtp-Relay-Upstream: {}\r\n", clean(up)));
         }
         if !reply.is_empty() {
             status.push_str(&format!("Diagnostic-Code: smtp; {reply}\r\n"));
@@ -239,5 +237,58 @@ mod tests {
             b"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n\r\n"
         ));
         assert!(!is_automatic(b"Subject: hello\r\n\r\nbody"));
+    }
+}
+
+#[cfg(test)]
+mod build_tests {
+    use super::*;
+    use crate::queue::Recipient;
+
+    #[test]
+    fn lists_only_the_failed_recipients() {
+        let env = Envelope {
+            id: "0190000000000000abcdef00".into(),
+            project: "p".into(),
+            mail_from: "app@app.test".into(),
+            mail_params: Default::default(),
+            recipients: vec![
+                Recipient {
+                    address: "ok@x.test".into(),
+                    state: RcptState::Delivered,
+                    reply: Some("250 ok".into()),
+                    params: Default::default(),
+                },
+                Recipient {
+                    address: "gone@x.test".into(),
+                    state: RcptState::Failed,
+                    reply: Some("550 5.1.1 No such user".into()),
+                    params: Default::default(),
+                },
+            ],
+            size: 10,
+            client_ip: "127.0.0.1".into(),
+            received_ms: 1_700_000_000_000,
+            expires_ms: 1_700_000_100_000,
+            next_attempt_ms: 0,
+            attempts: 1,
+            state: MessageState::Delivered,
+            upstream: Some("sendgrid".into()),
+            last_reply: None,
+            header_message_id: None,
+        };
+        let original = b"From: app@app.test\r\nSubject: hi\r\n\r\nbody\r\n";
+        assert!(owed(&env, original));
+        let (msg, bytes) = build(&env, original, "relay.test", 3600).unwrap();
+        assert_eq!(msg.mail_from, "");
+        assert_eq!(msg.recipients, vec!["app@app.test"]);
+        let text = String::from_utf8(bytes).unwrap();
+        println!("{text}");
+        assert!(text.contains(
+            "Final-Recipient: rfc822; gone@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ));
+        assert!(!text.contains("Final-Recipient: rfc822; ok@x.test"));
+        assert!(text.contains("Auto-Submitted: auto-generated"));
+        assert!(text.contains("Subject: hi\r\n"));
     }
 }
