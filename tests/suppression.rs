@@ -334,6 +334,29 @@ async fn send_api_and_admin_api() {
         "{v:#}"
     );
 
+    // A batch is checked whole before anything is queued.
+    let r = http
+        .post(format!("{send}/batch"))
+        .bearer_auth(&s.token)
+        .json(&json!([
+            {"from": "noreply@app.test", "to": ["ok@example.net"], "subject": "a", "text": "a"},
+            {"from": "noreply@app.test", "to": ["API@example.net"], "subject": "b", "text": "b"},
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("emails[1]: Recipient suppressed"),
+        "{v:#}"
+    );
+    let log = s.relay.cli_json(&["log", "--project", &s.project]);
+    assert_eq!(log.as_array().unwrap().len(), 0, "nothing queued: {log:#}");
+
     // Removed through the API: the same request is sent.
     let r = http
         .delete(format!(

@@ -697,16 +697,6 @@ async fn send_prepared(
         peer,
         max_age_secs,
     };
-    // A suppressed recipient refuses the whole request (SMTP refuses only its RCPT, but an
-    // HTTP request is one message: sending it to the others silently would hide the refusal).
-    // 422 like Resend's other per-address validation errors; 403 is for what the key may do.
-    for r in &p.recipients {
-        if let Some(text) = shared.suppression.refuse(&caller.auth.project.id, r).await {
-            return Err(ApiError::invalid(
-                text.trim_start_matches("5.1.1 ").to_string(),
-            ));
-        }
-    }
     // Before building anything: an app over its limit learns it cheaply.
     rate.check_message(p.recipients.len())
         .and_then(|()| rate.check_recipients(p.recipients.len()))
@@ -773,6 +763,21 @@ async fn send_prepared(
     }
 }
 
+/// A suppressed recipient refuses the whole email (SMTP refuses only its RCPT, but an HTTP
+/// request is one message: sending it to the others while dropping one silently would hide
+/// the refusal). 422 like Resend's other per-address validation errors; 403 is for what the
+/// key may not do, which this is not.
+async fn check_suppressed(shared: &Shared, caller: &Caller, p: &Prepared) -> Result<(), ApiError> {
+    for r in &p.recipients {
+        if let Some(text) = shared.suppression.refuse(&caller.auth.project.id, r).await {
+            return Err(ApiError::invalid(
+                text.trim_start_matches("5.1.1 ").to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The envelope sender must be one of the project's domains (Resend: 403 for an
 /// unverified domain).
 fn check_sender(caller: &Caller, p: &Prepared) -> Result<(), ApiError> {
@@ -804,6 +809,7 @@ async fn send_one(State(state): State<ApiState>, req: Request) -> Response {
         let email: EmailIn = read_json(req.into_body(), max_size).await?;
         let p = prepare(email, &shared, caller.quota.effective.max_recipients())?;
         check_sender(&caller, &p)?;
+        check_suppressed(&shared, &caller, &p).await?;
         send_prepared(&shared, state.tls, &mut caller, peer, &p).await
     }
     .await;
@@ -829,12 +835,16 @@ async fn send_batch(State(state): State<ApiState>, req: Request) -> Response {
         // Every email is checked before the first is queued.
         let mut prepared = Vec::with_capacity(emails.len());
         for (i, e) in emails.into_iter().enumerate() {
+            let index = |mut err: ApiError| {
+                err.message = format!("emails[{i}]: {}", err.message);
+                err
+            };
             let p = prepare(e, &shared, caller.quota.effective.max_recipients())
                 .and_then(|p| check_sender(&caller, &p).map(|()| p))
-                .map_err(|mut err| {
-                    err.message = format!("emails[{i}]: {}", err.message);
-                    err
-                })?;
+                .map_err(index)?;
+            check_suppressed(&shared, &caller, &p)
+                .await
+                .map_err(index)?;
             prepared.push(p);
         }
         let mut ids = Vec::new();
