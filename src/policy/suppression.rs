@@ -82,11 +82,13 @@ fn key(project: &str, address: &str) -> Vec<u8> {
 }
 
 /// Whether a permanent refusal names the recipient itself, so that sending to it again would
-/// be refused again: an RFC 3463 `5.1.x` (bad mailbox or address) or `5.2.1` (mailbox
-/// disabled), or a bare `550`/`551`/`553` without an enhanced code (RFC 5321's mailbox
-/// replies). A refusal of the message or the sender (`5.7.x` policy, `5.6.x` content,
-/// `5.3.4` size, a `5.7.1 relaying denied` from a misconfigured route) is the same for every
-/// recipient and suppresses none of them.
+/// be refused again: an RFC 3463 `5.1.x` (bad destination mailbox or address) or `5.2.1`
+/// (mailbox disabled), or a bare `550`/`551` without an enhanced code (RFC 5321's mailbox
+/// replies). Delivery does not say whether a refusal came at RCPT, MAIL or DATA, so the reply
+/// decides: a refusal of the message or the sender (`5.1.7`/`5.1.8` bad sender, `5.7.x`
+/// policy or spam, `5.6.x` content, `5.3.4` size, a `5.7.1 relaying denied` from a
+/// misconfigured route, a bare `553`, which is also the usual MAIL FROM refusal) is the same
+/// for every recipient and suppresses none of them.
 pub fn refusal_names_recipient(reply: &str) -> bool {
     let mut words = reply.split_whitespace();
     let code = words.next().unwrap_or("");
@@ -95,8 +97,11 @@ pub fn refusal_names_recipient(reply: &str) -> bool {
     }
     let code = code.get(..3).unwrap_or(code);
     match words.next().filter(|w| w.starts_with("5.")) {
-        Some(enhanced) => enhanced.starts_with("5.1.") || enhanced == "5.2.1",
-        None => matches!(code, "550" | "551" | "553"),
+        Some(enhanced) => {
+            (enhanced.starts_with("5.1.") && !matches!(enhanced, "5.1.7" | "5.1.8"))
+                || enhanced == "5.2.1"
+        }
+        None => matches!(code, "550" | "551"),
     }
 }
 
@@ -312,6 +317,13 @@ mod tests {
         assert!(!refusal_names_recipient("452 4.2.2 Mailbox full"));
         assert!(!refusal_names_recipient("552 5.2.2 Mailbox full"));
         assert!(!refusal_names_recipient("554 Transaction failed"));
+        assert!(!refusal_names_recipient("553 Sender address rejected"));
+        assert!(!refusal_names_recipient(
+            "550 5.1.8 Sender domain does not exist"
+        ));
+        assert!(!refusal_names_recipient(
+            "553 5.1.7 Bad sender address syntax"
+        ));
         assert!(!refusal_names_recipient(""));
     }
 
