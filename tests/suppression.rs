@@ -77,7 +77,7 @@ async fn refused_recipient_is_refused_at_rcpt_next_time_and_only_it() {
     let script = Script::default()
         .with_rcpt("gone@example.net", "550 5.1.1 No such user")
         .with_rcpt("policy@example.net", "550 5.7.1 Rejected by policy");
-    let s = setup(script, "").await;
+    let mut s = setup(script, "").await;
     let rx = Receiver::start(0).await;
     let v = s.relay.cli_json(&[
         "webhook",
@@ -159,6 +159,17 @@ async fn refused_recipient_is_refused_at_rcpt_next_time_and_only_it() {
         s.project
     );
     assert_eq!(sample(&m, &series), Some(1.0), "{m}");
+    let series = format!(
+        "smtp_relay_rejections_total{{project=\"{}\",reason=\"suppressed\"}}",
+        s.project
+    );
+    assert_eq!(sample(&m, &series), Some(1.0), "{m}");
+
+    // Written with the outcome's commit: a kill -9 does not lose it.
+    s.relay.kill9();
+    s.relay.spawn();
+    assert_eq!(list(&s).len(), 1);
+    assert_eq!(rcpt(&s, "gone@example.net").await.code, 550);
 
     // Removal lets mail through again.
     let out = s

@@ -155,7 +155,7 @@ impl Metrics {
         );
         registry.register(
             "rejections",
-            "Commands refused, by reason: auth, sender, limit, size, syntax, local",
+            "Commands refused, by reason: auth, sender, suppressed, limit, size, syntax, local",
             m.rejected.clone(),
         );
         registry.register(
@@ -277,6 +277,8 @@ pub fn reject_reason(reply: &Reply) -> Option<&'static str> {
         (c, _) if c < 400 => return None,
         (530 | 535, _) => "auth",
         (553, _) | (550, "5.7.1") => "sender",
+        // The only 5.1.1 inbound gives: a recipient on the suppression list.
+        (550, "5.1.1") => "suppressed",
         (552, _) => "size",
         (451, "4.7.1") | (452, "4.5.3") | (421, "4.7.0") => "limit",
         (451 | 452, _) => "local",
