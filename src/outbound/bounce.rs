@@ -6,9 +6,8 @@
 //! human-readable part, the machine-readable `message/delivery-status` part (one block per
 //! failed recipient: status, the upstream's reply) and the original header section as
 //! `text/rfc822-headers`. It is built here (mail-builder) when delivery records the final
-//! outcome and handed to the queue with that outcome, in the same group commit, so it is
-//! stored durably and delivered through the project's route like any message — never sent
-//! inline. Its envelope sender is null (`<>`, RFC 5321 §4.5.5), so a bounce that fails is
+//! outcome and queued (durably, before that outcome is recorded) like any message of the
+//! project, delivered through its route — never sent inline. Its envelope sender is null (`<>`, RFC 5321 §4.5.5), so a bounce that fails is
 //! never bounced again; nor is a message that was itself automatic (RFC 3834
 //! `Auto-Submitted`, or a report).
 

@@ -240,27 +240,36 @@ impl Delivery {
         self.save_with(env, &[]).await
     }
 
-    /// [`Delivery::save_with`], plus the bounce a finished message owes its sender when its
-    /// project asked for bounces; queued in the same group commit as the outcome.
+    /// [`Delivery::save_with`], after queueing the bounce a finished message owes its sender
+    /// when its project asked for bounces. The bounce is made durable first: a crash between
+    /// the two leaves the message to be tried again (at worst a second bounce), never a
+    /// recorded failure without its bounce.
     async fn save_outcome(&self, env: &Envelope, events: &[Event], original: &[u8]) {
         let wants = env.state.is_final()
             && super::bounce::owed(env, original)
             && self.registry.get(&env.project).is_ok_and(|p| p.bounces);
-        let bounce = if wants {
-            super::bounce::build(
-                env,
-                original,
-                &self.config.server.hostname,
-                self.config.queue.max_age_secs,
-            )
-        } else {
-            None
-        };
-        let new = bounce.as_ref().map(|(m, b)| (m.clone(), b.as_slice()));
-        if let Err(e) = self.queue.update_with(env, events, new).await {
-            // The spool still holds the previous state; the message is retried after restart.
-            tracing::error!(id = %env.id, error = %e, "cannot record delivery outcome");
+        if let Some((msg, bytes)) = wants
+            .then(|| {
+                super::bounce::build(
+                    env,
+                    original,
+                    &self.config.server.hostname,
+                    self.config.queue.max_age_secs,
+                )
+            })
+            .flatten()
+        {
+            match self.queue.enqueue(msg, &bytes).await {
+                Ok(b) => {
+                    crate::metrics::bounce_queued();
+                    tracing::info!(id = %b.id, of = %env.id, to = %b.recipients.first().map(|r| r.address.as_str()).unwrap_or(""), "bounce queued");
+                }
+                Err(e) => {
+                    tracing::error!(id = %env.id, error = %e, "cannot queue the bounce of a failed message")
+                }
+            }
         }
+        self.save_with(env, events).await
     }
 
     /// Saves the outcome and its delivery events in one group commit.

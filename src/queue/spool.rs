@@ -245,38 +245,6 @@ fn write_durable(
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// The envelope of a message being queued now.
-fn new_envelope(msg: NewMessage, bytes: &[u8], now: u64) -> Envelope {
-    Envelope {
-        id: msg.id,
-        project: msg.project,
-        mail_from: msg.mail_from,
-        mail_params: msg.mail_params,
-        recipients: {
-            let mut params = msg.rcpt_params.into_iter();
-            msg.recipients
-                .into_iter()
-                .map(|address| Recipient {
-                    address,
-                    state: RcptState::Pending,
-                    reply: None,
-                    params: params.next().unwrap_or_default(),
-                })
-                .collect()
-        },
-        size: bytes.len(),
-        client_ip: msg.client_ip,
-        received_ms: now,
-        expires_ms: now + msg.max_age_secs * 1000,
-        next_attempt_ms: msg.not_before_ms.unwrap_or(now).max(now),
-        attempts: 0,
-        state: MessageState::Queued,
-        upstream: None,
-        last_reply: None,
-        header_message_id: crate::events::header_message_id(bytes),
-    }
-}
-
 /// Time-ordered id: 12 hex digits of milliseconds, 12 of randomness.
 pub fn new_id(now: u64) -> String {
     let r: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
@@ -339,7 +307,35 @@ impl Queue {
         self.store.check_healthy()?;
         self.store.ensure_space(bytes.len() as u64, self.min_free)?;
         let now = now_ms();
-        let env = new_envelope(msg, bytes, now);
+        let env = Envelope {
+            id: msg.id,
+            project: msg.project,
+            mail_from: msg.mail_from,
+            mail_params: msg.mail_params,
+            recipients: {
+                let mut params = msg.rcpt_params.into_iter();
+                msg.recipients
+                    .into_iter()
+                    .map(|address| Recipient {
+                        address,
+                        state: RcptState::Pending,
+                        reply: None,
+                        params: params.next().unwrap_or_default(),
+                    })
+                    .collect()
+            },
+            size: bytes.len(),
+            client_ip: msg.client_ip,
+            received_ms: now,
+            expires_ms: now + msg.max_age_secs * 1000,
+            next_attempt_ms: msg.not_before_ms.unwrap_or(now).max(now),
+            attempts: 0,
+            state: MessageState::Queued,
+            upstream: None,
+            last_reply: None,
+            header_message_id: crate::events::header_message_id(bytes),
+        };
+        let encoded = encode(&env);
         let all: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
         let mut events = vec![crate::events::Event::new(
             crate::events::EventKind::Accepted,
@@ -353,23 +349,6 @@ impl Queue {
             held.next_attempt_ms = Some(env.next_attempt_ms);
             events.push(held);
         }
-        self.write_new(&env, bytes, &events)?;
-        self.store.durable().await?;
-        self.wake.notify_one();
-        crate::events::outbox::wake();
-        Ok(env)
-    }
-
-    /// The writes of a new message (not durable by themselves): body, envelope, log, its
-    /// events, and the schedule last, so delivery never picks up a message whose log entry
-    /// is still to be written (module doc).
-    fn write_new(
-        &self,
-        env: &Envelope,
-        bytes: &[u8],
-        events: &[crate::events::Event],
-    ) -> Result<(), QueueError> {
-        let encoded = encode(env);
         let in_file = crate::memory_budget::MemoryBudget::is_large(bytes.len());
         if in_file {
             let path = self.body_path(&env.id);
@@ -379,6 +358,8 @@ impl Queue {
                 return Err(QueueError::Spill(e));
             }
         }
+        // Order matters (module doc): body, envelope, log, and the schedule last, so delivery
+        // never picks up a message whose log entry is still to be written.
         let spool = &self.store.spool;
         let written = (|| {
             if in_file {
@@ -390,7 +371,7 @@ impl Queue {
             self.store
                 .log
                 .insert(env.id.as_bytes(), encoded.as_slice())?;
-            crate::events::stage(&self.store, events)?;
+            crate::events::stage(&self.store, &events)?;
             self.store
                 .schedule
                 .insert(schedule::key(env.next_attempt_ms, &env.id), &[])?;
@@ -401,7 +382,11 @@ impl Queue {
                 let _ = std::fs::remove_file(self.body_path(&env.id));
             }
             self.write_err(e)
-        })
+        })?;
+        self.store.durable().await?;
+        self.wake.notify_one();
+        crate::events::outbox::wake();
+        Ok(env)
     }
 
     /// Removes and returns up to `limit` ids whose time has come.
@@ -492,23 +477,7 @@ impl Queue {
         env: &Envelope,
         events: &[crate::events::Event],
     ) -> Result<(), QueueError> {
-        self.update_with(env, events, None).await
-    }
-
-    /// [`Queue::update_with_events`], plus a new message born of this outcome (a bounce,
-    /// `outbound/bounce.rs`) queued in the same group commit: the outcome is never durable
-    /// without the bounce it owes. Permanent refusals that name a recipient go on the
-    /// project's suppression list in the same commit too (`policy::suppression`).
-    pub async fn update_with(
-        &self,
-        env: &Envelope,
-        events: &[crate::events::Event],
-        new: Option<(NewMessage, &[u8])>,
-    ) -> Result<(), QueueError> {
         self.store.check_healthy()?;
-        if let Some((_, bytes)) = &new {
-            self.store.ensure_space(bytes.len() as u64, self.min_free)?;
-        }
         let encoded = encode(env);
         let id = &env.id;
         let state = env.state;
@@ -518,6 +487,8 @@ impl Queue {
         let had_file = (|| {
             self.store.log.insert(id.as_bytes(), encoded.as_slice())?;
             crate::events::stage(&self.store, events)?;
+            // Permanent refusals that name a recipient put it on the project's suppression
+            // list, in this same commit (policy::suppression).
             crate::policy::suppression::record_refusals(&self.store, events)?;
             if state.is_final() {
                 self.remove_entry(id)
@@ -528,20 +499,7 @@ impl Queue {
             }
         })()
         .map_err(|e| self.write_err(e))?;
-        let queued_new = match new {
-            Some((msg, bytes)) => {
-                let new_env = new_envelope(msg, bytes, now_ms());
-                self.write_new(&new_env, bytes, &[])?;
-                Some(new_env.id)
-            }
-            None => None,
-        };
         self.store.durable().await?;
-        if let Some(new_id) = queued_new {
-            tracing::info!(id = %new_id, of = %id, "bounce queued");
-            crate::metrics::bounce_queued();
-            self.wake.notify_one();
-        }
         if !events.is_empty() {
             crate::events::outbox::wake();
         }
