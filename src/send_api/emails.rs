@@ -835,16 +835,18 @@ async fn send_batch(State(state): State<ApiState>, req: Request) -> Response {
         // Every email is checked before the first is queued.
         let mut prepared = Vec::with_capacity(emails.len());
         for (i, e) in emails.into_iter().enumerate() {
-            let index = |mut err: ApiError| {
-                err.message = format!("emails[{i}]: {}", err.message);
-                err
-            };
             let p = prepare(e, &shared, caller.quota.effective.max_recipients())
                 .and_then(|p| check_sender(&caller, &p).map(|()| p))
-                .map_err(index)?;
+                .map_err(|mut err| {
+                    err.message = format!("emails[{i}]: {}", err.message);
+                    err
+                })?;
             check_suppressed(&shared, &caller, &p)
                 .await
-                .map_err(index)?;
+                .map_err(|mut err| {
+                    err.message = format!("emails[{i}]: {}", err.message);
+                    err
+                })?;
             prepared.push(p);
         }
         let mut ids = Vec::new();
