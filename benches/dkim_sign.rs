@@ -142,9 +142,9 @@ fn main() {
         disabled: false,
         created: 0,
         max_age_secs: None,
+        bounces: false,
         tokens: vec![],
         allow_foreign_sender: false,
-        bounces: false,
     };
     let ctx = TransformContext {
         message_id: "bench",

@@ -71,6 +71,12 @@ pub struct Config {
     /// Webhook delivery of delivery events (events::outbox).
     #[serde(default)]
     pub webhooks: WebhooksConfig,
+    /// Lifetime of suppression list entries (policy::suppression).
+    #[serde(default)]
+    pub suppression: retention::SuppressionConfig,
+    /// How long the message log, events and webhook attempts are kept (retention.rs).
+    #[serde(default)]
+    pub retention: retention::RetentionConfig,
     /// The HTTP send API (Resend-compatible `POST /emails`); off unless `address` is set.
     #[serde(default)]
     pub send_api: SendApiConfig,
@@ -83,12 +89,6 @@ pub struct Config {
     /// The resolver `domain verify` uses (domain_check).
     #[serde(default)]
     pub dns: DnsConfig,
-    /// Lifetime of suppression list entries (policy::suppression).
-    #[serde(default)]
-    pub suppression: retention::SuppressionConfig,
-    /// How long the message log, events and webhook attempts are kept (retention.rs).
-    #[serde(default)]
-    pub retention: retention::RetentionConfig,
     /// Where the config came from, for errors found after parsing (secret files).
     #[serde(skip)]
     pub origin: Option<std::sync::Arc<ConfigOrigin>>,

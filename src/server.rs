@@ -128,6 +128,10 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         branding: branding.clone(),
         limiter: limiter.clone(),
         routes: routes.clone(),
+        suppression: crate::policy::suppression::Suppressions::new(
+            store.clone(),
+            config.suppression.expire_secs,
+        ),
         tester: Some(Arc::new(Tester {
             config: config.clone(),
             registry: registry.clone(),
@@ -137,10 +141,6 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         })),
         dkim: dkim.clone(),
         events: crate::events::webhooks::WebhookAdmin::new(store.clone(), &config.webhooks),
-        suppression: crate::policy::suppression::Suppressions::new(
-            store.clone(),
-            config.suppression.expire_secs,
-        ),
     };
     if config.dns.recheck_secs > 0 {
         tokio::spawn(admin::domain::recheck(
@@ -171,14 +171,14 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         branding,
         tls,
         limits: MessageLimits::from_config(&config),
-        limiter,
-        throttle: Throttle::new(&config.throttle),
-        dkim,
-        memory: memory.clone(),
         suppression: crate::policy::suppression::Suppressions::new(
             store.clone(),
             config.suppression.expire_secs,
         ),
+        limiter,
+        throttle: Throttle::new(&config.throttle),
+        dkim,
+        memory: memory.clone(),
         shutdown: shutdown_rx.clone(),
     };
     // Listeners read the current value at each accept; a reload replaces it.

@@ -104,6 +104,26 @@ pub enum AdminRequest {
         #[serde(default)]
         clear: bool,
     },
+    /// A project's suppressed recipients (`suppression.rs`).
+    SuppressionList {
+        project: String,
+    },
+    SuppressionAdd {
+        project: String,
+        address: String,
+        #[serde(default)]
+        reason: String,
+    },
+    SuppressionRemove {
+        project: String,
+        address: String,
+    },
+    /// Shows whether the project sends bounce messages; with `enabled`, sets it.
+    ProjectBounces {
+        id: String,
+        #[serde(default)]
+        enabled: Option<bool>,
+    },
     /// One test message through the pipeline, synchronously (`execute_async` only).
     SendTest(SendTest),
     /// DKIM keys, DNS records and signing policy (`dkim.rs`).
@@ -154,26 +174,6 @@ pub enum AdminRequest {
     WebhookEnable {
         id: String,
     },
-    /// A project's suppressed recipients (`suppression.rs`).
-    SuppressionList {
-        project: String,
-    },
-    SuppressionAdd {
-        project: String,
-        address: String,
-        #[serde(default)]
-        reason: String,
-    },
-    SuppressionRemove {
-        project: String,
-        address: String,
-    },
-    /// Shows whether the project sends bounce messages; with `enabled`, sets it.
-    ProjectBounces {
-        id: String,
-        #[serde(default)]
-        enabled: Option<bool>,
-    },
 }
 
 impl AdminRequest {
@@ -183,14 +183,15 @@ impl AdminRequest {
         use AdminRequest::*;
         match self {
             ProjectList | ProjectShow { .. } | QueueList | QueueShow { .. } | Log { .. } => true,
-            WebhookList { .. } | WebhookShow { .. } | SuppressionList { .. } => true,
-            ProjectBounces { enabled, .. } => enabled.is_none(),
+            WebhookList { .. } | WebhookShow { .. } => true,
             ProjectLimits { set, clear, .. } => set.is_empty() && !clear,
             ProjectBranding { update, .. } => update.is_none(),
             ProjectRoute {
                 upstream, clear, ..
             } => upstream.is_none() && !clear,
             SendTest(_) | DomainVerify { .. } | DomainStatus { .. } => true,
+            SuppressionList { .. } => true,
+            ProjectBounces { enabled, .. } => enabled.is_none(),
             Dkim(d) => matches!(
                 d,
                 dkim::DkimRequest::List { .. }
@@ -215,6 +216,8 @@ pub struct AdminContext {
     /// Per-project limits: overrides, and the usage `project show` reports.
     pub limiter: Limiter,
     pub routes: RouteTable,
+    /// Suppressed recipients, per project.
+    pub suppression: crate::policy::suppression::Suppressions,
     /// Runs `send-test`; present where the delivery side is built (server, CLI send-test).
     pub tester: Option<std::sync::Arc<Tester>>,
     pub dkim: crate::transform::dkim_keys::DkimKeys,
@@ -222,8 +225,6 @@ pub struct AdminContext {
     pub admin_tokens: crate::policy::admin_tokens::AdminTokens,
     /// Delivery events and webhook endpoints.
     pub events: crate::events::webhooks::WebhookAdmin,
-    /// Suppressed recipients, per project.
-    pub suppression: crate::policy::suppression::Suppressions,
     /// The server's last domain checks (empty where no server runs).
     pub domain_reports: crate::domain_check::LastReports,
 }
@@ -258,8 +259,8 @@ pub fn project_json(p: &Project) -> Value {
         "enabled": !p.disabled,
         "created": p.created,
         "max_age_secs": p.max_age_secs,
-        "allow_foreign_sender": p.allow_foreign_sender,
         "bounces": p.bounces,
+        "allow_foreign_sender": p.allow_foreign_sender,
         "tokens": p.tokens.iter().map(|t| json!({
             "id": t.id, "label": t.label, "created": t.created,
         })).collect::<Vec<_>>(),
@@ -444,6 +445,17 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             }
             route_json(ctx, &id)?
         }
+        SuppressionList { project } => suppression::list(ctx, &project)?,
+        SuppressionAdd {
+            project,
+            address,
+            reason,
+        } => suppression::add(ctx, &project, &address, &reason)?,
+        SuppressionRemove { project, address } => suppression::remove(ctx, &project, &address)?,
+        ProjectBounces { id, enabled } => project_json(&match enabled {
+            Some(on) => r.set_bounces(&id, on).map_err(err)?,
+            None => r.get(&id).map_err(err)?,
+        }),
         SendTest(_) | DomainVerify { .. } | DomainStatus { .. } => {
             return Err(AdminError("this operation runs asynchronously".into()));
         }
@@ -474,16 +486,5 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         WebhookTest { id } => ctx.events.test(&id).map_err(err)?,
         WebhookRotateSecret { id } => ctx.events.rotate_secret(&id).map_err(err)?,
         WebhookEnable { id } => ctx.events.enable(&id).map_err(err)?,
-        SuppressionList { project } => suppression::list(ctx, &project)?,
-        SuppressionAdd {
-            project,
-            address,
-            reason,
-        } => suppression::add(ctx, &project, &address, &reason)?,
-        SuppressionRemove { project, address } => suppression::remove(ctx, &project, &address)?,
-        ProjectBounces { id, enabled } => project_json(&match enabled {
-            Some(on) => r.set_bounces(&id, on).map_err(err)?,
-            None => r.get(&id).map_err(err)?,
-        }),
     })
 }

@@ -36,6 +36,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/projects/{id}/route"),
     ("PUT", "/api/v1/projects/{id}/route"),
     ("DELETE", "/api/v1/projects/{id}/route"),
+    ("GET", "/api/v1/projects/{id}/suppressions"),
+    ("POST", "/api/v1/projects/{id}/suppressions"),
+    ("DELETE", "/api/v1/projects/{id}/suppressions/{address}"),
     ("GET", "/api/v1/queue"),
     ("GET", "/api/v1/queue/{id}"),
     ("DELETE", "/api/v1/queue/{id}"),
@@ -53,9 +56,6 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/webhooks/{id}/test"),
     ("POST", "/api/v1/webhooks/{id}/rotate-secret"),
     ("POST", "/api/v1/webhooks/{id}/enable"),
-    ("GET", "/api/v1/projects/{id}/suppressions"),
-    ("POST", "/api/v1/projects/{id}/suppressions"),
-    ("DELETE", "/api/v1/projects/{id}/suppressions/{address}"),
     ("GET", "/api/v1/openapi.json"),
 ];
 
@@ -89,6 +89,14 @@ pub fn router(state: HttpState) -> Router {
             "/api/v1/projects/{id}/route",
             get(show_route).put(set_route).delete(clear_route),
         )
+        .route(
+            "/api/v1/projects/{id}/suppressions",
+            get(list_suppressions).post(add_suppression),
+        )
+        .route(
+            "/api/v1/projects/{id}/suppressions/{address}",
+            delete(remove_suppression),
+        )
         .route("/api/v1/queue", get(queue_list))
         .route("/api/v1/queue/{id}", get(message).delete(queue_delete))
         .route("/api/v1/queue/{id}/retry", post(queue_retry))
@@ -108,14 +116,6 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/webhooks/{id}/test", post(test_webhook))
         .route("/api/v1/webhooks/{id}/rotate-secret", post(rotate_webhook))
         .route("/api/v1/webhooks/{id}/enable", post(enable_webhook))
-        .route(
-            "/api/v1/projects/{id}/suppressions",
-            get(list_suppressions).post(add_suppression),
-        )
-        .route(
-            "/api/v1/projects/{id}/suppressions/{address}",
-            delete(remove_suppression),
-        )
         .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))

@@ -154,6 +154,33 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
         ),
         (
             "GET",
+            "/api/v1/projects/{id}/suppressions",
+            "The project's suppressed recipients (reason, source, added_ms, expires_ms)",
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{id}/suppressions",
+            "Suppress a recipient by hand (expires after suppression.expire_secs)",
+            Some(json!({
+                "type": "object", "required": ["address"], "additionalProperties": false,
+                "properties": {
+                    "address": {"type": "string"},
+                    "reason": {"type": "string"},
+                }
+            })),
+            201,
+        ),
+        (
+            "DELETE",
+            "/api/v1/projects/{id}/suppressions/{address}",
+            "Let mail to a suppressed recipient through again",
+            None,
+            200,
+        ),
+        (
+            "GET",
             "/api/v1/queue",
             "Messages waiting for delivery",
             None,
@@ -282,33 +309,6 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
             "POST",
             "/api/v1/webhooks/{id}/enable",
             "Enable an endpoint disabled by 410 Gone or days of failures",
-            None,
-            200,
-        ),
-        (
-            "GET",
-            "/api/v1/projects/{id}/suppressions",
-            "The project's suppressed recipients (reason, source, added_ms, expires_ms)",
-            None,
-            200,
-        ),
-        (
-            "POST",
-            "/api/v1/projects/{id}/suppressions",
-            "Suppress a recipient by hand (expires after suppression.expire_secs)",
-            Some(json!({
-                "type": "object", "required": ["address"], "additionalProperties": false,
-                "properties": {
-                    "address": {"type": "string"},
-                    "reason": {"type": "string"},
-                }
-            })),
-            201,
-        ),
-        (
-            "DELETE",
-            "/api/v1/projects/{id}/suppressions/{address}",
-            "Let mail to a suppressed recipient through again",
             None,
             200,
         ),

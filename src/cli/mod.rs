@@ -77,6 +77,11 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Recipients a project's mail is refused for after a permanent upstream refusal.
+    Suppression {
+        #[command(subcommand)]
+        command: suppression::SuppressionCommand,
+    },
     /// Validate and print the configuration.
     Config {
         #[command(subcommand)]
@@ -109,11 +114,6 @@ pub enum Command {
         #[command(subcommand)]
         command: webhook::WebhookCommand,
     },
-    /// Recipients a project's mail is refused for after a permanent upstream refusal.
-    Suppression {
-        #[command(subcommand)]
-        command: suppression::SuppressionCommand,
-    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -122,6 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Project { ref command } => project::run(&cli, command),
         Command::Queue { ref command } => queue::run(&cli, command),
         Command::Log { ref project, limit } => queue::log(&cli, project.clone(), limit),
+        Command::Suppression { ref command } => suppression::run(&cli, command),
         Command::Config { ref command } => config::run(&cli, command),
         Command::SendTest(ref args) => send_test::run(&cli, args),
         Command::Dkim { ref command } => dkim::run(&cli, command),
@@ -129,7 +130,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin { ref command } => admin_tokens::run(&cli, command),
         Command::Generate { ref command } => generate::run(command),
         Command::Webhook { ref command } => webhook::run(&cli, command),
-        Command::Suppression { ref command } => suppression::run(&cli, command),
     }
 }
 
@@ -223,12 +223,12 @@ pub fn offline_context(
             store.clone(),
             std::sync::Arc::new(config.clone()),
         ),
-        tester: None,
-        events: crate::events::webhooks::WebhookAdmin::new(store.clone(), &config.webhooks),
         suppression: crate::policy::suppression::Suppressions::new(
             store.clone(),
             config.suppression.expire_secs,
         ),
+        tester: None,
+        events: crate::events::webhooks::WebhookAdmin::new(store.clone(), &config.webhooks),
         branding: crate::transform::branding::BrandingStore::new(store.clone()),
         dkim: crate::transform::dkim_keys::DkimKeys::new(store.clone(), config),
         limiter: crate::policy::limits::Limiter::new(

@@ -87,12 +87,17 @@ struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     domain_verified: Family<DomainLabels, Gauge>,
     events: Family<TypeLabels, Counter>,
-    webhook_deliveries: Family<ResultLabels, Counter>,
-    webhook_disabled: Counter,
     suppressions_added: Family<SourceLabels, Counter>,
     suppressed: Family<ProjectLabels, Counter>,
     pruned: Family<TreeLabels, Counter>,
     bounces: Counter,
+    webhook_deliveries: Family<ResultLabels, Counter>,
+    webhook_disabled: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabels {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,11 +108,6 @@ struct SourceLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TreeLabels {
     tree: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TypeLabels {
-    kind: &'static str,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -134,12 +134,12 @@ impl Metrics {
             auth_failures: Counter::default(),
             reloads: Family::default(),
             events: Family::default(),
-            webhook_deliveries: Family::default(),
-            webhook_disabled: Counter::default(),
             suppressions_added: Family::default(),
             suppressed: Family::default(),
             pruned: Family::default(),
             bounces: Counter::default(),
+            webhook_deliveries: Family::default(),
+            webhook_disabled: Counter::default(),
             domain_verified: Family::default(),
         };
         registry.register(
@@ -236,16 +236,6 @@ impl Metrics {
             m.events.clone(),
         );
         registry.register(
-            "webhook_deliveries",
-            "Webhook delivery attempts, by result: delivered, retry, failed (given up), gone (410)",
-            m.webhook_deliveries.clone(),
-        );
-        registry.register(
-            "webhook_endpoints_disabled",
-            "Webhook endpoints disabled (410 Gone, or failing for disable_after_secs)",
-            m.webhook_disabled.clone(),
-        );
-        registry.register(
             "suppressions_added",
             "Recipients put on a suppression list, by source: upstream (permanent refusal), admin",
             m.suppressions_added.clone(),
@@ -264,6 +254,16 @@ impl Metrics {
             "bounces_queued",
             "Delivery status notifications (bounces) queued to envelope senders",
             m.bounces.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by result: delivered, retry, failed (given up), gone (410)",
+            m.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_endpoints_disabled",
+            "Webhook endpoints disabled (410 Gone, or failing for disable_after_secs)",
+            m.webhook_disabled.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -38,15 +38,15 @@ pub struct Project {
     /// Per-project maximum queue age in seconds (short-lived mail such as one-time codes).
     #[serde(default)]
     pub max_age_secs: Option<u64>,
+    /// Send a delivery status notification (RFC 3464) to the envelope sender when a message
+    /// finally fails (`project bounces`). Off: the app learns only from events and the log.
+    #[serde(default)]
+    pub bounces: bool,
     pub tokens: Vec<TokenInfo>,
     /// Let `Sender:` / `Resent-Sender:` name an address outside the project's domains (an app
     /// that sends on behalf of its users' mailboxes). Off: refused like a foreign `From`.
     #[serde(default)]
     pub allow_foreign_sender: bool,
-    /// Send a delivery status notification (RFC 3464) to the envelope sender when a message
-    /// finally fails (`project bounces`). Off: the app learns only from events and the log.
-    #[serde(default)]
-    pub bounces: bool,
 }
 
 /// Token index value: which project and which of its tokens a digest belongs to.
@@ -223,8 +223,8 @@ impl Registry {
             created: crate::now_secs(),
             max_age_secs,
             tokens: Vec::new(),
-            allow_foreign_sender: false,
             bounces: false,
+            allow_foreign_sender: false,
         };
         self.put(&project)?;
         let (project, token) = self.add_token(&project.id, label)?;
@@ -282,6 +282,14 @@ impl Registry {
         Ok(project)
     }
 
+    pub fn set_bounces(&self, id: &str, on: bool) -> Result<Project, RegistryError> {
+        let mut project = self.get(id)?;
+        project.bounces = on;
+        self.put(&project)?;
+        self.store.flush_now()?;
+        Ok(project)
+    }
+
     pub fn set_allow_foreign_sender(
         &self,
         id: &str,
@@ -289,14 +297,6 @@ impl Registry {
     ) -> Result<Project, RegistryError> {
         let mut project = self.get(id)?;
         project.allow_foreign_sender = allow;
-        self.put(&project)?;
-        self.store.flush_now()?;
-        Ok(project)
-    }
-
-    pub fn set_bounces(&self, id: &str, on: bool) -> Result<Project, RegistryError> {
-        let mut project = self.get(id)?;
-        project.bounces = on;
         self.put(&project)?;
         self.store.flush_now()?;
         Ok(project)

@@ -250,9 +250,9 @@ mod tests {
             disabled: false,
             created: 0,
             max_age_secs: None,
+            bounces: false,
             tokens: vec![],
             allow_foreign_sender: false,
-            bounces: false,
         }
     }
 
