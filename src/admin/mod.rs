@@ -185,13 +185,13 @@ impl AdminRequest {
             ProjectList | ProjectShow { .. } | QueueList | QueueShow { .. } | Log { .. } => true,
             WebhookList { .. } | WebhookShow { .. } => true,
             ProjectLimits { set, clear, .. } => set.is_empty() && !clear,
+            SuppressionList { .. } => true,
+            ProjectBounces { enabled, .. } => enabled.is_none(),
             ProjectBranding { update, .. } => update.is_none(),
             ProjectRoute {
                 upstream, clear, ..
             } => upstream.is_none() && !clear,
             SendTest(_) | DomainVerify { .. } | DomainStatus { .. } => true,
-            SuppressionList { .. } => true,
-            ProjectBounces { enabled, .. } => enabled.is_none(),
             Dkim(d) => matches!(
                 d,
                 dkim::DkimRequest::List { .. }

@@ -50,19 +50,19 @@ pub enum ProjectCommand {
     Delete { id: String },
     /// Set (or with no value, clear) the project's maximum queue age in seconds (at least 10).
     MaxAge { id: String, secs: Option<u64> },
-    /// Show or set whether `Sender:` / `Resent-Sender:` may name an address outside the
-    /// project's domains (off by default: refused like a foreign `From`).
-    SenderPolicy {
-        id: String,
-        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
-        allow_foreign_sender: Option<bool>,
-    },
     /// Show or set whether a message that finally fails sends an RFC 3464 bounce (delivery
     /// status notification) to its envelope sender (off by default).
     Bounces {
         id: String,
         #[arg(value_name = "on|off", value_parser = parse_on_off)]
         state: Option<bool>,
+    },
+    /// Show or set whether `Sender:` / `Resent-Sender:` may name an address outside the
+    /// project's domains (off by default: refused like a foreign `From`).
+    SenderPolicy {
+        id: String,
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        allow_foreign_sender: Option<bool>,
     },
     /// Show or override the project's rate limits and quotas (defaults: `[limits]`).
     Limits(super::limits::LimitsArgs),
