@@ -177,7 +177,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         ),
         limiter,
         throttle: Throttle::new(&config.throttle),
-        dkim,
+        dkim: dkim.clone(),
         memory: memory.clone(),
         shutdown: shutdown_rx.clone(),
     };
@@ -246,6 +246,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         router,
         memory,
         registry: registry.clone(),
+        dkim,
     };
     let delivery_task = tokio::spawn(delivery.run(shutdown_rx.clone()));
     let webhook_task = tokio::spawn(

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::certs::TestPki;
 use support::client::Client;
+use support::dkim::{Dns, keygen, verify};
 use support::relay::{Relay, RelayOptions};
 use support::upstream::{ReceivedMessage, Script, TestUpstream, UpstreamOptions};
 
@@ -96,6 +97,9 @@ async fn refused_message_bounces_a_dsn_python_parses() {
     let v = s.relay.cli_json(&["project", "bounces", &s.project]);
     assert_eq!(v["bounces"], false, "{v:#}");
     bounces_on(&s);
+    // The project signs its mail: the bounce (From mailer-daemon@app.test) is signed too.
+    let dns = Dns::default();
+    dns.publish(&keygen(&s.relay, "app.test", "s1", "ed25519", true));
     let id = submit(&s, "gone@example.net", "").await;
     s.relay.wait_state(&id, &["failed"], WAIT);
 
@@ -106,6 +110,16 @@ async fn refused_message_bounces_a_dsn_python_parses() {
     let summary = python_check(dsn, "gone@example.net", "550 5.1.1 No such user");
     assert_eq!(summary["status"], "5.1.1", "{summary:#}");
     assert_eq!(summary["recipients"], 1);
+    let signatures = verify(&dns, &dsn.data).await;
+    assert_eq!(signatures.len(), 1, "{signatures:?}");
+    assert!(signatures[0].pass(), "{signatures:?}\n{}", dsn.text());
+    assert_eq!(signatures[0].domain, "app.test");
+    assert!(dsn.text().starts_with("DKIM-Signature: "), "{}", dsn.text());
+    assert!(
+        dsn.text().contains("Received: from relay.test"),
+        "{}",
+        dsn.text()
+    );
     assert!(
         summary["from"]
             .as_str()

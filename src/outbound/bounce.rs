@@ -6,8 +6,11 @@
 //! human-readable part, the machine-readable `message/delivery-status` part (one block per
 //! failed recipient: status, the upstream's reply) and the original header section as
 //! `text/rfc822-headers`. It is built here (mail-builder) when delivery records the final
-//! outcome and queued (durably, before that outcome is recorded) like any message of the
-//! project, delivered through its route — never sent inline. Its envelope sender is null (`<>`, RFC 5321 §4.5.5), so a bounce that fails is
+//! outcome, goes through the transform stage like the project's other mail (our `Received`,
+//! From rewriting for the route, DKIM: it comes from `mailer-daemon@` the sender's domain,
+//! which the project owns, so signed it passes DMARC; no branding), and is queued (durably,
+//! before that outcome is recorded) like any message of the project, delivered through its
+//! route — never sent inline. Its envelope sender is null (`<>`, RFC 5321 §4.5.5), so a bounce that fails is
 //! never bounced again; nor is a message that was itself automatic (RFC 3834
 //! `Auto-Submitted`, or a report).
 

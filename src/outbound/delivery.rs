@@ -27,6 +27,8 @@ pub struct Delivery {
     pub memory: crate::memory_budget::MemoryBudget,
     /// Read for each finished message: does its project want bounces (`bounce.rs`)?
     pub registry: crate::policy::projects::Registry,
+    /// Bounces are DKIM-signed like the project's other mail (`bounce.rs`).
+    pub dkim: crate::transform::dkim_keys::DkimKeys,
 }
 
 /// How long an attempt waits for memory before it gives the turn to others.
@@ -245,20 +247,21 @@ impl Delivery {
     /// the two leaves the message to be tried again (at worst a second bounce), never a
     /// recorded failure without its bounce.
     async fn save_outcome(&self, env: &Envelope, events: &[Event], original: &[u8]) {
-        let wants = env.state.is_final()
-            && super::bounce::owed(env, original)
-            && self.registry.get(&env.project).is_ok_and(|p| p.bounces);
-        if let Some((msg, bytes)) = wants
-            .then(|| {
-                super::bounce::build(
-                    env,
-                    original,
-                    &self.config.server.hostname,
-                    self.config.queue.max_age_secs,
-                )
-            })
-            .flatten()
+        let project = match self.registry.get(&env.project) {
+            Ok(p) if p.bounces && env.state.is_final() && super::bounce::owed(env, original) => {
+                Some(p)
+            }
+            _ => None,
+        };
+        if let Some(project) = project
+            && let Some((msg, bytes)) = super::bounce::build(
+                env,
+                original,
+                &self.config.server.hostname,
+                self.config.queue.max_age_secs,
+            )
         {
+            let bytes = self.transform_bounce(&project, &msg, bytes);
             match self.queue.enqueue(msg, &bytes).await {
                 Ok(b) => {
                     crate::metrics::bounce_queued();
@@ -270,6 +273,43 @@ impl Delivery {
             }
         }
         self.save_with(env, events).await
+    }
+
+    /// The transform stage for a bounce, as for the project's other mail: our `Received`,
+    /// From rewriting where the route's first upstream needs it, DKIM (it is sent as
+    /// `mailer-daemon@` the sender's domain, which the project owns: signed, it passes
+    /// DMARC). No branding. When signing fails the bounce goes unsigned rather than not at all.
+    fn transform_bounce(
+        &self,
+        project: &crate::policy::projects::Project,
+        msg: &crate::queue::spool::NewMessage,
+        bytes: Vec<u8>,
+    ) -> Vec<u8> {
+        use crate::transform::{TransformContext, apply, dkim::Signing};
+        let hostname = &self.config.server.hostname;
+        let mut ctx = TransformContext {
+            message_id: &msg.id,
+            hostname,
+            helo: hostname,
+            mail_from: "",
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            tls: false,
+            received_ms: now_ms(),
+            branding: None,
+            from_rewrite: self.router.routes.from_rewrite(&project.id),
+            dkim: Some(Signing {
+                keys: &self.dkim,
+                project,
+            }),
+        };
+        match apply(&ctx, bytes.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(id = %msg.id, project = %project.id, error = %e, "bounce not DKIM-signed");
+                ctx.dkim = None;
+                apply(&ctx, bytes.clone()).unwrap_or(bytes)
+            }
+        }
     }
 
     /// Saves the outcome and its delivery events in one group commit.
