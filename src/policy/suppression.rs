@@ -231,9 +231,10 @@ impl Suppressions {
         )?;
         self.store.flush_now()?;
         crate::metrics::suppression_added("admin");
-        Ok(self
-            .decode(&serde_json::to_vec(&entry).unwrap_or_default())
-            .unwrap_or(entry))
+        Ok(Entry {
+            expires_ms: entry.added_ms.saturating_add(self.expire_ms),
+            ..entry
+        })
     }
 
     /// Removes an entry; an address not on the list is an error naming it.
@@ -276,13 +277,14 @@ impl Suppressions {
     }
 }
 
-/// The RCPT reply for a suppressed recipient (DESIGN.md reply table).
+/// The RCPT reply for a suppressed recipient (DESIGN.md reply table). The reason is cut to
+/// 120 characters so the line stays within SMTP's 512 octets with the longest address.
 pub fn refusal_text(project: &str, entry: &Entry) -> String {
     let reason: String = entry
         .reason
         .chars()
         .filter(|c| !c.is_control())
-        .take(200)
+        .take(120)
         .collect();
     format!(
         "5.1.1 Recipient suppressed: {reason}; remove with smtp-relay suppression remove {project} {}",
