@@ -1,6 +1,7 @@
 //! Retention: with `[retention] max_age_secs = 2`, a delivered message's log entry, its events
 //! and its webhook attempts are pruned a few seconds later, with a log line and the
 //! `smtp_relay_retention_pruned_records_total` metric; a message still queued keeps them.
+//! Expired suppression entries go with them.
 
 mod support;
 
@@ -30,12 +31,15 @@ async fn old_log_events_and_attempts_are_pruned_queued_messages_are_kept() {
             retry_schedule_secs: vec![600],
             metrics: true,
             extra_config: "[webhooks]\nallow_loopback = true\n\
-                           [retention]\nmax_age_secs = 2\nprune_interval_secs = 1\n"
+                           [retention]\nmax_age_secs = 2\nprune_interval_secs = 1\n\
+                           [suppression]\nexpire_secs = 1\n"
                 .into(),
             ..Default::default()
         },
     );
     let (project, token) = relay.add_project("app", &["app.test"]);
+    // Expires after a second; the prune then removes it from the tree.
+    relay.cli_json(&["suppression", "add", &project, "old@example.net"]);
     let rx = Receiver::start(0).await;
     let hook = relay.cli_json(&[
         "webhook",
@@ -100,7 +104,7 @@ async fn old_log_events_and_attempts_are_pruned_queued_messages_are_kept() {
     );
 
     let (_, _, m) = http_get(relay.listener_addr("metrics"), "/metrics").await;
-    for tree in ["log", "events", "webhook_attempts"] {
+    for tree in ["log", "events", "webhook_attempts", "suppression"] {
         let n = sample(
             &m,
             &format!("smtp_relay_retention_pruned_records_total{{tree=\"{tree}\"}}"),
