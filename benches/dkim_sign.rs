@@ -142,6 +142,7 @@ fn main() {
         disabled: false,
         created: 0,
         max_age_secs: None,
+        bounces: false,
         tokens: vec![],
         allow_foreign_sender: false,
     };

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 /// Provider presets (`provider = "sendgrid"`…): facts about the config, applied while parsing.
 pub mod providers;
+/// `[suppression]` and `[retention]`.
+pub mod retention;
 
 /// The example config, which is also the built-in default.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/smtp-relay.toml");
@@ -69,6 +71,12 @@ pub struct Config {
     /// Webhook delivery of delivery events (events::outbox).
     #[serde(default)]
     pub webhooks: WebhooksConfig,
+    /// Lifetime of suppression list entries (policy::suppression).
+    #[serde(default)]
+    pub suppression: retention::SuppressionConfig,
+    /// How long the message log, events and webhook attempts are kept (retention.rs).
+    #[serde(default)]
+    pub retention: retention::RetentionConfig,
     /// The HTTP send API (Resend-compatible `POST /emails`); off unless `address` is set.
     #[serde(default)]
     pub send_api: SendApiConfig,
@@ -1079,6 +1087,10 @@ impl Config {
                 "disable_after_secs",
                 "must be at least 60 seconds".into(),
             ));
+        }
+        if let Err((table, key, message)) = retention::validate(&self.suppression, &self.retention)
+        {
+            return Err(bad(table, key, message));
         }
         if let Err(message) = self.dns.nameserver_addrs() {
             return Err(bad("dns", "nameservers", message));

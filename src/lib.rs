@@ -25,6 +25,7 @@ pub mod outbound;
 pub mod policy;
 pub mod queue;
 pub mod reload;
+pub mod retention;
 pub mod secret;
 pub mod send_api;
 pub mod server;

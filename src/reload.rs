@@ -106,6 +106,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[limits]", differs(&old.limits, &new.limits)),
         ("[throttle]", differs(&old.throttle, &new.throttle)),
         ("[webhooks]", differs(&old.webhooks, &new.webhooks)),
+        // The suppression list and the prune task are built once, at startup.
+        ("[suppression]", differs(&old.suppression, &new.suppression)),
+        ("[retention]", differs(&old.retention, &new.retention)),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

@@ -128,6 +128,10 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         branding: branding.clone(),
         limiter: limiter.clone(),
         routes: routes.clone(),
+        suppression: crate::policy::suppression::Suppressions::new(
+            store.clone(),
+            config.suppression.expire_secs,
+        ),
         tester: Some(Arc::new(Tester {
             config: config.clone(),
             registry: registry.clone(),
@@ -167,9 +171,13 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         branding,
         tls,
         limits: MessageLimits::from_config(&config),
+        suppression: crate::policy::suppression::Suppressions::new(
+            store.clone(),
+            config.suppression.expire_secs,
+        ),
         limiter,
         throttle: Throttle::new(&config.throttle),
-        dkim,
+        dkim: dkim.clone(),
         memory: memory.clone(),
         shutdown: shutdown_rx.clone(),
     };
@@ -246,6 +254,8 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         config: config.clone(),
         router,
         memory,
+        registry: registry.clone(),
+        dkim,
     };
     let delivery_task = tokio::spawn(delivery.run(shutdown_rx.clone()));
     let webhook_task = tokio::spawn(
@@ -255,6 +265,16 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         }
         .run(shutdown_rx.clone()),
     );
+
+    tokio::spawn(crate::retention::run(
+        store.clone(),
+        crate::policy::suppression::Suppressions::new(
+            store.clone(),
+            config.suppression.expire_secs,
+        ),
+        config.retention.clone(),
+        shutdown_rx.clone(),
+    ));
 
     if recovered > 0 {
         tracing::info!(messages = recovered, "resuming queued messages");

@@ -109,6 +109,8 @@ pub mod trees {
     pub const ADMIN_TOKENS: &str = "admin_tokens";
     /// Delivery events, `message id ‖ time ‖ random` → event (events::Event).
     pub const EVENTS: &str = "events";
+    /// Suppressed recipients, `project \0 address` → entry (policy::suppression).
+    pub const SUPPRESSION: &str = "suppression";
     /// Webhook endpoints, endpoint id → endpoint (events::webhooks).
     pub const WEBHOOKS: &str = "webhooks";
     /// Webhook deliveries owed, `due time ‖ endpoint id ‖ event id` → payload (events::outbox).
@@ -137,6 +139,7 @@ pub struct Store {
     pub quarantine: sled::Tree,
     pub admin_tokens: sled::Tree,
     pub events: sled::Tree,
+    pub suppression: sled::Tree,
     pub webhooks: sled::Tree,
     pub webhook_outbox: sled::Tree,
     pub webhook_attempts: sled::Tree,
@@ -188,6 +191,7 @@ impl Store {
             quarantine: db.open_tree(trees::QUARANTINE)?,
             admin_tokens: db.open_tree(trees::ADMIN_TOKENS)?,
             events: db.open_tree(trees::EVENTS)?,
+            suppression: db.open_tree(trees::SUPPRESSION)?,
             webhooks: db.open_tree(trees::WEBHOOKS)?,
             webhook_outbox: db.open_tree(trees::WEBHOOK_OUTBOX)?,
             webhook_attempts: db.open_tree(trees::WEBHOOK_ATTEMPTS)?,

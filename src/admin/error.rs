@@ -129,6 +129,17 @@ impl Classify for crate::policy::projects::RegistryError {
     }
 }
 
+impl Classify for crate::policy::suppression::SuppressionError {
+    fn kind(&self) -> (ErrorKind, Option<&'static str>) {
+        use crate::policy::suppression::SuppressionError as E;
+        match self {
+            E::Store(s) => s.kind(),
+            E::InvalidAddress(_) => (Invalid, Some("address")),
+            E::NotFound(..) => (NotFound, None),
+        }
+    }
+}
+
 impl Classify for crate::queue::QueueError {
     fn kind(&self) -> (ErrorKind, Option<&'static str>) {
         use crate::queue::QueueError as E;

@@ -16,6 +16,7 @@ pub mod status;
 
 use error::err;
 pub use error::{AdminError, ErrorKind};
+pub mod suppression;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -111,6 +112,26 @@ pub enum AdminRequest {
         #[serde(default)]
         clear: bool,
     },
+    /// A project's suppressed recipients (`suppression.rs`).
+    SuppressionList {
+        project: String,
+    },
+    SuppressionAdd {
+        project: String,
+        address: String,
+        #[serde(default)]
+        reason: String,
+    },
+    SuppressionRemove {
+        project: String,
+        address: String,
+    },
+    /// Shows whether the project sends bounce messages; with `enabled`, sets it.
+    ProjectBounces {
+        id: String,
+        #[serde(default)]
+        enabled: Option<bool>,
+    },
     /// One test message through the pipeline, synchronously (`execute_async` only).
     SendTest(SendTest),
     /// DKIM keys, DNS records and signing policy (`dkim.rs`).
@@ -185,6 +206,8 @@ impl AdminRequest {
             ProjectList | ProjectShow { .. } | QueueList | QueueShow { .. } | Log { .. } => true,
             WebhookList { .. } | WebhookShow { .. } | Status => true,
             ProjectLimits { set, clear, .. } => set.is_empty() && !clear,
+            SuppressionList { .. } => true,
+            ProjectBounces { enabled, .. } => enabled.is_none(),
             ProjectBranding { update, .. } => update.is_none(),
             ProjectRoute {
                 upstream, clear, ..
@@ -215,6 +238,8 @@ pub struct AdminContext {
     /// Per-project limits: overrides, and the usage `project show` reports.
     pub limiter: Limiter,
     pub routes: RouteTable,
+    /// Suppressed recipients, per project.
+    pub suppression: crate::policy::suppression::Suppressions,
     /// Runs `send-test`; present where the delivery side is built (server, CLI send-test).
     pub tester: Option<std::sync::Arc<Tester>>,
     pub dkim: crate::transform::dkim_keys::DkimKeys,
@@ -251,6 +276,7 @@ pub fn project_json(p: &Project) -> Value {
         "enabled": !p.disabled,
         "created": p.created,
         "max_age_secs": p.max_age_secs,
+        "bounces": p.bounces,
         "allow_foreign_sender": p.allow_foreign_sender,
         "tokens": p.tokens.iter().map(|t| json!({
             "id": t.id, "label": t.label, "created": t.created,
@@ -436,6 +462,17 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
             }
             route_json(ctx, &id)?
         }
+        SuppressionList { project } => suppression::list(ctx, &project)?,
+        SuppressionAdd {
+            project,
+            address,
+            reason,
+        } => suppression::add(ctx, &project, &address, &reason)?,
+        SuppressionRemove { project, address } => suppression::remove(ctx, &project, &address)?,
+        ProjectBounces { id, enabled } => project_json(&match enabled {
+            Some(on) => r.set_bounces(&id, on).map_err(err)?,
+            None => r.get(&id).map_err(err)?,
+        }),
         SendTest(_) | DomainVerify { .. } | DomainStatus { .. } => {
             return Err(AdminError::internal("this operation runs asynchronously"));
         }

@@ -40,6 +40,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/projects/{id}/route"),
     ("PUT", "/api/v1/projects/{id}/route"),
     ("DELETE", "/api/v1/projects/{id}/route"),
+    ("GET", "/api/v1/projects/{id}/suppressions"),
+    ("POST", "/api/v1/projects/{id}/suppressions"),
+    ("DELETE", "/api/v1/projects/{id}/suppressions/{address}"),
     ("GET", "/api/v1/queue"),
     ("GET", "/api/v1/queue/{id}"),
     ("DELETE", "/api/v1/queue/{id}"),
@@ -106,6 +109,14 @@ pub fn router(state: HttpState) -> Router {
         .route(
             "/api/v1/projects/{id}/route",
             get(show_route).put(set_route).delete(clear_route),
+        )
+        .route(
+            "/api/v1/projects/{id}/suppressions",
+            get(list_suppressions).post(add_suppression),
+        )
+        .route(
+            "/api/v1/projects/{id}/suppressions/{address}",
+            delete(remove_suppression),
         )
         .route("/api/v1/queue", get(queue_list))
         .route("/api/v1/queue/{id}", get(queue_show).delete(queue_delete))
@@ -278,6 +289,9 @@ async fn show_project(_c: Caller, State(s): State<HttpState>, Path(id): Path<Str
 struct ProjectUpdate {
     #[serde(default)]
     enabled: Option<bool>,
+    /// Bounce messages (RFC 3464 DSNs) for finally failed messages.
+    #[serde(default)]
+    bounces: Option<bool>,
     /// `null` goes back to the config's default.
     #[serde(default, with = "double_option")]
     max_age_secs: Option<Option<u64>>,
@@ -308,6 +322,20 @@ async fn update_project(
             AdminRequest::ProjectMaxAge {
                 id: id.clone(),
                 max_age_secs,
+            },
+            false,
+        )
+        .await;
+        if !r.status().is_success() {
+            return r;
+        }
+    }
+    if let Some(on) = u.bounces {
+        let r = run(
+            &s,
+            AdminRequest::ProjectBounces {
+                id: id.clone(),
+                enabled: Some(on),
             },
             false,
         )
@@ -806,4 +834,51 @@ async fn enable_webhook(
     Path(id): Path<String>,
 ) -> Response {
     run(&s, AdminRequest::WebhookEnable { id }, false).await
+}
+
+async fn list_suppressions(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(project): Path<String>,
+) -> Response {
+    run(&s, AdminRequest::SuppressionList { project }, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSuppression {
+    address: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn add_suppression(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path(project): Path<String>,
+    b: Result<Json<NewSuppression>, JsonRejection>,
+) -> Response {
+    let n = match body(b) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let req = AdminRequest::SuppressionAdd {
+        project,
+        address: n.address,
+        reason: n.reason,
+    };
+    run(&s, req, true).await
+}
+
+async fn remove_suppression(
+    _c: Caller,
+    State(s): State<HttpState>,
+    Path((project, address)): Path<(String, String)>,
+) -> Response {
+    run(
+        &s,
+        AdminRequest::SuppressionRemove { project, address },
+        false,
+    )
+    .await
 }

@@ -57,11 +57,12 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
         (
             "PATCH",
             "/api/v1/projects/{id}",
-            "Enable/disable a project or set its maximum queue age (null: the default)",
+            "Enable/disable a project, set its maximum queue age (null: the default), turn bounce messages on/off",
             Some(json!({
                 "type": "object", "additionalProperties": false,
                 "properties": {
                     "enabled": {"type": "boolean"},
+                    "bounces": {"type": "boolean"},
                     "max_age_secs": {"type": ["integer", "null"], "minimum": 0},
                 }
             })),
@@ -187,6 +188,33 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
             "DELETE",
             "/api/v1/projects/{id}/route",
             "Back to the default route",
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{id}/suppressions",
+            "The project's suppressed recipients (reason, source, added_ms, expires_ms)",
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{id}/suppressions",
+            "Suppress a recipient by hand (expires after suppression.expire_secs)",
+            Some(json!({
+                "type": "object", "required": ["address"], "additionalProperties": false,
+                "properties": {
+                    "address": {"type": "string"},
+                    "reason": {"type": "string"},
+                }
+            })),
+            201,
+        ),
+        (
+            "DELETE",
+            "/api/v1/projects/{id}/suppressions/{address}",
+            "Let mail to a suppressed recipient through again",
             None,
             200,
         ),

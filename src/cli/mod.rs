@@ -14,6 +14,7 @@ pub mod send_test;
 pub mod serve;
 pub mod stats;
 pub mod status;
+pub mod suppression;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -81,6 +82,11 @@ pub enum Command {
         #[command(flatten)]
         search: queue::LogSearch,
     },
+    /// Recipients a project's mail is refused for after a permanent upstream refusal.
+    Suppression {
+        #[command(subcommand)]
+        command: suppression::SuppressionCommand,
+    },
     /// Validate and print the configuration.
     Config {
         #[command(subcommand)]
@@ -130,6 +136,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             limit,
             ref search,
         } => queue::log(&cli, project.clone(), limit, search),
+        Command::Suppression { ref command } => suppression::run(&cli, command),
         Command::Config { ref command } => config::run(&cli, command),
         Command::SendTest(ref args) => send_test::run(&cli, args),
         Command::Dkim { ref command } => dkim::run(&cli, command),
@@ -231,6 +238,10 @@ pub fn offline_context(
         routes: crate::policy::routes::RouteTable::new(
             store.clone(),
             std::sync::Arc::new(config.clone()),
+        ),
+        suppression: crate::policy::suppression::Suppressions::new(
+            store.clone(),
+            config.suppression.expire_secs,
         ),
         tester: None,
         events: crate::events::webhooks::WebhookAdmin::new(store.clone(), &config.webhooks),

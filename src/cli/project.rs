@@ -50,6 +50,13 @@ pub enum ProjectCommand {
     Delete { id: String },
     /// Set (or with no value, clear) the project's maximum queue age in seconds (at least 10).
     MaxAge { id: String, secs: Option<u64> },
+    /// Show or set whether a message that finally fails sends an RFC 3464 bounce (delivery
+    /// status notification) to its envelope sender (off by default).
+    Bounces {
+        id: String,
+        #[arg(value_name = "on|off", value_parser = parse_on_off)]
+        state: Option<bool>,
+    },
     /// Show or set whether `Sender:` / `Resent-Sender:` may name an address outside the
     /// project's domains (off by default: refused like a foreign `From`).
     SenderPolicy {
@@ -259,6 +266,10 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             id: args.id.clone(),
             changes: args.update()?,
         },
+        ProjectCommand::Bounces { id, state } => AdminRequest::ProjectBounces {
+            id: id.clone(),
+            enabled: *state,
+        },
         ProjectCommand::Branding(args) => AdminRequest::ProjectBranding {
             id: args.id.clone(),
             update: args.update()?,
@@ -376,6 +387,14 @@ fn print_project(p: &Value) {
         println!("max age   {age} s");
     }
     println!("sender    {}", sender_policy(p));
+    println!(
+        "bounces   {}",
+        if p["bounces"].as_bool() == Some(true) {
+            "on (a DSN to the envelope sender when a message finally fails)"
+        } else {
+            "off"
+        }
+    );
     println!("created   {}", fmt_time(p["created"].as_u64().unwrap_or(0)));
     println!("branding  {}", branding_summary(&p["branding"]));
     if p.get("limits").is_some() {

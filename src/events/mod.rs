@@ -47,7 +47,8 @@ pub enum EventKind {
     Deferred,
     /// Refused permanently by the upstream, or expired (`reason` says which).
     Failed,
-    /// Not sent because the recipient is on a suppression list (reserved: no list yet).
+    /// Refused at RCPT (or by the send API) because the recipient is on the project's
+    /// suppression list; no message was queued, so `message_id` is empty.
     Suppressed,
     /// Accepted, but held back by the project's limits (accept-and-delay mode).
     RateLimited,
@@ -131,6 +132,30 @@ impl Event {
             next_attempt_ms: None,
             reason: None,
             header_message_id: env.header_message_id.clone(),
+        }
+    }
+
+    /// An event about a submission refused before any message was queued (a suppressed
+    /// recipient at RCPT or in the send API): `message_id` is empty.
+    pub fn new_unqueued(kind: EventKind, project: &str, recipients: Vec<String>) -> Event {
+        let time_ms = now_ms();
+        Event {
+            id: format!(
+                "evt_{}",
+                crate::queue::spool::new_id(time_ms) + &format!("{:08x}", rand::random::<u32>())
+            ),
+            kind,
+            message_id: String::new(),
+            project: project.to_string(),
+            recipients,
+            time_ms,
+            attempt: 0,
+            upstream: None,
+            code: None,
+            reply: None,
+            next_attempt_ms: None,
+            reason: None,
+            header_message_id: None,
         }
     }
 

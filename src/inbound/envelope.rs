@@ -354,6 +354,14 @@ impl Session {
             // Already a recipient: accepted again, delivered once, counted once.
             return self.send(conn, &reply::RCPT_OK).await;
         }
+        if let Some(text) = self
+            .shared
+            .suppression
+            .refuse(self.project_id(), &to.address)
+            .await
+        {
+            return self.error(conn, &Reply::owned(550, text)).await;
+        }
         if self.rcpts.len() >= self.message_limits().max_recipients {
             return self.error(conn, &reply::TOO_MANY_RCPTS).await;
         }

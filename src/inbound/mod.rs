@@ -41,6 +41,8 @@ pub struct Shared {
     pub dkim: crate::transform::dkim_keys::DkimKeys,
     /// The server's last domain checks (`dns.require_verified_domain`).
     pub domain_reports: crate::domain_check::LastReports,
+    /// Recipients the project's mail is refused for (policy::suppression).
+    pub suppression: crate::policy::suppression::Suppressions,
     /// Shared with delivery: large messages in memory at once.
     pub memory: crate::memory_budget::MemoryBudget,
     /// Becomes `true` when the server is shutting down.

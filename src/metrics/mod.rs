@@ -87,6 +87,10 @@ struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     domain_verified: Family<DomainLabels, Gauge>,
     events: Family<TypeLabels, Counter>,
+    suppressions_added: Family<SourceLabels, Counter>,
+    suppressed: Family<ProjectLabels, Counter>,
+    pruned: Family<TreeLabels, Counter>,
+    bounces: Counter,
     webhook_deliveries: Family<ResultLabels, Counter>,
     webhook_disabled: Counter,
     tls_cert_expiry: Gauge,
@@ -103,6 +107,16 @@ static TLS_NOT_AFTER: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI6
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeLabels {
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TreeLabels {
+    tree: &'static str,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -129,6 +143,10 @@ impl Metrics {
             auth_failures: Counter::default(),
             reloads: Family::default(),
             events: Family::default(),
+            suppressions_added: Family::default(),
+            suppressed: Family::default(),
+            pruned: Family::default(),
+            bounces: Counter::default(),
             webhook_deliveries: Family::default(),
             webhook_disabled: Counter::default(),
             tls_cert_expiry: Gauge::default(),
@@ -151,7 +169,7 @@ impl Metrics {
         );
         registry.register(
             "rejections",
-            "Commands refused, by reason: auth, sender, limit, size, syntax, local",
+            "Commands refused, by reason: auth, sender, suppressed, limit, size, syntax, local",
             m.rejected.clone(),
         );
         registry.register(
@@ -232,6 +250,26 @@ impl Metrics {
             m.events.clone(),
         );
         registry.register(
+            "suppressions_added",
+            "Recipients put on a suppression list, by source: upstream (permanent refusal), admin",
+            m.suppressions_added.clone(),
+        );
+        registry.register(
+            "suppressed_recipients",
+            "Recipients refused at RCPT or by the send API because they are suppressed",
+            m.suppressed.clone(),
+        );
+        registry.register(
+            "retention_pruned_records",
+            "Records removed by the retention prune, by tree: log, events, webhook_attempts, suppression",
+            m.pruned.clone(),
+        );
+        registry.register(
+            "bounces_queued",
+            "Delivery status notifications (bounces) queued to envelope senders",
+            m.bounces.clone(),
+        );
+        registry.register(
             "webhook_deliveries",
             "Webhook delivery attempts, by result: delivered, retry, failed (given up), gone (410)",
             m.webhook_deliveries.clone(),
@@ -282,6 +320,8 @@ pub fn reject_reason(reply: &Reply) -> Option<&'static str> {
         (c, _) if c < 400 => return None,
         (530 | 535, _) => "auth",
         (553, _) | (550, "5.7.1") => "sender",
+        // The only 5.1.1 inbound gives: a recipient on the suppression list.
+        (550, "5.1.1") => "suppressed",
         (552, _) => "size",
         (451, "4.7.1") | (452, "4.5.3") | (421, "4.7.0") => "limit",
         (451 | 452, _) => "local",
@@ -464,6 +504,34 @@ pub fn webhook_delivery(result: &'static str) {
         .webhook_deliveries
         .get_or_create(&ResultLabels { result })
         .inc();
+}
+
+/// `source`: upstream, admin.
+pub fn suppression_added(source: &'static str) {
+    METRICS
+        .suppressions_added
+        .get_or_create(&SourceLabels { source })
+        .inc();
+}
+
+pub fn recipient_suppressed(project: &str) {
+    METRICS
+        .suppressed
+        .get_or_create(&ProjectLabels {
+            project: project.to_string(),
+        })
+        .inc();
+}
+
+pub fn retention_pruned(tree: &'static str, count: usize) {
+    METRICS
+        .pruned
+        .get_or_create(&TreeLabels { tree })
+        .inc_by(count as u64);
+}
+
+pub fn bounce_queued() {
+    METRICS.bounces.inc();
 }
 
 pub fn webhook_endpoint_disabled() {

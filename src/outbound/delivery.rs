@@ -25,6 +25,10 @@ pub struct Delivery {
     pub router: Arc<Router>,
     /// Shared with inbound: a large message is loaded only under a reservation.
     pub memory: crate::memory_budget::MemoryBudget,
+    /// Read for each finished message: does its project want bounces (`bounce.rs`)?
+    pub registry: crate::policy::projects::Registry,
+    /// Bounces are DKIM-signed like the project's other mail (`bounce.rs`).
+    pub dkim: crate::transform::dkim_keys::DkimKeys,
 }
 
 /// How long an attempt waits for memory before it gives the turn to others.
@@ -133,7 +137,7 @@ impl Delivery {
             let mut event =
                 Event::new(EventKind::Failed, &env, pending).with_reply(upstream_reply.as_deref());
             event.reason = Some("expired".into());
-            self.save_with(&env, &[event]).await;
+            self.save_outcome(&env, &[event], &bytes).await;
             // Never attempted: no upstream to name.
             let upstream = env.upstream.clone().unwrap_or_else(|| "-".into());
             crate::metrics::delivery_outcome(&env, &upstream);
@@ -221,7 +225,7 @@ impl Delivery {
             duration_ms = started.elapsed().as_millis() as u64,
             "delivery attempt"
         );
-        self.save_with(&env, &events).await;
+        self.save_outcome(&env, &events, &bytes).await;
     }
 
     fn unreadable(&self, id: &str, e: crate::queue::QueueError) {
@@ -236,6 +240,76 @@ impl Delivery {
 
     async fn save(&self, env: &Envelope) {
         self.save_with(env, &[]).await
+    }
+
+    /// [`Delivery::save_with`], after queueing the bounce a finished message owes its sender
+    /// when its project asked for bounces. The bounce is made durable first: a crash between
+    /// the two leaves the message to be tried again (at worst a second bounce), never a
+    /// recorded failure without its bounce.
+    async fn save_outcome(&self, env: &Envelope, events: &[Event], original: &[u8]) {
+        let project = match self.registry.get(&env.project) {
+            Ok(p) if p.bounces && env.state.is_final() && super::bounce::owed(env, original) => {
+                Some(p)
+            }
+            _ => None,
+        };
+        if let Some(project) = project
+            && let Some((msg, bytes)) = super::bounce::build(
+                env,
+                original,
+                &self.config.server.hostname,
+                self.config.queue.max_age_secs,
+            )
+        {
+            let bytes = self.transform_bounce(&project, &msg, bytes);
+            match self.queue.enqueue(msg, &bytes).await {
+                Ok(b) => {
+                    crate::metrics::bounce_queued();
+                    tracing::info!(id = %b.id, of = %env.id, to = %b.recipients.first().map(|r| r.address.as_str()).unwrap_or(""), "bounce queued");
+                }
+                Err(e) => {
+                    tracing::error!(id = %env.id, error = %e, "cannot queue the bounce of a failed message")
+                }
+            }
+        }
+        self.save_with(env, events).await
+    }
+
+    /// The transform stage for a bounce, as for the project's other mail: our `Received`,
+    /// From rewriting where the route's first upstream needs it, DKIM (it is sent as
+    /// `mailer-daemon@` the sender's domain, which the project owns: signed, it passes
+    /// DMARC). No branding. When signing fails the bounce goes unsigned rather than not at all.
+    fn transform_bounce(
+        &self,
+        project: &crate::policy::projects::Project,
+        msg: &crate::queue::spool::NewMessage,
+        bytes: Vec<u8>,
+    ) -> Vec<u8> {
+        use crate::transform::{TransformContext, apply, dkim::Signing};
+        let hostname = &self.config.server.hostname;
+        let mut ctx = TransformContext {
+            message_id: &msg.id,
+            hostname,
+            helo: hostname,
+            mail_from: "",
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            tls: false,
+            received_ms: now_ms(),
+            branding: None,
+            from_rewrite: self.router.routes.from_rewrite(&project.id),
+            dkim: Some(Signing {
+                keys: &self.dkim,
+                project,
+            }),
+        };
+        match apply(&ctx, bytes.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(id = %msg.id, project = %project.id, error = %e, "bounce not DKIM-signed");
+                ctx.dkim = None;
+                apply(&ctx, bytes.clone()).unwrap_or(bytes)
+            }
+        }
     }
 
     /// Saves the outcome and its delivery events in one group commit.

@@ -2,9 +2,11 @@
 //! per-recipient outcomes. `upstream` speaks SMTP to providers (mail-send), `pool` reuses its
 //! connections, `oauth2` gets XOAUTH2 tokens, `client_tls` builds the TLS both use (provider
 //! presets are config facts: `config/providers.rs`), `routing` runs a project's route (failover, throttle backoff, sending rate), `outbox` is
-//! the no-server development upstream, `delivery` runs the workers and the retry discipline,
+//! the no-server development upstream, `delivery` runs the workers and the retry discipline, `bounce` builds the RFC 3464
+//! bounce a project may ask for,
 //! `send_test` sends one test message synchronously.
 
+pub mod bounce;
 pub mod client_tls;
 pub mod delivery;
 pub mod oauth2;

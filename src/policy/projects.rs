@@ -38,6 +38,10 @@ pub struct Project {
     /// Per-project maximum queue age in seconds (short-lived mail such as one-time codes).
     #[serde(default)]
     pub max_age_secs: Option<u64>,
+    /// Send a delivery status notification (RFC 3464) to the envelope sender when a message
+    /// finally fails (`project bounces`). Off: the app learns only from events and the log.
+    #[serde(default)]
+    pub bounces: bool,
     pub tokens: Vec<TokenInfo>,
     /// Let `Sender:` / `Resent-Sender:` name an address outside the project's domains (an app
     /// that sends on behalf of its users' mailboxes). Off: refused like a foreign `From`.
@@ -219,6 +223,7 @@ impl Registry {
             created: crate::now_secs(),
             max_age_secs,
             tokens: Vec::new(),
+            bounces: false,
             allow_foreign_sender: false,
         };
         self.put(&project)?;
@@ -272,6 +277,14 @@ impl Registry {
     pub fn set_max_age(&self, id: &str, secs: Option<u64>) -> Result<Project, RegistryError> {
         let mut project = self.get(id)?;
         project.max_age_secs = secs;
+        self.put(&project)?;
+        self.store.flush_now()?;
+        Ok(project)
+    }
+
+    pub fn set_bounces(&self, id: &str, on: bool) -> Result<Project, RegistryError> {
+        let mut project = self.get(id)?;
+        project.bounces = on;
         self.put(&project)?;
         self.store.flush_now()?;
         Ok(project)

@@ -250,6 +250,7 @@ mod tests {
             disabled: false,
             created: 0,
             max_age_secs: None,
+            bounces: false,
             tokens: vec![],
             allow_foreign_sender: false,
         }

@@ -493,6 +493,9 @@ impl Queue {
         let had_file = (|| {
             self.store.log.insert(id.as_bytes(), encoded.as_slice())?;
             crate::events::stage(&self.store, events)?;
+            // Permanent refusals that name a recipient put it on the project's suppression
+            // list, in this same commit (policy::suppression).
+            crate::policy::suppression::record_refusals(&self.store, events)?;
             if state.is_final() {
                 self.remove_entry(id)
             } else {

@@ -2,7 +2,8 @@
 //! an envelope and a MIME message (mail-builder) and handed to `inbound::submit`.
 //!
 //! Order of checks, cheapest first: token (401/403), the project's session place and body size
-//! (429/413), the JSON (422), every address (422), the sender domain (403), the rate windows
+//! (429/413), the JSON (422), every address (422), the sender domain (403), suppressed
+//! recipients (422, `Recipient suppressed: …`, the `suppressed` event), the rate windows
 //! *before* the message is built (429 + `retry-after`), the built size (413), then the shared
 //! acceptance path, whose refusals map to the statuses below. Errors have Resend's shape:
 //! `{"statusCode": 422, "name": "validation_error", "message": "…"}`.
@@ -762,6 +763,21 @@ async fn send_prepared(
     }
 }
 
+/// A suppressed recipient refuses the whole email (SMTP refuses only its RCPT, but an HTTP
+/// request is one message: sending it to the others while dropping one silently would hide
+/// the refusal). 422 like Resend's other per-address validation errors; 403 is for what the
+/// key may not do, which this is not.
+async fn check_suppressed(shared: &Shared, caller: &Caller, p: &Prepared) -> Result<(), ApiError> {
+    for r in &p.recipients {
+        if let Some(text) = shared.suppression.refuse(&caller.auth.project.id, r).await {
+            return Err(ApiError::invalid(
+                text.trim_start_matches("5.1.1 ").to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The envelope sender must be one of the project's domains (Resend: 403 for an
 /// unverified domain).
 fn check_sender(caller: &Caller, p: &Prepared) -> Result<(), ApiError> {
@@ -793,6 +809,7 @@ async fn send_one(State(state): State<ApiState>, req: Request) -> Response {
         let email: EmailIn = read_json(req.into_body(), max_size).await?;
         let p = prepare(email, &shared, caller.quota.effective.max_recipients())?;
         check_sender(&caller, &p)?;
+        check_suppressed(&shared, &caller, &p).await?;
         send_prepared(&shared, state.tls, &mut caller, peer, &p).await
     }
     .await;
@@ -820,6 +837,12 @@ async fn send_batch(State(state): State<ApiState>, req: Request) -> Response {
         for (i, e) in emails.into_iter().enumerate() {
             let p = prepare(e, &shared, caller.quota.effective.max_recipients())
                 .and_then(|p| check_sender(&caller, &p).map(|()| p))
+                .map_err(|mut err| {
+                    err.message = format!("emails[{i}]: {}", err.message);
+                    err
+                })?;
+            check_suppressed(&shared, &caller, &p)
+                .await
                 .map_err(|mut err| {
                     err.message = format!("emails[{i}]: {}", err.message);
                     err

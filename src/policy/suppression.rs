@@ -1,0 +1,339 @@
+//! The suppression list: recipients a project's mail is no longer sent to, because an upstream
+//! refused them for good (or a sysadmin put them there).
+//!
+//! Sending again to an address the upstream called non-existent only earns another refusal and
+//! hurts the sender's reputation with the provider, so the relay remembers such refusals and
+//! answers the next RCPT itself (`550 5.1.1 Recipient suppressed…`). Entries live in the
+//! `suppression` tree (`project \0 address` → entry), are written by the queue in the same
+//! group commit as the delivery outcome that caused them ([`record_refusals`]), and expire
+//! `suppression.expire_secs` after they were added (read time decides; [`Suppressions::prune`]
+//! removes them for good). Policy reads the list; nothing here knows about sockets or
+//! upstreams. The API is deliberately small (`is_suppressed`, `add`, `remove`, `list`,
+//! `prune`) so that another backend can stand in for sled.
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{Event, EventKind};
+use crate::queue::now_ms;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuppressionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid address {0:?}: give a full address such as user@example.com")]
+    InvalidAddress(String),
+    #[error("{0} is not on the suppression list of project {1}")]
+    NotFound(String, String),
+}
+
+impl From<sled::Error> for SuppressionError {
+    fn from(e: sled::Error) -> Self {
+        SuppressionError::Store(StoreError::Sled(e))
+    }
+}
+
+/// One suppressed recipient of one project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub project: String,
+    pub address: String,
+    /// Why: the upstream's reply, or the admin's note.
+    pub reason: String,
+    /// `upstream` (a permanent refusal) or `admin`.
+    pub source: String,
+    pub added_ms: u64,
+    /// The relay's id of the message that was refused (upstream entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Computed from `added_ms` and the configured lifetime when read; not stored.
+    #[serde(default, skip_serializing)]
+    pub expires_ms: u64,
+}
+
+/// The list, with the lifetime of its entries.
+#[derive(Clone, Debug)]
+pub struct Suppressions {
+    store: Store,
+    expire_ms: u64,
+}
+
+/// Addresses compare case-insensitively: providers treat local parts so in practice, and a
+/// refusal of `Bob@x` must also stop `bob@x`.
+fn normalize(address: &str) -> Result<String, SuppressionError> {
+    let a = address.trim().trim_start_matches('<').trim_end_matches('>');
+    match a.rsplit_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && domain.contains('.')
+                && !a.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            Ok(a.to_lowercase())
+        }
+        _ => Err(SuppressionError::InvalidAddress(address.to_string())),
+    }
+}
+
+fn key(project: &str, address: &str) -> Vec<u8> {
+    let mut k = project.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(address.as_bytes());
+    k
+}
+
+/// Whether a permanent refusal names the recipient itself, so that sending to it again would
+/// be refused again: an RFC 3463 `5.1.x` (bad destination mailbox or address) or `5.2.1`
+/// (mailbox disabled), or a bare `550`/`551` without an enhanced code (RFC 5321's mailbox
+/// replies). Delivery does not say whether a refusal came at RCPT, MAIL or DATA, so the reply
+/// decides: a refusal of the message or the sender (`5.1.7`/`5.1.8` bad sender, `5.7.x`
+/// policy or spam, `5.6.x` content, `5.3.4` size, a `5.7.1 relaying denied` from a
+/// misconfigured route, a bare `553`, which is also the usual MAIL FROM refusal) is the same
+/// for every recipient and suppresses none of them.
+pub fn refusal_names_recipient(reply: &str) -> bool {
+    let mut words = reply.split_whitespace();
+    let code = words.next().unwrap_or("");
+    if !code.starts_with('5') {
+        return false;
+    }
+    let code = code.get(..3).unwrap_or(code);
+    match words.next().filter(|w| w.starts_with("5.")) {
+        Some(enhanced) => {
+            (enhanced.starts_with("5.1.") && !matches!(enhanced, "5.1.7" | "5.1.8"))
+                || enhanced == "5.2.1"
+        }
+        None => matches!(code, "550" | "551"),
+    }
+}
+
+/// Adds the recipients of `failed`/`refused` events whose reply names them to the project's
+/// list. Called by the queue before the group commit of the outcome, so an entry exists
+/// exactly when the refusal that caused it does.
+pub fn record_refusals(store: &Store, events: &[Event]) -> Result<(), sled::Error> {
+    let now = now_ms();
+    for e in events.iter().filter(|e| {
+        e.kind == EventKind::Failed
+            && e.reason.as_deref() == Some("refused")
+            && e.reply.as_deref().is_some_and(refusal_names_recipient)
+    }) {
+        for rcpt in &e.recipients {
+            let Ok(address) = normalize(rcpt) else {
+                continue;
+            };
+            let entry = Entry {
+                project: e.project.clone(),
+                address: address.clone(),
+                reason: e.reply.clone().unwrap_or_default(),
+                source: "upstream".into(),
+                added_ms: now,
+                message_id: Some(e.message_id.clone()),
+                expires_ms: 0,
+            };
+            store.suppression.insert(
+                key(&e.project, &address),
+                serde_json::to_vec(&entry).unwrap_or_default(),
+            )?;
+            crate::metrics::suppression_added("upstream");
+            tracing::info!(project = %e.project, recipient = %address, reply = e.reply.as_deref().unwrap_or(""), "recipient suppressed after a permanent refusal");
+        }
+    }
+    Ok(())
+}
+
+impl Suppressions {
+    pub fn new(store: Store, expire_secs: u64) -> Suppressions {
+        Suppressions {
+            store,
+            expire_ms: expire_secs.saturating_mul(1000),
+        }
+    }
+
+    fn decode(&self, v: &[u8]) -> Option<Entry> {
+        let mut e: Entry = serde_json::from_slice(v).ok()?;
+        e.expires_ms = e.added_ms.saturating_add(self.expire_ms);
+        Some(e)
+    }
+
+    /// The live entry for `address` in `project`, if any (an expired one does not count).
+    pub fn is_suppressed(
+        &self,
+        project: &str,
+        address: &str,
+    ) -> Result<Option<Entry>, SuppressionError> {
+        let Ok(address) = normalize(address) else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .suppression
+            .get(key(project, &address))?
+            .and_then(|v| self.decode(&v))
+            .filter(|e| e.expires_ms > now_ms()))
+    }
+
+    /// The check at RCPT and in the send API: `Some(reply text)` when `address` is suppressed,
+    /// after recording a `suppressed` event (and the webhooks it owes). The event is best
+    /// effort: failing to store it never turns the refusal into an acceptance.
+    pub async fn refuse(&self, project: &str, address: &str) -> Option<String> {
+        let entry = match self.is_suppressed(project, address) {
+            Ok(Some(e)) => e,
+            Ok(None) => return None,
+            Err(e) => {
+                // The list cannot be read: let the message through rather than refuse mail
+                // on a storage hiccup (the upstream will refuse a dead address again).
+                tracing::warn!(project, error = %e, "cannot read the suppression list");
+                return None;
+            }
+        };
+        let text = refusal_text(project, &entry);
+        crate::metrics::recipient_suppressed(project);
+        tracing::info!(project, recipient = %entry.address, "recipient refused: suppressed");
+        let event = suppressed_event(project, &entry.address, &format!("550 {text}"));
+        match crate::events::stage(&self.store, &[event]) {
+            Ok(()) => {
+                if self.store.durable().await.is_ok() {
+                    crate::events::outbox::wake();
+                }
+            }
+            Err(e) => tracing::warn!(project, error = %e, "cannot record a suppressed event"),
+        }
+        Some(text)
+    }
+
+    /// Adds (or renews) an entry by hand.
+    pub fn add(
+        &self,
+        project: &str,
+        address: &str,
+        reason: &str,
+    ) -> Result<Entry, SuppressionError> {
+        let address = normalize(address)?;
+        let reason = reason.trim();
+        let entry = Entry {
+            project: project.to_string(),
+            address: address.clone(),
+            reason: if reason.is_empty() {
+                "added by an administrator".into()
+            } else {
+                reason
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(500)
+                    .collect()
+            },
+            source: "admin".into(),
+            added_ms: now_ms(),
+            message_id: None,
+            expires_ms: 0,
+        };
+        self.store.suppression.insert(
+            key(project, &address),
+            serde_json::to_vec(&entry).unwrap_or_default(),
+        )?;
+        self.store.flush_now()?;
+        crate::metrics::suppression_added("admin");
+        Ok(Entry {
+            expires_ms: entry.added_ms.saturating_add(self.expire_ms),
+            ..entry
+        })
+    }
+
+    /// Removes an entry; an address not on the list is an error naming it.
+    pub fn remove(&self, project: &str, address: &str) -> Result<Entry, SuppressionError> {
+        let address = normalize(address)?;
+        let old = self.store.suppression.remove(key(project, &address))?;
+        self.store.flush_now()?;
+        old.and_then(|v| self.decode(&v))
+            .ok_or_else(|| SuppressionError::NotFound(address, project.to_string()))
+    }
+
+    /// The project's live entries, in address order.
+    pub fn list(&self, project: &str) -> Result<Vec<Entry>, SuppressionError> {
+        let mut prefix = project.as_bytes().to_vec();
+        prefix.push(0);
+        let now = now_ms();
+        let mut out = Vec::new();
+        for item in self.store.suppression.scan_prefix(prefix) {
+            let (_, v) = item?;
+            if let Some(e) = self.decode(&v).filter(|e| e.expires_ms > now) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes expired entries (and undecodable ones); returns how many.
+    pub fn prune(&self, now: u64) -> Result<usize, SuppressionError> {
+        let mut stale = Vec::new();
+        for item in self.store.suppression.iter() {
+            let (k, v) = item?;
+            if self.decode(&v).is_none_or(|e| e.expires_ms <= now) {
+                stale.push(k);
+            }
+        }
+        for k in &stale {
+            self.store.suppression.remove(k)?;
+        }
+        Ok(stale.len())
+    }
+}
+
+/// The RCPT reply for a suppressed recipient (DESIGN.md reply table). The reason is cut to
+/// 120 characters so the line stays within SMTP's 512 octets with the longest address.
+pub fn refusal_text(project: &str, entry: &Entry) -> String {
+    let reason: String = entry
+        .reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(120)
+        .collect();
+    format!(
+        "5.1.1 Recipient suppressed: {reason}; remove with smtp-relay suppression remove {project} {}",
+        entry.address
+    )
+}
+
+/// The `suppressed` event for a recipient refused before any message existed: no message id.
+pub fn suppressed_event(project: &str, address: &str, reply: &str) -> Event {
+    let mut e = Event::new_unqueued(EventKind::Suppressed, project, vec![address.to_string()]);
+    e = e.with_reply(Some(reply));
+    e.reason = Some("suppressed".into());
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_refusals_suppress() {
+        assert!(refusal_names_recipient("550 5.1.1 No such user"));
+        assert!(refusal_names_recipient(
+            "550 5.1.10 RESOLVER.ADR.RecipientNotFound"
+        ));
+        assert!(refusal_names_recipient("554 5.2.1 Mailbox disabled"));
+        assert!(refusal_names_recipient("550 No such user here"));
+        assert!(!refusal_names_recipient(
+            "550 5.7.1 Message rejected as spam"
+        ));
+        assert!(!refusal_names_recipient("554 5.6.7 needs SMTPUTF8"));
+        assert!(!refusal_names_recipient("452 4.2.2 Mailbox full"));
+        assert!(!refusal_names_recipient("552 5.2.2 Mailbox full"));
+        assert!(!refusal_names_recipient("554 Transaction failed"));
+        assert!(!refusal_names_recipient("553 Sender address rejected"));
+        assert!(!refusal_names_recipient(
+            "550 5.1.8 Sender domain does not exist"
+        ));
+        assert!(!refusal_names_recipient(
+            "553 5.1.7 Bad sender address syntax"
+        ));
+        assert!(!refusal_names_recipient(""));
+    }
+
+    #[test]
+    fn addresses_normalize() {
+        assert_eq!(normalize("<Bob@Example.NET>").unwrap(), "bob@example.net");
+        assert!(normalize("bob").is_err());
+        assert!(normalize("a b@x.test").is_err());
+        assert!(normalize("@x.test").is_err());
+    }
+}
