@@ -144,6 +144,7 @@ fn main() {
         max_age_secs: None,
         tokens: vec![],
         allow_foreign_sender: false,
+        mode: Default::default(),
     };
     let ctx = TransformContext {
         message_id: "bench",

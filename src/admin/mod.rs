@@ -7,6 +7,7 @@
 
 pub mod dkim;
 pub mod domain;
+pub mod sandbox;
 pub mod socket;
 
 use serde::{Deserialize, Serialize};
@@ -153,6 +154,33 @@ pub enum AdminRequest {
     WebhookEnable {
         id: String,
     },
+    /// `live` (mail is sent) or `sandbox` (mail is captured, `sandbox.rs`).
+    ProjectMode {
+        id: String,
+        mode: crate::policy::projects::ProjectMode,
+    },
+    /// A project's captured messages, newest first.
+    SandboxList {
+        project: String,
+        #[serde(default = "default_sandbox_limit")]
+        limit: usize,
+    },
+    /// One captured message, with its text (`eml`).
+    SandboxShow {
+        id: String,
+    },
+    /// Sends one captured message to its real recipients (it enters the queue).
+    SandboxRelease {
+        id: String,
+    },
+    /// Drops every captured message of a project.
+    SandboxClear {
+        project: String,
+    },
+}
+
+fn default_sandbox_limit() -> usize {
+    100
 }
 
 impl AdminRequest {
@@ -163,6 +191,7 @@ impl AdminRequest {
         match self {
             ProjectList | ProjectShow { .. } | QueueList | QueueShow { .. } | Log { .. } => true,
             WebhookList { .. } | WebhookShow { .. } => true,
+            SandboxList { .. } | SandboxShow { .. } => true,
             ProjectLimits { set, clear, .. } => set.is_empty() && !clear,
             ProjectBranding { update, .. } => update.is_none(),
             ProjectRoute {
@@ -202,6 +231,10 @@ pub struct AdminContext {
     pub events: crate::events::webhooks::WebhookAdmin,
     /// The server's last domain checks (empty where no server runs).
     pub domain_reports: crate::domain_check::LastReports,
+    /// Captured mail of sandbox projects (`sandbox.rs`).
+    pub sandbox: crate::queue::sandbox::Sandbox,
+    /// `queue.max_age_secs`: the maximum age of a released sandbox message without its own.
+    pub default_max_age_secs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +268,7 @@ pub fn project_json(p: &Project) -> Value {
         "created": p.created,
         "max_age_secs": p.max_age_secs,
         "allow_foreign_sender": p.allow_foreign_sender,
+        "mode": p.mode.as_str(),
         "tokens": p.tokens.iter().map(|t| json!({
             "id": t.id, "label": t.label, "created": t.created,
         })).collect::<Vec<_>>(),
@@ -283,6 +317,7 @@ pub async fn execute_async(ctx: &AdminContext, req: AdminRequest) -> Result<Valu
         },
         AdminRequest::DomainVerify { domain } => domain::verify_domain(ctx, &domain).await,
         AdminRequest::DomainStatus { project } => domain::status(ctx, project.as_deref()).await,
+        AdminRequest::SandboxRelease { id } => sandbox::release(ctx, &id).await,
         other => {
             let ctx = ctx.clone();
             tokio::task::spawn_blocking(move || execute(&ctx, other))
@@ -449,5 +484,10 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         WebhookTest { id } => ctx.events.test(&id).map_err(err)?,
         WebhookRotateSecret { id } => ctx.events.rotate_secret(&id).map_err(err)?,
         WebhookEnable { id } => ctx.events.enable(&id).map_err(err)?,
+        ProjectMode { id, mode } => project_json(&r.set_mode(&id, mode).map_err(err)?),
+        SandboxList { project, limit } => sandbox::list(ctx, &project, limit)?,
+        SandboxShow { id } => ctx.sandbox.show(&id).map_err(err)?,
+        SandboxRelease { id } => sandbox::release_blocking(ctx, &id)?,
+        SandboxClear { project } => sandbox::clear(ctx, &project)?,
     })
 }

@@ -7,13 +7,14 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::HttpState;
 use super::auth::Caller;
+use super::sandbox_api;
 use crate::admin::{AdminError, AdminRequest, execute_async};
 use crate::outbound::send_test::SendTest;
 use crate::policy::limits::LimitOverride;
@@ -53,6 +54,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/webhooks/{id}/test"),
     ("POST", "/api/v1/webhooks/{id}/rotate-secret"),
     ("POST", "/api/v1/webhooks/{id}/enable"),
+    ("PUT", "/api/v1/projects/{id}/mode"),
+    ("GET", "/api/v1/projects/{id}/sandbox"),
+    ("DELETE", "/api/v1/projects/{id}/sandbox"),
+    ("GET", "/api/v1/sandbox/{id}"),
+    ("GET", "/api/v1/sandbox/{id}/eml"),
+    ("POST", "/api/v1/sandbox/{id}/release"),
     ("GET", "/api/v1/openapi.json"),
 ];
 
@@ -105,6 +112,14 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/webhooks/{id}/test", post(test_webhook))
         .route("/api/v1/webhooks/{id}/rotate-secret", post(rotate_webhook))
         .route("/api/v1/webhooks/{id}/enable", post(enable_webhook))
+        .route("/api/v1/projects/{id}/mode", put(sandbox_api::set_mode))
+        .route(
+            "/api/v1/projects/{id}/sandbox",
+            get(sandbox_api::list).delete(sandbox_api::clear),
+        )
+        .route("/api/v1/sandbox/{id}", get(sandbox_api::show))
+        .route("/api/v1/sandbox/{id}/eml", get(sandbox_api::eml))
+        .route("/api/v1/sandbox/{id}/release", post(sandbox_api::release))
         .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
@@ -128,7 +143,7 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
 /// The HTTP status of a refused admin operation. The operations report plain-words errors
 /// (the CLI prints them as they are); the few kinds the API must tell apart are recognised
 /// by the wording the registry, queue and token stores use for them.
-fn status_of(e: &AdminError) -> (StatusCode, &'static str) {
+pub(super) fn status_of(e: &AdminError) -> (StatusCode, &'static str) {
     let m = e.0.as_str();
     if m.starts_with("no ") || m.contains(" has no ") || m.contains("not found") {
         (StatusCode::NOT_FOUND, "not_found")
@@ -141,7 +156,7 @@ fn status_of(e: &AdminError) -> (StatusCode, &'static str) {
     }
 }
 
-async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
+pub(super) async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
     match execute_async(&state.admin, req).await {
         Ok(v) => {
             let status = if created {
@@ -160,7 +175,7 @@ async fn run(state: &HttpState, req: AdminRequest, created: bool) -> Response {
 
 /// A JSON body, or the error response naming what is wrong with it.
 #[allow(clippy::result_large_err)] // the error is the response itself, returned at once
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+pub(super) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
     match b {
         Ok(Json(v)) => Ok(v),
         Err(JsonRejection::JsonDataError(e)) => Err(error_response(

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod openapi;
 mod pages;
 pub mod panel;
+mod sandbox_api;
 pub mod session;
 
 use std::net::SocketAddr;

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod limits;
 pub mod project;
 pub mod queue;
+pub mod sandbox;
 pub mod send_test;
 pub mod serve;
 pub mod webhook;
@@ -108,6 +109,11 @@ pub enum Command {
         #[command(subcommand)]
         command: webhook::WebhookCommand,
     },
+    /// Mail captured for sandbox projects: list, show (or save as .eml), release, clear.
+    Sandbox {
+        #[command(subcommand)]
+        command: sandbox::SandboxCommand,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -123,6 +129,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin { ref command } => admin_tokens::run(&cli, command),
         Command::Generate { ref command } => generate::run(command),
         Command::Webhook { ref command } => webhook::run(&cli, command),
+        Command::Sandbox { ref command } => sandbox::run(&cli, command),
     }
 }
 
@@ -224,6 +231,11 @@ pub fn offline_context(
             store.clone(),
             crate::policy::limits::Defaults::from_config(config),
         ),
+        sandbox: crate::queue::sandbox::Sandbox::new(
+            store.clone(),
+            crate::queue::Queue::new(store.clone()),
+        ),
+        default_max_age_secs: config.queue.max_age_secs,
     };
     Ok((store, ctx))
 }

@@ -5,9 +5,11 @@
 //! are reached.
 
 pub mod admin_tokens;
+pub mod idempotency;
 pub mod limits;
 pub mod projects;
 pub mod routes;
 pub mod sender;
+pub mod simulated;
 pub mod throttle;
 pub mod tokens;

@@ -252,6 +252,7 @@ mod tests {
             max_age_secs: None,
             tokens: vec![],
             allow_foreign_sender: false,
+            mode: Default::default(),
         }
     }
 
