@@ -334,3 +334,49 @@ async fn smtp_key_header_repeats_answer_the_first_id_and_never_leave() {
     .await;
     assert_eq!(r.queued_id(), http.1["id"].as_str().unwrap());
 }
+
+/// SMTP sessions ending DATA at the same moment with one key: one message is queued, the
+/// others get its id or `451 4.5.0` while it is in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_concurrent_messages_with_one_key_queue_once() {
+    let relay = relay();
+    let (project, token) = relay.add_project("app", &["app.test"]);
+    let mut saw_in_flight = false;
+    let mut rounds = 0;
+    while !saw_in_flight && rounds < 20 {
+        rounds += 1;
+        let message = with_header(&format!("Idempotency-Key: race/{rounds}"), "Race");
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let mut c = Client::logged_in(relay.starttls, &relay.pki, &project, &token).await;
+            assert_eq!(c.cmd("MAIL FROM:<noreply@app.test>").await.code, 250);
+            assert_eq!(c.cmd("RCPT TO:<alice@example.net>").await.code, 250);
+            assert_eq!(c.cmd("DATA").await.code, 354);
+            c.write(message.as_bytes()).await;
+            clients.push(c);
+        }
+        for c in clients.iter_mut() {
+            c.write(b".\r\n").await;
+        }
+        let mut ids = BTreeSet::new();
+        for c in clients.iter_mut() {
+            let r = c.reply().await;
+            match r.code {
+                250 => {
+                    ids.insert(r.queued_id());
+                }
+                451 => {
+                    assert!(r.text.contains("4.5.0"), "{r:?}");
+                    saw_in_flight = true;
+                }
+                _ => panic!("unexpected reply {r:?}"),
+            }
+        }
+        assert_eq!(ids.len(), 1, "one message per key");
+        assert_eq!(logged(&relay, &project), rounds);
+    }
+    assert!(
+        saw_in_flight,
+        "no message ever found its key in flight in {rounds} rounds of 8"
+    );
+}
