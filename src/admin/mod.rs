@@ -363,6 +363,8 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         ProjectDelete { id } => {
             let p = r.delete(&id).map_err(err)?;
             ctx.limiter.forget(&id).map_err(err)?;
+            // Its captured mail goes with it (nobody could release it any more).
+            ctx.sandbox.clear(&id).map_err(err)?;
             project_json(&p)
         }
         ProjectMaxAge { id, max_age_secs } => {
