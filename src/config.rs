@@ -1105,11 +1105,11 @@ impl Config {
                 "must list at least one delay, each at least 1 second".into(),
             ));
         }
-        if !(60..=30 * 86_400).contains(&self.idempotency.window_secs) {
+        if !(1..=30 * 86_400).contains(&self.idempotency.window_secs) {
             return Err(bad(
                 "idempotency",
                 "window_secs",
-                "must be between 60 seconds and 30 days (2592000)".into(),
+                "must be between 1 second and 30 days (2592000)".into(),
             ));
         }
         if !(1..=100_000).contains(&self.sandbox.max_messages) {

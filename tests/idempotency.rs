@@ -3,7 +3,9 @@
 //! window); over HTTP a different request with the key is 409 `invalid_idempotent_request`,
 //! a key still in flight is 409 `concurrent_idempotent_requests`, a bad key is 400
 //! `invalid_idempotency_key` (Resend's names); keys are per project; over SMTP the key header
-//! (`Idempotency-Key`, `X-Idempotency-Key`, `Resend-Idempotency-Key`) never leaves the relay.
+//! (`Idempotency-Key`, `X-Idempotency-Key`, `Resend-Idempotency-Key`) never leaves the relay;
+//! concurrent repeats send once on both protocols; after `idempotency.window_secs` a key sends
+//! again and is pruned.
 
 mod support;
 
@@ -379,4 +381,54 @@ async fn smtp_concurrent_messages_with_one_key_queue_once() {
         saw_in_flight,
         "no message ever found its key in flight in {rounds} rounds of 8"
     );
+}
+
+/// A key is remembered for `idempotency.window_secs`, then the same key sends again; expired
+/// keys are pruned (at start, then every ten minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_expire_after_the_window_and_are_pruned() {
+    let mut relay = Relay::start(RelayOptions {
+        extra_config: format!("{SEND_API}\n[idempotency]\nwindow_secs = 2\n"),
+        ..Default::default()
+    });
+    let (project, token) = relay.add_project("app", &["app.test"]);
+    let first = post(&relay, &token, "/emails", Some("k/1"), &email("One")).await;
+    let smtp = send(
+        &relay,
+        &project,
+        &token,
+        &with_header("Idempotency-Key: k/2", "Two"),
+    )
+    .await;
+    assert_eq!(smtp.code, 250, "{smtp:?}");
+    let again = post(&relay, &token, "/emails", Some("k/1"), &email("One")).await;
+    assert_eq!(again, first, "inside the window");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Past the window: a new request, even with another body.
+    let later = post(&relay, &token, "/emails", Some("k/1"), &email("Other")).await;
+    assert_eq!(later.0, StatusCode::OK, "{:#}", later.1);
+    assert_ne!(later.1["id"], first.1["id"]);
+    assert_eq!(logged(&relay, &project), 3);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    relay.terminate();
+    relay.spawn();
+    relay.wait_log(
+        "expired idempotency keys pruned",
+        1,
+        Duration::from_secs(10),
+    );
+    let r = send(
+        &relay,
+        &project,
+        &token,
+        &with_header("Idempotency-Key: k/2", "Two"),
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_ne!(
+        r.queued_id(),
+        smtp.queued_id(),
+        "the expired key sends again"
+    );
+    assert_eq!(logged(&relay, &project), 4);
 }

@@ -319,7 +319,7 @@ async fn sandbox_keeps_the_newest_n_and_clears() {
             "max_messages",
         ),
         (
-            format!("{text}\n[idempotency]\nwindow_secs = 5\n"),
+            format!("{text}\n[idempotency]\nwindow_secs = 0\n"),
             "window_secs",
         ),
     ] {
