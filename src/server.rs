@@ -102,6 +102,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     let branding = BrandingStore::new(store.clone());
     let idempotency = crate::policy::idempotency::Idempotency::new(store.clone());
     let sandbox = crate::queue::sandbox::Sandbox::new(store.clone(), queue.clone());
+    sandbox.recover()?;
     let limiter = Limiter::new(store.clone(), Defaults::from_config(&config));
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;

@@ -428,3 +428,68 @@ async fn simulated_recipients_get_their_outcome_without_an_upstream() {
         "still only the mixed message's real recipient"
     );
 }
+
+/// A capture over 256 KiB is kept in a file of its own, not in the database; show, release and
+/// clear work on it the same, and its file goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_captures_are_files_and_release_byte_for_byte() {
+    let s = setup("").await;
+    let relay = &s.relay;
+    let (project, token) = relay.add_project("staging", &["app.test"]);
+    relay.cli_json(&["project", "mode", &project, "sandbox"]);
+    let line = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n";
+    let body = line.repeat(400 * 1024 / line.len());
+    let mut ids = Vec::new();
+    for to in ["alice@example.net", "bob@example.net"] {
+        let mut c = Client::logged_in(relay.starttls, &relay.pki, &project, &token).await;
+        let r = c
+            .send(
+                "noreply@app.test",
+                &[to],
+                &plain_message("noreply@app.test", to, "Big", &body),
+            )
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+        ids.push(r.queued_id());
+    }
+    let files = relay.state_dir().join("sandbox");
+    for id in &ids {
+        assert!(files.join(id).is_file(), "{id} is a file");
+    }
+    let eml_path = relay.dir.path().join("big.eml");
+    let out = relay.cli(&[
+        "sandbox",
+        "show",
+        &ids[0],
+        "--eml",
+        eml_path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eml = std::fs::read(&eml_path).unwrap();
+    assert!(eml.len() > 400 * 1000 && eml.ends_with(body.as_bytes()));
+
+    let out = relay.cli(&["sandbox", "release", &ids[0]]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = s.up.wait_for(1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].data, eml, "released byte for byte");
+    assert!(
+        !files.join(&ids[0]).exists(),
+        "a released capture's file goes"
+    );
+    assert_eq!(
+        relay.cli_json(&["sandbox", "clear", &project])["removed"],
+        1
+    );
+    assert!(
+        !files.join(&ids[1]).exists(),
+        "a cleared capture's file goes"
+    );
+}

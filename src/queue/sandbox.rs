@@ -11,7 +11,11 @@
 //! Keys: `m ‖ project \0 id ‖ 'e'` → envelope (JSON), `m ‖ project \0 id ‖ 'b'` → bytes,
 //! `i ‖ id` → project (find a message by id alone). Ids start with their acceptance time,
 //! so a project's entries scan oldest first. Writes go bytes → envelope → index, removals
-//! index → envelope → bytes: a listed envelope always has its bytes.
+//! index → envelope → bytes: a listed envelope always has its bytes. Bodies over
+//! `memory_budget::SPILL_THRESHOLD` are not kept in sled (it holds large values in memory, as
+//! the spool found): they are `<state_dir>/sandbox/<id>`, written and fsync'd before sled is
+//! written, with an empty `… ‖ 'f'` marker instead of `'b'`, and unlinked after their keys are
+//! removed; [`Sandbox::recover`] removes files no index names (a crash between the two).
 
 use base64::Engine;
 use serde_json::{Value, json};
@@ -104,9 +108,23 @@ impl Sandbox {
         self.store.check_healthy()?;
         self.queue.ensure_space(bytes.len())?;
         let env = self.queue.envelope_for(msg, bytes);
+        let in_file = crate::memory_budget::MemoryBudget::is_large(bytes.len());
+        if in_file {
+            let path = self.body_path(&env.id);
+            if let Err(e) = crate::run_blocking(|| {
+                crate::queue::spool::write_durable(&self.bodies_dir(), &path, bytes)
+            }) {
+                let _ = std::fs::remove_file(&path);
+                return Err(SandboxError::Queue(QueueError::Spill(e)));
+            }
+        }
         let t = &self.store.sandbox;
         let written = (|| {
-            t.insert(entry_key(&env.project, &env.id, b'b'), bytes)?;
+            if in_file {
+                t.insert(entry_key(&env.project, &env.id, b'f'), &[])?;
+            } else {
+                t.insert(entry_key(&env.project, &env.id, b'b'), bytes)?;
+            }
             t.insert(
                 entry_key(&env.project, &env.id, b'e'),
                 serde_json::to_vec(&env).unwrap_or_default(),
@@ -115,9 +133,39 @@ impl Sandbox {
             also()?;
             self.trim(&env.project, keep.max(1))
         })();
-        written.inspect_err(|e| self.store.note_error(e))?;
+        if let Err(e) = written {
+            self.store.note_error(&e);
+            if in_file {
+                let _ = std::fs::remove_file(self.body_path(&env.id));
+            }
+            return Err(e.into());
+        }
         self.store.durable().await?;
         Ok(env)
+    }
+
+    fn bodies_dir(&self) -> std::path::PathBuf {
+        self.store.state_dir().join("sandbox")
+    }
+
+    fn body_path(&self, id: &str) -> std::path::PathBuf {
+        self.bodies_dir().join(id)
+    }
+
+    /// At start: removes body files that no capture names (written just before a crash that
+    /// lost their keys — the client got no `250` — or left by a removal cut short).
+    pub fn recover(&self) -> Result<usize, QueueError> {
+        let mut removed = 0;
+        if let Ok(entries) = std::fs::read_dir(self.bodies_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if self.store.sandbox.get(index_key(&name))?.is_none() {
+                    let _ = std::fs::remove_file(entry.path());
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Drops the oldest captures of `project` beyond `keep`.
@@ -148,6 +196,15 @@ impl Sandbox {
         self.store.sandbox.remove(index_key(id))?;
         self.store.sandbox.remove(entry_key(project, id, b'e'))?;
         self.store.sandbox.remove(entry_key(project, id, b'b'))?;
+        if self
+            .store
+            .sandbox
+            .remove(entry_key(project, id, b'f'))?
+            .is_some()
+        {
+            // Best effort: a leftover is removed by the next `recover`.
+            let _ = std::fs::remove_file(self.body_path(id));
+        }
         Ok(())
     }
 
@@ -176,12 +233,18 @@ impl Sandbox {
             .sandbox
             .get(entry_key(&project, id, b'e'))?
             .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
-        let bytes = self
-            .store
-            .sandbox
-            .get(entry_key(&project, id, b'b'))?
-            .ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
-        Ok((decode(&env)?, bytes.to_vec()))
+        let bytes = match self.store.sandbox.get(entry_key(&project, id, b'b'))? {
+            Some(b) => b.to_vec(),
+            None if self
+                .store
+                .sandbox
+                .contains_key(entry_key(&project, id, b'f'))? =>
+            {
+                std::fs::read(self.body_path(id)).map_err(QueueError::Spill)?
+            }
+            None => return Err(SandboxError::NotFound(id.to_string())),
+        };
+        Ok((decode(&env)?, bytes))
     }
 
     /// One capture as shown to admins: the summary and the message text.

@@ -232,7 +232,7 @@ impl std::ops::Deref for StoredBody {
 }
 
 /// Writes `bytes` to `path` and makes file and directory entry durable.
-fn write_durable(
+pub(crate) fn write_durable(
     dir: &std::path::Path,
     path: &std::path::Path,
     bytes: &[u8],
