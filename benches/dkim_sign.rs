@@ -145,6 +145,7 @@ fn main() {
         bounces: false,
         tokens: vec![],
         allow_foreign_sender: false,
+        mode: Default::default(),
     };
     let ctx = TransformContext {
         message_id: "bench",

@@ -94,6 +94,10 @@ enum Cmd {
         /// Label copied into the JSON line.
         #[arg(long, default_value = "")]
         label: String,
+        /// Send over the HTTP send API instead of SMTP: `POST /emails` to `--addr` (plain
+        /// HTTP), `--pass` as the bearer token, one keep-alive connection per client.
+        #[arg(long)]
+        http: bool,
     },
     /// Accept and discard mail, printing a count every second.
     Sink {
@@ -424,6 +428,8 @@ struct RunShared {
     failures: Mutex<BTreeMap<String, usize>>,
     first_failure: Mutex<Option<String>>,
     bytes_out: AtomicU64,
+    /// `--http`: the client, the `POST /emails` URL and the bearer token.
+    http: Option<(reqwest::Client, String, String)>,
 }
 
 impl RunShared {
@@ -454,7 +460,51 @@ impl RunShared {
     }
 }
 
+/// One HTTP client task: `POST /emails` for each message it takes, one request at a time; the
+/// shared client's pool keeps a connection alive per task (HTTP/1.1 keep-alive).
+async fn http_client(shared: Arc<RunShared>) {
+    let Some((client, url, token)) = &shared.http else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&shared.body).into_owned();
+    while let Some(n) = shared.take() {
+        let body = serde_json::json!({
+            "from": format!("Bench <{}>", shared.from),
+            "to": [shared.to],
+            "subject": format!("bench message {n}"),
+            "text": text,
+            "headers": { "X-Bench-Run": shared.token },
+        });
+        let t0 = Instant::now();
+        let sent = client.post(url).bearer_auth(token).json(&body).send().await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                let _ = r.bytes().await;
+                shared
+                    .latencies
+                    .lock()
+                    .await
+                    .push(t0.elapsed().as_micros() as u64);
+                shared.accepted.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .bytes_out
+                    .fetch_add(shared.body.len() as u64, Ordering::Relaxed);
+            }
+            Ok(r) => {
+                let code = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                shared.fail(Failure::Reply(code, text)).await;
+            }
+            Err(e) if e.is_timeout() => shared.fail(Failure::Timeout).await,
+            Err(e) => shared.fail(Failure::Io(e.to_string())).await,
+        }
+    }
+}
+
 async fn client(shared: Arc<RunShared>) {
+    if shared.http.is_some() {
+        return http_client(shared).await;
+    }
     while let Some(first) = shared.take() {
         let started = Instant::now();
         let mut s = match shared.conn.open().await {
@@ -543,6 +593,7 @@ async fn run(
     sink: Option<SocketAddr>,
     max_secs: u64,
     label: String,
+    http: bool,
 ) -> Result<(), BoxError> {
     let token = format!(
         "run{:x}{:x}",
@@ -560,6 +611,22 @@ async fn run(
     if let Some(addr) = sink {
         sink_listen(addr, sink_state.clone()).await?;
     }
+    let http = if http {
+        // reqwest is built without a rustls provider of its own: the one the relay uses.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let step = Duration::from_secs(target.step_secs);
+        Some((
+            reqwest::Client::builder()
+                .timeout(step)
+                .pool_max_idle_per_host(clients)
+                .build()?,
+            format!("http://{}/emails", target.addr),
+            pass.clone()
+                .ok_or("--http needs --pass (the project token)")?,
+        ))
+    } else {
+        None
+    };
     let auth = match (user, pass) {
         (Some(u), Some(p)) => Some(format!(
             "AUTH PLAIN {}\r\n",
@@ -592,6 +659,7 @@ async fn run(
         failures: Mutex::new(BTreeMap::new()),
         first_failure: Mutex::new(None),
         bytes_out: AtomicU64::new(0),
+        http,
     };
     shared.body = make_body(size, shared.headers(messages).len());
     let shared = Arc::new(shared);
@@ -723,10 +791,11 @@ async fn main() -> Result<(), BoxError> {
             sink,
             max_secs,
             label,
+            http,
         } => {
             run(
                 target, user, pass, clients, messages, size, per_conn, from, to, sink, max_secs,
-                label,
+                label, http,
             )
             .await
         }

@@ -80,6 +80,12 @@ pub struct Config {
     /// The HTTP send API (Resend-compatible `POST /emails`); off unless `address` is set.
     #[serde(default)]
     pub send_api: SendApiConfig,
+    /// How long idempotency keys are remembered (policy::idempotency).
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
+    /// How much mail a sandbox project keeps captured (queue::sandbox).
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
     /// Default per-project rate limits and quotas (policy::limits).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -152,6 +158,46 @@ impl Default for AdminHttpConfig {
 
 fn d_session_hours() -> f64 {
     12.0
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// A key is remembered this long after its request completed (Resend: 24 h).
+    #[serde(default = "d_idempotency_window")]
+    pub window_secs: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig {
+            window_secs: d_idempotency_window(),
+        }
+    }
+}
+
+fn d_idempotency_window() -> u64 {
+    86_400
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Captured messages kept per sandbox project; the oldest go first.
+    #[serde(default = "d_sandbox_max")]
+    pub max_messages: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            max_messages: d_sandbox_max(),
+        }
+    }
+}
+
+fn d_sandbox_max() -> usize {
+    1000
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1072,6 +1118,20 @@ impl Config {
                 "webhooks",
                 "retry_schedule_secs",
                 "must list at least one delay, each at least 1 second".into(),
+            ));
+        }
+        if !(1..=30 * 86_400).contains(&self.idempotency.window_secs) {
+            return Err(bad(
+                "idempotency",
+                "window_secs",
+                "must be between 1 second and 30 days (2592000)".into(),
+            ));
+        }
+        if !(1..=100_000).contains(&self.sandbox.max_messages) {
+            return Err(bad(
+                "sandbox",
+                "max_messages",
+                "must be between 1 and 100000".into(),
             ));
         }
         if !(1..=60).contains(&self.webhooks.timeout_secs) {

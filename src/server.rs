@@ -100,6 +100,9 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     let queue =
         Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
     let branding = BrandingStore::new(store.clone());
+    let idempotency = crate::policy::idempotency::Idempotency::new(store.clone());
+    let sandbox = crate::queue::sandbox::Sandbox::new(store.clone(), queue.clone());
+    sandbox.recover()?;
     let limiter = Limiter::new(store.clone(), Defaults::from_config(&config));
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
@@ -141,7 +144,13 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         })),
         dkim: dkim.clone(),
         events: crate::events::webhooks::WebhookAdmin::new(store.clone(), &config.webhooks),
+        sandbox: sandbox.clone(),
+        default_max_age_secs: config.queue.max_age_secs,
     };
+    tokio::spawn(prune_idempotency_keys(
+        idempotency.clone(),
+        shutdown_rx.clone(),
+    ));
     if config.dns.recheck_secs > 0 {
         tokio::spawn(admin::domain::recheck(
             admin_ctx.clone(),
@@ -179,6 +188,8 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         throttle: Throttle::new(&config.throttle),
         dkim: dkim.clone(),
         memory: memory.clone(),
+        idempotency: idempotency.clone(),
+        sandbox: sandbox.clone(),
         shutdown: shutdown_rx.clone(),
     };
     // Listeners read the current value at each accept; a reload replaces it.
@@ -379,4 +390,25 @@ fn reload(path: Option<&Path>, shared: &watch::Sender<Arc<Shared>>, startup: &Co
         }
     }
     crate::systemd::ready("accepting mail");
+}
+
+/// Removes expired idempotency keys: at start, then every ten minutes, until shutdown.
+async fn prune_idempotency_keys(
+    idempotency: crate::policy::idempotency::Idempotency,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = std::time::Duration::from_secs(600);
+    loop {
+        let idem = idempotency.clone();
+        match tokio::task::spawn_blocking(move || idem.prune(crate::queue::now_ms())).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired idempotency keys pruned"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "idempotency key pruning stopped"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = crate::shutdown::stopped(&mut shutdown) => return,
+        }
+    }
 }

@@ -117,6 +117,12 @@ pub mod trees {
     pub const WEBHOOK_OUTBOX: &str = "webhook_outbox";
     /// Recent delivery attempts per endpoint, `endpoint id ‖ time ‖ random` → attempt.
     pub const WEBHOOK_ATTEMPTS: &str = "webhook_attempts";
+    /// Idempotency keys per project (policy::idempotency): `k ‖ project \0 key` → outcome,
+    /// `x ‖ expiry ‖ project \0 key` → () for pruning.
+    pub const IDEMPOTENCY: &str = "idempotency";
+    /// Mail of sandbox projects, captured instead of sent (queue::sandbox):
+    /// `project \0 id` → envelope and message bytes.
+    pub const SANDBOX: &str = "sandbox";
 }
 
 /// Each waiter gets the result of the flush that covered its writes.
@@ -143,6 +149,8 @@ pub struct Store {
     pub webhooks: sled::Tree,
     pub webhook_outbox: sled::Tree,
     pub webhook_attempts: sled::Tree,
+    pub idempotency: sled::Tree,
+    pub sandbox: sled::Tree,
     flusher: Arc<tokio::sync::OnceCell<FlushSender>>,
     /// When false (development only), `durable()` returns without flushing.
     fsync: bool,
@@ -195,6 +203,8 @@ impl Store {
             webhooks: db.open_tree(trees::WEBHOOKS)?,
             webhook_outbox: db.open_tree(trees::WEBHOOK_OUTBOX)?,
             webhook_attempts: db.open_tree(trees::WEBHOOK_ATTEMPTS)?,
+            idempotency: db.open_tree(trees::IDEMPOTENCY)?,
+            sandbox: db.open_tree(trees::SANDBOX)?,
             db,
             flusher: Arc::new(tokio::sync::OnceCell::new()),
             fsync: true,

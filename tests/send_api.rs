@@ -518,6 +518,20 @@ async fn resend_python_sdk_sends_through_the_relay() {
     assert_eq!(v["batch"].as_array().unwrap().len(), 2, "{v:#}");
     assert_eq!(v["bad_key"]["code"], 403, "{v:#}");
     assert_eq!(v["bad_key"]["type"], "invalid_api_key", "{v:#}");
+    assert!(
+        v["idem"][0].is_string() && v["idem"][0] == v["idem"][1],
+        "{v:#}"
+    );
+    assert_eq!(v["idem_conflict"]["code"], 409, "{v:#}");
+    assert_eq!(
+        v["idem_conflict"]["type"], "invalid_idempotent_request",
+        "{v:#}"
+    );
+    assert_eq!(
+        queued(&relay),
+        4,
+        "the SDK's retry with its key queued nothing"
+    );
 
     let got = up.wait_for(3, Duration::from_secs(30)).await;
     let sdk = got
@@ -581,6 +595,20 @@ async fn resend_node_sdk_sends_through_the_relay() {
     assert_eq!(v["batch"].as_array().unwrap().len(), 2, "{v:#}");
     assert_eq!(v["bad_key"]["statusCode"], 403, "{v:#}");
     assert_eq!(v["bad_key"]["name"], "invalid_api_key", "{v:#}");
+    assert!(
+        v["idem"][0].is_string() && v["idem"][0] == v["idem"][1],
+        "{v:#}"
+    );
+    assert_eq!(v["idem_conflict"]["statusCode"], 409, "{v:#}");
+    assert_eq!(
+        v["idem_conflict"]["name"], "invalid_idempotent_request",
+        "{v:#}"
+    );
+    assert_eq!(
+        queued(&relay),
+        4,
+        "the SDK's retry with its key queued nothing"
+    );
 
     let got = up.wait_for(3, Duration::from_secs(30)).await;
     let sdk = got

@@ -140,6 +140,16 @@ impl Classify for crate::policy::suppression::SuppressionError {
     }
 }
 
+impl Classify for crate::queue::sandbox::SandboxError {
+    fn kind(&self) -> (ErrorKind, Option<&'static str>) {
+        use crate::queue::sandbox::SandboxError as E;
+        match self {
+            E::NotFound(_) => (NotFound, None),
+            E::Queue(q) => q.kind(),
+        }
+    }
+}
+
 impl Classify for crate::queue::QueueError {
     fn kind(&self) -> (ErrorKind, Option<&'static str>) {
         use crate::queue::QueueError as E;

@@ -10,6 +10,7 @@ pub mod dkim;
 pub mod domain;
 pub mod error;
 pub mod messages;
+pub mod sandbox;
 pub mod socket;
 pub mod stats;
 pub mod status;
@@ -195,6 +196,33 @@ pub enum AdminRequest {
     Stats(stats::StatsRequest),
     /// The message log with filters and a cursor, or one message in full (`messages.rs`).
     Messages(messages::MessagesRequest),
+    /// `live` (mail is sent) or `sandbox` (mail is captured, `sandbox.rs`).
+    ProjectMode {
+        id: String,
+        mode: crate::policy::projects::ProjectMode,
+    },
+    /// A project's captured messages, newest first.
+    SandboxList {
+        project: String,
+        #[serde(default = "default_sandbox_limit")]
+        limit: usize,
+    },
+    /// One captured message, with its text (`eml`).
+    SandboxShow {
+        id: String,
+    },
+    /// Sends one captured message to its real recipients (it enters the queue).
+    SandboxRelease {
+        id: String,
+    },
+    /// Drops every captured message of a project.
+    SandboxClear {
+        project: String,
+    },
+}
+
+fn default_sandbox_limit() -> usize {
+    100
 }
 
 impl AdminRequest {
@@ -205,6 +233,7 @@ impl AdminRequest {
         match self {
             ProjectList | ProjectShow { .. } | QueueList | QueueShow { .. } | Log { .. } => true,
             WebhookList { .. } | WebhookShow { .. } | Status => true,
+            SandboxList { .. } | SandboxShow { .. } => true,
             ProjectLimits { set, clear, .. } => set.is_empty() && !clear,
             SuppressionList { .. } => true,
             ProjectBounces { enabled, .. } => enabled.is_none(),
@@ -249,6 +278,10 @@ pub struct AdminContext {
     pub events: crate::events::webhooks::WebhookAdmin,
     /// The server's last domain checks (empty where no server runs).
     pub domain_reports: crate::domain_check::LastReports,
+    /// Captured mail of sandbox projects (`sandbox.rs`).
+    pub sandbox: crate::queue::sandbox::Sandbox,
+    /// `queue.max_age_secs`: the maximum age of a released sandbox message without its own.
+    pub default_max_age_secs: u64,
 }
 
 /// A project's maximum queue age has the same floor as `queue.max_age_secs`: below it a
@@ -278,6 +311,7 @@ pub fn project_json(p: &Project) -> Value {
         "max_age_secs": p.max_age_secs,
         "bounces": p.bounces,
         "allow_foreign_sender": p.allow_foreign_sender,
+        "mode": p.mode.as_str(),
         "tokens": p.tokens.iter().map(|t| json!({
             "id": t.id, "label": t.label, "created": t.created,
         })).collect::<Vec<_>>(),
@@ -326,6 +360,7 @@ pub async fn execute_async(ctx: &AdminContext, req: AdminRequest) -> Result<Valu
         },
         AdminRequest::DomainVerify { domain } => domain::verify_domain(ctx, &domain).await,
         AdminRequest::DomainStatus { project } => domain::status(ctx, project.as_deref()).await,
+        AdminRequest::SandboxRelease { id } => sandbox::release(ctx, &id).await,
         other => {
             let ctx = ctx.clone();
             tokio::task::spawn_blocking(move || execute(&ctx, other))
@@ -371,6 +406,8 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         ProjectDelete { id } => {
             let p = r.delete(&id).map_err(err)?;
             ctx.limiter.forget(&id).map_err(err)?;
+            // Its captured mail goes with it (nobody could release it any more).
+            ctx.sandbox.clear(&id).map_err(err)?;
             project_json(&p)
         }
         ProjectMaxAge { id, max_age_secs } => {
@@ -507,5 +544,10 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         Messages(req) => messages::execute(ctx, req)?,
         Stats(req) => stats::execute(ctx, req)?,
         BrandingPreview { id, changes } => branding_preview::preview(ctx, &id, changes)?,
+        ProjectMode { id, mode } => project_json(&r.set_mode(&id, mode).map_err(err)?),
+        SandboxList { project, limit } => sandbox::list(ctx, &project, limit)?,
+        SandboxShow { id } => ctx.sandbox.show(&id).map_err(err)?,
+        SandboxRelease { id } => sandbox::release_blocking(ctx, &id)?,
+        SandboxClear { project } => sandbox::clear(ctx, &project)?,
     })
 }

@@ -7,13 +7,14 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::HttpState;
 use super::auth::Caller;
+use super::sandbox_api;
 use crate::admin::{AdminError, AdminRequest, ErrorKind, execute_async};
 use crate::outbound::send_test::SendTest;
 use crate::policy::limits::LimitOverride;
@@ -69,6 +70,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/dkim/{domain}/{selector}"),
     ("POST", "/api/v1/dkim/{domain}/{selector}/activate"),
     ("POST", "/api/v1/dkim/{domain}/{selector}/retire"),
+    ("PUT", "/api/v1/projects/{id}/mode"),
+    ("GET", "/api/v1/projects/{id}/sandbox"),
+    ("DELETE", "/api/v1/projects/{id}/sandbox"),
+    ("GET", "/api/v1/sandbox/{id}"),
+    ("GET", "/api/v1/sandbox/{id}/eml"),
+    ("POST", "/api/v1/sandbox/{id}/release"),
     ("GET", "/api/v1/openapi.json"),
 ];
 
@@ -139,6 +146,14 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/webhooks/{id}/rotate-secret", post(rotate_webhook))
         .route("/api/v1/webhooks/{id}/enable", post(enable_webhook))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/projects/{id}/mode", put(sandbox_api::set_mode))
+        .route(
+            "/api/v1/projects/{id}/sandbox",
+            get(sandbox_api::list).delete(sandbox_api::clear),
+        )
+        .route("/api/v1/sandbox/{id}", get(sandbox_api::show))
+        .route("/api/v1/sandbox/{id}/eml", get(sandbox_api::eml))
+        .route("/api/v1/sandbox/{id}/release", post(sandbox_api::release))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(super::dkim_api::routes())
         .fallback(not_found)

@@ -15,6 +15,7 @@ mod dkim_page;
 pub mod openapi;
 mod pages;
 pub mod panel;
+mod sandbox_api;
 mod send_test_page;
 pub mod session;
 mod tokens_page;

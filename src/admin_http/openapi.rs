@@ -448,6 +448,51 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
             None,
             200,
         ),
+        (
+            "PUT",
+            "/api/v1/projects/{id}/mode",
+            "Live (mail is sent) or sandbox (mail is captured, see /sandbox)",
+            Some(json!({
+                "type": "object", "required": ["mode"], "additionalProperties": false,
+                "properties": {"mode": {"type": "string", "enum": ["live", "sandbox"]}}
+            })),
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{id}/sandbox",
+            "A project's captured messages, newest first (?limit=, at most 1000)",
+            None,
+            200,
+        ),
+        (
+            "DELETE",
+            "/api/v1/projects/{id}/sandbox",
+            "Drop every captured message of a project",
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/sandbox/{id}",
+            "One captured message with its text (eml) and exact bytes (eml_base64)",
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/sandbox/{id}/eml",
+            "One captured message as a message/rfc822 download",
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/sandbox/{id}/release",
+            "Send one captured message to its real recipients (it enters the queue)",
+            None,
+            200,
+        ),
         ("GET", "/api/v1/openapi.json", "This document", None, 200),
     ]
 }

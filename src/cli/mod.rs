@@ -10,6 +10,7 @@ pub mod generate;
 pub mod limits;
 pub mod project;
 pub mod queue;
+pub mod sandbox;
 pub mod send_test;
 pub mod serve;
 pub mod stats;
@@ -124,6 +125,11 @@ pub enum Command {
     Status,
     /// Counts of the last hours per project, the queue and the upstreams' health.
     Stats(stats::StatsArgs),
+    /// Mail captured for sandbox projects: list, show (or save as .eml), release, clear.
+    Sandbox {
+        #[command(subcommand)]
+        command: sandbox::SandboxCommand,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -146,6 +152,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Webhook { ref command } => webhook::run(&cli, command),
         Command::Status => status::run(&cli),
         Command::Stats(ref args) => stats::run(&cli, args),
+        Command::Sandbox { ref command } => sandbox::run(&cli, command),
     }
 }
 
@@ -251,6 +258,11 @@ pub fn offline_context(
             store.clone(),
             crate::policy::limits::Defaults::from_config(config),
         ),
+        sandbox: crate::queue::sandbox::Sandbox::new(
+            store.clone(),
+            crate::queue::Queue::new(store.clone()),
+        ),
+        default_max_age_secs: config.queue.max_age_secs,
     };
     Ok((store, ctx))
 }

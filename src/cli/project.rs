@@ -64,6 +64,13 @@ pub enum ProjectCommand {
         #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
         allow_foreign_sender: Option<bool>,
     },
+    /// `live`: mail is sent; `sandbox`: mail goes through the whole pipeline but is captured
+    /// (see `smtp-relay sandbox`), except mail to simulated `…@….smtp-relay.test` recipients.
+    Mode {
+        id: String,
+        #[arg(value_parser = ["live", "sandbox"])]
+        mode: String,
+    },
     /// Show or override the project's rate limits and quotas (defaults: `[limits]`).
     Limits(super::limits::LimitsArgs),
     /// Show the project's upstream route; with --upstream, set it (fallbacks tried in order
@@ -275,6 +282,10 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
             update: args.update()?,
         },
         ProjectCommand::Limits(args) => args.request(),
+        ProjectCommand::Mode { id, mode } => AdminRequest::ProjectMode {
+            id: id.clone(),
+            mode: mode.parse().map_err(anyhow::Error::msg)?,
+        },
         ProjectCommand::Route {
             id,
             upstream,
@@ -333,6 +344,11 @@ pub fn run(cli: &Cli, cmd: &ProjectCommand) -> anyhow::Result<()> {
         ProjectCommand::Branding(args) if args.preview => {
             print!("{}", v["message"].as_str().unwrap_or(""))
         }
+        ProjectCommand::Mode { .. } => println!(
+            "project {} is now in {} mode",
+            v["id"].as_str().unwrap_or(""),
+            v["mode"].as_str().unwrap_or("")
+        ),
         ProjectCommand::Branding(args) => print_branding(&args.id, &v),
         ProjectCommand::Route { .. } => {
             let mut order = vec![v["upstream"].as_str().unwrap_or("").to_string()];

@@ -103,6 +103,7 @@ impl Session {
                 rcpt_params: tx.rcpts,
                 message,
                 memory,
+                idempotency: None,
             },
         )
         .await;
@@ -111,10 +112,10 @@ impl Session {
             a.project = auth.project.clone();
         }
         match result {
-            Ok(env) => {
+            Ok(accepted) => {
                 self.accepted += 1;
-                self.message_ids.push(env.id.clone());
-                self.send(conn, &reply::queued(&env.id)).await
+                self.message_ids.push(accepted.id.clone());
+                self.send(conn, &reply::queued(&accepted.id)).await
             }
             Err(Refusal::Withdrawn(why)) => self.withdrawn(conn, why).await,
             Err(e @ (Refusal::TooManyHops(_) | Refusal::Sender(_) | Refusal::Rate(_))) => {
@@ -125,9 +126,12 @@ impl Session {
                 crate::metrics::rejected(&auth.project.id, &r);
                 self.send(conn, &r).await
             }
-            Err(e @ (Refusal::Branding(_) | Refusal::Transform(_) | Refusal::Registry(_))) => {
-                self.send(conn, &Reply::from(&e)).await
-            }
+            Err(
+                e @ (Refusal::Branding(_)
+                | Refusal::Transform(_)
+                | Refusal::Registry(_)
+                | Refusal::Idempotency(_)),
+            ) => self.send(conn, &Reply::from(&e)).await,
         }
     }
 }

@@ -45,6 +45,10 @@ pub struct Shared {
     pub suppression: crate::policy::suppression::Suppressions,
     /// Shared with delivery: large messages in memory at once.
     pub memory: crate::memory_budget::MemoryBudget,
+    /// Idempotency keys of SMTP messages and send API requests.
+    pub idempotency: crate::policy::idempotency::Idempotency,
+    /// Where sandbox projects' mail is captured.
+    pub sandbox: crate::queue::sandbox::Sandbox,
     /// Becomes `true` when the server is shutting down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -80,6 +80,18 @@ pub const MEMORY_BUSY: Reply = Reply::new(
     "4.3.1 Too many large messages in progress, try again later",
 );
 pub const LOCAL_ERROR: Reply = Reply::new(451, "4.3.0 Local error in processing");
+pub const IDEMPOTENCY_KEY_INVALID: Reply = Reply::new(
+    554,
+    "5.6.0 Idempotency-Key header must be 1 to 256 characters",
+);
+pub const IDEMPOTENCY_IN_FLIGHT: Reply = Reply::new(
+    451,
+    "4.5.0 A message with this Idempotency-Key is still being accepted, try again later",
+);
+pub const IDEMPOTENCY_MISMATCH: Reply = Reply::new(
+    554,
+    "5.6.0 This Idempotency-Key was used for a different request",
+);
 pub const BARE_LF: Reply = Reply::new(550, "5.5.2 Error: bare <LF> received");
 pub const BARE_CR: Reply = Reply::new(550, "5.5.2 Error: bare <CR> received");
 pub const NUL_BYTE: Reply = Reply::new(550, "5.5.2 Error: NUL character received");
@@ -254,6 +266,21 @@ impl From<&super::submit::Refusal> for Reply {
             Refusal::Registry(_) => LOCAL_ERROR,
             Refusal::Rate(e) => Reply::from(e),
             Refusal::Storage(e) => Reply::from(e),
+            Refusal::Idempotency(k) => Reply::from(*k),
+        }
+    }
+}
+
+/// A message stopped by its idempotency key header.
+impl From<super::submit::KeyRefusal> for Reply {
+    fn from(k: super::submit::KeyRefusal) -> Reply {
+        use super::submit::KeyRefusal;
+        match k {
+            KeyRefusal::Invalid => IDEMPOTENCY_KEY_INVALID,
+            KeyRefusal::InFlight => IDEMPOTENCY_IN_FLIGHT,
+            // SMTP keys match any content; only a key first used over HTTP gets here.
+            KeyRefusal::Mismatch => IDEMPOTENCY_MISMATCH,
+            KeyRefusal::Unavailable => LOCAL_ERROR,
         }
     }
 }

@@ -7,6 +7,13 @@
 //! windows (consumed only now that nothing else can refuse it), enqueue — refunding the rate
 //! if storing fails. A refusal is typed ([`Refusal`]); `reply.rs` turns it into an SMTP reply
 //! and `send_api` into an HTTP status, so the two protocols cannot drift apart.
+//!
+//! Idempotency keys (`policy::idempotency`) are settled here too: the key header is always
+//! removed from the message; an SMTP message's key is looked up before any work (a repeat
+//! answers with the first message's id and queues nothing), and the key's record — the send
+//! API's reservation, or the SMTP one — is written inside the commit that makes the message
+//! durable. A sandbox project's message (one with any recipient that is not a simulated
+//! `…@….smtp-relay.test` address) is captured (`queue::sandbox`) instead of queued.
 
 use std::net::SocketAddr;
 
@@ -14,12 +21,13 @@ use super::Shared;
 use super::auth::{Recheck, recheck};
 use super::quota::{RateCheck, RateRefusal};
 use crate::memory_budget::{MemoryBudget, Reservation};
+use crate::policy::idempotency::{self, Check, Fingerprint, IdempotencyError, Outcome};
 use crate::policy::limits::ProjectSession;
-use crate::policy::projects::{Authenticated, RegistryError};
+use crate::policy::projects::{Authenticated, ProjectMode, RegistryError};
 use crate::policy::sender::{self, SenderError};
 use crate::queue::QueueError;
 use crate::queue::now_ms;
-use crate::queue::spool::{Envelope, MailParams, NewMessage, RcptParams, new_id};
+use crate::queue::spool::{MailParams, NewMessage, RcptParams, new_id};
 use crate::transform::branding::SettingsError;
 use crate::transform::dkim::Signing;
 use crate::transform::{self, TransformContext, TransformError};
@@ -39,8 +47,17 @@ pub struct Submitter<'a> {
     pub tls: bool,
 }
 
+/// The send API's hold on an `Idempotency-Key`, completed in the commit of the request's last
+/// message.
+pub struct KeyCompletion<'a> {
+    pub reservation: &'a idempotency::Reservation,
+    /// Ids queued earlier by the same request (a batch), in order.
+    pub earlier: &'a [String],
+    pub batch: bool,
+}
+
 /// One message with its envelope, already checked recipient by recipient.
-pub struct Submission {
+pub struct Submission<'a> {
     pub mail_from: String,
     pub mail_params: MailParams,
     pub recipients: Vec<String>,
@@ -49,6 +66,39 @@ pub struct Submission {
     pub message: Vec<u8>,
     /// The message's share of the memory budget, held until it is queued.
     pub memory: Reservation,
+    /// HTTP: the request's idempotency key, to record with this message. `None` for SMTP,
+    /// whose key (if any) is in the message header.
+    pub idempotency: Option<KeyCompletion<'a>>,
+}
+
+/// Where an accepted message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// In the delivery queue.
+    Queued,
+    /// Kept in the sandbox of a sandbox project.
+    Captured,
+    /// A repeat of an idempotency key: the first message's id, nothing new stored.
+    Replayed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub id: String,
+    pub disposition: Disposition,
+}
+
+/// Why an idempotency key stopped a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// Empty or longer than 256 characters.
+    Invalid,
+    /// The first message with this key is still being accepted.
+    InFlight,
+    /// Used before for a different request.
+    Mismatch,
+    /// The key store cannot be read.
+    Unavailable,
 }
 
 /// Why a message was not queued.
@@ -71,10 +121,12 @@ pub enum Refusal {
     Rate(RateRefusal),
     #[error("cannot store message: {0}")]
     Storage(QueueError),
+    #[error("idempotency key: {0:?}")]
+    Idempotency(KeyRefusal),
 }
 
 /// Takes one message through acceptance; `Ok` only once it is durable in the queue.
-pub async fn submit(who: Submitter<'_>, sub: Submission) -> Result<Envelope, Refusal> {
+pub async fn submit(who: Submitter<'_>, sub: Submission<'_>) -> Result<Accepted, Refusal> {
     let Submitter {
         shared,
         auth,
@@ -91,6 +143,7 @@ pub async fn submit(who: Submitter<'_>, sub: Submission) -> Result<Envelope, Ref
         rcpt_params,
         message,
         memory,
+        idempotency: completion,
     } = sub;
     let project_id = auth.project.id.clone();
     let size = message.len();
@@ -105,6 +158,41 @@ pub async fn submit(who: Submitter<'_>, sub: Submission) -> Result<Envelope, Ref
     {
         tracing::warn!(client = %peer, project = %project_id, error = %e, "header From refused");
         return Err(Refusal::Sender(e));
+    }
+    // The key header never leaves the relay (and is not signed).
+    let (header_key, key_fields) = idempotency::find_in_message(&message);
+    let message = idempotency::strip_ranges(message, &key_fields);
+    let window_secs = shared.config.idempotency.window_secs;
+    let mut own_key = None;
+    if completion.is_none()
+        && let Some(key) = header_key
+    {
+        match shared.idempotency.check_or_reserve(
+            &project_id,
+            &key,
+            Fingerprint::Any,
+            window_secs,
+            now_ms(),
+        ) {
+            Ok(Check::Fresh(r)) => own_key = Some(r),
+            Ok(Check::Replay(o)) => {
+                let id = o.ids.into_iter().next().unwrap_or_default();
+                tracing::info!(id = %id, project = %project_id, client = %peer, "idempotency key repeated: answered with the first message, nothing queued");
+                return Ok(Accepted {
+                    id,
+                    disposition: Disposition::Replayed,
+                });
+            }
+            Ok(Check::InFlight) => return Err(Refusal::Idempotency(KeyRefusal::InFlight)),
+            Ok(Check::Mismatch) => return Err(Refusal::Idempotency(KeyRefusal::Mismatch)),
+            Err(IdempotencyError::InvalidKey) => {
+                return Err(Refusal::Idempotency(KeyRefusal::Invalid));
+            }
+            Err(IdempotencyError::Store(e)) => {
+                tracing::error!(project = %project_id, error = %e, "idempotency keys unavailable");
+                return Err(Refusal::Idempotency(KeyRefusal::Unavailable));
+            }
+        }
     }
 
     let branding = match shared.branding.active(&project_id) {
@@ -168,6 +256,10 @@ pub async fn submit(who: Submitter<'_>, sub: Submission) -> Result<Envelope, Ref
     // Counted only now that nothing else can refuse it (but storage; refunded then).
     let count = recipients.len();
     let not_before_ms = rate.consume(count).map_err(Refusal::Rate)?;
+    let capture = auth.project.mode == ProjectMode::Sandbox
+        && recipients
+            .iter()
+            .any(|r| crate::policy::simulated::outcome(r).is_none());
     let new = NewMessage {
         id,
         project: project_id.clone(),
@@ -180,11 +272,59 @@ pub async fn submit(who: Submitter<'_>, sub: Submission) -> Result<Envelope, Ref
         not_before_ms,
         summary,
     };
-    let queued = shared.queue.enqueue(new, &bytes).await;
+    // The key's record, written after the message and before its commit (module doc).
+    let record_key = |id: &str| -> Result<(), sled::Error> {
+        let (reservation, outcome) = match (&completion, &own_key) {
+            (Some(c), _) => {
+                let mut ids = c.earlier.to_vec();
+                ids.push(id.to_string());
+                (
+                    c.reservation,
+                    Outcome {
+                        ids,
+                        batch: c.batch,
+                        errors: None,
+                    },
+                )
+            }
+            (None, Some(r)) => (
+                r,
+                Outcome {
+                    ids: vec![id.to_string()],
+                    batch: false,
+                    errors: None,
+                },
+            ),
+            (None, None) => return Ok(()),
+        };
+        shared.idempotency.complete(reservation, &outcome, now_ms())
+    };
+    let message_id = new.id.clone();
+    let stored = if capture {
+        shared
+            .sandbox
+            .capture(new, &bytes, shared.config.sandbox.max_messages, || {
+                record_key(&message_id)
+            })
+            .await
+            .map(|env| (env, Disposition::Captured))
+            .map_err(|e| match e {
+                crate::queue::sandbox::SandboxError::Queue(q) => q,
+                other => QueueError::Store(crate::store::StoreError::Corrupt(other.to_string())),
+            })
+    } else {
+        shared
+            .queue
+            .enqueue_with(new, &bytes, || record_key(&message_id))
+            .await
+            .map(|env| (env, Disposition::Queued))
+    };
     drop(bytes);
     drop(memory);
-    match queued {
-        Ok(env) => {
+    // Released only now: a repeat arriving meanwhile was told "in flight", not "new".
+    drop(own_key);
+    match stored {
+        Ok((env, disposition)) => {
             crate::metrics::accepted(&env.project);
             tracing::info!(
                 id = %env.id,
@@ -192,9 +332,17 @@ pub async fn submit(who: Submitter<'_>, sub: Submission) -> Result<Envelope, Ref
                 client = %peer,
                 recipients = env.recipients.len(),
                 size = env.size,
-                "message queued"
+                "{}",
+                if disposition == Disposition::Captured {
+                    "message captured (sandbox project)"
+                } else {
+                    "message queued"
+                }
             );
-            Ok(env)
+            Ok(Accepted {
+                id: env.id,
+                disposition,
+            })
         }
         Err(e) => {
             rate.refund(count);

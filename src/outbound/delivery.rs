@@ -155,7 +155,7 @@ impl Delivery {
             .iter()
             .map(|&i| env.recipients[i].address.clone())
             .collect();
-        let routed = self.router.deliver(&env, &addrs, &bytes[..]).await;
+        let routed = super::simulated::deliver(&self.router, &env, &addrs, &bytes[..]).await;
         if !routed.attempted && routed.retry_at_ms.is_some() {
             // Every upstream of the route is resting: wait for it without spending a retry.
             env.next_attempt_ms = routed

@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod pool;
 pub mod routing;
 pub mod send_test;
+pub mod simulated;
 pub mod upstream;
 
 /// The result of one attempt for one recipient.

@@ -5,10 +5,12 @@
 //! are reached.
 
 pub mod admin_tokens;
+pub mod idempotency;
 pub mod limits;
 pub mod projects;
 pub mod routes;
 pub mod sender;
+pub mod simulated;
 pub mod suppression;
 pub mod throttle;
 pub mod tokens;

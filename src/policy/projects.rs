@@ -47,6 +47,38 @@ pub struct Project {
     /// that sends on behalf of its users' mailboxes). Off: refused like a foreign `From`.
     #[serde(default)]
     pub allow_foreign_sender: bool,
+    /// `sandbox`: mail is captured (queue::sandbox) instead of sent.
+    #[serde(default)]
+    pub mode: ProjectMode,
+}
+
+/// Whether a project's mail is sent (`live`) or captured (`sandbox`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectMode {
+    #[default]
+    Live,
+    Sandbox,
+}
+
+impl ProjectMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProjectMode::Live => "live",
+            ProjectMode::Sandbox => "sandbox",
+        }
+    }
+}
+
+impl std::str::FromStr for ProjectMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "live" => Ok(ProjectMode::Live),
+            "sandbox" => Ok(ProjectMode::Sandbox),
+            other => Err(format!("unknown mode {other:?} (live or sandbox)")),
+        }
+    }
 }
 
 /// Token index value: which project and which of its tokens a digest belongs to.
@@ -225,6 +257,7 @@ impl Registry {
             tokens: Vec::new(),
             bounces: false,
             allow_foreign_sender: false,
+            mode: ProjectMode::Live,
         };
         self.put(&project)?;
         let (project, token) = self.add_token(&project.id, label)?;
@@ -297,6 +330,15 @@ impl Registry {
     ) -> Result<Project, RegistryError> {
         let mut project = self.get(id)?;
         project.allow_foreign_sender = allow;
+        self.put(&project)?;
+        self.store.flush_now()?;
+        Ok(project)
+    }
+
+    /// Live or sandbox; open sessions see it at their next message (`put` bumps the generation).
+    pub fn set_mode(&self, id: &str, mode: ProjectMode) -> Result<Project, RegistryError> {
+        let mut project = self.get(id)?;
+        project.mode = mode;
         self.put(&project)?;
         self.store.flush_now()?;
         Ok(project)

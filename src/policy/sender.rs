@@ -253,6 +253,7 @@ mod tests {
             bounces: false,
             tokens: vec![],
             allow_foreign_sender: false,
+            mode: Default::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 //! fails permanently, or the message expires; the message log remembers the outcome.
 
 pub mod log;
+pub mod sandbox;
 pub mod schedule;
 pub mod spool;
 pub mod summary;

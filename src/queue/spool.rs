@@ -237,7 +237,7 @@ impl std::ops::Deref for StoredBody {
 }
 
 /// Writes `bytes` to `path` and makes file and directory entry durable.
-fn write_durable(
+pub(crate) fn write_durable(
     dir: &std::path::Path,
     path: &std::path::Path,
     bytes: &[u8],
@@ -309,10 +309,18 @@ impl Queue {
 
     /// Stores a message durably. Returns its id only once it is safe to answer `250`.
     pub async fn enqueue(&self, msg: NewMessage, bytes: &[u8]) -> Result<Envelope, QueueError> {
-        self.store.check_healthy()?;
-        self.store.ensure_space(bytes.len() as u64, self.min_free)?;
+        self.enqueue_with(msg, bytes, || Ok(())).await
+    }
+
+    /// Refuses a write of `len` bytes while less than `server.min_free_space` would stay free.
+    pub fn ensure_space(&self, len: usize) -> Result<(), QueueError> {
+        Ok(self.store.ensure_space(len as u64, self.min_free)?)
+    }
+
+    /// The envelope a new message gets when it is accepted now.
+    pub fn envelope_for(&self, msg: NewMessage, bytes: &[u8]) -> Envelope {
         let now = now_ms();
-        let env = Envelope {
+        Envelope {
             id: msg.id,
             project: msg.project,
             mail_from: msg.mail_from,
@@ -340,7 +348,22 @@ impl Queue {
             last_reply: None,
             header_message_id: crate::events::header_message_id(bytes),
             summary: crate::queue::summary::with_headers(msg.summary, bytes),
-        };
+        }
+    }
+
+    /// [`Queue::enqueue`]; `also` runs after the message's writes and before the group commit,
+    /// so what it writes (an idempotency record) is durable exactly when the message is — and,
+    /// sled recovering a prefix of its log, never without it.
+    pub async fn enqueue_with(
+        &self,
+        msg: NewMessage,
+        bytes: &[u8],
+        also: impl FnOnce() -> Result<(), sled::Error>,
+    ) -> Result<Envelope, QueueError> {
+        self.store.check_healthy()?;
+        self.store.ensure_space(bytes.len() as u64, self.min_free)?;
+        let now = now_ms();
+        let env = self.envelope_for(msg, bytes);
         let encoded = encode(&env);
         let all: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
         let mut events = vec![crate::events::Event::new(
@@ -381,7 +404,7 @@ impl Queue {
             self.store
                 .schedule
                 .insert(schedule::key(env.next_attempt_ms, &env.id), &[])?;
-            Ok(())
+            also()
         })();
         written.map_err(|e| {
             if in_file {

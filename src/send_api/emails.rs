@@ -26,7 +26,8 @@ use serde_json::json;
 use super::{ApiState, ClientAddr};
 use crate::inbound::Shared;
 use crate::inbound::quota::{RateCheck, RateRefusal};
-use crate::inbound::submit::{self, Refusal, Submission, Submitter};
+use crate::inbound::submit::{self, KeyCompletion, KeyRefusal, Refusal, Submission, Submitter};
+use crate::policy::idempotency::{Check, Fingerprint, IdempotencyError, Outcome, Reservation};
 use crate::policy::limits::{LimitsError, ProjectSession};
 use crate::policy::projects::Authenticated;
 use crate::policy::sender::{self, RecipientKey};
@@ -165,6 +166,31 @@ impl From<&Refusal> for ApiError {
             Refusal::Branding(_) | Refusal::Registry(_) | Refusal::Storage(_) => {
                 ApiError::internal()
             }
+            Refusal::Idempotency(k) => ApiError::from(*k),
+        }
+    }
+}
+
+/// Resend's idempotency errors.
+impl From<KeyRefusal> for ApiError {
+    fn from(k: KeyRefusal) -> ApiError {
+        match k {
+            KeyRefusal::Invalid => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "The idempotency key has to be between 1 and 256 characters. Retry with a valid key or without one.",
+            ),
+            KeyRefusal::Mismatch => ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_idempotent_request",
+                "This idempotency key has already been used on a request that had a different payload. Change the key or the payload.",
+            ),
+            KeyRefusal::InFlight => ApiError::new(
+                StatusCode::CONFLICT,
+                "concurrent_idempotent_requests",
+                "Another request with this idempotency key is still in progress. Retry this request later.",
+            ),
+            KeyRefusal::Unavailable => ApiError::internal(),
         }
     }
 }
@@ -660,16 +686,19 @@ async fn authenticate(
 }
 
 /// Reads the body: the project's size limit, allowing for base64 and JSON around it.
-async fn read_json<T: for<'a> Deserialize<'a>>(body: Body, max_size: usize) -> Result<T, ApiError> {
+async fn read_body(body: Body, max_size: usize) -> Result<axum::body::Bytes, ApiError> {
     let limit = max_size.saturating_mul(2).saturating_add(64 * 1024);
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "content_too_large",
             format!("Request body too large: the limit is {limit} bytes"),
         )
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    })
+}
+
+fn parse_json<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::invalid(format!(
             "Invalid request body: {}",
             crate::inbound::reply::printable(&e.to_string())
@@ -684,6 +713,7 @@ async fn send_prepared(
     caller: &mut Caller,
     peer: std::net::SocketAddr,
     p: &Prepared,
+    idempotency: Option<KeyCompletion<'_>>,
 ) -> Result<String, ApiError> {
     let max_size = caller.quota.effective.message.max_size;
     let max_age_secs = caller
@@ -750,11 +780,12 @@ async fn send_prepared(
             recipients: p.recipients.clone(),
             message,
             memory,
+            idempotency,
         },
     )
     .await;
     match result {
-        Ok(env) => Ok(env.id),
+        Ok(accepted) => Ok(accepted.id),
         Err(e) => {
             let r = crate::inbound::reply::Reply::from(&e);
             crate::metrics::rejected(&caller.auth.project.id, &r);
@@ -800,21 +831,99 @@ fn peer_of(req: &Request) -> std::net::SocketAddr {
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
+/// The request's `Idempotency-Key` header, if any (checked by `check_or_reserve`).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| ApiError::from(KeyRefusal::Invalid)),
+    }
+}
+
+/// What a request with an idempotency key may do: go ahead holding the key, or answer at once.
+enum KeyHold {
+    None,
+    Held(Reservation),
+    Answer(Outcome),
+}
+
+/// Looks the key up for the caller's project, with the request's path and body as what must
+/// match for a retry to be "the same request".
+fn hold_key(
+    shared: &Shared,
+    caller: &Caller,
+    key: Option<String>,
+    path: &str,
+    body: &[u8],
+) -> Result<KeyHold, ApiError> {
+    let Some(key) = key else {
+        return Ok(KeyHold::None);
+    };
+    let checked = shared.idempotency.check_or_reserve(
+        &caller.auth.project.id,
+        &key,
+        Fingerprint::of(&[path.as_bytes(), body]),
+        shared.config.idempotency.window_secs,
+        crate::queue::now_ms(),
+    );
+    match checked {
+        Ok(Check::Fresh(r)) => Ok(KeyHold::Held(r)),
+        Ok(Check::Replay(o)) => {
+            tracing::info!(project = %caller.auth.project.id, ids = ?o.ids, "send API: idempotency key repeated, first response replayed");
+            Ok(KeyHold::Answer(o))
+        }
+        Ok(Check::Mismatch) => Err(ApiError::from(KeyRefusal::Mismatch)),
+        Ok(Check::InFlight) => Err(ApiError::from(KeyRefusal::InFlight)),
+        Err(IdempotencyError::InvalidKey) => Err(ApiError::from(KeyRefusal::Invalid)),
+        Err(IdempotencyError::Store(e)) => {
+            tracing::error!(error = %e, "idempotency keys unavailable");
+            Err(ApiError::internal())
+        }
+    }
+}
+
+/// The response an outcome stands for (first answer and replays alike).
+fn outcome_json(o: &Outcome) -> serde_json::Value {
+    if !o.batch {
+        return json!({ "id": o.ids.first() });
+    }
+    let data: Vec<_> = o.ids.iter().map(|id| json!({ "id": id })).collect();
+    match &o.errors {
+        Some(errors) => json!({ "data": data, "errors": errors }),
+        None => json!({ "data": data }),
+    }
+}
+
 async fn send_one(State(state): State<ApiState>, req: Request) -> Response {
     let shared = state.shared.borrow().clone();
     let peer = peer_of(&req);
     let result = async {
         let mut caller = authenticate(&shared, peer, req.headers()).await?;
+        let key = idempotency_key(req.headers())?;
         let max_size = caller.quota.effective.message.max_size;
-        let email: EmailIn = read_json(req.into_body(), max_size).await?;
+        let body = read_body(req.into_body(), max_size).await?;
+        let held = match hold_key(&shared, &caller, key, "/emails", &body)? {
+            KeyHold::Answer(o) => return Ok(outcome_json(&o)),
+            KeyHold::Held(r) => Some(r),
+            KeyHold::None => None,
+        };
+        let email: EmailIn = parse_json(&body)?;
         let p = prepare(email, &shared, caller.quota.effective.max_recipients())?;
         check_sender(&caller, &p)?;
         check_suppressed(&shared, &caller, &p).await?;
-        send_prepared(&shared, state.tls, &mut caller, peer, &p).await
+        let completion = held.as_ref().map(|r| KeyCompletion {
+            reservation: r,
+            earlier: &[],
+            batch: false,
+        });
+        let id = send_prepared(&shared, state.tls, &mut caller, peer, &p, completion).await?;
+        Ok::<_, ApiError>(json!({ "id": id }))
     }
     .await;
     match result {
-        Ok(id) => axum::Json(json!({ "id": id })).into_response(),
+        Ok(body) => axum::Json(body).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -824,8 +933,15 @@ async fn send_batch(State(state): State<ApiState>, req: Request) -> Response {
     let peer = peer_of(&req);
     let result = async {
         let mut caller = authenticate(&shared, peer, req.headers()).await?;
+        let key = idempotency_key(req.headers())?;
         let max_size = caller.quota.effective.message.max_size;
-        let emails: Vec<EmailIn> = read_json(req.into_body(), max_size).await?;
+        let body = read_body(req.into_body(), max_size).await?;
+        let held = match hold_key(&shared, &caller, key, "/emails/batch", &body)? {
+            KeyHold::Answer(o) => return Ok(outcome_json(&o)),
+            KeyHold::Held(r) => Some(r),
+            KeyHold::None => None,
+        };
+        let emails: Vec<EmailIn> = parse_json(&body)?;
         if emails.is_empty() || emails.len() > MAX_BATCH {
             return Err(ApiError::invalid(format!(
                 "A batch holds 1 to {MAX_BATCH} emails, not {}",
@@ -849,10 +965,17 @@ async fn send_batch(State(state): State<ApiState>, req: Request) -> Response {
                 })?;
             prepared.push(p);
         }
-        let mut ids = Vec::new();
+        let mut ids: Vec<String> = Vec::new();
+        let last = prepared.len() - 1;
         for (i, p) in prepared.iter().enumerate() {
-            match send_prepared(&shared, state.tls, &mut caller, peer, p).await {
-                Ok(id) => ids.push(json!({ "id": id })),
+            // The key is recorded in the commit of the batch's last message.
+            let completion = held.as_ref().filter(|_| i == last).map(|r| KeyCompletion {
+                reservation: r,
+                earlier: &ids,
+                batch: true,
+            });
+            match send_prepared(&shared, state.tls, &mut caller, peer, p, completion).await {
+                Ok(id) => ids.push(id),
                 Err(mut err) if ids.is_empty() => {
                     err.message = format!("emails[{i}]: {}", err.message);
                     return Err(err);
@@ -869,11 +992,30 @@ async fn send_batch(State(state): State<ApiState>, req: Request) -> Response {
                             json!({ "index": j, "message": message })
                         })
                         .collect();
-                    return Ok(json!({ "data": ids, "errors": errors }));
+                    let outcome = Outcome {
+                        ids,
+                        batch: true,
+                        errors: Some(serde_json::Value::Array(errors)),
+                    };
+                    // A retry must not queue the first ones again: the partial answer is
+                    // the request's answer.
+                    if let Some(r) = &held
+                        && let Err(e) = shared
+                            .idempotency
+                            .complete_durably(r, &outcome, crate::queue::now_ms())
+                            .await
+                    {
+                        tracing::error!(error = %e, "cannot record an idempotency key");
+                    }
+                    return Ok(outcome_json(&outcome));
                 }
             }
         }
-        Ok(json!({ "data": ids }))
+        Ok::<_, ApiError>(outcome_json(&Outcome {
+            ids,
+            batch: true,
+            errors: None,
+        }))
     }
     .await;
     match result {

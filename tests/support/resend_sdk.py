@@ -2,7 +2,8 @@
 resend`), pointed at the relay by its base-URL setting (RESEND_API_URL) — nothing else changed.
 
 Usage: RESEND_API_URL=http://127.0.0.1:PORT RESEND_API_KEY=smtpr_… resend_sdk.py <from> <to>
-Prints one JSON line: {"id": …, "batch": [ids…], "bad_key": {"code": …, "type": …}}.
+Prints one JSON line: {"id": …, "batch": [ids…], "bad_key": {"code": …, "type": …},
+"idem": [id, id], "idem_conflict": {"code": …, "type": …}}.
 """
 
 import json
@@ -29,10 +30,19 @@ batch = resend.Batch.send([
     {"from": sender, "to": [to], "subject": "batch 1", "text": "one"},
     {"from": sender, "to": [to], "subject": "batch 2", "text": "two"},
 ])
+# The SDK's idempotency option: a retry gets the first id; another payload with it is refused.
+reset = {"from": sender, "to": [to], "subject": "reset", "text": "code 4711"}
+idem = [resend.Emails.send(reset, {"idempotency_key": "py/reset-1"})["id"] for _ in range(2)]
+conflict = {}
+try:
+    resend.Emails.send(dict(reset, text="code 4712"), {"idempotency_key": "py/reset-1"})
+except resend.exceptions.ResendError as e:
+    conflict = {"code": e.code, "type": e.error_type}
 bad = {}
 resend.api_key = "smtpr_not-a-real-token"
 try:
     resend.Emails.send({"from": sender, "to": [to], "subject": "x", "text": "x"})
 except resend.exceptions.ResendError as e:
     bad = {"code": e.code, "type": e.error_type}
-print(json.dumps({"id": sent["id"], "batch": [d["id"] for d in batch["data"]], "bad_key": bad}))
+print(json.dumps({"id": sent["id"], "batch": [d["id"] for d in batch["data"]], "bad_key": bad,
+                  "idem": idem, "idem_conflict": conflict}))
