@@ -55,6 +55,8 @@ pub enum ServerError {
     Metrics(#[from] crate::metrics::http::MetricsBindError),
     #[error(transparent)]
     HttpListener(#[from] crate::http_listener::HttpListenerError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("storage failed: {0}; exiting so the service manager restarts the relay")]
     StorageFailed(String),
 }
@@ -101,6 +103,10 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
     let branding = BrandingStore::new(store.clone());
     let limiter = Limiter::new(store.clone(), Defaults::from_config(&config));
+    let cluster = crate::cluster::Cluster::new(&config, store.clone(), registry.clone())?;
+    if let Some(c) = &cluster {
+        limiter.set_cluster(c.clone());
+    }
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
     let routes = RouteTable::new(store.clone(), config.clone());
@@ -120,6 +126,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         })?;
     let domain_reports = crate::domain_check::LastReports::default();
     let admin_ctx = AdminContext {
+        cluster: cluster.clone(),
         domain_reports: domain_reports.clone(),
         admin_tokens: crate::policy::admin_tokens::AdminTokens::new(store.clone(), secret.clone()),
         registry: registry.clone(),
@@ -225,6 +232,25 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
             tls: api.is_tls(),
         };
         tokio::spawn(api.serve(state, shutdown_rx.clone()));
+    }
+    if let Some(c) = &cluster {
+        c.set_addresses(
+            listeners_info
+                .iter()
+                .filter_map(|l| {
+                    Some(format!(
+                        "{} {}",
+                        l["mode"].as_str()?,
+                        l["address"].as_str()?
+                    ))
+                })
+                .collect(),
+        );
+        c.start(shutdown_rx.clone());
+        tracing::info!(
+            node = c.node_id(),
+            "cluster mode: sharing registry and limits through Redis"
+        );
     }
     // Lets scripts and tests find the ports (useful with port 0).
     let _ = std::fs::write(

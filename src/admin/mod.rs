@@ -153,6 +153,8 @@ pub enum AdminRequest {
     WebhookEnable {
         id: String,
     },
+    /// Nodes, Redis and degraded state of cluster mode (`cluster/nodes.rs`).
+    ClusterStatus,
 }
 
 impl AdminRequest {
@@ -162,6 +164,7 @@ impl AdminRequest {
         use AdminRequest::*;
         match self {
             ProjectList | ProjectShow { .. } | QueueList | QueueShow { .. } | Log { .. } => true,
+            ClusterStatus => true,
             WebhookList { .. } | WebhookShow { .. } => true,
             ProjectLimits { set, clear, .. } => set.is_empty() && !clear,
             ProjectBranding { update, .. } => update.is_none(),
@@ -202,6 +205,8 @@ pub struct AdminContext {
     pub events: crate::events::webhooks::WebhookAdmin,
     /// The server's last domain checks (empty where no server runs).
     pub domain_reports: crate::domain_check::LastReports,
+    /// Cluster mode (a running server with `[cluster]`): registry writes go through it.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +288,17 @@ pub async fn execute_async(ctx: &AdminContext, req: AdminRequest) -> Result<Valu
         },
         AdminRequest::DomainVerify { domain } => domain::verify_domain(ctx, &domain).await,
         AdminRequest::DomainStatus { project } => domain::status(ctx, project.as_deref()).await,
+        AdminRequest::ClusterStatus => Ok(match &ctx.cluster {
+            Some(c) => c.status().await,
+            None => json!({ "clustered": false }),
+        }),
+        other if ctx.cluster.is_some() && crate::cluster::is_registry_write(&other) => {
+            let (c, ctx) = (ctx.cluster.clone(), ctx.clone());
+            match c {
+                Some(c) => c.write(move || execute(&ctx, other)).await.map_err(err)?,
+                None => execute(&ctx, other),
+            }
+        }
         other => {
             let ctx = ctx.clone();
             tokio::task::spawn_blocking(move || execute(&ctx, other))
@@ -449,5 +465,7 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         WebhookTest { id } => ctx.events.test(&id).map_err(err)?,
         WebhookRotateSecret { id } => ctx.events.rotate_secret(&id).map_err(err)?,
         WebhookEnable { id } => ctx.events.enable(&id).map_err(err)?,
+        // Only a running clustered server knows (`execute_async`); offline, no cluster.
+        ClusterStatus => json!({ "clustered": false }),
     })
 }

@@ -165,7 +165,7 @@ pub async fn submit(who: Submitter<'_>, sub: Submission) -> Result<Envelope, Ref
     };
     // Counted only now that nothing else can refuse it (but storage; refunded then).
     let count = recipients.len();
-    let not_before_ms = rate.consume(count).map_err(Refusal::Rate)?;
+    let not_before_ms = rate.consume(count).await.map_err(Refusal::Rate)?;
     let new = NewMessage {
         id,
         project: project_id.clone(),
@@ -194,7 +194,7 @@ pub async fn submit(who: Submitter<'_>, sub: Submission) -> Result<Envelope, Ref
             Ok(env)
         }
         Err(e) => {
-            rate.refund(count);
+            rate.refund(count).await;
             tracing::error!(client = %peer, project = %project_id, error = %e, "cannot store message");
             Err(Refusal::Storage(e))
         }

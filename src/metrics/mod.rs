@@ -89,6 +89,7 @@ struct Metrics {
     events: Family<TypeLabels, Counter>,
     webhook_deliveries: Family<ResultLabels, Counter>,
     webhook_disabled: Counter,
+    cluster_degraded: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,8 +123,14 @@ impl Metrics {
             events: Family::default(),
             webhook_deliveries: Family::default(),
             webhook_disabled: Counter::default(),
+            cluster_degraded: Gauge::default(),
             domain_verified: Family::default(),
         };
+        registry.register(
+            "cluster_degraded",
+            "1 while this cluster node cannot reach Redis (local fallback limits), else 0",
+            m.cluster_degraded.clone(),
+        );
         registry.register(
             "domain_verified",
             "Last periodic DNS check of a sending domain, per check (dkim, spf, dmarc, all): 1 passes, 0 does not, -1 could not be checked",
@@ -380,6 +387,11 @@ pub fn config_reload(ok: bool) {
 }
 
 /// Sets the queue gauges. `scheduled` excludes attempts in flight, which are added here.
+/// Cluster mode: whether Redis is out of reach (`cluster/`).
+pub fn cluster_degraded(degraded: bool) {
+    METRICS.cluster_degraded.set(i64::from(degraded));
+}
+
 pub fn set_queue(scheduled: u64, oldest_received_ms: Option<u64>) {
     let in_flight = METRICS.in_flight.get().max(0) as u64;
     METRICS

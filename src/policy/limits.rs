@@ -632,6 +632,9 @@ struct Inner {
     /// Sharded by project, so sessions on different cores do not all bounce one lock's
     /// reader count between them.
     shards: Vec<RwLock<HashMap<String, Arc<Mutex<ProjectState>>>>>,
+    /// Cluster mode: the rate windows are shared through Redis (`cluster::limits`); set once
+    /// at startup.
+    cluster: OnceLock<crate::cluster::Cluster>,
 }
 
 const SHARDS: usize = 64;
@@ -685,8 +688,18 @@ impl Limiter {
                 store,
                 defaults,
                 shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+                cluster: OnceLock::new(),
             }),
         }
+    }
+
+    /// Cluster mode: reject-mode rate windows are taken from the shared limiter from now on.
+    pub fn set_cluster(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.inner.cluster.get()
     }
 
     pub fn defaults(&self) -> &Defaults {
