@@ -103,7 +103,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
     let branding = BrandingStore::new(store.clone());
     let limiter = Limiter::new(store.clone(), Defaults::from_config(&config));
-    let cluster = crate::cluster::Cluster::new(&config, store.clone(), registry.clone())?;
+    let cluster = crate::cluster::Cluster::new(&config, store.clone(), registry.clone(), &secret)?;
     if let Some(c) = &cluster {
         limiter.set_cluster(c.clone());
     }

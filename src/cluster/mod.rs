@@ -82,6 +82,8 @@ struct Inner {
     changed: tokio::sync::Notify,
     /// What the heartbeat says about this node.
     pub(crate) node: std::sync::Mutex<nodes::NodeInfo>,
+    /// HMAC of a fixed text with the server secret: equal on every node that shares it.
+    secret_check: String,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -98,6 +100,7 @@ impl Cluster {
         config: &Config,
         store: Store,
         registry: Registry,
+        secret: &crate::secret::ServerSecret,
     ) -> Result<Option<Cluster>, ClusterError> {
         let Some(c) = &config.cluster else {
             return Ok(None);
@@ -130,6 +133,10 @@ impl Cluster {
                 limits: limits::SharedLimits::new(),
                 changed: tokio::sync::Notify::new(),
                 node: std::sync::Mutex::new(nodes::NodeInfo::new(node_id)),
+                secret_check: hex::encode(crate::policy::tokens::digest(
+                    secret,
+                    "smtp-relay cluster secret check",
+                )),
             }),
         }))
     }
@@ -229,6 +236,9 @@ impl Cluster {
                     if !contacted || was_degraded {
                         match self.reconcile().await {
                             Ok(_) => {
+                                if !contacted {
+                                    self.check_secret().await;
+                                }
                                 contacted = true;
                                 self.inner.contacted.store(true, Ordering::Release);
                                 self.set_degraded(false, "");
@@ -252,6 +262,32 @@ impl Cluster {
             }
             since_heartbeat = since_heartbeat.saturating_add(1);
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Token digests are HMACs with the server secret: a node with another secret would
+    /// refuse every token created elsewhere. Said loudly at first contact.
+    async fn check_secret(&self) {
+        let key = format!("{}:secret-check", self.prefix());
+        let _: Result<Option<String>, _> = self
+            .conn()
+            .query(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&self.inner.secret_check)
+                    .arg("NX"),
+            )
+            .await;
+        if let Ok(Some(theirs)) = self
+            .conn()
+            .query::<Option<String>>(redis::cmd("GET").arg(&key))
+            .await
+            && theirs != self.inner.secret_check
+        {
+            tracing::error!(
+                "cluster: this node's server secret differs from the cluster's; tokens created on \
+                 other nodes will not authenticate here (give every node the same server.secret_file)"
+            );
         }
     }
 

@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 pub mod certs;
 pub mod client;
+pub mod cluster;
 pub mod dkim;
 pub mod dns;
 pub mod oauth;
