@@ -117,7 +117,10 @@ impl Cluster {
     /// `smtp_relay_cluster_degraded` of one node.
     async fn degraded(&self, node: usize) -> Option<i64> {
         let addr = self.nodes[node].metrics?;
-        let body = reqwest::get(format!("http://{addr}/metrics"))
+        let body = self.nodes[node]
+            .http_client()
+            .get(format!("http://{addr}/metrics"))
+            .send()
             .await
             .ok()?
             .text()
@@ -502,10 +505,17 @@ async fn a_killed_node_delivers_what_it_acknowledged_after_restart() {
     let mut c = Cluster::start().await;
     let (id, token, _) = add_project(&c.nodes[0]);
     wait_known_everywhere(&c, &id, &token).await;
-    // Slow deliveries so node 2 still holds queued mail when it dies.
+    // The upstream defers everything meanwhile, so node 2 holds queued mail when it dies.
+    c.upstream.set_script(support::upstream::Script {
+        data_end: Some("451 4.3.0 try again later".into()),
+        ..Default::default()
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let (acked, tasks) = load(&c, &id, &token, 6, stop.clone());
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let queued = c.nodes[1].cli_json(&["queue", "list"]);
+    let queued = queued.as_array().map(|a| a.len()).unwrap_or(0);
+    assert!(queued > 0, "node 2 has nothing queued to lose");
     c.nodes[1].kill9();
     let at_kill = acked.lock().await.len();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -517,9 +527,13 @@ async fn a_killed_node_delivers_what_it_acknowledged_after_restart() {
     for t in tasks {
         t.await.unwrap();
     }
+    c.upstream.set_script(support::upstream::Script::default());
     c.nodes[1].spawn();
     let acked = acked.lock().await.clone();
     assert_all_delivered(&c, &acked).await;
-    eprintln!("{} acknowledged, all delivered", acked.len());
+    eprintln!(
+        "{} acknowledged ({queued} queued on node 2 when it was killed), all delivered",
+        acked.len()
+    );
     let _ = c.haproxy.log();
 }
