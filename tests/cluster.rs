@@ -537,3 +537,70 @@ async fn a_killed_node_delivers_what_it_acknowledged_after_restart() {
     );
     let _ = c.haproxy.log();
 }
+
+/// `config check` names the key of each cluster or PROXY-protocol mistake.
+#[test]
+fn cluster_and_proxy_config_mistakes_name_the_key() {
+    const BASE: &str = "[server]\nhostname = \"relay.example.com\"\nstate_dir = \"/var/lib/smtp-relay\"\n\n[tls]\ncert_file = \"/etc/c.pem\"\nkey_file = \"/etc/k.pem\"\n\n[[listener]]\naddress = \"0.0.0.0:587\"\nmode = \"starttls\"\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]\n\n[delivery]\ndefault_route = \"o\"\n\n[upstream.o]\ntype = \"outbox\"\ndir = \"/tmp/o\"\n\n[cluster]\nredis_url = \"redis://10.0.0.5:6379\"\nnodes = 3\n";
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "redis://10.0.0.5:6379",
+            "http://10.0.0.5",
+            "cluster.redis_url",
+            "redis://",
+        ),
+        (
+            "redis://10.0.0.5:6379",
+            "redis://u:pw@10.0.0.5",
+            "cluster.redis_url",
+            "password_file",
+        ),
+        ("nodes = 3", "nodes = 0", "cluster.nodes", "at least 1"),
+        ("nodes = 3\n", "", "cluster.nodes", "missing field"),
+        (
+            "[\"10.0.0.0/8\"]",
+            "[\"10.0.0.0/33\"]",
+            "listener.trusted_proxies",
+            "not a CIDR",
+        ),
+        (
+            "trusted_proxies = [\"10.0.0.0/8\"]\n",
+            "",
+            "listener.trusted_proxies",
+            "proxy_protocol = true needs",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, BASE).unwrap();
+    let ok = std::process::Command::new(support::relay::BIN)
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "the base config is refused: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let shown = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        shown.contains("[cluster]") && shown.contains("heartbeat_secs = 5"),
+        "{shown}"
+    );
+    for (from, to, key, words) in cases {
+        let text = BASE.replacen(from, to, 1);
+        assert_ne!(text, BASE);
+        std::fs::write(&path, &text).unwrap();
+        let out = std::process::Command::new(support::relay::BIN)
+            .args(["config", "check"])
+            .arg(&path)
+            .env_remove("SMTP_RELAY_LOG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key}: accepted");
+        assert!(err.contains(&format!("key `{key}`")), "{key}: {err}");
+        assert!(err.contains(words), "{words:?} not in: {err}");
+    }
+}
