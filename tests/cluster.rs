@@ -51,9 +51,15 @@ impl Cluster {
                 pki: Some(pki.clone()),
                 listener_extra: "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n".into(),
                 extra_config: format!(
-                    "[cluster]\nredis_url = \"{}\"\nnode_id = \"node{}\"\nnodes = 3\nheartbeat_secs = 1\nreconcile_secs = 5\n",
+                    "[cluster]\nredis_url = \"{}\"\nnode_id = \"node{}\"\nnodes = 3\nheartbeat_secs = 1\nreconcile_secs = 5\n{}",
                     redis.url(),
-                    i + 1
+                    i + 1,
+                    // Node 2 serves the HTTP admin API (admin tokens are shared too).
+                    if i == 1 {
+                        "\n[admin_http]\naddress = \"127.0.0.1:0\"\n"
+                    } else {
+                        ""
+                    }
                 ),
                 ..Default::default()
             };
@@ -344,6 +350,30 @@ async fn project_from_one_node_sends_through_the_balancer_on_all_and_revocation_
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    // An admin token made on node 1 works on node 2's HTTP API: GET /api/v1/cluster.
+    let admin = c.nodes[0].cli_json(&[
+        "admin", "token", "add", "--label", "ops", "--role", "viewer",
+    ]);
+    let admin = admin["token"].as_str().unwrap().to_string();
+    let api = c.nodes[1].listener_addr("admin_http");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let v: serde_json::Value = loop {
+        let resp = c.nodes[1]
+            .http_client()
+            .get(format!("http://{api}/api/v1/cluster"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break resp.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "{}", resp.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(v["node_id"], "node2", "{v:#}");
+    assert_eq!(v["nodes"].as_array().map(|a| a.len()), Some(3), "{v:#}");
 
     let s = c.status(2);
     assert_eq!(s["redis"], "up", "{s:#}");

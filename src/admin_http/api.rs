@@ -53,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/webhooks/{id}/test"),
     ("POST", "/api/v1/webhooks/{id}/rotate-secret"),
     ("POST", "/api/v1/webhooks/{id}/enable"),
+    ("GET", "/api/v1/cluster"),
     ("GET", "/api/v1/openapi.json"),
 ];
 
@@ -105,6 +106,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/webhooks/{id}/test", post(test_webhook))
         .route("/api/v1/webhooks/{id}/rotate-secret", post(rotate_webhook))
         .route("/api/v1/webhooks/{id}/enable", post(enable_webhook))
+        .route("/api/v1/cluster", get(cluster_status))
         .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
@@ -635,6 +637,11 @@ async fn rotate_webhook(
     Path(id): Path<String>,
 ) -> Response {
     run(&s, AdminRequest::WebhookRotateSecret { id }, false).await
+}
+
+/// Cluster mode: nodes, Redis, degraded (`{"clustered": false}` on a single node).
+async fn cluster_status(_c: Caller, State(s): State<HttpState>) -> Response {
+    run(&s, AdminRequest::ClusterStatus, false).await
 }
 
 async fn enable_webhook(

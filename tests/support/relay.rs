@@ -325,7 +325,9 @@ poll_interval_ms = 100
                         "starttls" => self.starttls = addr,
                         "implicit" => self.implicit = addr,
                         "metrics" => self.metrics = Some(addr),
-                        _ => self.plain = Some(addr),
+                        "plain" => self.plain = Some(addr),
+                        // admin_http, send_api: found with `listener_addr`.
+                        _ => {}
                     }
                 }
                 return;
