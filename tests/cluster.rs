@@ -634,3 +634,52 @@ fn cluster_and_proxy_config_mistakes_name_the_key() {
         assert!(err.contains(words), "{words:?} not in: {err}");
     }
 }
+
+/// A project's `max_connections` counts its sessions on all nodes (leases in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn project_session_limit_counts_sessions_on_every_node() {
+    let c = Cluster::start().await;
+    let (id, token, _) = add_project(&c.nodes[0]);
+    c.nodes[0].cli_json(&["project", "limits", &id, "--max-connections", "2"]);
+    wait_known_everywhere(&c, &id, &token).await;
+    // Wait for the override itself on node 3 (it came with the same invalidation or a later one).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.nodes[2].cli_json(&["project", "show", &id])["limits"]["max_connections"] != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "limit override never reached node 3"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    async fn login(node: SocketAddr, id: &str, token: &str) -> (Client, u16) {
+        let mut c = direct(node).await;
+        assert_eq!(c.reply().await.code, 220);
+        assert_eq!(c.cmd("EHLO client.test").await.code, 250);
+        let code = c.auth_plain(id, token).await.code;
+        (c, code)
+    }
+    let (first, code) = login(c.nodes[0].plain.unwrap(), &id, &token).await;
+    assert_eq!(code, 235);
+    let (_second, code) = login(c.nodes[1].plain.unwrap(), &id, &token).await;
+    assert_eq!(code, 235);
+    // Node 3 has no session of this project itself, yet the project has its two.
+    let (_third, code) = login(c.nodes[2].plain.unwrap(), &id, &token).await;
+    assert_eq!(code, 421, "a third session across the cluster was admitted");
+    // One ends (QUIT): its place is free again, on any node.
+    let mut first = first;
+    assert_eq!(first.cmd("QUIT").await.code, 221);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_c, code) = login(c.nodes[2].plain.unwrap(), &id, &token).await;
+        if code == 235 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place never came back ({code})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

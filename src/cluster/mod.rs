@@ -8,6 +8,8 @@
 //!   go to Redis before they are answered (`admin::execute_async` calls [`Cluster::write`]).
 //! * `limits.rs` — shared rate windows (GCRA in one Lua script), and the 1/N local fallback
 //!   while Redis is unreachable (`inbound::quota` calls [`Cluster::rate`]).
+//! * `leases.rs` — per-project session counts as expiring leases (`Limiter::open_session_shared`
+//!   calls [`Cluster::lease`]).
 //! * `nodes.rs` — each node's heartbeat and `smtp-relay cluster status`.
 //! * `connection.rs` — the Redis connection (lazy, reconnecting, a deadline on every command).
 //!
@@ -20,6 +22,7 @@
 //! Redis is back, reconciles at once, and returns to the shared limits.
 
 pub mod connection;
+pub mod leases;
 pub mod limits;
 pub mod nodes;
 pub mod registry_sync;
