@@ -308,7 +308,10 @@ impl Cluster {
                 // Whatever changed while we were not listening.
                 self.inner.changed.notify_one();
                 let mut messages = pubsub.on_message();
-                while let Some(msg) = messages.next().await {
+                // A silent connection (no RST) would never end: re-subscribe after a quiet
+                // period, which also reconciles (the notify above).
+                let quiet = Duration::from_secs(self.config().reconcile_secs.max(30) * 2);
+                while let Ok(Some(msg)) = tokio::time::timeout(quiet, messages.next()).await {
                     let from: String = msg.get_payload().unwrap_or_default();
                     if from != self.node_id() {
                         self.inner.changed.notify_one();
