@@ -78,8 +78,10 @@ impl Cluster {
         member: &str,
         third: &str,
     ) -> Result<i64, ClusterError> {
-        let script = redis::Script::new(TAKE);
-        let mut inv = script.key(key);
+        // Hashed once (EVALSHA by that digest afterwards).
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(TAKE));
+        let mut inv = SCRIPT.key(key);
         inv.arg(member).arg(LEASE_TTL.as_millis() as u64).arg(third);
         self.conn().script(&inv).await
     }

@@ -1,6 +1,7 @@
 //! Listeners: bind the configured addresses, accept connections, enforce the global
 //! connection limit and the per-IP throttles (policy::throttle), and start one task per
-//! connection.
+//! connection. On a `proxy_protocol` listener the client address comes from the PROXY header
+//! (`proxy.rs`), read in the connection's own task before the per-IP throttle sees it.
 //!
 //! The accept loop never does per-connection work (no TLS handshake, no reads): a slow or
 //! hostile client can only hold its own task.
