@@ -517,6 +517,13 @@ async fn redis_outage_falls_back_to_local_limits_and_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A node restarted while Redis is down starts and serves with its last registry.
+    // (It comes back on new ports, so the balancer leaves it aside; it is reached directly.)
+    c.nodes[2].terminate();
+    c.nodes[2].spawn();
+    assert_eq!(auth_code(c.nodes[2].plain.unwrap(), &id, &token).await, 235);
+    c.wait_degraded(1, Duration::from_secs(10)).await;
+
     c.redis.spawn();
     c.wait_degraded(0, Duration::from_secs(15)).await;
     stop.store(true, Ordering::Relaxed);
