@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Provider presets (`provider = "sendgrid"`…): facts about the config, applied while parsing.
+pub mod cluster;
 pub mod providers;
 /// `[suppression]` and `[retention]`.
 pub mod retention;
@@ -95,6 +96,9 @@ pub struct Config {
     /// The resolver `domain verify` uses (domain_check).
     #[serde(default)]
     pub dns: DnsConfig,
+    /// Several nodes sharing registry and limits through Redis (`cluster/`); absent: one node.
+    #[serde(default)]
+    pub cluster: Option<cluster::ClusterConfig>,
     /// Where the config came from, for errors found after parsing (secret files).
     #[serde(skip)]
     pub origin: Option<std::sync::Arc<ConfigOrigin>>,
@@ -373,6 +377,13 @@ pub struct ListenerConfig {
     /// Plain listeners only: allow AUTH without TLS (loopback only).
     #[serde(default)]
     pub allow_plaintext_auth: bool,
+    /// Behind a load balancer: each connection starts with a PROXY protocol header (v1 or v2)
+    /// naming the real client, and only `trusted_proxies` may connect (`inbound/proxy.rs`).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// CIDRs (or single addresses) of the balancers allowed to send PROXY headers.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1021,6 +1032,32 @@ impl Config {
                     ),
                 ));
             }
+            if l.proxy_protocol && l.trusted_proxies.is_empty() {
+                return Err(bad(
+                    "listener",
+                    "trusted_proxies",
+                    "proxy_protocol = true needs the balancers' addresses (e.g. [\"10.0.0.0/8\"])"
+                        .into(),
+                ));
+            }
+            if !l.proxy_protocol && !l.trusted_proxies.is_empty() {
+                return Err(bad(
+                    "listener",
+                    "trusted_proxies",
+                    "only applies with proxy_protocol = true".into(),
+                ));
+            }
+            if let Some(c) = l
+                .trusted_proxies
+                .iter()
+                .find(|c| cluster::parse_cidr(c).is_none())
+            {
+                return Err(bad(
+                    "listener",
+                    "trusted_proxies",
+                    format!("{c:?} is not a CIDR such as 10.0.0.0/8 or an address"),
+                ));
+            }
             if l.allow_plaintext_auth && l.mode != ListenerMode::Plain {
                 return Err(bad(
                     "listener",
@@ -1028,6 +1065,9 @@ impl Config {
                     "only applies to mode = \"plain\"".into(),
                 ));
             }
+        }
+        if let Some((key, message)) = self.cluster.as_ref().and_then(|c| c.problem()) {
+            return Err(bad("cluster", key, message));
         }
         if self.queue.workers == 0 {
             return Err(bad("queue", "workers", "must be at least 1".into()));

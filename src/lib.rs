@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod admin_http;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod domain_check;
 pub mod events;

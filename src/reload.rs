@@ -57,6 +57,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let (oq, nq) = (&old.queue, &new.queue);
     [
         ("[[listener]]", differs(&old.listeners, &new.listeners)),
+        ("[cluster]", differs(&old.cluster, &new.cluster)),
         ("server.state_dir", o.state_dir != n.state_dir),
         ("server.secret_file", o.secret_file != n.secret_file),
         (

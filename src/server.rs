@@ -55,6 +55,8 @@ pub enum ServerError {
     Metrics(#[from] crate::metrics::http::MetricsBindError),
     #[error(transparent)]
     HttpListener(#[from] crate::http_listener::HttpListenerError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("storage failed: {0}; exiting so the service manager restarts the relay")]
     StorageFailed(String),
 }
@@ -104,6 +106,10 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     let sandbox = crate::queue::sandbox::Sandbox::new(store.clone(), queue.clone());
     sandbox.recover()?;
     let limiter = Limiter::new(store.clone(), Defaults::from_config(&config));
+    let cluster = crate::cluster::Cluster::new(&config, store.clone(), registry.clone(), &secret)?;
+    if let Some(c) = &cluster {
+        limiter.set_cluster(c.clone());
+    }
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
     let routes = RouteTable::new(store.clone(), config.clone());
@@ -123,6 +129,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         })?;
     let domain_reports = crate::domain_check::LastReports::default();
     let admin_ctx = AdminContext {
+        cluster: cluster.clone(),
         domain_reports: domain_reports.clone(),
         admin_tokens: crate::policy::admin_tokens::AdminTokens::new(store.clone(), secret.clone()),
         registry: registry.clone(),
@@ -254,6 +261,25 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     crate::health::server_started(listeners_info.clone(), config.upstreams.keys().cloned());
     crate::health::certificate_loaded(&config.tls.cert_file);
     tokio::spawn(crate::health::watch_certificate(shutdown_rx.clone()));
+    if let Some(c) = &cluster {
+        c.set_addresses(
+            listeners_info
+                .iter()
+                .filter_map(|l| {
+                    Some(format!(
+                        "{} {}",
+                        l["mode"].as_str()?,
+                        l["address"].as_str()?
+                    ))
+                })
+                .collect(),
+        );
+        c.start(shutdown_rx.clone());
+        tracing::info!(
+            node = c.node_id(),
+            "cluster mode: sharing registry and limits through Redis"
+        );
+    }
     // Lets scripts and tests find the ports (useful with port 0).
     let _ = std::fs::write(
         config.server.state_dir.join("listeners.json"),

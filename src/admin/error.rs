@@ -150,6 +150,16 @@ impl Classify for crate::queue::sandbox::SandboxError {
     }
 }
 
+impl Classify for crate::cluster::ClusterError {
+    fn kind(&self) -> (ErrorKind, Option<&'static str>) {
+        use crate::cluster::ClusterError as E;
+        match self {
+            E::Config(_) => (Invalid, None),
+            E::Unavailable(_) | E::WriteRefused(_) | E::Store(_) => (Unavailable, None),
+        }
+    }
+}
+
 impl Classify for crate::queue::QueueError {
     fn kind(&self) -> (ErrorKind, Option<&'static str>) {
         use crate::queue::QueueError as E;

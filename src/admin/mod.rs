@@ -219,6 +219,8 @@ pub enum AdminRequest {
     SandboxClear {
         project: String,
     },
+    /// Nodes, Redis and degraded state of cluster mode (`cluster/nodes.rs`).
+    ClusterStatus,
 }
 
 fn default_sandbox_limit() -> usize {
@@ -234,6 +236,7 @@ impl AdminRequest {
             ProjectList | ProjectShow { .. } | QueueList | QueueShow { .. } | Log { .. } => true,
             WebhookList { .. } | WebhookShow { .. } | Status => true,
             SandboxList { .. } | SandboxShow { .. } => true,
+            ClusterStatus => true,
             ProjectLimits { set, clear, .. } => set.is_empty() && !clear,
             SuppressionList { .. } => true,
             ProjectBounces { enabled, .. } => enabled.is_none(),
@@ -282,6 +285,8 @@ pub struct AdminContext {
     pub sandbox: crate::queue::sandbox::Sandbox,
     /// `queue.max_age_secs`: the maximum age of a released sandbox message without its own.
     pub default_max_age_secs: u64,
+    /// Cluster mode (a running server with `[cluster]`): registry writes go through it.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// A project's maximum queue age has the same floor as `queue.max_age_secs`: below it a
@@ -361,6 +366,17 @@ pub async fn execute_async(ctx: &AdminContext, req: AdminRequest) -> Result<Valu
         AdminRequest::DomainVerify { domain } => domain::verify_domain(ctx, &domain).await,
         AdminRequest::DomainStatus { project } => domain::status(ctx, project.as_deref()).await,
         AdminRequest::SandboxRelease { id } => sandbox::release(ctx, &id).await,
+        AdminRequest::ClusterStatus => Ok(match &ctx.cluster {
+            Some(c) => c.status().await,
+            None => json!({ "clustered": false }),
+        }),
+        other if ctx.cluster.is_some() && crate::cluster::is_registry_write(&other) => {
+            let (c, ctx) = (ctx.cluster.clone(), ctx.clone());
+            match c {
+                Some(c) => c.write(move || execute(&ctx, other)).await.map_err(err)?,
+                None => execute(&ctx, other),
+            }
+        }
         other => {
             let ctx = ctx.clone();
             tokio::task::spawn_blocking(move || execute(&ctx, other))
@@ -549,5 +565,7 @@ pub fn execute(ctx: &AdminContext, req: AdminRequest) -> Result<Value, AdminErro
         SandboxShow { id } => ctx.sandbox.show(&id).map_err(err)?,
         SandboxRelease { id } => sandbox::release_blocking(ctx, &id)?,
         SandboxClear { project } => sandbox::clear(ctx, &project)?,
+        // Only a running clustered server knows (`execute_async`); offline, no cluster.
+        ClusterStatus => json!({ "clustered": false }),
     })
 }

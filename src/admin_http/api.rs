@@ -76,6 +76,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/sandbox/{id}"),
     ("GET", "/api/v1/sandbox/{id}/eml"),
     ("POST", "/api/v1/sandbox/{id}/release"),
+    ("GET", "/api/v1/cluster"),
     ("GET", "/api/v1/openapi.json"),
 ];
 
@@ -154,6 +155,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/sandbox/{id}", get(sandbox_api::show))
         .route("/api/v1/sandbox/{id}/eml", get(sandbox_api::eml))
         .route("/api/v1/sandbox/{id}/release", post(sandbox_api::release))
+        .route("/api/v1/cluster", get(cluster_status))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(super::dkim_api::routes())
         .fallback(not_found)
@@ -841,6 +843,11 @@ async fn rotate_webhook(
     Path(id): Path<String>,
 ) -> Response {
     run(&s, AdminRequest::WebhookRotateSecret { id }, false).await
+}
+
+/// Cluster mode: nodes, Redis, degraded (`{"clustered": false}` on a single node).
+async fn cluster_status(_c: Caller, State(s): State<HttpState>) -> Response {
+    run(&s, AdminRequest::ClusterStatus, false).await
 }
 
 async fn enable_webhook(

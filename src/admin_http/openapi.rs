@@ -493,6 +493,13 @@ fn operations() -> Vec<(&'static str, &'static str, &'static str, Option<Value>,
             None,
             200,
         ),
+        (
+            "GET",
+            "/api/v1/cluster",
+            "Cluster mode: nodes seen (heartbeats), Redis state, degraded or not",
+            None,
+            200,
+        ),
         ("GET", "/api/v1/openapi.json", "This document", None, 200),
     ]
 }

@@ -3,6 +3,7 @@
 //! directly on the database otherwise. `anyhow` lives here, at the edge, and nowhere else.
 
 pub mod admin_tokens;
+pub mod cluster;
 pub mod config;
 pub mod dkim;
 pub mod domain;
@@ -130,6 +131,11 @@ pub enum Command {
         #[command(subcommand)]
         command: sandbox::SandboxCommand,
     },
+    /// Cluster mode: the nodes sharing this relay's registry through Redis.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -153,6 +159,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => status::run(&cli),
         Command::Stats(ref args) => stats::run(&cli, args),
         Command::Sandbox { ref command } => sandbox::run(&cli, command),
+        Command::Cluster { ref command } => cluster::run(&cli, command),
     }
 }
 
@@ -164,6 +171,15 @@ pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 pub fn admin(cli: &Cli, config: &Config, req: AdminRequest) -> anyhow::Result<Value> {
     match request(&config.admin_socket(), &req) {
         Ok(v) => Ok(v),
+        Err(ClientError::NotRunning(_))
+            if config.cluster.is_some() && crate::cluster::is_registry_write(&req) =>
+        {
+            anyhow::bail!(
+                "cluster mode: registry changes go through a running node (its admin socket or \
+                 HTTP API), so that they reach Redis and every node; no server runs on {}",
+                state_dir_shown(config).display()
+            )
+        }
         Err(ClientError::NotRunning(_)) => {
             let (store, ctx) = offline_context(cli, config, req.is_read_only())?;
             let v = execute(&ctx, req)?;
@@ -237,6 +253,7 @@ pub fn offline_context(
         &config.server.state_dir,
     )?;
     let ctx = AdminContext {
+        cluster: None,
         domain_reports: Default::default(),
         admin_tokens: crate::policy::admin_tokens::AdminTokens::new(store.clone(), secret.clone()),
         registry: crate::policy::projects::Registry::new(store.clone(), secret),

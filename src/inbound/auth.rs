@@ -183,7 +183,12 @@ impl Session {
             .registry
             .authenticate(&creds.username, creds.password.expose())
         {
-            Ok(Some(who)) => match self.shared.limiter.open_session(&who.project.id) {
+            Ok(Some(who)) => match self
+                .shared
+                .limiter
+                .open_session_shared(&who.project.id)
+                .await
+            {
                 Ok(quota) => {
                     tracing::info!(client = %self.peer, project = %who.project.id, token = %who.token_id, "authenticated");
                     self.auth = Some(who);

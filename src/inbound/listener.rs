@@ -1,6 +1,7 @@
 //! Listeners: bind the configured addresses, accept connections, enforce the global
 //! connection limit and the per-IP throttles (policy::throttle), and start one task per
-//! connection.
+//! connection. On a `proxy_protocol` listener the client address comes from the PROXY header
+//! (`proxy.rs`), read in the connection's own task before the per-IP throttle sees it.
 //!
 //! The accept loop never does per-connection work (no TLS handshake, no reads): a slow or
 //! hostile client can only hold its own task.
@@ -73,6 +74,8 @@ pub async fn serve(
 ) {
     let mut shutdown = shared.borrow().shutdown.clone();
     let refusals = Arc::new(Semaphore::new(REFUSAL_HANDSHAKES));
+    let config = Arc::new(bound.config.clone());
+    let proxy = super::proxy::ProxyPolicy::for_listener(&config).map(Arc::new);
     loop {
         let accepted = tokio::select! {
             a = bound.listener.accept() => a,
@@ -87,36 +90,118 @@ pub async fn serve(
                 continue;
             }
         };
+        let mut tcp = Some(tcp);
         // What new sessions get now; a reload swaps it for later connections.
         let current = shared.borrow().clone();
-        let ip_guard = match current.throttle.admit(peer.ip()) {
-            Ok(g) => g,
-            Err(refusal) => {
-                let r = match refusal {
-                    Refusal::TooManyConnections | Refusal::ConnectionRate => {
-                        reply::IP_TOO_MANY_CONNECTIONS
-                    }
-                };
-                tracing::warn!(client = %peer, reason = ?refusal, "connection refused by the per-IP throttle");
-                crate::metrics::rejected("", &r);
-                refuse(tcp, r, tls_for_refusal(&bound.config, &current, &refusals));
+        let Some(proxy) = &proxy else {
+            let Some(ip_guard) = admit_ip(&current, &config, peer, &refusals, &mut tcp) else {
                 continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            let tls = tls_for_refusal(&bound.config, &current, &refusals);
-            refuse(tcp, reply::TOO_MANY_CONNECTIONS, tls);
-            tracing::warn!(client = %peer, "connection limit reached");
-            crate::metrics::rejected("", &reply::TOO_MANY_CONNECTIONS);
+            };
+            let Some(permit) =
+                global_permit(&current, &config, peer, &refusals, &permits, &mut tcp)
+            else {
+                continue;
+            };
+            run_session(current, tcp, peer, &config, permit, ip_guard);
             continue;
         };
-        let session = Session::new(current, peer, &bound.config);
+        if !proxy.trusts(peer.ip()) {
+            tracing::warn!(peer = %peer, "connection closed: not a trusted proxy of this PROXY-protocol listener");
+            drop(tcp);
+            continue;
+        }
+        // The connection place is taken before the header is read, so a flood of idle
+        // connections cannot hold more than the global limit.
+        let Some(permit) = global_permit(&current, &config, peer, &refusals, &permits, &mut tcp)
+        else {
+            continue;
+        };
+        let (config, refusals) = (config.clone(), refusals.clone());
+        let deadline = current.config.handshake_timeout();
         tokio::spawn(async move {
-            session.run(tcp).await;
-            drop(permit);
-            drop(ip_guard);
+            let Some(stream) = tcp.as_mut() else { return };
+            let client = match super::proxy::read_header(stream, peer, deadline).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(proxy = %peer, error = %e, "connection closed: PROXY header missing or invalid");
+                    return;
+                }
+            };
+            let Some(ip_guard) = admit_ip(&current, &config, client, &refusals, &mut tcp) else {
+                return;
+            };
+            run_session(current, tcp, client, &config, permit, ip_guard);
         });
     }
+}
+
+/// The per-IP throttle for `client`; refuses (and answers `421`) when it says no.
+fn admit_ip(
+    current: &Arc<Shared>,
+    config: &ListenerConfig,
+    client: SocketAddr,
+    refusals: &Arc<Semaphore>,
+    tcp: &mut Option<TcpStream>,
+) -> Option<crate::policy::throttle::IpGuard> {
+    match current.throttle.admit(client.ip()) {
+        Ok(g) => Some(g),
+        Err(refusal) => {
+            let r = match refusal {
+                Refusal::TooManyConnections | Refusal::ConnectionRate => {
+                    reply::IP_TOO_MANY_CONNECTIONS
+                }
+            };
+            tracing::warn!(client = %client, reason = ?refusal, "connection refused by the per-IP throttle");
+            crate::metrics::rejected("", &r);
+            if let Some(tcp) = tcp.take() {
+                refuse(tcp, r, tls_for_refusal(config, current, refusals));
+            }
+            None
+        }
+    }
+}
+
+/// One place of the global connection limit; refuses (and answers `421`) when none is left.
+fn global_permit(
+    current: &Arc<Shared>,
+    config: &ListenerConfig,
+    client: SocketAddr,
+    refusals: &Arc<Semaphore>,
+    permits: &Arc<Semaphore>,
+    tcp: &mut Option<TcpStream>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match permits.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            if let Some(tcp) = tcp.take() {
+                refuse(
+                    tcp,
+                    reply::TOO_MANY_CONNECTIONS,
+                    tls_for_refusal(config, current, refusals),
+                );
+            }
+            tracing::warn!(client = %client, "connection limit reached");
+            crate::metrics::rejected("", &reply::TOO_MANY_CONNECTIONS);
+            None
+        }
+    }
+}
+
+fn run_session(
+    current: Arc<Shared>,
+    tcp: Option<TcpStream>,
+    client: SocketAddr,
+    config: &ListenerConfig,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    ip_guard: crate::policy::throttle::IpGuard,
+) {
+    let Some(tcp) = tcp else { return };
+    let session = Session::new(current, client, config);
+    tokio::spawn(async move {
+        session.run(tcp).await;
+        drop(permit);
+        drop(ip_guard);
+    });
 }
 
 /// Refusal handshakes in progress at once on one implicit-TLS listener.

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod data;
 pub mod envelope;
 pub mod listener;
+pub mod proxy;
 pub mod quota;
 pub mod reply;
 pub mod session;

@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 
+use crate::cluster::RateMode;
 use crate::config::LimitMode;
 use crate::policy::limits::{
     Cost, Decision, Limiter, LimitsError, MessageLimits, ProjectSession, Slot, retry_secs,
@@ -93,11 +94,18 @@ impl RateCheck<'_> {
     }
 
     /// Counts the message (Reject) or reserves its release slot (AcceptAndDelay, `Some(ms)`).
-    pub fn consume(&self, recipients: usize) -> Result<Option<u64>, RateRefusal> {
+    /// In cluster mode a Reject-mode message is counted in the shared windows instead.
+    pub async fn consume(&self, recipients: usize) -> Result<Option<u64>, RateRefusal> {
         let Some(q) = self.quota else {
             return Ok(None);
         };
         let cost = Cost::message(recipients);
+        if let Some(cluster) = self.shared_windows(q) {
+            let d = cluster
+                .rate(&q.project, &q.effective, cost, RateMode::Take)
+                .await;
+            return self.decided(d).map_or(Ok(None), Err);
+        }
         match q.effective.mode {
             LimitMode::Reject => match self.limiter.acquire(&q.project, cost) {
                 Ok(d) => self.decided(d).map_or(Ok(None), Err),
@@ -117,12 +125,29 @@ impl RateCheck<'_> {
     }
 
     /// The message was consumed but could not be stored: give it back.
-    pub fn refund(&self, recipients: usize) {
+    pub async fn refund(&self, recipients: usize) {
+        if let Some(q) = self.quota
+            && let Some(cluster) = self.shared_windows(q)
+        {
+            let cost = Cost::message(recipients);
+            cluster
+                .rate(&q.project, &q.effective, cost, RateMode::Refund)
+                .await;
+            return;
+        }
         if let Some(q) = self.quota
             && let Err(e) = self.limiter.refund(&q.project, Cost::message(recipients))
         {
             tracing::error!(project = %q.project, error = %e, "cannot refund rate limit");
         }
+    }
+
+    /// The cluster whose shared windows count this project (Reject mode; accept-and-delay
+    /// reserves release slots on each node's own limiter).
+    fn shared_windows(&self, q: &ProjectSession) -> Option<&crate::cluster::Cluster> {
+        (q.effective.mode == LimitMode::Reject)
+            .then(|| self.limiter.cluster())
+            .flatten()
     }
 
     /// When a message accepted now would expire.

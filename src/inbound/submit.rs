@@ -255,7 +255,7 @@ pub async fn submit(who: Submitter<'_>, sub: Submission<'_>) -> Result<Accepted,
     };
     // Counted only now that nothing else can refuse it (but storage; refunded then).
     let count = recipients.len();
-    let not_before_ms = rate.consume(count).map_err(Refusal::Rate)?;
+    let not_before_ms = rate.consume(count).await.map_err(Refusal::Rate)?;
     let capture = auth.project.mode == ProjectMode::Sandbox
         && recipients
             .iter()
@@ -345,7 +345,7 @@ pub async fn submit(who: Submitter<'_>, sub: Submission<'_>) -> Result<Accepted,
             })
         }
         Err(e) => {
-            rate.refund(count);
+            rate.refund(count).await;
             tracing::error!(client = %peer, project = %project_id, error = %e, "cannot store message");
             Err(Refusal::Storage(e))
         }

@@ -98,6 +98,7 @@ struct Metrics {
     upstream_error: Family<UpstreamLabels, Gauge>,
     store_failed: Gauge,
     store_free: Gauge,
+    cluster_degraded: Gauge,
 }
 
 /// `notAfter` of the serving certificate (epoch s); the expiry gauge is computed from it at
@@ -154,8 +155,14 @@ impl Metrics {
             upstream_error: Family::default(),
             store_failed: Gauge::default(),
             store_free: Gauge::default(),
+            cluster_degraded: Gauge::default(),
             domain_verified: Family::default(),
         };
+        registry.register(
+            "cluster_degraded",
+            "1 while this cluster node cannot reach Redis (local fallback limits), else 0",
+            m.cluster_degraded.clone(),
+        );
         registry.register(
             "domain_verified",
             "Last periodic DNS check of a sending domain, per check (dkim, spf, dmarc, all): 1 passes, 0 does not, -1 could not be checked",
@@ -548,6 +555,11 @@ pub fn config_reload(ok: bool) {
 }
 
 /// Sets the queue gauges. `scheduled` excludes attempts in flight, which are added here.
+/// Cluster mode: whether Redis is out of reach (`cluster/`).
+pub fn cluster_degraded(degraded: bool) {
+    METRICS.cluster_degraded.set(i64::from(degraded));
+}
+
 pub fn set_queue(scheduled: u64, oldest_received_ms: Option<u64>) {
     let in_flight = METRICS.in_flight.get().max(0) as u64;
     METRICS

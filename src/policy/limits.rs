@@ -609,6 +609,8 @@ pub struct ProjectSession {
     pub project: String,
     pub effective: Effective,
     limiter: Limiter,
+    /// Cluster mode: this session's place in the cluster-wide count (given back on drop).
+    _lease: Option<crate::cluster::leases::Lease>,
 }
 
 impl Drop for ProjectSession {
@@ -632,6 +634,9 @@ struct Inner {
     /// Sharded by project, so sessions on different cores do not all bounce one lock's
     /// reader count between them.
     shards: Vec<RwLock<HashMap<String, Arc<Mutex<ProjectState>>>>>,
+    /// Cluster mode: the rate windows are shared through Redis (`cluster::limits`); set once
+    /// at startup.
+    cluster: OnceLock<crate::cluster::Cluster>,
 }
 
 const SHARDS: usize = 64;
@@ -685,8 +690,18 @@ impl Limiter {
                 store,
                 defaults,
                 shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+                cluster: OnceLock::new(),
             }),
         }
+    }
+
+    /// Cluster mode: reject-mode rate windows are taken from the shared limiter from now on.
+    pub fn set_cluster(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.inner.cluster.get()
     }
 
     pub fn defaults(&self) -> &Defaults {
@@ -836,7 +851,28 @@ impl Limiter {
             project: project.to_string(),
             effective,
             limiter: self.clone(),
+            _lease: None,
         })
+    }
+
+    /// [`open_session`](Self::open_session), and in cluster mode also a lease among the
+    /// project's `max_connections` across all nodes (`cluster::leases`).
+    pub async fn open_session_shared(&self, project: &str) -> Result<ProjectSession, LimitsError> {
+        let mut session = self.open_session(project)?;
+        if let (Some(cluster), Some(max)) = (self.cluster(), session.effective.max_connections) {
+            use crate::cluster::leases::LeaseResult;
+            match cluster.lease(project, max).await {
+                LeaseResult::Granted(lease) => session._lease = Some(lease),
+                LeaseResult::Unavailable => {}
+                LeaseResult::Full => {
+                    return Err(LimitsError::TooManySessions {
+                        project: project.to_string(),
+                        max,
+                    });
+                }
+            }
+        }
+        Ok(session)
     }
 
     /// Would `cost` fit now? Consumes nothing (MAIL FROM, RCPT TO).

@@ -660,7 +660,7 @@ async fn authenticate(
             return Err(ApiError::internal());
         }
     };
-    let quota = match shared.limiter.open_session(&auth.project.id) {
+    let quota = match shared.limiter.open_session_shared(&auth.project.id).await {
         Ok(q) => q,
         Err(LimitsError::TooManySessions { project, max }) => {
             tracing::warn!(client = %peer, project = %project, max, "too many sessions for project");

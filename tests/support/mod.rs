@@ -2,6 +2,7 @@
 pub mod api;
 pub mod certs;
 pub mod client;
+pub mod cluster;
 pub mod dkim;
 pub mod dns;
 pub mod oauth;

@@ -38,6 +38,13 @@ pub struct RelayOptions {
     pub server_extra: String,
     /// `server.hostname` (default `relay.test`).
     pub hostname: &'static str,
+    /// The loopback address the SMTP listeners bind (default 127.0.0.1; cluster tests run
+    /// nodes on 127.0.0.2, .3, .4).
+    pub bind_ip: &'static str,
+    /// Extra lines for every `[[listener]]` (e.g. `proxy_protocol = true`).
+    pub listener_extra: String,
+    /// The server certificate's PKI (default: a new one); nodes behind one balancer share one.
+    pub pki: Option<TestPki>,
 }
 
 impl Default for RelayOptions {
@@ -59,6 +66,9 @@ impl Default for RelayOptions {
             min_free_space_mb: 64,
             server_extra: String::new(),
             hostname: "relay.test",
+            bind_ip: "127.0.0.1",
+            listener_extra: String::new(),
+            pki: None,
         }
     }
 }
@@ -152,7 +162,7 @@ impl Relay {
 
     pub fn start(opts: RelayOptions) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pki = TestPki::generate();
+        let pki = opts.pki.clone().unwrap_or_else(TestPki::generate);
         let files = pki.write_to(&dir.path().join("pki"));
         let state = opts
             .state_dir
@@ -164,10 +174,13 @@ impl Relay {
                 state.join("outbox").display()
             )
         });
+        let (ip, lx) = (opts.bind_ip, &opts.listener_extra);
         let plain = if opts.plain_listener {
-            "[[listener]]\naddress = \"127.0.0.1:0\"\nmode = \"plain\"\nallow_plaintext_auth = true\n"
+            format!(
+                "[[listener]]\naddress = \"{ip}:0\"\nmode = \"plain\"\nallow_plaintext_auth = true\n{lx}\n"
+            )
         } else {
-            ""
+            String::new()
         };
         let config = format!(
             r#"[server]
@@ -190,12 +203,14 @@ cert_file = "{cert}"
 key_file = "{key}"
 
 [[listener]]
-address = "127.0.0.1:0"
+address = "{ip}:0"
 mode = "starttls"
+{lx}
 
 [[listener]]
-address = "127.0.0.1:0"
+address = "{ip}:0"
 mode = "implicit"
+{lx}
 
 {plain}
 [queue]
@@ -310,7 +325,9 @@ poll_interval_ms = 100
                         "starttls" => self.starttls = addr,
                         "implicit" => self.implicit = addr,
                         "metrics" => self.metrics = Some(addr),
-                        _ => self.plain = Some(addr),
+                        "plain" => self.plain = Some(addr),
+                        // admin_http, send_api: found with `listener_addr`.
+                        _ => {}
                     }
                 }
                 return;

@@ -1,0 +1,692 @@
+//! Cluster mode end to end: three relay nodes on 127.0.0.2/.3/.4 sharing one real Redis,
+//! behind a real HAProxy (`mode tcp`, round robin, `send-proxy-v2`) on 127.0.0.1; clients
+//! connect from 127.0.0.9 so the address the nodes see through the PROXY header is told apart
+//! from HAProxy's own.
+
+mod support;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::certs::TestPki;
+use support::client::{Client, plain_message};
+use support::cluster::{Haproxy, RedisServer};
+use support::relay::{Relay, RelayOptions};
+use support::upstream::{TestUpstream, UpstreamOptions};
+use tokio::sync::Mutex;
+
+const CLIENT_IP: &str = "127.0.0.9";
+const NODE_IPS: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+const HOSTS: [&str; 3] = ["node1.test", "node2.test", "node3.test"];
+
+struct Cluster {
+    _secret: tempfile::TempDir,
+    redis: RedisServer,
+    upstream: TestUpstream,
+    nodes: Vec<Relay>,
+    haproxy: Haproxy,
+    pki: TestPki,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let redis = RedisServer::start();
+        let upstream = TestUpstream::start(UpstreamOptions::plain()).await;
+        let pki = TestPki::generate();
+        // Token digests are HMACs with the server secret: every node has the same one.
+        let secret_dir = tempfile::tempdir().expect("tempdir");
+        let secret = secret_dir.path().join("server.secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef0123456789abcdef").unwrap();
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let opts = RelayOptions {
+                bind_ip: NODE_IPS[i],
+                hostname: HOSTS[i],
+                plain_listener: true,
+                metrics: true,
+                server_extra: format!("secret_file = \"{}\"", secret.display()),
+                pki: Some(pki.clone()),
+                listener_extra: "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n".into(),
+                extra_config: format!(
+                    "[cluster]\nredis_url = \"{}\"\nnode_id = \"node{}\"\nnodes = 3\nheartbeat_secs = 1\nreconcile_secs = 5\n{}",
+                    redis.url(),
+                    i + 1,
+                    // Node 2 serves the HTTP admin API (admin tokens are shared too).
+                    if i == 1 {
+                        "\n[admin_http]\naddress = \"127.0.0.1:0\"\n"
+                    } else {
+                        ""
+                    }
+                ),
+                ..Default::default()
+            };
+            nodes.push(Relay::start_with_upstream(
+                upstream.port(),
+                "none",
+                &pki,
+                opts,
+            ));
+        }
+        let haproxy = Haproxy::start(&[
+            nodes.iter().map(|n| n.starttls).collect(),
+            nodes
+                .iter()
+                .map(|n| n.plain.expect("plain listener"))
+                .collect(),
+        ]);
+        let c = Cluster {
+            _secret: secret_dir,
+            redis,
+            upstream,
+            nodes,
+            haproxy,
+            pki,
+        };
+        c.wait_nodes_up(3, Duration::from_secs(20));
+        c
+    }
+
+    fn starttls_front(&self) -> SocketAddr {
+        self.haproxy.frontends[0]
+    }
+    fn plain_front(&self) -> SocketAddr {
+        self.haproxy.frontends[1]
+    }
+
+    fn status(&self, node: usize) -> serde_json::Value {
+        self.nodes[node].cli_json(&["cluster", "status"])
+    }
+
+    fn wait_nodes_up(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status(0);
+            let up = s["nodes"]
+                .as_array()
+                .map(|a| a.iter().filter(|n| n["state"] == "up").count())
+                .unwrap_or(0);
+            if up >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {up} of {n} nodes up: {s:#}\n{}",
+                self.nodes[0].server_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `smtp_relay_cluster_degraded` of one node.
+    async fn degraded(&self, node: usize) -> Option<i64> {
+        let addr = self.nodes[node].metrics?;
+        let body = self.nodes[node]
+            .http_client()
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        body.lines()
+            .find(|l| l.starts_with("smtp_relay_cluster_degraded "))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    }
+
+    async fn wait_degraded(&self, value: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for node in 0..self.nodes.len() {
+            loop {
+                if self.degraded(node).await == Some(value) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} never reported smtp_relay_cluster_degraded {value}:\n{}",
+                    node + 1,
+                    self.nodes[node].server_log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A direct connection to a node, with the PROXY v1 header HAProxy would send for a client
+/// on 127.0.0.9.
+async fn direct(node: SocketAddr) -> Client {
+    let mut c = Client::connect(node).await;
+    c.write(
+        format!(
+            "PROXY TCP4 {CLIENT_IP} {} 40000 {}\r\n",
+            node.ip(),
+            node.port()
+        )
+        .as_bytes(),
+    )
+    .await;
+    c
+}
+
+/// AUTH over a plain node listener (direct, with header): the reply code.
+async fn auth_code(node: SocketAddr, user: &str, token: &str) -> u16 {
+    let mut c = direct(node).await;
+    assert_eq!(c.reply().await.code, 220);
+    assert_eq!(c.cmd("EHLO client.test").await.code, 250);
+    c.auth_plain(user, token).await.code
+}
+
+/// Through the balancer's plain frontend from 127.0.0.9: one message, without panicking on
+/// a dying node. `Some(code)` of the final reply, `None` when the connection broke.
+async fn try_send(
+    front: SocketAddr,
+    user: &str,
+    token: &str,
+    subject: &str,
+) -> Option<(u16, String)> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket
+        .bind(SocketAddr::new(CLIENT_IP.parse().unwrap(), 0))
+        .ok()?;
+    let tcp = tokio::time::timeout(Duration::from_secs(5), socket.connect(front))
+        .await
+        .ok()?
+        .ok()?;
+    let mut c = Client::from_stream(tcp);
+    let w = Duration::from_secs(15);
+    if c.try_reply(w).await?.code != 220 {
+        return None;
+    }
+    let mut step = async |line: String| -> Option<support::client::Reply> {
+        if !c.write_lossy(format!("{line}\r\n").as_bytes()).await {
+            return None;
+        }
+        c.try_reply(w).await
+    };
+    step("EHLO client.test".into()).await?;
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{token}"));
+    if step(format!("AUTH PLAIN {b}")).await?.code != 235 {
+        return None;
+    }
+    let r = step("MAIL FROM:<app@example.com>".into()).await?;
+    if r.code != 250 {
+        return Some((r.code, r.text));
+    }
+    let r = step("RCPT TO:<user@example.net>".into()).await?;
+    if r.code != 250 {
+        return Some((r.code, r.text));
+    }
+    let r = step("DATA".into()).await?;
+    if r.code != 354 {
+        return Some((r.code, r.text));
+    }
+    let body = plain_message("app@example.com", "user@example.net", subject, "load\r\n");
+    let r = step(format!("{body}\r\n.")).await?;
+    Some((r.code, r.text))
+}
+
+fn add_project(node: &Relay) -> (String, String, String) {
+    let v = node.cli_json(&["project", "add", "app", "--domain", "example.com"]);
+    (
+        v["project"]["id"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+        v["token_id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Until every node's own copy of the registry has `project` (it came through Redis), then
+/// one AUTH on each. (Polling with AUTH would trip the failed-login cool-down.)
+async fn wait_known_everywhere(c: &Cluster, id: &str, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in &c.nodes {
+        while !n.cli(&["project", "show", id]).status.success() {
+            if Instant::now() > deadline {
+                let log = n.server_log();
+                panic!(
+                    "project {id} never reached a node:\n{}",
+                    &log[log.len().saturating_sub(6000)..]
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(auth_code(n.plain.unwrap(), id, token).await, 235);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn project_from_one_node_sends_through_the_balancer_on_all_and_revocation_spreads() {
+    let c = Cluster::start().await;
+    let (id, token, token_id) = add_project(&c.nodes[0]);
+    wait_known_everywhere(&c, &id, &token).await;
+
+    // Nine connections through HAProxy (round robin, STARTTLS, from 127.0.0.9).
+    for i in 0..9 {
+        let local: IpAddr = CLIENT_IP.parse().unwrap();
+        let mut cl = Client::connect_from(local, c.starttls_front()).await;
+        assert_eq!(cl.reply().await.code, 220);
+        assert_eq!(cl.cmd("EHLO client.test").await.code, 250);
+        assert_eq!(cl.cmd("STARTTLS").await.code, 220);
+        cl.upgrade(&c.pki).await;
+        assert_eq!(cl.cmd("EHLO client.test").await.code, 250);
+        assert_eq!(cl.auth_plain(&id, &token).await.code, 235);
+        let r = cl
+            .send_plain(
+                "app@example.com",
+                "user@example.net",
+                &format!("m{i}"),
+                "hi\r\n",
+            )
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    let got = c.upstream.wait_for(9, Duration::from_secs(30)).await;
+    let mut by = HashSet::new();
+    for m in &got {
+        let text = m.text();
+        let received = text
+            .split("\r\n")
+            .take_while(|l| !l.is_empty())
+            .find(|l| l.starts_with("Received:"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            text.contains(&format!("[{CLIENT_IP}]")),
+            "Received does not show the real client: {received}\n{text}"
+        );
+        assert!(!received.contains("[127.0.0.1]"), "{received}");
+        for h in HOSTS {
+            if text.contains(&format!("by {h} ")) {
+                by.insert(h);
+            }
+        }
+    }
+    assert_eq!(by.len(), 3, "mail arrived from {by:?} only");
+
+    // A direct connection without a header is closed without a greeting, from the trusted
+    // balancer address (after the header deadline) and from anywhere else (at once).
+    let node1 = c.nodes[0].starttls;
+    let mut bare = Client::connect(node1).await;
+    assert!(bare.try_reply(Duration::from_secs(8)).await.is_none());
+    let mut other = Client::connect_from(CLIENT_IP.parse().unwrap(), node1).await;
+    assert!(other.closed(Duration::from_secs(2)).await);
+    assert!(
+        c.nodes[0]
+            .server_log()
+            .contains("PROXY header missing or invalid")
+    );
+    assert!(c.nodes[0].server_log().contains("not a trusted proxy"));
+
+    // Revoked on node 2: refused on nodes 1 and 3 within a second. (Measured from the
+    // revocation's answer to the AUTH that was refused; a refused AUTH is answered after the
+    // failed-login delay, which is not propagation time.)
+    c.nodes[1].cli_json(&["project", "token", "revoke", &id, &token_id]);
+    let revoked_at = Instant::now();
+    for n in [0, 2] {
+        loop {
+            let tried = revoked_at.elapsed();
+            let code = auth_code(c.nodes[n].plain.unwrap(), &id, &token).await;
+            if code == 535 {
+                assert!(
+                    tried < Duration::from_secs(1),
+                    "node {} refused the revoked token only {tried:?} after revocation",
+                    n + 1
+                );
+                eprintln!(
+                    "node {}: revoked token refused {tried:?} after revocation",
+                    n + 1
+                );
+                break;
+            }
+            assert!(
+                tried < Duration::from_secs(1),
+                "node {} still accepts the revoked token after {tried:?}",
+                n + 1
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // An admin token made on node 1 works on node 2's HTTP API: GET /api/v1/cluster.
+    let admin = c.nodes[0].cli_json(&[
+        "admin", "token", "add", "--label", "ops", "--role", "viewer",
+    ]);
+    let admin = admin["token"].as_str().unwrap().to_string();
+    let api = c.nodes[1].listener_addr("admin_http");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let v: serde_json::Value = loop {
+        let resp = c.nodes[1]
+            .http_client()
+            .get(format!("http://{api}/api/v1/cluster"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break resp.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "{}", resp.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(v["node_id"], "node2", "{v:#}");
+    assert_eq!(v["nodes"].as_array().map(|a| a.len()), Some(3), "{v:#}");
+
+    let s = c.status(2);
+    assert_eq!(s["redis"], "up", "{s:#}");
+    assert_eq!(s["degraded"], false, "{s:#}");
+    assert_eq!(s["nodes"].as_array().map(|a| a.len()), Some(3), "{s:#}");
+    drop(c.redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_minute_limit_holds_across_the_cluster() {
+    let c = Cluster::start().await;
+    let (id, token, _) = add_project(&c.nodes[0]);
+    c.nodes[0].cli_json(&["project", "limits", &id, "--per-minute", "300"]);
+    wait_known_everywhere(&c, &id, &token).await;
+    // The override reached every node's copy too (AUTH reads the limits at login).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let limited = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..12 {
+        let (front, id, token) = (c.plain_front(), id.clone(), token.clone());
+        let (accepted, limited) = (accepted.clone(), limited.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..35 {
+                match try_send(front, &id, &token, &format!("w{w}-{i}")).await {
+                    Some((250, _)) => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some((451, text)) => limited.lock().await.push(text),
+                    other => panic!("unexpected: {other:?}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let accepted = accepted.load(Ordering::Relaxed);
+    let limited = limited.lock().await;
+    // GCRA refills 5 per second while the burst of 300 is being sent.
+    let refill = (elapsed * 5.0).ceil() as usize;
+    eprintln!(
+        "accepted {accepted}, 451 {}, in {elapsed:.1} s",
+        limited.len()
+    );
+    assert!(
+        (285..=315 + refill).contains(&accepted),
+        "accepted {accepted} in {elapsed:.1} s (limit 300/min across 3 nodes)"
+    );
+    assert!(!limited.is_empty(), "no 451 after the limit");
+    assert!(
+        limited[0].contains("Rate limit exceeded") && limited[0].contains("retry in"),
+        "{}",
+        limited[0]
+    );
+}
+
+/// Sends until `stop`, through the plain frontend; every acknowledged subject is recorded.
+fn load(
+    c: &Cluster,
+    id: &str,
+    token: &str,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Vec<String>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (front, id, token) = (c.plain_front(), id.to_string(), token.to_string());
+        let (acked, stop) = (acked.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let subject = format!("load-{w}-{i}");
+                i += 1;
+                if let Some((250, _)) = try_send(front, &id, &token, &subject).await {
+                    acked.lock().await.push(subject);
+                }
+            }
+        }));
+    }
+    (acked, tasks)
+}
+
+async fn assert_all_delivered(c: &Cluster, acked: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let subjects: HashSet<String> = c
+            .upstream
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                let t = m.text();
+                t.split("\r\n")
+                    .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+            })
+            .collect();
+        let missing: Vec<&String> = acked.iter().filter(|s| !subjects.contains(*s)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} acknowledged messages never delivered, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_outage_falls_back_to_local_limits_and_loses_nothing() {
+    let mut c = Cluster::start().await;
+    let (id, token, _) = add_project(&c.nodes[0]);
+    wait_known_everywhere(&c, &id, &token).await;
+    c.wait_degraded(0, Duration::from_secs(5)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, tasks) = load(&c, &id, &token, 4, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.redis.stop();
+    let before = acked.lock().await.len();
+    c.wait_degraded(1, Duration::from_secs(10)).await;
+    // Still accepting (known project, cached registry, fallback limits).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = acked.lock().await.len();
+    assert!(during > before, "no mail accepted while Redis was down");
+    for n in &c.nodes {
+        assert!(n.server_log().contains("cluster degraded"));
+    }
+    // A registry change is refused rather than made on one node only.
+    let out = c.nodes[1].cli(&["project", "add", "other", "--domain", "example.org"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Redis is unreachable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A node restarted while Redis is down starts and serves with its last registry.
+    // (It comes back on new ports, so the balancer leaves it aside; it is reached directly.)
+    c.nodes[2].terminate();
+    c.nodes[2].spawn();
+    assert_eq!(auth_code(c.nodes[2].plain.unwrap(), &id, &token).await, 235);
+    c.wait_degraded(1, Duration::from_secs(10)).await;
+
+    c.redis.spawn();
+    c.wait_degraded(0, Duration::from_secs(15)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().await.clone();
+    assert_all_delivered(&c, &acked).await;
+    // Redis came back empty: a node copied its registry there again, so the project still
+    // authenticates everywhere.
+    wait_known_everywhere(&c, &id, &token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_node_delivers_what_it_acknowledged_after_restart() {
+    let mut c = Cluster::start().await;
+    let (id, token, _) = add_project(&c.nodes[0]);
+    wait_known_everywhere(&c, &id, &token).await;
+    // The upstream defers everything meanwhile, so node 2 holds queued mail when it dies.
+    c.upstream.set_script(support::upstream::Script {
+        data_end: Some("451 4.3.0 try again later".into()),
+        ..Default::default()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, tasks) = load(&c, &id, &token, 6, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let queued = c.nodes[1].cli_json(&["queue", "list"]);
+    let queued = queued.as_array().map(|a| a.len()).unwrap_or(0);
+    assert!(queued > 0, "node 2 has nothing queued to lose");
+    c.nodes[1].kill9();
+    let at_kill = acked.lock().await.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        acked.lock().await.len() > at_kill,
+        "the other nodes stopped serving"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    c.upstream.set_script(support::upstream::Script::default());
+    c.nodes[1].spawn();
+    let acked = acked.lock().await.clone();
+    assert_all_delivered(&c, &acked).await;
+    eprintln!(
+        "{} acknowledged ({queued} queued on node 2 when it was killed), all delivered",
+        acked.len()
+    );
+    let _ = c.haproxy.log();
+}
+
+/// `config check` names the key of each cluster or PROXY-protocol mistake.
+#[test]
+fn cluster_and_proxy_config_mistakes_name_the_key() {
+    const BASE: &str = "[server]\nhostname = \"relay.example.com\"\nstate_dir = \"/var/lib/smtp-relay\"\n\n[tls]\ncert_file = \"/etc/c.pem\"\nkey_file = \"/etc/k.pem\"\n\n[[listener]]\naddress = \"0.0.0.0:587\"\nmode = \"starttls\"\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]\n\n[delivery]\ndefault_route = \"o\"\n\n[upstream.o]\ntype = \"outbox\"\ndir = \"/tmp/o\"\n\n[cluster]\nredis_url = \"redis://10.0.0.5:6379\"\nnodes = 3\n";
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "redis://10.0.0.5:6379",
+            "http://10.0.0.5",
+            "cluster.redis_url",
+            "redis://",
+        ),
+        (
+            "redis://10.0.0.5:6379",
+            "redis://u:pw@10.0.0.5",
+            "cluster.redis_url",
+            "password_file",
+        ),
+        ("nodes = 3", "nodes = 0", "cluster.nodes", "at least 1"),
+        ("nodes = 3\n", "", "cluster.nodes", "missing field"),
+        (
+            "[\"10.0.0.0/8\"]",
+            "[\"10.0.0.0/33\"]",
+            "listener.trusted_proxies",
+            "not a CIDR",
+        ),
+        (
+            "trusted_proxies = [\"10.0.0.0/8\"]\n",
+            "",
+            "listener.trusted_proxies",
+            "proxy_protocol = true needs",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, BASE).unwrap();
+    let ok = std::process::Command::new(support::relay::BIN)
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "the base config is refused: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let shown = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        shown.contains("[cluster]") && shown.contains("heartbeat_secs = 5"),
+        "{shown}"
+    );
+    for (from, to, key, words) in cases {
+        let text = BASE.replacen(from, to, 1);
+        assert_ne!(text, BASE);
+        std::fs::write(&path, &text).unwrap();
+        let out = std::process::Command::new(support::relay::BIN)
+            .args(["config", "check"])
+            .arg(&path)
+            .env_remove("SMTP_RELAY_LOG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key}: accepted");
+        assert!(err.contains(&format!("key `{key}`")), "{key}: {err}");
+        assert!(err.contains(words), "{words:?} not in: {err}");
+    }
+}
+
+/// A project's `max_connections` counts its sessions on all nodes (leases in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn project_session_limit_counts_sessions_on_every_node() {
+    let c = Cluster::start().await;
+    let (id, token, _) = add_project(&c.nodes[0]);
+    c.nodes[0].cli_json(&["project", "limits", &id, "--max-connections", "2"]);
+    wait_known_everywhere(&c, &id, &token).await;
+    // Wait for the override itself on node 3 (it came with the same invalidation or a later one).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.nodes[2].cli_json(&["project", "show", &id])["limits"]["max_connections"] != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "limit override never reached node 3"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    async fn login(node: SocketAddr, id: &str, token: &str) -> (Client, u16) {
+        let mut c = direct(node).await;
+        assert_eq!(c.reply().await.code, 220);
+        assert_eq!(c.cmd("EHLO client.test").await.code, 250);
+        let code = c.auth_plain(id, token).await.code;
+        (c, code)
+    }
+    let (first, code) = login(c.nodes[0].plain.unwrap(), &id, &token).await;
+    assert_eq!(code, 235);
+    let (_second, code) = login(c.nodes[1].plain.unwrap(), &id, &token).await;
+    assert_eq!(code, 235);
+    // Node 3 has no session of this project itself, yet the project has its two.
+    let (_third, code) = login(c.nodes[2].plain.unwrap(), &id, &token).await;
+    assert_eq!(code, 421, "a third session across the cluster was admitted");
+    // One ends (QUIT): its place is free again, on any node.
+    let mut first = first;
+    assert_eq!(first.cmd("QUIT").await.code, 221);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_c, code) = login(c.nodes[2].plain.unwrap(), &id, &token).await;
+        if code == 235 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place never came back ({code})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
