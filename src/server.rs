@@ -109,6 +109,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     let cluster = crate::cluster::Cluster::new(&config, store.clone(), registry.clone(), &secret)?;
     if let Some(c) = &cluster {
         limiter.set_cluster(c.clone());
+        idempotency.set_cluster(c.clone());
     }
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;

@@ -51,7 +51,7 @@ impl Cluster {
                 pki: Some(pki.clone()),
                 listener_extra: "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n".into(),
                 extra_config: format!(
-                    "[cluster]\nredis_url = \"{}\"\nnode_id = \"node{}\"\nnodes = 3\nheartbeat_secs = 1\nreconcile_secs = 5\n{}",
+                    "[cluster]\nredis_url = \"{}\"\nnode_id = \"node{}\"\nnodes = 3\nheartbeat_secs = 1\nreconcile_secs = 5\n\n[send_api]\naddress = \"127.0.0.1:0\"\n{}",
                     redis.url(),
                     i + 1,
                     // Node 2 serves the HTTP admin API (admin tokens are shared too).
@@ -689,4 +689,78 @@ async fn project_session_limit_counts_sessions_on_every_node() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// POSTs one email to a node's send API with an Idempotency-Key: status and JSON answer.
+async fn post_email(
+    node: &Relay,
+    token: &str,
+    key: &str,
+    subject: &str,
+) -> (u16, serde_json::Value) {
+    let resp = node
+        .http_client()
+        .post(format!("http://{}/emails", node.listener_addr("send_api")))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .json(&serde_json::json!({
+            "from": "App <app@example.com>",
+            "to": "user@example.net",
+            "subject": subject,
+            "text": "Your reset code is 4711.",
+        }))
+        .send()
+        .await
+        .expect("send API answers");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}")),
+    )
+}
+
+/// A retried HTTP request that reaches another node is answered with the first node's id,
+/// and the upstream gets one message; a different request under the same key is refused there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_key_is_shared_between_nodes() {
+    let c = Cluster::start().await;
+    let (id, token, _) = add_project(&c.nodes[0]);
+    wait_known_everywhere(&c, &id, &token).await;
+
+    let (status, first) = post_email(&c.nodes[0], &token, "reset/42", "Reset").await;
+    assert_eq!(status, 200, "{first}");
+    let first_id = first["id"].as_str().expect("an id").to_string();
+    // The retry goes to node 2 (as HAProxy may send it), then node 3.
+    for node in [1, 2] {
+        let (status, again) = post_email(&c.nodes[node], &token, "reset/42", "Reset").await;
+        assert_eq!(status, 200, "node {}: {again}", node + 1);
+        assert_eq!(
+            again["id"],
+            first_id.as_str(),
+            "node {} queued anew",
+            node + 1
+        );
+    }
+    // Another request under the same key: Resend's 409, on another node too.
+    let (status, other) = post_email(&c.nodes[1], &token, "reset/42", "Different").await;
+    assert_eq!(status, 409, "{other}");
+    // A new key is a new message.
+    let (status, second) = post_email(&c.nodes[2], &token, "reset/43", "Reset").await;
+    assert_eq!(status, 200, "{second}");
+    assert_ne!(second["id"], first_id.as_str());
+
+    let got = c.upstream.wait_for(2, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        c.upstream.messages().len(),
+        2,
+        "a retry sent to another node was delivered twice ({} seen)",
+        got.len()
+    );
+    // The key lives in Redis under the documented name.
+    let v = c
+        .redis
+        .command(&["GET", &format!("smtp-relay:idem:{id}:reset/42")]);
+    assert!(v.contains(&first_id), "record in Redis: {v:?}");
 }

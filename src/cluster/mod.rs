@@ -10,6 +10,10 @@
 //!   while Redis is unreachable (`inbound::quota` calls [`Cluster::rate`]).
 //! * `leases.rs` — per-project session counts as expiring leases (`Limiter::open_session_shared`
 //!   calls [`Cluster::lease`]).
+//! * `idempotency.rs` — idempotency keys reserved and recorded in Redis, so a retry sent to
+//!   another node is answered, not queued again (`policy::idempotency` calls it).
+//! * `suppression.rs` — the suppression list written through to Redis and read after the
+//!   local tree at RCPT (`policy::suppression` and the queue call it).
 //! * `nodes.rs` — each node's heartbeat and `smtp-relay cluster status`.
 //! * `connection.rs` — the Redis connection (lazy, reconnecting, a deadline on every command).
 //!
@@ -22,6 +26,7 @@
 //! Redis is back, reconciles at once, and returns to the shared limits.
 
 pub mod connection;
+pub mod idempotency;
 pub mod leases;
 pub mod limits;
 pub mod nodes;

@@ -167,13 +167,11 @@ pub async fn submit(who: Submitter<'_>, sub: Submission<'_>) -> Result<Accepted,
     if completion.is_none()
         && let Some(key) = header_key
     {
-        match shared.idempotency.check_or_reserve(
-            &project_id,
-            &key,
-            Fingerprint::Any,
-            window_secs,
-            now_ms(),
-        ) {
+        match shared
+            .idempotency
+            .check_or_reserve_shared(&project_id, &key, Fingerprint::Any, window_secs, now_ms())
+            .await
+        {
             Ok(Check::Fresh(r)) => own_key = Some(r),
             Ok(Check::Replay(o)) => {
                 let id = o.ids.into_iter().next().unwrap_or_default();
@@ -321,6 +319,15 @@ pub async fn submit(who: Submitter<'_>, sub: Submission<'_>) -> Result<Accepted,
     };
     drop(bytes);
     drop(memory);
+    // Cluster mode: the record goes to Redis now that the message is durable here.
+    if stored.is_ok()
+        && let Some(r) = completion
+            .as_ref()
+            .map(|c| c.reservation)
+            .or(own_key.as_ref())
+    {
+        shared.idempotency.share(r).await;
+    }
     // Released only now: a repeat arriving meanwhile was told "in flight", not "new".
     drop(own_key);
     match stored {

@@ -18,9 +18,17 @@
 //!
 //! Keys: `k ‖ project \0 key` → record (JSON); `x ‖ expiry (BE u64 ms) ‖ project \0 key` → ()
 //! so pruning reads only what has expired.
+//!
+//! Cluster mode ([`Idempotency::set_cluster`]): a key new to this node is also reserved in
+//! Redis ([`Idempotency::check_or_reserve_shared`], `cluster/idempotency.rs`), so a retry
+//! that reaches another node finds it in flight or answered; the record is written there
+//! once the message is durable here ([`Idempotency::share`]). The local records stay (each
+//! node's own durability). While Redis does not answer the node decides alone: a retry sent
+//! to another node may then be queued twice — duplicated, never lost.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -113,6 +121,20 @@ pub struct Reservation {
     fingerprint: Option<String>,
     window_ms: u64,
     in_flight: Arc<Mutex<HashSet<Vec<u8>>>>,
+    /// Cluster mode: the reservation this request also holds in Redis.
+    shared: Option<SharedHold>,
+    /// The record [`Idempotency::complete`] wrote, and its expiry, for [`Idempotency::share`].
+    recorded: Mutex<Option<(String, u64)>>,
+}
+
+#[derive(Debug)]
+struct SharedHold {
+    cluster: crate::cluster::Cluster,
+    project: String,
+    key: String,
+    token: String,
+    /// The record replaced the reservation in Redis: nothing to release.
+    settled: AtomicBool,
 }
 
 impl Drop for Reservation {
@@ -120,13 +142,30 @@ impl Drop for Reservation {
         if let Ok(mut set) = self.in_flight.lock() {
             set.remove(&self.key);
         }
+        // A refused request frees its shared reservation too, so that a retry may run on
+        // any node (best effort: it expires by itself otherwise).
+        if let Some(h) = self.shared.take()
+            && !h.settled.load(Ordering::Acquire)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                if let Err(e) = h.cluster.idem_release(&h.project, &h.key, &h.token).await {
+                    tracing::warn!(project = %h.project, error = %e, "cluster: cannot release an idempotency key; it expires by itself");
+                }
+            });
+        }
     }
 }
+
+/// How long a shared reservation outlives a node that died holding it (a request runs
+/// seconds, not minutes).
+const SHARED_IN_FLIGHT_MS: u64 = 10 * 60 * 1000;
 
 #[derive(Clone, Debug)]
 pub struct Idempotency {
     store: Store,
     in_flight: Arc<Mutex<HashSet<Vec<u8>>>>,
+    cluster: Arc<OnceLock<crate::cluster::Cluster>>,
 }
 
 fn record_key(project: &str, key: &str) -> Vec<u8> {
@@ -146,6 +185,15 @@ fn expiry_key(expires_ms: u64, record_key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Whether a request with `fingerprint` is the one `rec` recorded (SMTP matches anything).
+fn same_request(fingerprint: &Fingerprint, rec: &Record) -> bool {
+    match (fingerprint, &rec.fingerprint) {
+        (Fingerprint::Any, _) => true,
+        (Fingerprint::Digest(a), Some(b)) => a == b,
+        (Fingerprint::Digest(_), None) => false,
+    }
+}
+
 /// A key as the client gave it, checked: 1 to 256 characters, no control characters.
 pub fn validate_key(raw: &str) -> Result<&str, IdempotencyError> {
     let key = raw.trim();
@@ -160,6 +208,92 @@ impl Idempotency {
         Idempotency {
             store,
             in_flight: Arc::default(),
+            cluster: Arc::default(),
+        }
+    }
+
+    /// Cluster mode: keys are reserved and recorded in Redis too from now on.
+    pub fn set_cluster(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// [`Idempotency::check_or_reserve`], then, for a key new to this node in cluster mode,
+    /// the shared reservation: another node's reservation or record decides instead. Redis
+    /// not answering leaves the local answer (module doc).
+    pub async fn check_or_reserve_shared(
+        &self,
+        project: &str,
+        key: &str,
+        fingerprint: Fingerprint,
+        window_secs: u64,
+        now_ms: u64,
+    ) -> Result<Check, IdempotencyError> {
+        let checked =
+            self.check_or_reserve(project, key, fingerprint.clone(), window_secs, now_ms)?;
+        let mut r = match (checked, self.cluster.get()) {
+            (Check::Fresh(r), Some(c)) if c.idempotency_shared() => r,
+            (other, _) => return Ok(other),
+        };
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(Check::Fresh(r));
+        };
+        let key = validate_key(key)?;
+        let token = format!(
+            "inflight {} {:016x}",
+            cluster.node_id(),
+            rand::random::<u64>()
+        );
+        let ttl = r.window_ms.clamp(1, SHARED_IN_FLIGHT_MS);
+        match cluster.idem_reserve(project, key, &token, ttl).await {
+            Ok(crate::cluster::idempotency::SharedKey::Reserved) => {
+                r.shared = Some(SharedHold {
+                    cluster: cluster.clone(),
+                    project: project.to_string(),
+                    key: key.to_string(),
+                    token,
+                    settled: AtomicBool::new(false),
+                });
+                Ok(Check::Fresh(r))
+            }
+            Ok(crate::cluster::idempotency::SharedKey::Taken(v)) => {
+                if v.starts_with("inflight") {
+                    return Ok(Check::InFlight);
+                }
+                match serde_json::from_str::<Record>(&v) {
+                    Ok(rec) => Ok(if same_request(&fingerprint, &rec) {
+                        Check::Replay(rec.outcome)
+                    } else {
+                        Check::Mismatch
+                    }),
+                    // Not ours to judge: this node's answer stands.
+                    Err(_) => Ok(Check::Fresh(r)),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(project, error = %e, "cluster: idempotency key checked on this node only");
+                Ok(Check::Fresh(r))
+            }
+        }
+    }
+
+    /// Cluster mode: the record [`Idempotency::complete`] wrote goes to Redis, for retries
+    /// that reach other nodes. Call it once the message is durable here.
+    pub async fn share(&self, r: &Reservation) {
+        let Some(h) = &r.shared else { return };
+        let recorded = r.recorded.lock().ok().and_then(|g| g.clone());
+        let Some((record, expires_ms)) = recorded else {
+            return;
+        };
+        let ttl = expires_ms.saturating_sub(crate::queue::now_ms());
+        match h
+            .cluster
+            .idem_record(&h.project, &h.key, &record, ttl)
+            .await
+        {
+            Ok(()) => h.settled.store(true, Ordering::Release),
+            Err(e) => {
+                tracing::warn!(project = %h.project, error = %e, "cluster: idempotency key recorded on this node only");
+            }
         }
     }
 
@@ -189,12 +323,7 @@ impl Idempotency {
             && let Ok(rec) = serde_json::from_slice::<Record>(&v)
             && rec.expires_ms > now_ms
         {
-            let same = match (&fingerprint, &rec.fingerprint) {
-                (Fingerprint::Any, _) => true,
-                (Fingerprint::Digest(a), Some(b)) => a == b,
-                (Fingerprint::Digest(_), None) => false,
-            };
-            return Ok(if same {
+            return Ok(if same_request(&fingerprint, &rec) {
                 Check::Replay(rec.outcome)
             } else {
                 Check::Mismatch
@@ -209,6 +338,8 @@ impl Idempotency {
             },
             window_ms: window_secs.saturating_mul(1000),
             in_flight: self.in_flight.clone(),
+            shared: None,
+            recorded: Mutex::new(None),
         }))
     }
 
@@ -228,6 +359,11 @@ impl Idempotency {
             outcome: outcome.clone(),
         };
         let encoded = serde_json::to_vec(&rec).unwrap_or_default();
+        if r.shared.is_some()
+            && let Ok(mut g) = r.recorded.lock()
+        {
+            *g = Some((String::from_utf8_lossy(&encoded).into_owned(), expires_ms));
+        }
         self.store.idempotency.insert(&r.key, encoded)?;
         self.store
             .idempotency
@@ -245,7 +381,9 @@ impl Idempotency {
     ) -> Result<(), StoreError> {
         self.complete(r, outcome, now_ms)
             .inspect_err(|e| self.store.note_error(e))?;
-        self.store.durable().await
+        self.store.durable().await?;
+        self.share(r).await;
+        Ok(())
     }
 
     /// The request was refused: the key is free again, and a retry runs as a new request.

@@ -851,7 +851,7 @@ enum KeyHold {
 
 /// Looks the key up for the caller's project, with the request's path and body as what must
 /// match for a retry to be "the same request".
-fn hold_key(
+async fn hold_key(
     shared: &Shared,
     caller: &Caller,
     key: Option<String>,
@@ -861,13 +861,16 @@ fn hold_key(
     let Some(key) = key else {
         return Ok(KeyHold::None);
     };
-    let checked = shared.idempotency.check_or_reserve(
-        &caller.auth.project.id,
-        &key,
-        Fingerprint::of(&[path.as_bytes(), body]),
-        shared.config.idempotency.window_secs,
-        crate::queue::now_ms(),
-    );
+    let checked = shared
+        .idempotency
+        .check_or_reserve_shared(
+            &caller.auth.project.id,
+            &key,
+            Fingerprint::of(&[path.as_bytes(), body]),
+            shared.config.idempotency.window_secs,
+            crate::queue::now_ms(),
+        )
+        .await;
     match checked {
         Ok(Check::Fresh(r)) => Ok(KeyHold::Held(r)),
         Ok(Check::Replay(o)) => {
@@ -904,7 +907,7 @@ async fn send_one(State(state): State<ApiState>, req: Request) -> Response {
         let key = idempotency_key(req.headers())?;
         let max_size = caller.quota.effective.message.max_size;
         let body = read_body(req.into_body(), max_size).await?;
-        let held = match hold_key(&shared, &caller, key, "/emails", &body)? {
+        let held = match hold_key(&shared, &caller, key, "/emails", &body).await? {
             KeyHold::Answer(o) => return Ok(outcome_json(&o)),
             KeyHold::Held(r) => Some(r),
             KeyHold::None => None,
@@ -936,7 +939,7 @@ async fn send_batch(State(state): State<ApiState>, req: Request) -> Response {
         let key = idempotency_key(req.headers())?;
         let max_size = caller.quota.effective.message.max_size;
         let body = read_body(req.into_body(), max_size).await?;
-        let held = match hold_key(&shared, &caller, key, "/emails/batch", &body)? {
+        let held = match hold_key(&shared, &caller, key, "/emails/batch", &body).await? {
             KeyHold::Answer(o) => return Ok(outcome_json(&o)),
             KeyHold::Held(r) => Some(r),
             KeyHold::None => None,
