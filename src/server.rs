@@ -110,6 +110,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     if let Some(c) = &cluster {
         limiter.set_cluster(c.clone());
         idempotency.set_cluster(c.clone());
+        queue.set_cluster(c.clone());
     }
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;
@@ -142,7 +143,8 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         suppression: crate::policy::suppression::Suppressions::new(
             store.clone(),
             config.suppression.expire_secs,
-        ),
+        )
+        .with_cluster(cluster.clone()),
         tester: Some(Arc::new(Tester {
             config: config.clone(),
             registry: registry.clone(),
@@ -191,7 +193,8 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         suppression: crate::policy::suppression::Suppressions::new(
             store.clone(),
             config.suppression.expire_secs,
-        ),
+        )
+        .with_cluster(cluster.clone()),
         limiter,
         throttle: Throttle::new(&config.throttle),
         dkim: dkim.clone(),

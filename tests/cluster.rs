@@ -764,3 +764,88 @@ async fn idempotency_key_is_shared_between_nodes() {
         .command(&["GET", &format!("smtp-relay:idem:{id}:reset/42")]);
     assert!(v.contains(&first_id), "record in Redis: {v:?}");
 }
+
+/// RCPT of `rcpt` on `node` after AUTH (direct, with a PROXY header): the reply.
+async fn rcpt_reply(node: SocketAddr, id: &str, token: &str, rcpt: &str) -> support::client::Reply {
+    let mut cl = direct(node).await;
+    assert_eq!(cl.reply().await.code, 220);
+    assert_eq!(cl.cmd("EHLO client.test").await.code, 250);
+    assert_eq!(cl.auth_plain(id, token).await.code, 235);
+    assert_eq!(cl.cmd("MAIL FROM:<app@example.com>").await.code, 250);
+    cl.cmd(&format!("RCPT TO:<{rcpt}>")).await
+}
+
+/// A recipient the upstream refused for good via node 1 is refused at RCPT by node 2; an
+/// admin entry added on node 3 holds on node 1 and its removal there frees it everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn suppression_list_is_shared_between_nodes() {
+    let c = Cluster::start().await;
+    c.upstream.set_script(
+        support::upstream::Script::default()
+            .with_rcpt("gone@example.net", "550 5.1.1 No such user"),
+    );
+    let (id, token, _) = add_project(&c.nodes[0]);
+    wait_known_everywhere(&c, &id, &token).await;
+
+    let mut cl = direct(c.nodes[0].plain.unwrap()).await;
+    assert_eq!(cl.reply().await.code, 220);
+    assert_eq!(cl.cmd("EHLO client.test").await.code, 250);
+    assert_eq!(cl.auth_plain(&id, &token).await.code, 235);
+    let r = cl
+        .send_plain("app@example.com", "gone@example.net", "Reset", "hi\r\n")
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    drop(cl);
+
+    // Node 1 delivers, is refused, records the entry and shares it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = rcpt_reply(c.nodes[1].plain.unwrap(), &id, &token, "Gone@example.net").await;
+        if r.code == 550 {
+            assert!(r.text.contains("5.1.1 Recipient suppressed"), "{r:?}");
+            break;
+        }
+        assert_eq!(r.code, 250, "{r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never refused the suppressed recipient"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Node 2 never had it in its own tree: the answer came from Redis.
+    let local = c.nodes[1].cli_json(&["suppression", "list", &id]);
+    assert_eq!(local.as_array().map(|a| a.len()), Some(0), "{local}");
+    let v = c.redis.command(&[
+        "HGET",
+        &format!("smtp-relay:suppression:{id}"),
+        "gone@example.net",
+    ]);
+    assert!(v.contains("550 5.1.1 No such user"), "{v:?}");
+    // Other recipients pass.
+    assert_eq!(
+        rcpt_reply(c.nodes[1].plain.unwrap(), &id, &token, "ok@example.net")
+            .await
+            .code,
+        250
+    );
+
+    // An admin entry on node 3 is refused on node 1; removed on node 3, accepted again.
+    c.nodes[2].cli_json(&["suppression", "add", &id, "blocked@example.net"]);
+    let r = rcpt_reply(
+        c.nodes[0].plain.unwrap(),
+        &id,
+        &token,
+        "blocked@example.net",
+    )
+    .await;
+    assert_eq!(r.code, 550, "{r:?}");
+    c.nodes[2].cli_json(&["suppression", "remove", &id, "blocked@example.net"]);
+    let r = rcpt_reply(
+        c.nodes[0].plain.unwrap(),
+        &id,
+        &token,
+        "blocked@example.net",
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r:?}");
+}

@@ -370,6 +370,15 @@ pub async fn execute_async(ctx: &AdminContext, req: AdminRequest) -> Result<Valu
             Some(c) => c.status().await,
             None => json!({ "clustered": false }),
         }),
+        // Cluster mode: the list is written through to Redis (admin/suppression.rs).
+        AdminRequest::SuppressionAdd {
+            project,
+            address,
+            reason,
+        } if ctx.cluster.is_some() => suppression::add_shared(ctx, project, address, reason).await,
+        AdminRequest::SuppressionRemove { project, address } if ctx.cluster.is_some() => {
+            suppression::remove_shared(ctx, &project, &address).await
+        }
         other if ctx.cluster.is_some() && crate::cluster::is_registry_write(&other) => {
             let (c, ctx) = (ctx.cluster.clone(), ctx.clone());
             match c {

@@ -41,3 +41,38 @@ pub fn remove(ctx: &AdminContext, project: &str, address: &str) -> Result<Value,
     let e = ctx.suppression.remove(project, address).map_err(err)?;
     Ok(entry_json(&e))
 }
+
+/// [`add`], then the entry to Redis (cluster mode; a Redis failure leaves it on this node).
+pub async fn add_shared(
+    ctx: &AdminContext,
+    project: String,
+    address: String,
+    reason: String,
+) -> Result<Value, AdminError> {
+    let c = ctx.clone();
+    let e = tokio::task::spawn_blocking(move || {
+        c.registry.get(&project).map_err(err)?;
+        c.suppression.add(&project, &address, &reason).map_err(err)
+    })
+    .await
+    .map_err(|_| AdminError::internal("internal error"))??;
+    if let Some(cluster) = ctx.suppression.cluster() {
+        crate::policy::suppression::share_entries(cluster, std::slice::from_ref(&e)).await;
+    }
+    Ok(entry_json(&e))
+}
+
+/// [`remove`] from this node's tree and from Redis (cluster mode).
+pub async fn remove_shared(
+    ctx: &AdminContext,
+    project: &str,
+    address: &str,
+) -> Result<Value, AdminError> {
+    ctx.registry.get(project).map_err(err)?;
+    let e = ctx
+        .suppression
+        .remove_shared(project, address)
+        .await
+        .map_err(err)?;
+    Ok(entry_json(&e))
+}

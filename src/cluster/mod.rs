@@ -31,6 +31,7 @@ pub mod leases;
 pub mod limits;
 pub mod nodes;
 pub mod registry_sync;
+pub mod suppression;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

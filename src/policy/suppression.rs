@@ -10,6 +10,12 @@
 //! removes them for good). Policy reads the list; nothing here knows about sockets or
 //! upstreams. The API is deliberately small (`is_suppressed`, `add`, `remove`, `list`,
 //! `prune`) so that another backend can stand in for sled.
+//!
+//! Cluster mode ([`Suppressions::with_cluster`], `cluster/suppression.rs`): entries are also
+//! written to Redis (admin add/remove through `admin::execute_async`, delivery refusals by the
+//! queue once durable, [`share_entries`]), and the RCPT check asks Redis after the local tree,
+//! so a recipient refused via one node is refused by all. Redis not answering leaves the local
+//! tree as the only answer: mail is never refused because Redis is down.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +62,7 @@ pub struct Entry {
 pub struct Suppressions {
     store: Store,
     expire_ms: u64,
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 /// Addresses compare case-insensitively: providers treat local parts so in practice, and a
@@ -108,8 +115,11 @@ pub fn refusal_names_recipient(reply: &str) -> bool {
 /// Adds the recipients of `failed`/`refused` events whose reply names them to the project's
 /// list. Called by the queue before the group commit of the outcome, so an entry exists
 /// exactly when the refusal that caused it does.
-pub fn record_refusals(store: &Store, events: &[Event]) -> Result<(), sled::Error> {
+///
+/// Returns the entries written, for [`share_entries`] once the commit is durable.
+pub fn record_refusals(store: &Store, events: &[Event]) -> Result<Vec<Entry>, sled::Error> {
     let now = now_ms();
+    let mut written = Vec::new();
     for e in events.iter().filter(|e| {
         e.kind == EventKind::Failed
             && e.reason.as_deref() == Some("refused")
@@ -134,9 +144,31 @@ pub fn record_refusals(store: &Store, events: &[Event]) -> Result<(), sled::Erro
             )?;
             crate::metrics::suppression_added("upstream");
             tracing::info!(project = %e.project, recipient = %address, reply = e.reply.as_deref().unwrap_or(""), "recipient suppressed after a permanent refusal");
+            written.push(entry);
         }
     }
-    Ok(())
+    Ok(written)
+}
+
+/// Cluster mode: entries written locally go to Redis too. A failure is logged and the entry
+/// stays on this node only (other nodes keep mailing the address until it is refused there).
+pub async fn share_entries(cluster: &crate::cluster::Cluster, entries: &[Entry]) {
+    if entries.is_empty() {
+        return;
+    }
+    let rows: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.project.clone(),
+                e.address.clone(),
+                serde_json::to_string(e).unwrap_or_default(),
+            )
+        })
+        .collect();
+    if let Err(e) = cluster.suppression_put(&rows).await {
+        tracing::warn!(error = %e, entries = rows.len(), "cluster: suppression entries kept on this node only");
+    }
 }
 
 impl Suppressions {
@@ -144,6 +176,60 @@ impl Suppressions {
         Suppressions {
             store,
             expire_ms: expire_secs.saturating_mul(1000),
+            cluster: None,
+        }
+    }
+
+    /// Cluster mode: the RCPT check also asks Redis, and admin changes are written there.
+    pub fn with_cluster(mut self, cluster: Option<crate::cluster::Cluster>) -> Suppressions {
+        self.cluster = cluster;
+        self
+    }
+
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// The live shared entry for `address` (cluster mode), `None` on any Redis error.
+    async fn shared_entry(&self, project: &str, address: &str) -> Option<Entry> {
+        let cluster = self.cluster.as_ref()?;
+        let address = normalize(address).ok()?;
+        match cluster.suppression_get(project, &address).await {
+            Ok(v) => v
+                .and_then(|v| self.decode(v.as_bytes()))
+                .filter(|e| e.expires_ms > now_ms()),
+            Err(_) => None,
+        }
+    }
+
+    /// [`Suppressions::remove`], and from Redis too in cluster mode: found in either is found.
+    pub async fn remove_shared(
+        &self,
+        project: &str,
+        address: &str,
+    ) -> Result<Entry, SuppressionError> {
+        let local = {
+            let this = self.clone();
+            let (p, a) = (project.to_string(), address.to_string());
+            tokio::task::spawn_blocking(move || this.remove(&p, &a))
+                .await
+                .map_err(|_| StoreError::Failed("suppression remove task failed".into()))?
+        };
+        let Some(cluster) = &self.cluster else {
+            return local;
+        };
+        let normalized = normalize(address)?;
+        let shared = match cluster.suppression_del(project, &normalized).await {
+            Ok(v) => v.and_then(|v| self.decode(v.as_bytes())),
+            Err(e) => {
+                tracing::warn!(project, error = %e, "cluster: suppression entry removed on this node only");
+                None
+            }
+        };
+        match (local, shared) {
+            (Ok(e), _) => Ok(e),
+            (Err(SuppressionError::NotFound(..)), Some(e)) => Ok(e),
+            (Err(e), _) => Err(e),
         }
     }
 
@@ -176,7 +262,7 @@ impl Suppressions {
     pub async fn refuse(&self, project: &str, address: &str) -> Option<String> {
         let entry = match self.is_suppressed(project, address) {
             Ok(Some(e)) => e,
-            Ok(None) => return None,
+            Ok(None) => self.shared_entry(project, address).await?,
             Err(e) => {
                 // The list cannot be read: let the message through rather than refuse mail
                 // on a storage hiccup (the upstream will refuse a dead address again).

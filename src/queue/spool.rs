@@ -268,6 +268,8 @@ pub struct Queue {
     wake: std::sync::Arc<tokio::sync::Notify>,
     /// Bytes that must stay free on the spool's filesystem (`server.min_free_space`).
     min_free: u64,
+    /// Cluster mode: suppression entries from refusals are shared once durable.
+    cluster: std::sync::Arc<std::sync::OnceLock<crate::cluster::Cluster>>,
 }
 
 impl Queue {
@@ -276,7 +278,13 @@ impl Queue {
             store,
             wake: std::sync::Arc::new(tokio::sync::Notify::new()),
             min_free: 0,
+            cluster: std::sync::Arc::default(),
         }
+    }
+
+    /// Cluster mode: suppression entries recorded with an outcome also go to Redis.
+    pub fn set_cluster(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.cluster.set(cluster);
     }
 
     /// Refuse new messages while less than `bytes` would stay free on disk.
@@ -513,12 +521,13 @@ impl Queue {
         let due = env.next_attempt_ms;
         // Whether the finished message had a body file, which may go once this is durable.
         // Order matters (module doc): the log first, then the envelope, the body last.
+        let mut suppressed = Vec::new();
         let had_file = (|| {
             self.store.log.insert(id.as_bytes(), encoded.as_slice())?;
             crate::events::stage(&self.store, events)?;
             // Permanent refusals that name a recipient put it on the project's suppression
             // list, in this same commit (policy::suppression).
-            crate::policy::suppression::record_refusals(&self.store, events)?;
+            suppressed = crate::policy::suppression::record_refusals(&self.store, events)?;
             if state.is_final() {
                 self.remove_entry(id)
             } else {
@@ -529,6 +538,9 @@ impl Queue {
         })()
         .map_err(|e| self.write_err(e))?;
         self.store.durable().await?;
+        if let Some(c) = self.cluster.get() {
+            crate::policy::suppression::share_entries(c, &suppressed).await;
+        }
         if !events.is_empty() {
             crate::events::outbox::wake();
         }
