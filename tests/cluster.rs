@@ -829,6 +829,13 @@ async fn suppression_list_is_shared_between_nodes() {
         250
     );
 
+    // Removed on node 3: node 1, which recorded it in its own tree, accepts it again.
+    c.nodes[2].cli_json(&["suppression", "remove", &id, "gone@example.net"]);
+    let r = rcpt_reply(c.nodes[0].plain.unwrap(), &id, &token, "gone@example.net").await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let r = rcpt_reply(c.nodes[1].plain.unwrap(), &id, &token, "gone@example.net").await;
+    assert_eq!(r.code, 250, "{r:?}");
+
     // An admin entry on node 3 is refused on node 1; removed on node 3, accepted again.
     c.nodes[2].cli_json(&["suppression", "add", &id, "blocked@example.net"]);
     let r = rcpt_reply(

@@ -3,7 +3,8 @@
 //! stored in the local tree (JSON, opaque here; expiry is judged on read by
 //! `policy/suppression.rs`, as for the local entries).
 //!
-//! Written after the local write (admin add/remove, delivery refusals once their outcome is
+//! A removal leaves a tombstone (`{"removed_ms":…}`), which outranks an older entry in a
+//! node's own tree. Written after the local write (admin add/remove, delivery refusals once their outcome is
 //! durable) and read at RCPT after the local tree, each under the command deadline. Nothing
 //! here refuses mail: a caller that gets an error answers from its own tree.
 
@@ -54,11 +55,13 @@ impl Cluster {
         r.inspect_err(|e| self.note_failure(e))
     }
 
-    /// Removes `address`; returns the entry it had.
+    /// Replaces `address`'s entry with `tombstone` (so nodes that hold the entry in their own
+    /// tree learn it was removed); returns what was there.
     pub async fn suppression_del(
         &self,
         project: &str,
         address: &str,
+        tombstone: &str,
     ) -> Result<Option<String>, ClusterError> {
         let key = self.suppression_key(project);
         let mut p = redis::pipe();
@@ -66,9 +69,10 @@ impl Cluster {
             .cmd("HGET")
             .arg(&key)
             .arg(address)
-            .cmd("HDEL")
+            .cmd("HSET")
             .arg(&key)
             .arg(address)
+            .arg(tombstone)
             .ignore();
         let r: Result<(Option<String>,), _> = self.conn().pipe(&p).await;
         r.map(|(v,)| v).inspect_err(|e| self.note_failure(e))

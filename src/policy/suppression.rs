@@ -57,6 +57,19 @@ pub struct Entry {
     pub expires_ms: u64,
 }
 
+/// A removal, as left in Redis (cluster mode).
+#[derive(Deserialize)]
+struct Tombstone {
+    removed_ms: u64,
+}
+
+/// Redis's answer for one address.
+enum Shared {
+    Live(Entry),
+    Removed(u64),
+    Absent,
+}
+
 /// The list, with the lifetime of its entries.
 #[derive(Clone, Debug)]
 pub struct Suppressions {
@@ -190,16 +203,23 @@ impl Suppressions {
         self.cluster.as_ref()
     }
 
-    /// The live shared entry for `address` (cluster mode), `None` on any Redis error.
-    async fn shared_entry(&self, project: &str, address: &str) -> Option<Entry> {
+    /// What Redis says about `address` (cluster mode); `None` without a cluster or on any
+    /// Redis error (the local tree answers alone then).
+    async fn shared_state(&self, project: &str, address: &str) -> Option<Shared> {
         let cluster = self.cluster.as_ref()?;
         let address = normalize(address).ok()?;
-        match cluster.suppression_get(project, &address).await {
-            Ok(v) => v
-                .and_then(|v| self.decode(v.as_bytes()))
-                .filter(|e| e.expires_ms > now_ms()),
-            Err(_) => None,
-        }
+        let v = cluster.suppression_get(project, &address).await.ok()?;
+        Some(match v {
+            None => Shared::Absent,
+            Some(v) => match self.decode(v.as_bytes()) {
+                Some(e) if e.expires_ms > now_ms() => Shared::Live(e),
+                Some(_) => Shared::Absent,
+                None => match serde_json::from_str::<Tombstone>(&v) {
+                    Ok(t) => Shared::Removed(t.removed_ms),
+                    Err(_) => Shared::Absent,
+                },
+            },
+        })
     }
 
     /// [`Suppressions::remove`], and from Redis too in cluster mode: found in either is found.
@@ -219,7 +239,11 @@ impl Suppressions {
             return local;
         };
         let normalized = normalize(address)?;
-        let shared = match cluster.suppression_del(project, &normalized).await {
+        let tombstone = serde_json::json!({ "removed_ms": now_ms() }).to_string();
+        let shared = match cluster
+            .suppression_del(project, &normalized, &tombstone)
+            .await
+        {
             Ok(v) => v.and_then(|v| self.decode(v.as_bytes())),
             Err(e) => {
                 tracing::warn!(project, error = %e, "cluster: suppression entry removed on this node only");
@@ -260,15 +284,22 @@ impl Suppressions {
     /// after recording a `suppressed` event (and the webhooks it owes). The event is best
     /// effort: failing to store it never turns the refusal into an acceptance.
     pub async fn refuse(&self, project: &str, address: &str) -> Option<String> {
-        let entry = match self.is_suppressed(project, address) {
-            Ok(Some(e)) => e,
-            Ok(None) => self.shared_entry(project, address).await?,
+        let local = match self.is_suppressed(project, address) {
+            Ok(e) => e,
             Err(e) => {
                 // The list cannot be read: let the message through rather than refuse mail
                 // on a storage hiccup (the upstream will refuse a dead address again).
                 tracing::warn!(project, error = %e, "cannot read the suppression list");
                 return None;
             }
+        };
+        // Cluster mode: a shared entry counts too; a removal on any node outranks an older
+        // entry in this node's own tree.
+        let entry = match (local, self.shared_state(project, address).await) {
+            (_, Some(Shared::Live(e))) => e,
+            (Some(l), Some(Shared::Removed(at))) if at >= l.added_ms => return None,
+            (Some(l), _) => l,
+            (None, _) => return None,
         };
         let text = refusal_text(project, &entry);
         crate::metrics::recipient_suppressed(project);
