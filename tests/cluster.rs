@@ -724,7 +724,7 @@ async fn post_email(
 /// and the upstream gets one message; a different request under the same key is refused there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_key_is_shared_between_nodes() {
-    let c = Cluster::start().await;
+    let mut c = Cluster::start().await;
     let (id, token, _) = add_project(&c.nodes[0]);
     wait_known_everywhere(&c, &id, &token).await;
 
@@ -763,6 +763,17 @@ async fn idempotency_key_is_shared_between_nodes() {
         .redis
         .command(&["GET", &format!("smtp-relay:idem:{id}:reset/42")]);
     assert!(v.contains(&first_id), "record in Redis: {v:?}");
+
+    // Redis down: keys still work on each node alone (nothing refused), and a node's own
+    // record still answers its retries.
+    c.redis.stop();
+    c.wait_degraded(1, Duration::from_secs(15)).await;
+    let (status, alone) = post_email(&c.nodes[0], &token, "reset/44", "Reset").await;
+    assert_eq!(status, 200, "{alone}");
+    let (status, again) = post_email(&c.nodes[0], &token, "reset/44", "Reset").await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["id"], alone["id"]);
+    c.upstream.wait_for(3, Duration::from_secs(30)).await;
 }
 
 /// RCPT of `rcpt` on `node` after AUTH (direct, with a PROXY header): the reply.
@@ -779,7 +790,7 @@ async fn rcpt_reply(node: SocketAddr, id: &str, token: &str, rcpt: &str) -> supp
 /// admin entry added on node 3 holds on node 1 and its removal there frees it everywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn suppression_list_is_shared_between_nodes() {
-    let c = Cluster::start().await;
+    let mut c = Cluster::start().await;
     c.upstream.set_script(
         support::upstream::Script::default()
             .with_rcpt("gone@example.net", "550 5.1.1 No such user"),
@@ -855,4 +866,22 @@ async fn suppression_list_is_shared_between_nodes() {
     )
     .await;
     assert_eq!(r.code, 250, "{r:?}");
+
+    // Redis down: an entry only Redis knew does not stop mail (node 1 answers from its own
+    // tree), and an entry in a node's own tree still does.
+    c.nodes[2].cli_json(&["suppression", "add", &id, "shared@example.net"]);
+    c.nodes[0].cli_json(&["suppression", "add", &id, "own@example.net"]);
+    c.redis.stop();
+    c.wait_degraded(1, Duration::from_secs(15)).await;
+    let node1 = c.nodes[0].plain.unwrap();
+    assert_eq!(
+        rcpt_reply(node1, &id, &token, "shared@example.net")
+            .await
+            .code,
+        250
+    );
+    assert_eq!(
+        rcpt_reply(node1, &id, &token, "own@example.net").await.code,
+        550
+    );
 }
