@@ -114,12 +114,23 @@ pub struct Event {
     pub header_message_id: Option<String>,
 }
 
+/// The tail of an event id: increasing within the process, so two events of one message in
+/// the same millisecond (a simulated outcome right after `accepted`) keep their order in the
+/// `message id \0 time ‖ event id` key; a random start keeps ids unique across restarts.
+fn next_event_seq() -> u64 {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: OnceLock<AtomicU64> = OnceLock::new();
+    SEQ.get_or_init(|| AtomicU64::new(u64::from(rand::random::<u32>()) << 24))
+        .fetch_add(1, Ordering::Relaxed)
+}
+
 impl Event {
     /// A new event about `env`, now, for `recipients`.
     pub fn new(kind: EventKind, env: &Envelope, recipients: Vec<String>) -> Event {
         let time_ms = now_ms();
         Event {
-            id: format!("evt_{}{:08x}", env.id, rand::random::<u32>()),
+            id: format!("evt_{}{:016x}", env.id, next_event_seq()),
             kind,
             message_id: env.id.clone(),
             project: env.project.clone(),
