@@ -19,7 +19,7 @@ as_relay() {
 fail() { echo "deb-check: FAIL: $*" >&2; exit 1; }
 ok() { echo "deb-check: ok: $*"; }
 
-if dpkg-query -W -f '${Status}' smtp-relay 2>/dev/null | grep -q "installed"; then
+if [[ "$(dpkg-query -W -f '${Status}' smtp-relay 2>/dev/null || true)" == *" installed" ]]; then
   fail "smtp-relay is already installed here; deb-check installs and purges it (dpkg --purge smtp-relay first)"
 fi
 for cmd in man python3 systemd-sysusers; do
@@ -81,6 +81,7 @@ if ls /etc/systemd/system/*.wants/smtp-relay.service >/dev/null 2>&1; then
   fail "the unit was enabled on install"
 fi
 ok "$unit installed, not enabled"
+dpkg -L smtp-relay >"$work/files.txt"
 for f in /usr/share/doc/smtp-relay/README.md /usr/share/doc/smtp-relay/copyright \
   /usr/share/doc/smtp-relay/examples/smtp-relay.toml \
   /usr/share/doc/smtp-relay/contrib/grafana-dashboard.json \
@@ -88,7 +89,8 @@ for f in /usr/share/doc/smtp-relay/README.md /usr/share/doc/smtp-relay/copyright
   /usr/share/bash-completion/completions/smtp-relay \
   /usr/share/zsh/vendor-completions/_smtp-relay \
   /usr/share/fish/vendor_completions.d/smtp-relay.fish; do
-  dpkg -L smtp-relay | grep -qx "$f" || fail "$f is not in the package"
+  # From a file: `dpkg -L | grep -q` can die of SIGPIPE when grep stops early (pipefail).
+  grep -qx "$f" "$work/files.txt" || fail "$f is not in the package"
 done
 grep -q "License: MIT" /usr/share/doc/smtp-relay/copyright && grep -q "License: Apache-2.0" /usr/share/doc/smtp-relay/copyright \
   || fail "the copyright file does not carry both licences"
