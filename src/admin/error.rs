@@ -88,6 +88,7 @@ impl AdminError {
 }
 
 /// An error type that knows which of its variants is which kind (and which input field).
+/// Implementations match every variant, with no `_` arm: a new variant must be classified.
 pub trait Classify: std::fmt::Display {
     fn kind(&self) -> (ErrorKind, Option<&'static str>);
 }
@@ -123,8 +124,6 @@ impl Classify for crate::policy::projects::RegistryError {
             E::DuplicateDomain(..) => (Conflict, Some("domain")),
             E::EmptyName => (Invalid, Some("name")),
             E::Store(s) => s.kind(),
-            #[allow(unreachable_patterns)]
-            _ => (Invalid, None),
         }
     }
 }
@@ -166,8 +165,7 @@ impl Classify for crate::queue::QueueError {
         match self {
             E::NotFound(_) => (NotFound, None),
             E::Store(s) => s.kind(),
-            #[allow(unreachable_patterns)]
-            _ => (Unavailable, None),
+            E::Spill(_) => (Unavailable, None),
         }
     }
 }
@@ -178,8 +176,7 @@ impl Classify for crate::policy::limits::LimitsError {
         match self {
             E::Store(s) => s.kind(),
             E::Invalid(_) => (Invalid, Some("limits")),
-            #[allow(unreachable_patterns)]
-            _ => (Conflict, None),
+            E::TooManySessions { .. } => (Conflict, None),
         }
     }
 }
@@ -190,8 +187,6 @@ impl Classify for crate::policy::routes::RouteError {
         match self {
             E::UnknownUpstream(..) => (Invalid, Some("upstream")),
             E::Store(s) => s.kind(),
-            #[allow(unreachable_patterns)]
-            _ => (Invalid, None),
         }
     }
 }
@@ -204,8 +199,6 @@ impl Classify for crate::policy::admin_tokens::AdminTokenError {
             E::BadRole(_) => (Invalid, Some("role")),
             E::EmptyLabel => (Invalid, Some("label")),
             E::Store(s) => s.kind(),
-            #[allow(unreachable_patterns)]
-            _ => (Invalid, None),
         }
     }
 }
@@ -221,8 +214,6 @@ impl Classify for crate::transform::branding::SettingsError {
             E::Invalid { field, .. } | E::Template { field, .. } => (Invalid, Some(field)),
             E::Corrupt(..) => (Internal, None),
             E::Store(s) => s.kind(),
-            #[allow(unreachable_patterns)]
-            _ => (Invalid, None),
         }
     }
 }
@@ -235,8 +226,6 @@ impl Classify for crate::events::EventError {
             E::UnknownKind(_) => (Invalid, Some("events")),
             E::Invalid(_) => (Invalid, None),
             E::NotFound(_) => (NotFound, None),
-            #[allow(unreachable_patterns)]
-            _ => (Invalid, None),
         }
     }
 }
