@@ -289,6 +289,19 @@ pub struct AdminContext {
     pub cluster: Option<crate::cluster::Cluster>,
 }
 
+/// Project id → name, ordered by id (stats and status label their per-project rows with it).
+fn project_names(
+    ctx: &AdminContext,
+) -> Result<std::collections::BTreeMap<String, String>, AdminError> {
+    Ok(ctx
+        .registry
+        .list()
+        .map_err(err)?
+        .into_iter()
+        .map(|p| (p.id, p.name))
+        .collect())
+}
+
 /// A project's maximum queue age has the same floor as `queue.max_age_secs`: below it a
 /// message could expire before its first delivery attempt had a chance.
 fn check_max_age(secs: Option<u64>) -> Result<(), AdminError> {

@@ -119,13 +119,7 @@ pub fn execute(ctx: &AdminContext, req: StatsRequest) -> Result<Value, AdminErro
         })
         .map_err(err)?;
 
-    let names: BTreeMap<String, String> = ctx
-        .registry
-        .list()
-        .map_err(err)?
-        .into_iter()
-        .map(|p| (p.id, p.name))
-        .collect();
+    let names = super::project_names(ctx)?;
     let mut ids: Vec<&String> = names.keys().collect();
     ids.extend(per_project.keys().filter(|k| !names.contains_key(*k)));
     let projects: Vec<Value> = ids

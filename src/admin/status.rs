@@ -73,13 +73,7 @@ pub fn report(ctx: &AdminContext) -> Result<Value, AdminError> {
         .collect();
 
     // Names help the reader; a project deleted within the hour keeps its id only.
-    let names: std::collections::HashMap<String, String> = ctx
-        .registry
-        .list()
-        .map_err(err)?
-        .into_iter()
-        .map(|p| (p.id, p.name))
-        .collect();
+    let names = super::project_names(ctx)?;
     let projects: Vec<Value> = health::last_hour()
         .into_iter()
         .map(|(id, c)| {

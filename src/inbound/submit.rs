@@ -159,9 +159,8 @@ pub async fn submit(who: Submitter<'_>, sub: Submission<'_>) -> Result<Accepted,
         tracing::warn!(client = %peer, project = %project_id, error = %e, "header From refused");
         return Err(Refusal::Sender(e));
     }
-    // The key header never leaves the relay (and is not signed).
-    let (header_key, key_fields) = idempotency::find_in_message(&message);
-    let message = idempotency::strip_ranges(message, &key_fields);
+    // The key header never leaves the relay: transform's header step removes it.
+    let header_key = idempotency::find_in_message(&message);
     let window_secs = shared.config.idempotency.window_secs;
     let mut own_key = None;
     if completion.is_none()

@@ -423,39 +423,19 @@ impl Idempotency {
     }
 }
 
-/// Finds an idempotency key header in a message's header section; returns the key (unfolded,
-/// trimmed) and the byte ranges of every such field, to be removed before the message leaves.
-pub fn find_in_message(message: &[u8]) -> (Option<String>, Vec<std::ops::Range<usize>>) {
-    let mut key = None;
-    let mut ranges = Vec::new();
-    for f in crate::transform::headers::HeaderFields::new(message) {
-        if HEADER_NAMES.iter().any(|n| f.is(n)) {
-            if key.is_none() {
-                let unfolded: String = String::from_utf8_lossy(f.value)
-                    .chars()
-                    .filter(|c| *c != '\r' && *c != '\n')
-                    .collect();
-                key = Some(unfolded.trim().to_string());
-            }
-            ranges.push(f.range.clone());
-        }
-    }
-    (key, ranges)
-}
-
-/// `message` without the byte ranges (sorted, non-overlapping).
-pub fn strip_ranges(message: Vec<u8>, ranges: &[std::ops::Range<usize>]) -> Vec<u8> {
-    if ranges.is_empty() {
-        return message;
-    }
-    let mut out = Vec::with_capacity(message.len());
-    let mut pos = 0;
-    for r in ranges {
-        out.extend_from_slice(&message[pos..r.start]);
-        pos = r.end;
-    }
-    out.extend_from_slice(&message[pos..]);
-    out
+/// The idempotency key header of a message's header section (the first of [`HEADER_NAMES`]),
+/// unfolded and trimmed. The transform's header step removes every such field before the
+/// message leaves (`transform/headers.rs`).
+pub fn find_in_message(message: &[u8]) -> Option<String> {
+    crate::transform::headers::HeaderFields::new(message)
+        .find(|f| HEADER_NAMES.iter().any(|n| f.is(n)))
+        .map(|f| {
+            let unfolded: String = String::from_utf8_lossy(f.value)
+                .chars()
+                .filter(|c| *c != '\r' && *c != '\n')
+                .collect();
+            unfolded.trim().to_string()
+        })
 }
 
 #[cfg(test)]
@@ -553,14 +533,12 @@ mod tests {
     }
 
     #[test]
-    fn header_found_and_stripped() {
-        let m = b"From: a@b.test\r\nX-Idempotency-Key: reset/\r\n 42\r\nSubject: s\r\n\r\nIdempotency-Key: body\r\n".to_vec();
-        let (key, ranges) = find_in_message(&m);
-        assert_eq!(key.as_deref(), Some("reset/ 42"));
-        let out = strip_ranges(m, &ranges);
+    fn header_found() {
+        let m = b"From: a@b.test\r\nX-Idempotency-Key: reset/\r\n 42\r\nSubject: s\r\n\r\nIdempotency-Key: body\r\n";
+        assert_eq!(find_in_message(m).as_deref(), Some("reset/ 42"));
         assert_eq!(
-            out,
-            b"From: a@b.test\r\nSubject: s\r\n\r\nIdempotency-Key: body\r\n".to_vec()
+            find_in_message(b"Subject: s\r\n\r\nIdempotency-Key: body\r\n"),
+            None
         );
     }
 }

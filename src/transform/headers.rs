@@ -2,7 +2,8 @@
 //! `Message-ID` when the client left them out (several app mailers do; receivers and DKIM expect
 //! them), and no field that only a later hop may write: `Return-Path` (RFC 5321 §4.4, added at
 //! final delivery) and `Authentication-Results` claiming this relay's authserv-id (RFC 8601 §5,
-//! a forged "dkim=pass" from us). Removal is by byte ranges of the header section; every other
+//! a forged "dkim=pass" from us), nor an idempotency key header (`policy/idempotency.rs` read it;
+//! it is never sent or signed). Removal is by byte ranges of the header section; every other
 //! byte of the message stays as it came.
 //!
 //! Fields are found with a small line scanner ([`HeaderFields`]) rather than a full header
@@ -131,6 +132,9 @@ fn authserv_id(value: &[u8]) -> &[u8] {
 /// Whether a client-supplied field must go before the message leaves.
 fn must_strip(field: &Field<'_>, hostname: &str) -> bool {
     field.is("Return-Path")
+        || crate::policy::idempotency::HEADER_NAMES
+            .iter()
+            .any(|n| field.is(n))
         || (field.is("Authentication-Results")
             && authserv_id(field.value).eq_ignore_ascii_case(hostname.as_bytes()))
 }
@@ -340,6 +344,16 @@ mod tests {
                 "{host}: {out}"
             );
         }
+    }
+
+    #[test]
+    fn strips_idempotency_key_headers() {
+        let m = "From: a@b.test\r\nX-Idempotency-Key: reset/\r\n 42\r\nSubject: s\r\nResend-Idempotency-Key: k\r\nidempotency-key: k\r\n\r\nIdempotency-Key: body\r\n";
+        let out = complete_str(&ctx(), m);
+        assert!(
+            out.ends_with("From: a@b.test\r\nSubject: s\r\n\r\nIdempotency-Key: body\r\n"),
+            "{out}"
+        );
     }
 
     #[test]
