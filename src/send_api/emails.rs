@@ -1052,6 +1052,16 @@ mod tests {
     }
 
     #[test]
+    fn key_in_flight_is_resends_conflict() {
+        let e = ApiError::from(KeyRefusal::InFlight);
+        assert_eq!(e.status, StatusCode::CONFLICT);
+        assert_eq!(e.name, "concurrent_idempotent_requests");
+        let e = ApiError::from(KeyRefusal::Mismatch);
+        assert_eq!(e.status, StatusCode::CONFLICT);
+        assert_eq!(e.name, "invalid_idempotent_request");
+    }
+
+    #[test]
     fn content_types_from_names() {
         assert_eq!(content_type_for("invoice.PDF"), "application/pdf");
         assert_eq!(content_type_for("noext"), "application/octet-stream");
