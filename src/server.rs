@@ -98,7 +98,12 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         &config.server.state_dir,
     )?;
     let registry = Registry::new(store.clone(), secret.clone());
-    let dkim = DkimKeys::new(store.clone(), &config);
+    let mut dkim = DkimKeys::new(store.clone(), &config);
+    if config.cluster.is_some() {
+        let seal = crate::transform::dkim_seal::SealKey::derive(&secret)
+            .map_err(|e| crate::cluster::ClusterError::Config(e.to_string()))?;
+        dkim = dkim.with_sealing(seal);
+    }
     let queue =
         Queue::new(store.clone()).with_min_free(config.server.min_free_space_mb * 1024 * 1024);
     let branding = BrandingStore::new(store.clone());
@@ -111,6 +116,25 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         limiter.set_cluster(c.clone());
         idempotency.set_cluster(c.clone());
         queue.set_cluster(c.clone());
+        match dkim.seal_existing() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "cluster: DKIM keys sealed for the other nodes"),
+            Err(e) => tracing::warn!(error = %e, "cluster: cannot seal this node's DKIM keys"),
+        }
+        let keys = dkim.clone();
+        c.on_change(move |changes| {
+            if !changes.iter().any(|c| c.tree.starts_with("dkim")) {
+                return;
+            }
+            let removed: Vec<Vec<u8>> = changes
+                .iter()
+                .filter(|c| c.tree == "dkim" && c.value.is_none())
+                .map(|c| c.key.clone())
+                .collect();
+            if let Err(e) = keys.refresh_from_cluster(&removed) {
+                tracing::warn!(error = %e, "cluster: DKIM keys from Redis not applied");
+            }
+        });
     }
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;

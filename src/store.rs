@@ -103,6 +103,9 @@ pub mod trees {
     pub const DKIM: &str = "dkim";
     /// Per-project DKIM settings (signing failure policy), by project id.
     pub const DKIM_PROJECTS: &str = "dkim_projects";
+    /// Cluster mode only: DKIM private keys sealed with a key derived from the server secret,
+    /// `domain \0 selector` → sealed PEM (transform::dkim_seal), mirrored through Redis.
+    pub const DKIM_SEALED: &str = "dkim_sealed";
     /// Spool entries that could not be decoded, kept for inspection instead of blocking the queue.
     pub const QUARANTINE: &str = "quarantine";
     /// Admin tokens for the HTTP API and panel: HMAC digest → label, role, id.
@@ -142,6 +145,7 @@ pub struct Store {
     pub routes: sled::Tree,
     pub dkim: sled::Tree,
     pub dkim_projects: sled::Tree,
+    pub dkim_sealed: sled::Tree,
     pub quarantine: sled::Tree,
     pub admin_tokens: sled::Tree,
     pub events: sled::Tree,
@@ -196,6 +200,7 @@ impl Store {
             routes: db.open_tree(trees::ROUTES)?,
             dkim: db.open_tree(trees::DKIM)?,
             dkim_projects: db.open_tree(trees::DKIM_PROJECTS)?,
+            dkim_sealed: db.open_tree(trees::DKIM_SEALED)?,
             quarantine: db.open_tree(trees::QUARANTINE)?,
             admin_tokens: db.open_tree(trees::ADMIN_TOKENS)?,
             events: db.open_tree(trees::EVENTS)?,

@@ -885,3 +885,185 @@ async fn suppression_list_is_shared_between_nodes() {
         550
     );
 }
+
+/// Sends one message straight to a node (PROXY header, AUTH) and returns the queue id.
+async fn send_direct(node: SocketAddr, id: &str, token: &str, subject: &str) -> String {
+    let mut cl = direct(node).await;
+    assert_eq!(cl.reply().await.code, 220);
+    assert_eq!(cl.cmd("EHLO client.test").await.code, 250);
+    assert_eq!(cl.auth_plain(id, token).await.code, 235);
+    let r = cl
+        .send_plain("app@example.com", "user@example.net", subject, "hi\r\n")
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    r.queued_id()
+}
+
+/// The message with `subject` at the upstream, once it arrives.
+async fn arrived(c: &Cluster, subject: &str) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let needle = format!("Subject: {subject}\r\n");
+        if let Some(m) = c
+            .upstream
+            .messages()
+            .into_iter()
+            .find(|m| String::from_utf8_lossy(&m.data).contains(&needle))
+        {
+            return m.data;
+        }
+        assert!(Instant::now() < deadline, "{subject} never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn wait_file(path: &std::path::Path, present: bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while path.exists() != present {
+        assert!(Instant::now() < deadline, "{what}: {}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A DKIM key generated on node 1 signs mail sent through node 2; Redis holds its private key
+/// only sealed; a rotation on node 3 reaches node 1's signer; a removed key's file goes away
+/// on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dkim_keys_are_shared_sealed_between_nodes() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::start().await;
+    let (id, token, _) = add_project(&c.nodes[0]);
+    wait_known_everywhere(&c, &id, &token).await;
+    let dns = support::dkim::Dns::default();
+    dns.publish(&support::dkim::keygen(
+        &c.nodes[0],
+        "example.com",
+        "s1",
+        "rsa",
+        true,
+    ));
+
+    // Node 2 writes its own 0600 file from the sealed copy.
+    let file = |n: usize, sel: &str| {
+        c.nodes[n]
+            .state_dir()
+            .join("dkim")
+            .join("example.com")
+            .join(format!("{sel}.pem"))
+    };
+    wait_file(&file(1, "s1"), true, "key never reached node 2");
+    let mode = std::fs::metadata(file(1, "s1"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    assert_eq!(
+        std::fs::read(file(0, "s1")).unwrap(),
+        std::fs::read(file(1, "s1")).unwrap()
+    );
+    send_direct(c.nodes[1].plain.unwrap(), &id, &token, "Via node 2").await;
+    let signed = support::dkim::verify(&dns, &arrived(&c, "Via node 2").await).await;
+    assert!(
+        signed.iter().any(|v| v.pass() && v.selector == "s1"),
+        "{signed:?}"
+    );
+
+    // Redis has the key record and a sealed private key, never the key itself.
+    let sealed = c.redis.command(&["HGETALL", "smtp-relay:tree:dkim_sealed"]);
+    assert!(sealed.contains("example.com"), "{sealed:?}");
+    let pem = std::fs::read_to_string(file(0, "s1")).unwrap();
+    let body_line = pem.lines().nth(1).unwrap();
+    assert!(!sealed.contains("PRIVATE KEY"), "{sealed:?}");
+    assert!(!sealed.contains(body_line), "{sealed:?}");
+    let meta = c.redis.command(&["HGETALL", "smtp-relay:tree:dkim"]);
+    assert!(meta.contains("\"selector\":\"s1\""), "{meta:?}");
+
+    // Rotated on node 3: node 1 signs with the new key.
+    dns.publish(&support::dkim::keygen(
+        &c.nodes[2],
+        "example.com",
+        "s2",
+        "rsa",
+        true,
+    ));
+    wait_file(&file(0, "s2"), true, "new key never reached node 1");
+    send_direct(c.nodes[0].plain.unwrap(), &id, &token, "After rotation").await;
+    let signed = support::dkim::verify(&dns, &arrived(&c, "After rotation").await).await;
+    assert!(
+        signed.iter().any(|v| v.pass() && v.selector == "s2"),
+        "{signed:?}"
+    );
+    assert!(!signed.iter().any(|v| v.selector == "s1"), "{signed:?}");
+
+    // The old key removed on node 3: its file goes from nodes 1 and 2.
+    c.nodes[2].cli_json(&["dkim", "remove", "example.com", "s1"]);
+    wait_file(&file(0, "s1"), false, "removed key still on node 1");
+    wait_file(&file(1, "s1"), false, "removed key still on node 2");
+    let list = c.nodes[0].cli_json(&["dkim", "list", "--domain", "example.com"]);
+    assert_eq!(list.as_array().map(|a| a.len()), Some(1), "{list:#}");
+}
+
+/// Upgrading a cluster seeded before DKIM keys were shared: the node holding the keys keeps
+/// them (Redis's empty DKIM hashes do not wipe its records) and shares them, sealed, with a
+/// node that joins afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dkim_keys_of_a_node_upgraded_into_a_seeded_cluster_are_kept_and_shared() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("server.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef0123456789abcdef").unwrap();
+    let state = dir.path().join("state-a");
+    let node = |state: std::path::PathBuf, cluster: bool, id: &str| RelayOptions {
+        state_dir: Some(state),
+        server_extra: format!("secret_file = \"{}\"", secret.display()),
+        extra_config: if cluster {
+            format!(
+                "[cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\nnodes = 2\nheartbeat_secs = 1\nreconcile_secs = 5\n",
+                redis.url()
+            )
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    };
+
+    // A single node with a key, then an older version's cluster: seeded, no DKIM trees.
+    let mut single = Relay::start(node(state.clone(), false, "a"));
+    support::dkim::keygen(&single, "example.com", "old1", "ed25519", true);
+    single.terminate();
+    drop(single);
+    redis.command(&["SET", "smtp-relay:registry:seeded", "older-node"]);
+
+    let a = Relay::start(node(state, true, "a"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !redis
+        .command(&["HKEYS", "smtp-relay:tree:dkim_sealed"])
+        .contains("old1")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "key never shared:\n{}",
+            a.server_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let members = redis.command(&["SMEMBERS", "smtp-relay:registry:seeded-trees"]);
+    assert!(members.contains("dkim_sealed"), "{members:?}");
+    let list = a.cli_json(&["dkim", "list"]);
+    assert_eq!(list[0]["selector"], "old1", "{list:#}");
+    assert_eq!(list[0]["state"], "active", "{list:#}");
+
+    // A node that joins now gets the key and its file.
+    let b = Relay::start(node(dir.path().join("state-b"), true, "b"));
+    wait_file(
+        &b.state_dir().join("dkim/example.com/old1.pem"),
+        true,
+        "key never reached the new node",
+    );
+    assert_eq!(
+        std::fs::read(a.state_dir().join("dkim/example.com/old1.pem")).unwrap(),
+        std::fs::read(b.state_dir().join("dkim/example.com/old1.pem")).unwrap()
+    );
+    let list = b.cli_json(&["dkim", "list"]);
+    assert_eq!(list[0]["state"], "active", "{list:#}");
+}

@@ -243,7 +243,7 @@ impl Classify for crate::transform::dkim_keys::DkimKeyError {
             E::BadKey(_) => (Invalid, Some("key")),
             E::Mismatch { .. } => (Conflict, None),
             E::Store(s) => s.kind(),
-            _ => (Internal, None),
+            E::Generate(_) | E::File { .. } | E::Seal { .. } => (Internal, None),
         }
     }
 }

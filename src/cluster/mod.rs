@@ -3,9 +3,11 @@
 //! and no Redis command is issued anywhere else:
 //!
 //! * `registry_sync.rs` — the registry (projects, token HMACs, limit overrides, routes,
-//!   branding, admin tokens, webhook endpoints) mirrored in Redis; each node keeps its sled
-//!   copy, updated by pub/sub invalidation plus a periodic full reconciliation; admin changes
-//!   go to Redis before they are answered (`admin::execute_async` calls [`Cluster::write`]).
+//!   branding, admin tokens, webhook endpoints, DKIM keys with their private keys sealed by
+//!   `transform::dkim_seal`) mirrored in Redis; each node keeps its sled copy, updated by
+//!   pub/sub invalidation plus a periodic full reconciliation; admin changes go to Redis
+//!   before they are answered (`admin::execute_async` calls [`Cluster::write`]); stages with
+//!   their own view of a tree (the DKIM signer) subscribe with [`Cluster::on_change`].
 //! * `limits.rs` — shared rate windows (GCRA in one Lua script), and the 1/N local fallback
 //!   while Redis is unreachable (`inbound::quota` calls [`Cluster::rate`]).
 //! * `leases.rs` — per-project session counts as expiring leases (`Limiter::open_session_shared`
@@ -93,7 +95,12 @@ struct Inner {
     pub(crate) node: std::sync::Mutex<nodes::NodeInfo>,
     /// HMAC of a fixed text with the server secret: equal on every node that shares it.
     secret_check: String,
+    /// Told which records changed whenever local trees are made equal to Redis's.
+    listeners: std::sync::RwLock<Vec<ChangeListener>>,
 }
+
+/// A stage that keeps its own view of mirrored trees (the DKIM signing cache and key files).
+pub type ChangeListener = Arc<dyn Fn(&[registry_sync::Change]) + Send + Sync>;
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,6 +153,7 @@ impl Cluster {
                     secret,
                     "smtp-relay cluster secret check",
                 )),
+                listeners: std::sync::RwLock::default(),
             }),
         }))
     }
@@ -173,6 +181,28 @@ impl Cluster {
     }
     fn limits(&self) -> &limits::SharedLimits {
         &self.inner.limits
+    }
+
+    /// Calls `listener` (on a blocking thread) with the records that changed each time this
+    /// node's trees are brought in line with Redis.
+    pub fn on_change(&self, listener: impl Fn(&[registry_sync::Change]) + Send + Sync + 'static) {
+        self.inner
+            .listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(listener));
+    }
+
+    fn notify_changed(&self, changes: &[registry_sync::Change]) {
+        let listeners = self
+            .inner
+            .listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for l in listeners {
+            l(changes);
+        }
     }
 
     pub fn is_degraded(&self) -> bool {

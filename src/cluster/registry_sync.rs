@@ -24,8 +24,8 @@ use crate::store::Store;
 
 use super::{Cluster, ClusterError};
 
-/// The mirrored trees, most important first. DKIM key metadata is not here: its private
-/// keys are files of each node (see the README's "Running several nodes").
+/// The mirrored trees, most important first. DKIM private keys travel sealed
+/// (`dkim_sealed`, transform::dkim_seal); each node writes its own key files from them.
 pub const TREES: &[&str] = &[
     "projects",
     "tokens",
@@ -34,29 +34,57 @@ pub const TREES: &[&str] = &[
     "branding",
     "admin_tokens",
     "webhooks",
+    "dkim",
+    "dkim_projects",
+    "dkim_sealed",
 ];
 
-fn tree<'a>(store: &'a Store, name: &str) -> &'a sled::Tree {
-    match name {
+/// Trees shared only since a later version. A cluster seeded before has none of them in
+/// Redis: the first node to reconcile after the upgrade adds its entries (HSETNX, so another
+/// node's that got there first win) instead of taking Redis's empty hash, which would wipe
+/// its keys. Never done for the older trees, where a stale node would resurrect revoked
+/// tokens.
+const LATE_TREES: &[&str] = &["dkim", "dkim_projects", "dkim_sealed"];
+
+fn tree<'a>(store: &'a Store, name: &str) -> Option<&'a sled::Tree> {
+    Some(match name {
         "projects" => &store.projects,
         "tokens" => &store.tokens,
         "limits" => &store.limits,
         "routes" => &store.routes,
         "branding" => &store.branding,
         "admin_tokens" => &store.admin_tokens,
-        _ => &store.webhooks,
-    }
+        "webhooks" => &store.webhooks,
+        "dkim" => &store.dkim,
+        "dkim_projects" => &store.dkim_projects,
+        "dkim_sealed" => &store.dkim_sealed,
+        _ => return None,
+    })
+}
+
+fn known_tree<'a>(store: &'a Store, name: &str) -> Result<&'a sled::Tree, ClusterError> {
+    tree(store, name).ok_or_else(|| ClusterError::Store(format!("no tree {name}")))
 }
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
 pub type Snapshot = HashMap<&'static str, Tree>;
+
+/// What Redis holds of the registry.
+struct Remote {
+    /// The cluster was seeded (a Redis restarted without its data is not: its empty hashes
+    /// must not wipe the nodes' registries).
+    seeded: bool,
+    /// Late trees Redis has never had.
+    unseeded: Vec<&'static str>,
+    trees: Snapshot,
+}
 
 /// Every mirrored tree as it is now.
 pub fn snapshot(store: &Store) -> Result<Snapshot, ClusterError> {
     let mut out = HashMap::new();
     for &name in TREES {
         let mut t = Tree::new();
-        for kv in tree(store, name).iter() {
+        for kv in known_tree(store, name)?.iter() {
             let (k, v) = kv.map_err(ClusterError::store)?;
             t.insert(k.to_vec(), v.to_vec());
         }
@@ -101,7 +129,7 @@ pub fn diff(before: &Snapshot, after: &Snapshot) -> Vec<Change> {
 /// Applies `changes` to the local trees and flushes (blocking: call off the async threads).
 pub fn apply(store: &Store, changes: &[Change]) -> Result<(), ClusterError> {
     for c in changes {
-        let t = tree(store, c.tree);
+        let t = known_tree(store, c.tree)?;
         match &c.value {
             Some(v) => t.insert(c.key.as_slice(), v.as_slice()),
             None => t.remove(c.key.as_slice()),
@@ -122,6 +150,10 @@ impl Cluster {
         format!("{}:registry:seeded", self.prefix())
     }
 
+    fn seeded_trees_key(&self) -> String {
+        format!("{}:registry:seeded-trees", self.prefix())
+    }
+
     fn version_key(&self) -> String {
         format!("{}:registry:version", self.prefix())
     }
@@ -130,27 +162,71 @@ impl Cluster {
         format!("{}:registry", self.prefix())
     }
 
-    /// The registry as Redis has it, and whether the cluster was seeded (a Redis restarted
-    /// without its data is not: its empty hashes must not wipe the nodes' registries).
-    async fn remote(&self) -> Result<(bool, Snapshot), ClusterError> {
+    /// The registry as Redis has it.
+    async fn remote(&self) -> Result<Remote, ClusterError> {
         let mut p = redis::pipe();
         p.cmd("EXISTS").arg(self.seeded_key());
+        p.cmd("SMEMBERS").arg(self.seeded_trees_key());
         for &name in TREES {
             p.cmd("HGETALL").arg(self.tree_key(name));
         }
         let mut replies: Vec<RedisValue> = self.conn().pipe(&p).await?;
-        if replies.len() != TREES.len() + 1 {
+        if replies.len() != TREES.len() + 2 {
             return Err(ClusterError::Unavailable("short pipeline reply".into()));
         }
-        let seeded: i64 = redis::from_redis_value(replies.remove(0))
-            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        let mut out = HashMap::new();
+        let bad = |e: redis::ParsingError| ClusterError::Unavailable(e.to_string());
+        let seeded: i64 = redis::from_redis_value(replies.remove(0)).map_err(bad)?;
+        let seeded_trees: Vec<String> = redis::from_redis_value(replies.remove(0)).map_err(bad)?;
+        let mut trees = HashMap::new();
         for (&name, reply) in TREES.iter().zip(replies) {
-            let t: Tree = redis::from_redis_value(reply)
-                .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-            out.insert(name, t);
+            let t: Tree = redis::from_redis_value(reply).map_err(bad)?;
+            trees.insert(name, t);
         }
-        Ok((seeded > 0, out))
+        let unseeded = LATE_TREES
+            .iter()
+            .copied()
+            .filter(|t| !seeded_trees.iter().any(|s| s == t))
+            .collect();
+        Ok(Remote {
+            seeded: seeded > 0,
+            unseeded,
+            trees,
+        })
+    }
+
+    /// Adds this node's entries of the late trees Redis has never had (see [`LATE_TREES`]).
+    async fn seed_late_trees(&self, trees: &[&'static str]) -> Result<(), ClusterError> {
+        let store = self.store().clone();
+        let local = crate::run_blocking(move || snapshot(&store))?;
+        let mut p = redis::pipe();
+        p.atomic();
+        let mut added = 0;
+        for &name in trees {
+            for (k, v) in local.get(name).into_iter().flatten() {
+                p.cmd("HSETNX")
+                    .arg(self.tree_key(name))
+                    .arg(k.as_slice())
+                    .arg(v.as_slice())
+                    .ignore();
+                added += 1;
+            }
+            p.cmd("SADD")
+                .arg(self.seeded_trees_key())
+                .arg(name)
+                .ignore();
+        }
+        p.cmd("INCR").arg(self.version_key()).ignore();
+        p.cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(self.node_id())
+            .ignore();
+        self.conn().pipe::<()>(&p).await?;
+        tracing::info!(
+            trees = trees.join(","),
+            records = added,
+            "cluster: shared this node's entries of trees Redis did not have yet"
+        );
+        Ok(())
     }
 
     /// Makes the local trees equal to Redis's; returns how many keys changed. On a Redis with
@@ -158,7 +234,15 @@ impl Cluster {
     /// here copies its own registry there instead.
     pub async fn reconcile(&self) -> Result<usize, ClusterError> {
         let _serial = self.sync_lock().lock().await;
-        let (seeded, mut remote) = self.remote().await?;
+        let Remote {
+            seeded,
+            unseeded,
+            trees: mut remote,
+        } = self.remote().await?;
+        if seeded && !unseeded.is_empty() {
+            self.seed_late_trees(&unseeded).await?;
+            remote = self.remote().await?.trees;
+        }
         if !seeded {
             let won: Option<String> = self
                 .conn()
@@ -178,27 +262,43 @@ impl Cluster {
                     "cluster: Redis had no registry; this node's copied there"
                 );
                 self.push(&changes).await?;
+                self.mark_trees_seeded(TREES).await?;
                 return Ok(0);
             }
-            remote = self.remote().await?.1;
+            remote = self.remote().await?.trees;
         }
-        let store = self.store().clone();
-        let registry = self.registry().clone();
+        let this = self.clone();
         let n = crate::run_blocking(move || {
-            let local = snapshot(&store)?;
+            let local = snapshot(this.store())?;
             let changes = diff(&local, &remote);
             if changes.is_empty() {
                 return Ok::<_, ClusterError>(0);
             }
-            apply(&store, &changes)?;
-            // Open sessions compare it at MAIL FROM and before the final 250.
-            registry.bump_generation();
+            apply(this.store(), &changes)?;
+            this.applied(&changes);
             Ok(changes.len())
         })?;
         if n > 0 {
             tracing::info!(changes = n, "cluster: registry updated from Redis");
         }
         Ok(n)
+    }
+
+    async fn mark_trees_seeded(&self, trees: &[&str]) -> Result<(), ClusterError> {
+        let mut cmd = redis::cmd("SADD");
+        cmd.arg(self.seeded_trees_key());
+        for t in trees {
+            cmd.arg(*t);
+        }
+        self.conn().query::<i64>(&cmd).await.map(|_| ())
+    }
+
+    /// After local trees were changed to match Redis (or rolled back): open sessions re-check
+    /// their project (they compare the generation at MAIL FROM and before the final 250), and
+    /// the stages that keep their own view of a tree are told.
+    fn applied(&self, changes: &[Change]) {
+        self.registry().bump_generation();
+        self.notify_changed(changes);
     }
 
     /// Sends local changes to Redis atomically, then tells the other nodes.
@@ -249,13 +349,12 @@ impl Cluster {
             Ok::<_, ClusterError>((before, out, changes))
         })?;
         if let Err(e) = self.push(&changes).await {
-            let store = self.store().clone();
-            let registry = self.registry().clone();
+            let this = self.clone();
             let undo = crate::run_blocking(move || {
-                let now = snapshot(&store)?;
+                let now = snapshot(this.store())?;
                 let back = diff(&now, &before);
-                apply(&store, &back)?;
-                registry.bump_generation();
+                apply(this.store(), &back)?;
+                this.applied(&back);
                 Ok::<_, ClusterError>(())
             });
             if let Err(u) = undo {
@@ -275,8 +374,8 @@ impl Cluster {
     }
 }
 
-/// Whether an admin operation changes mirrored state (queue, log, DKIM, domain checks and
-/// webhook test sends are per node and never wait on Redis).
+/// Whether an admin operation changes mirrored state (queue, log, domain checks and webhook
+/// test sends are per node and never wait on Redis).
 pub fn is_registry_write(req: &crate::admin::AdminRequest) -> bool {
     use crate::admin::AdminRequest::*;
     if req.is_read_only() {
@@ -286,7 +385,6 @@ pub fn is_registry_write(req: &crate::admin::AdminRequest) -> bool {
         req,
         QueueRetry { .. }
             | QueueDelete { .. }
-            | Dkim(_)
             | WebhookTest { .. }
             | SendTest(_)
             | DomainVerify { .. }

@@ -17,6 +17,10 @@
 //! in flight verifies) → removed. At most one key per domain and algorithm is active:
 //! activating a key moves the previously active key of that algorithm to `retiring`.
 //!
+//! In cluster mode a sealed copy of each private key (`dkim_seal.rs`) is kept in the tree
+//! `dkim_sealed`, which the cluster layer mirrors with the metadata; a node writes the files of
+//! keys made elsewhere (`refresh_from_cluster`) and signs from the sealed copy until then.
+//!
 //! Signing must not read files per message, so parsed keys are cached per domain. Every change
 //! drops the cache; admin operations run inside the server process (through the admin socket)
 //! and share it, so a rotation applies to the next message without a restart.
@@ -42,6 +46,7 @@ use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use super::dkim::SIGNED_HEADERS;
+use super::dkim_seal::SealKey;
 use crate::config::{Config, UpstreamKind};
 use crate::policy::projects::{is_dns_label, normalize_domain};
 use crate::store::{Store, StoreError};
@@ -238,6 +243,12 @@ pub enum DkimKeyError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("key {selector} of {domain}: {source}")]
+    Seal {
+        domain: String,
+        selector: String,
+        source: super::dkim_seal::SealError,
+    },
 }
 
 impl From<sled::Error> for DkimKeyError {
@@ -478,6 +489,8 @@ pub struct DkimKeys {
     cache: Arc<Cache>,
     /// Serialises admin changes: activation rewrites two keys.
     admin: Arc<Mutex<()>>,
+    /// Cluster mode: private keys are also kept sealed in `dkim_sealed` for the other nodes.
+    seal: Option<SealKey>,
 }
 
 impl std::fmt::Debug for DkimKeys {
@@ -517,7 +530,15 @@ impl DkimKeys {
             upstream_host,
             cache: Arc::new(Cache::default()),
             admin: Arc::new(Mutex::new(())),
+            seal: None,
         }
+    }
+
+    /// Cluster mode: keep a sealed copy of every private key for the other nodes, and write
+    /// the files of keys that came from them.
+    pub fn with_sealing(mut self, key: SealKey) -> DkimKeys {
+        self.seal = Some(key);
+        self
     }
 
     pub fn key_path(&self, domain: &str, selector: &str) -> PathBuf {
@@ -655,7 +676,8 @@ impl DkimKeys {
             });
         }
         let path = self.key_path(d, s);
-        write_private(&path, material.to_pem().as_bytes())?;
+        let pem = material.to_pem();
+        write_private(&path, pem.as_bytes())?;
         let info = KeyInfo {
             domain: d.into(),
             selector: s.into(),
@@ -667,7 +689,10 @@ impl DkimKeys {
             retired: None,
             public_key: material.public_key.clone(),
         };
-        let stored = self.put(&info).and_then(|_| Ok(self.store.flush_now()?));
+        let stored = self
+            .put_sealed(d, s, &pem)
+            .and_then(|_| self.put(&info))
+            .and_then(|_| Ok(self.store.flush_now()?));
         if let Err(e) = stored {
             let _ = std::fs::remove_file(&path);
             return Err(e);
@@ -742,9 +767,11 @@ impl DkimKeys {
                 selector: info.selector,
             });
         }
+        let key = record_key(&info.domain, &info.selector);
         self.store
             .dkim
-            .remove(record_key(&info.domain, &info.selector))
+            .remove(key.as_slice())
+            .and_then(|_| self.store.dkim_sealed.remove(key))
             .inspect_err(|e| self.store.note_error(e))?;
         self.store.flush_now()?;
         self.changed();
@@ -768,10 +795,18 @@ impl DkimKeys {
         let d = domain(&info.domain)?;
         let s = normalize_selector(&info.selector)?;
         let path = self.key_path(&d, &s);
-        let pem = std::fs::read_to_string(&path).map_err(|e| DkimKeyError::File {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let pem = match std::fs::read_to_string(&path) {
+            Ok(pem) => pem,
+            // Created on another node and its file not written yet (refresh_from_cluster
+            // writes it): the sealed copy serves meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.seal.is_some() => {
+                match self.unseal(&d, &s)? {
+                    Some(pem) => pem,
+                    None => return Err(file_error(&path, e)),
+                }
+            }
+            Err(e) => return Err(file_error(&path, e)),
+        };
         let material = parse_private_key(&pem).map_err(|e| DkimKeyError::File {
             path: path.clone(),
             message: e.to_string(),
@@ -833,6 +868,118 @@ impl DkimKeys {
         Ok(loaded)
     }
 
+    /// Cluster mode: stores `pem` sealed for the other nodes (nothing in single-node mode).
+    fn put_sealed(&self, d: &str, s: &str, pem: &str) -> Result<(), DkimKeyError> {
+        let Some(seal) = &self.seal else {
+            return Ok(());
+        };
+        let key = record_key(d, s);
+        let sealed = seal
+            .seal(&key, pem.as_bytes())
+            .map_err(|source| DkimKeyError::Seal {
+                domain: d.into(),
+                selector: s.into(),
+                source,
+            })?;
+        self.healthy()?;
+        self.store
+            .dkim_sealed
+            .insert(key, sealed)
+            .inspect_err(|e| self.store.note_error(e))?;
+        Ok(())
+    }
+
+    /// The PEM another node sealed, if there is one.
+    fn unseal(&self, d: &str, s: &str) -> Result<Option<String>, DkimKeyError> {
+        let Some(seal) = &self.seal else {
+            return Ok(None);
+        };
+        let key = record_key(d, s);
+        self.healthy()?;
+        let Some(sealed) = self.store.dkim_sealed.get(&key)? else {
+            return Ok(None);
+        };
+        let fail = |source| DkimKeyError::Seal {
+            domain: d.into(),
+            selector: s.into(),
+            source,
+        };
+        let plain = seal.open(&key, &sealed).map_err(fail)?;
+        String::from_utf8(plain)
+            .map(Some)
+            .map_err(|_| fail(super::dkim_seal::SealError::Open))
+    }
+
+    /// Cluster mode, at start: seals the keys this node has only as files (made before it
+    /// joined a cluster, or before keys were shared), so the other nodes get them too.
+    pub fn seal_existing(&self) -> Result<usize, DkimKeyError> {
+        if self.seal.is_none() {
+            return Ok(0);
+        }
+        let _guard = self.lock();
+        let mut sealed = 0;
+        for info in self.list(None)? {
+            let key = record_key(&info.domain, &info.selector);
+            if self.store.dkim_sealed.contains_key(&key)? {
+                continue;
+            }
+            // One unreadable key file must not keep the others from being shared.
+            match self.load(&info) {
+                Ok(material) => {
+                    self.put_sealed(&info.domain, &info.selector, &material.to_pem())?;
+                    sealed += 1;
+                }
+                Err(e) => tracing::warn!(
+                    domain = info.domain,
+                    selector = info.selector,
+                    error = %e,
+                    "cluster: DKIM key not shared with the other nodes"
+                ),
+            }
+        }
+        if sealed > 0 {
+            self.store.flush_now()?;
+        }
+        Ok(sealed)
+    }
+
+    /// After the cluster layer changed the key trees from Redis: writes the files of keys
+    /// that arrived, deletes the files of the keys removed elsewhere (`removed`: their
+    /// `domain \0 selector` record keys), and drops the signing cache so the next message uses
+    /// what is active now. Blocking (file I/O).
+    pub fn refresh_from_cluster(&self, removed: &[Vec<u8>]) -> Result<(), DkimKeyError> {
+        let _guard = self.lock();
+        self.changed();
+        for info in self.list(None)? {
+            let path = self.key_path(&info.domain, &info.selector);
+            if !path.exists()
+                && let Some(pem) = self.unseal(&info.domain, &info.selector)?
+            {
+                write_private(&path, pem.as_bytes())?;
+            }
+        }
+        for key in removed {
+            let text = String::from_utf8_lossy(key);
+            let Some((d, s)) = text.split_once('\0') else {
+                continue;
+            };
+            // The names came from Redis: checked again before they become a path.
+            let (Ok(d), Ok(s)) = (domain(d), normalize_selector(s)) else {
+                continue;
+            };
+            if self.store.dkim.contains_key(record_key(&d, &s))? {
+                continue;
+            }
+            match std::fs::remove_file(self.key_path(&d, &s)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(file_error(&self.key_path(&d, &s), e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     pub fn on_failure(&self, project_id: &str) -> Result<OnFailure, DkimKeyError> {
         self.healthy()?;
         Ok(match self.store.dkim_projects.get(project_id.as_bytes())? {
@@ -850,6 +997,13 @@ impl DkimKeys {
             .inspect_err(|e| self.store.note_error(e))?;
         self.store.flush_now()?;
         Ok(())
+    }
+}
+
+fn file_error(path: &Path, e: std::io::Error) -> DkimKeyError {
+    DkimKeyError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
     }
 }
 
