@@ -593,6 +593,18 @@ fn cluster_and_proxy_config_mistakes_name_the_key() {
             "password_file",
         ),
         ("nodes = 3", "nodes = 0", "cluster.nodes", "at least 1"),
+        (
+            "nodes = 3",
+            "nodes = 3\nca_file = \"/etc/ssl/certs/ca-certificates.crt\"",
+            "cluster.ca_file",
+            "only for a rediss://",
+        ),
+        (
+            "redis://10.0.0.5:6379\"",
+            "rediss://10.0.0.5:6379\"\nca_file = \"/nonexistent/ca.pem\"",
+            "cluster.ca_file",
+            "/nonexistent/ca.pem",
+        ),
         ("nodes = 3\n", "", "cluster.nodes", "missing field"),
         (
             "[\"10.0.0.0/8\"]",
@@ -1066,4 +1078,71 @@ async fn dkim_keys_of_a_node_upgraded_into_a_seeded_cluster_are_kept_and_shared(
     );
     let list = b.cli_json(&["dkim", "list"]);
     assert_eq!(list[0]["state"], "active", "{list:#}");
+}
+
+/// `rediss://` to a Redis that speaks TLS only, signed by a private CA (`ca_file`), with an ACL
+/// user and its password from a file: the registry and mail flow as over plain Redis; a node
+/// with the wrong password stays degraded and never logs the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rediss_with_a_private_ca_and_an_acl_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = TestPki::generate().write_to(&dir.path().join("redis-pki"));
+    let redis = RedisServer::start_tls(&files, "redis-pw-4711");
+    let secret = dir.path().join("server.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef0123456789abcdef").unwrap();
+    let node = |i: usize, password: &str| {
+        let pw = dir.path().join(format!("redis-{i}.pw"));
+        std::fs::write(&pw, format!("{password}\n")).unwrap();
+        Relay::start(RelayOptions {
+            server_extra: format!("secret_file = \"{}\"", secret.display()),
+            extra_config: format!(
+                "[cluster]\nredis_url = \"{}\"\nca_file = \"{}\"\nusername = \"relay\"\npassword_file = \"{}\"\nnode_id = \"n{i}\"\nnodes = 2\nheartbeat_secs = 1\nreconcile_secs = 5\n",
+                redis.tls_url(),
+                files.ca.display(),
+                pw.display()
+            ),
+            ..Default::default()
+        })
+    };
+    let a = node(1, "redis-pw-4711");
+    let b = node(2, "redis-pw-4711");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = a.cli_json(&["cluster", "status"]);
+        let up = s["nodes"]
+            .as_array()
+            .map(|n| n.iter().filter(|n| n["state"] == "up").count())
+            .unwrap_or(0);
+        if up == 2 && s["redis"] == "up" && s["degraded"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:#}\n{}", a.server_log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (id, token) = a.add_project("app", &["app.test"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.cli(&["project", "show", &id]).status.success() {
+        assert!(Instant::now() < deadline, "project never reached node 2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queued = b
+        .submit(&id, &token, "noreply@app.test", &["user@example.net"])
+        .await;
+    b.wait_state(&queued, &["delivered"], Duration::from_secs(20));
+
+    // The wrong password: degraded, said in the log, the password nowhere.
+    let c = node(3, "not-the-password");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = c.cli_json(&["cluster", "status"]);
+        if s["degraded"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = c.server_log();
+    assert!(log.contains("cluster degraded"), "{log}");
+    assert!(!log.contains("not-the-password"), "{log}");
+    assert!(!a.server_log().contains("redis-pw-4711"));
 }

@@ -39,8 +39,21 @@ impl Connection {
             settings = settings.set_password(pw.expose());
         }
         info = info.set_redis_settings(settings);
-        let client = Client::open(info)
-            .map_err(|e| ClusterError::Config(format!("cluster.redis_url: {e}")))?;
+        let client = match &config.ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    ClusterError::Config(format!("cluster.ca_file: {}: {e}", ca.display()))
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                Client::build_with_tls(info, certs)
+                    .map_err(|e| ClusterError::Config(format!("cluster.ca_file: {e}")))?
+            }
+            None => Client::open(info)
+                .map_err(|e| ClusterError::Config(format!("cluster.redis_url: {e}")))?,
+        };
         Ok(Connection {
             client,
             manager: OnceCell::new(),

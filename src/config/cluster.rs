@@ -20,6 +20,10 @@ pub struct ClusterConfig {
     pub password_file: Option<PathBuf>,
     #[serde(default)]
     pub password_env: Option<String>,
+    /// `rediss://` only: the CA (PEM) that signed Redis's certificate, when it is a private
+    /// one; without it the public web roots are trusted.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// This node's name in `cluster status` (default: `server.hostname`). Unique per node.
     #[serde(default)]
     pub node_id: Option<String>,
@@ -82,6 +86,14 @@ impl ClusterConfig {
                 "password_file",
                 "give password_file or password_env, not both".into(),
             ));
+        }
+        if let Some(ca) = &self.ca_file {
+            if !url.starts_with("rediss://") {
+                return Some(("ca_file", "only for a rediss:// (TLS) redis_url".into()));
+            }
+            if let Err(e) = std::fs::metadata(ca) {
+                return Some(("ca_file", format!("{}: {e}", ca.display())));
+            }
         }
         if self.nodes == 0 {
             return Some((

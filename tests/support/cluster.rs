@@ -58,6 +58,56 @@ impl RedisServer {
         r
     }
 
+    /// Redis on TLS only (no plain port), with the ACL user `relay` (password `password`)
+    /// and the default user off — as a managed or hardened Redis is.
+    pub fn start_tls(files: &super::certs::PkiFiles, password: &str) -> RedisServer {
+        require("redis-server", "redis-server");
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("redis.log");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port"])
+            .arg(port.to_string())
+            .arg("--tls-cert-file")
+            .arg(&files.cert)
+            .arg("--tls-key-file")
+            .arg(&files.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&files.ca)
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--user", "default", "off", "--user", "relay", "on"])
+            .arg(format!(">{password}"))
+            .args(["~*", "&*", "+@all", "--dir"])
+            .arg(dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        wait_port(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            "redis-server (TLS)",
+            &log,
+        );
+        RedisServer {
+            port,
+            dir,
+            child: Some(child),
+        }
+    }
+
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
