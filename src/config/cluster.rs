@@ -147,6 +147,7 @@ mod tests {
             username: None,
             password_file: None,
             password_env: None,
+            ca_file: None,
             node_id: None,
             nodes: 3,
             heartbeat_secs: 5,
