@@ -106,6 +106,7 @@ fn main() {
         username: None,
         password_file: None,
         password_env: None,
+        ca_file: None,
         node_id: Some("bench".into()),
         nodes: 3,
         heartbeat_secs: 5,
