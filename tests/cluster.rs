@@ -835,9 +835,12 @@ async fn suppression_list_is_shared_between_nodes() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Node 2 never had it in its own tree: the answer came from Redis.
-    let local = c.nodes[1].cli_json(&["suppression", "list", &id]);
-    assert_eq!(local.as_array().map(|a| a.len()), Some(0), "{local}");
+    // Node 2 never had it in its own tree (the answer came from Redis); its list shows the
+    // shared entry.
+    let listed = c.nodes[1].cli_json(&["suppression", "list", &id]);
+    assert_eq!(listed.as_array().map(|a| a.len()), Some(1), "{listed}");
+    assert_eq!(listed[0]["address"], "gone@example.net", "{listed}");
+    assert_eq!(listed[0]["source"], "upstream", "{listed}");
     let v = c.redis.command(&[
         "HGET",
         &format!("smtp-relay:suppression:{id}"),
@@ -858,6 +861,9 @@ async fn suppression_list_is_shared_between_nodes() {
     assert_eq!(r.code, 250, "{r:?}");
     let r = rcpt_reply(c.nodes[1].plain.unwrap(), &id, &token, "gone@example.net").await;
     assert_eq!(r.code, 250, "{r:?}");
+    // Node 1 still has it in its own tree; the removal elsewhere outranks it in the list too.
+    let listed = c.nodes[0].cli_json(&["suppression", "list", &id]);
+    assert_eq!(listed.as_array().map(|a| a.len()), Some(0), "{listed}");
 
     // An admin entry on node 3 is refused on node 1; removed on node 3, accepted again.
     c.nodes[2].cli_json(&["suppression", "add", &id, "blocked@example.net"]);
@@ -896,6 +902,15 @@ async fn suppression_list_is_shared_between_nodes() {
         rcpt_reply(node1, &id, &token, "own@example.net").await.code,
         550
     );
+    // The list: this node's own entries while Redis is away.
+    let listed = c.nodes[0].cli_json(&["suppression", "list", &id]);
+    let addresses: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["address"].as_str())
+        .collect();
+    assert_eq!(addresses, ["own@example.net"], "{listed}");
 }
 
 /// Sends one message straight to a node (PROXY header, AUTH) and returns the queue id.

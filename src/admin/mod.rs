@@ -383,7 +383,11 @@ pub async fn execute_async(ctx: &AdminContext, req: AdminRequest) -> Result<Valu
             Some(c) => c.status().await,
             None => json!({ "clustered": false }),
         }),
-        // Cluster mode: the list is written through to Redis (admin/suppression.rs).
+        // Cluster mode: the list is written through to Redis and read with it
+        // (admin/suppression.rs).
+        AdminRequest::SuppressionList { project } if ctx.cluster.is_some() => {
+            suppression::list_shared(ctx, &project).await
+        }
         AdminRequest::SuppressionAdd {
             project,
             address,

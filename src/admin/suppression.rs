@@ -42,6 +42,13 @@ pub fn remove(ctx: &AdminContext, project: &str, address: &str) -> Result<Value,
     Ok(entry_json(&e))
 }
 
+/// [`list`] with the entries shared through Redis (cluster mode).
+pub async fn list_shared(ctx: &AdminContext, project: &str) -> Result<Value, AdminError> {
+    ctx.registry.get(project).map_err(err)?;
+    let list = ctx.suppression.list_shared(project).await.map_err(err)?;
+    Ok(Value::Array(list.iter().map(entry_json).collect()))
+}
+
 /// [`add`], then the entry to Redis (cluster mode; a Redis failure leaves it on this node).
 pub async fn add_shared(
     ctx: &AdminContext,

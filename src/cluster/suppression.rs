@@ -55,6 +55,22 @@ impl Cluster {
         r.inspect_err(|e| self.note_failure(e))
     }
 
+    /// Every shared entry and tombstone of `project`: `(address, JSON)`. Not asked while
+    /// degraded.
+    pub async fn suppression_all(
+        &self,
+        project: &str,
+    ) -> Result<Vec<(String, String)>, ClusterError> {
+        if self.is_degraded() {
+            return Err(ClusterError::Unavailable("degraded".into()));
+        }
+        let r: Result<Vec<(String, String)>, _> = self
+            .conn()
+            .query(redis::cmd("HGETALL").arg(self.suppression_key(project)))
+            .await;
+        r.inspect_err(|e| self.note_failure(e))
+    }
+
     /// Replaces `address`'s entry with `tombstone` (so nodes that hold the entry in their own
     /// tree learn it was removed); returns what was there.
     pub async fn suppression_del(

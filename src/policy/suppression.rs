@@ -297,7 +297,10 @@ impl Suppressions {
         // entry in this node's own tree.
         let entry = match (local, self.shared_state(project, address).await) {
             (_, Some(Shared::Live(e))) => e,
-            (Some(l), Some(Shared::Removed(at))) if at >= l.added_ms => return None,
+            (Some(l), Some(Shared::Removed(at))) if at >= l.added_ms => {
+                self.drop_outranked(project, &l.address, at);
+                return None;
+            }
             (Some(l), _) => l,
             (None, _) => return None,
         };
@@ -376,6 +379,76 @@ impl Suppressions {
             }
         }
         Ok(out)
+    }
+
+    /// [`Suppressions::list`] as the cluster sees it: this node's entries and the shared ones,
+    /// a removal on any node outranking an older entry here (as at RCPT). With Redis
+    /// unreachable, this node's own entries (and a warning in the log).
+    pub async fn list_shared(&self, project: &str) -> Result<Vec<Entry>, SuppressionError> {
+        let local = {
+            let this = self.clone();
+            let p = project.to_string();
+            tokio::task::spawn_blocking(move || this.list(&p))
+                .await
+                .map_err(|_| StoreError::Failed("suppression list task failed".into()))??
+        };
+        let Some(cluster) = &self.cluster else {
+            return Ok(local);
+        };
+        let shared = match cluster.suppression_all(project).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(project, error = %e, "cluster: suppression list of this node only");
+                return Ok(local);
+            }
+        };
+        let now = now_ms();
+        let mut merged: std::collections::BTreeMap<String, Entry> =
+            local.into_iter().map(|e| (e.address.clone(), e)).collect();
+        for (address, v) in shared {
+            match self.decode(v.as_bytes()) {
+                Some(e) if e.expires_ms > now => {
+                    let newer = merged
+                        .get(&address)
+                        .is_none_or(|l| l.added_ms <= e.added_ms);
+                    if newer {
+                        merged.insert(address, e);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    if let Ok(t) = serde_json::from_str::<Tombstone>(&v)
+                        && merged
+                            .get(&address)
+                            .is_some_and(|l| t.removed_ms >= l.added_ms)
+                    {
+                        merged.remove(&address);
+                        self.drop_outranked(project, &address, t.removed_ms);
+                    }
+                }
+            }
+        }
+        Ok(merged.into_values().collect())
+    }
+
+    /// Deletes this node's entry for `address` if it is older than a removal made on another
+    /// node, so the node does not refuse it again while Redis is away. Best effort: the
+    /// tombstone keeps outranking it meanwhile.
+    fn drop_outranked(&self, project: &str, address: &str, removed_ms: u64) {
+        let k = key(project, address);
+        let outranked = |v: Option<&[u8]>| {
+            v.and_then(|v| self.decode(v))
+                .is_some_and(|e| e.added_ms <= removed_ms)
+        };
+        if let Ok(current) = self.store.suppression.get(&k)
+            && outranked(current.as_deref())
+        {
+            // Only if unchanged since read: an entry re-added meanwhile stays.
+            let _ = self
+                .store
+                .suppression
+                .compare_and_swap(&k, current, None as Option<&[u8]>);
+        }
     }
 
     /// Removes expired entries (and undecodable ones); returns how many.
