@@ -105,7 +105,7 @@ start_redis() {
 start_haproxy() {
     cat >"$W/haproxy.cfg" <<CONF
 global
-  maxconn 20000
+  maxconn 4000
 defaults
   mode tcp
   timeout connect 2s
