@@ -331,6 +331,14 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         .run(shutdown_rx.clone()),
     );
 
+    tokio::spawn(crate::policy::suppression::catch_up(
+        crate::policy::suppression::Suppressions::new(
+            store.clone(),
+            config.suppression.expire_secs,
+        )
+        .with_cluster(cluster.clone()),
+        shutdown_rx.clone(),
+    ));
     tokio::spawn(crate::retention::run(
         store.clone(),
         crate::policy::suppression::Suppressions::new(

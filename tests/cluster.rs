@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use support::certs::TestPki;
 use support::client::{Client, plain_message};
-use support::cluster::{Haproxy, RedisServer};
+use support::cluster::{Haproxy, Partition, RedisServer};
 use support::relay::{Relay, RelayOptions};
 use support::upstream::{TestUpstream, UpstreamOptions};
 use tokio::sync::Mutex;
@@ -902,6 +902,13 @@ async fn suppression_list_is_shared_between_nodes() {
         rcpt_reply(node1, &id, &token, "own@example.net").await.code,
         550
     );
+    // Added on node 1 while Redis is away: kept there (a warning), refused by node 1 only.
+    c.nodes[0].cli_json(&["suppression", "add", &id, "offline@example.net"]);
+    assert!(
+        c.nodes[0]
+            .server_log()
+            .contains("suppression entries kept on this node only")
+    );
     // The list: this node's own entries while Redis is away.
     let listed = c.nodes[0].cli_json(&["suppression", "list", &id]);
     let addresses: Vec<&str> = listed
@@ -910,7 +917,35 @@ async fn suppression_list_is_shared_between_nodes() {
         .iter()
         .filter_map(|e| e["address"].as_str())
         .collect();
-    assert_eq!(addresses, ["own@example.net"], "{listed}");
+    assert_eq!(
+        addresses,
+        ["offline@example.net", "own@example.net"],
+        "{listed}"
+    );
+
+    // Redis back (empty, as one that lost its data): node 1 shares what it kept, and node 2
+    // refuses it within seconds.
+    c.redis.spawn();
+    c.wait_degraded(0, Duration::from_secs(15)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = rcpt_reply(
+            c.nodes[1].plain.unwrap(),
+            &id,
+            &token,
+            "offline@example.net",
+        )
+        .await;
+        if r.code == 550 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never learnt of the entry node 1 kept: {r:?}\n{}",
+            c.nodes[0].server_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Sends one message straight to a node (PROXY header, AUTH) and returns the queue id.
@@ -1160,4 +1195,78 @@ async fn rediss_with_a_private_ca_and_an_acl_user() {
     assert!(log.contains("cluster degraded"), "{log}");
     assert!(!log.contains("not-the-password"), "{log}");
     assert!(!a.server_log().contains("redis-pw-4711"));
+}
+
+/// One node cut off from Redis while another keeps working: the cut-off node is degraded and
+/// serves with its cached registry; the changes made meanwhile (a token revoked, a project
+/// added) reach it within seconds of the network coming back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_made_while_a_node_was_cut_off_reach_it_after_reconnecting() {
+    let redis = RedisServer::start();
+    let partition = Partition::start(redis.port);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("server.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef0123456789abcdef").unwrap();
+    let node = |url: String, id: &str| {
+        Relay::start(RelayOptions {
+            server_extra: format!("secret_file = \"{}\"", secret.display()),
+            extra_config: format!(
+                "[cluster]\nredis_url = \"{url}\"\nnode_id = \"{id}\"\nnodes = 2\nheartbeat_secs = 1\nreconcile_secs = 30\n"
+            ),
+            ..Default::default()
+        })
+    };
+    let a = node(redis.url(), "a");
+    let b = node(partition.url(), "b");
+    let degraded = |r: &Relay| r.cli_json(&["cluster", "status"])["degraded"] == true;
+    let knows = |r: &Relay, id: &str| r.cli(&["project", "show", id]).status.success();
+    let v = a.cli_json(&["project", "add", "app", "--domain", "app.test"]);
+    let id = v["project"]["id"].as_str().unwrap().to_string();
+    let token = v["token"].as_str().unwrap().to_string();
+    let token_id = v["token_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !knows(&b, &id) {
+        assert!(Instant::now() < deadline, "{}", b.server_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    partition.cut();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !degraded(&b) {
+        assert!(Instant::now() < deadline, "node b never degraded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!degraded(&a));
+    // Made on a while b cannot hear: a revocation and a new project.
+    a.cli_json(&["project", "token", "revoke", &id, &token_id]);
+    let later = a.cli_json(&["project", "add", "later", "--domain", "later.test"]);
+    let later_id = later["project"]["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!knows(&b, &later_id), "b heard of it through the cut");
+    // b keeps serving known projects meanwhile (its cached registry).
+    let v = b.cli_json(&["project", "show", &id]);
+    assert_eq!(v["tokens"].as_array().map(|t| t.len()), Some(1), "{v:#}");
+
+    partition.restore();
+    let restored = Instant::now();
+    loop {
+        let v = b.cli_json(&["project", "show", &id]);
+        let revoked = v["tokens"].as_array().is_some_and(|t| t.is_empty());
+        if revoked && knows(&b, &later_id) && !degraded(&b) {
+            break;
+        }
+        assert!(
+            restored.elapsed() < Duration::from_secs(10),
+            "b still stale {:?} after reconnecting: {v:#}\n{}",
+            restored.elapsed(),
+            b.server_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "node b caught up {:?} after the network came back",
+        restored.elapsed()
+    );
+    let (mut c, _) = support::client::Client::starttls(b.starttls, &b.pki).await;
+    assert_eq!(c.auth_plain(&id, &token).await.code, 535);
 }

@@ -97,6 +97,9 @@ struct Inner {
     secret_check: String,
     /// Told which records changed whenever local trees are made equal to Redis's.
     listeners: std::sync::RwLock<Vec<ChangeListener>>,
+    /// Counts the times Redis was reached after being unreachable (or first reached), for
+    /// the stages that push what they kept locally meanwhile.
+    contact: tokio::sync::watch::Sender<u64>,
 }
 
 /// A stage that keeps its own view of mirrored trees (the DKIM signing cache and key files).
@@ -154,6 +157,7 @@ impl Cluster {
                     "smtp-relay cluster secret check",
                 )),
                 listeners: std::sync::RwLock::default(),
+                contact: tokio::sync::watch::Sender::new(0),
             }),
         }))
     }
@@ -191,6 +195,11 @@ impl Cluster {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(Arc::new(listener));
+    }
+
+    /// Changes each time this node (re)gains contact with Redis and has reconciled.
+    pub fn contact(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.contact.subscribe()
     }
 
     fn notify_changed(&self, changes: &[registry_sync::Change]) {
@@ -281,6 +290,7 @@ impl Cluster {
                                 contacted = true;
                                 self.inner.contacted.store(true, Ordering::Release);
                                 self.set_degraded(false, "");
+                                self.inner.contact.send_modify(|n| *n += 1);
                             }
                             Err(e) => self.note_failure(&e),
                         }

@@ -35,6 +35,28 @@ impl Cluster {
         r.inspect_err(|e| self.note_failure(e))
     }
 
+    /// Writes entries `(project, address, entry JSON)` where Redis has nothing for the
+    /// address yet (a removal's tombstone, or another node's entry, stays); returns how many
+    /// were new.
+    pub async fn suppression_put_missing(
+        &self,
+        entries: &[(String, String, String)],
+    ) -> Result<usize, ClusterError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut p = redis::pipe();
+        for (project, address, json) in entries {
+            p.cmd("HSETNX")
+                .arg(self.suppression_key(project))
+                .arg(address)
+                .arg(json);
+        }
+        let r: Result<Vec<i64>, _> = self.conn().pipe(&p).await;
+        r.map(|added| added.iter().filter(|&&n| n == 1).count())
+            .inspect_err(|e| self.note_failure(e))
+    }
+
     /// The entry stored for `address`, if any. Not asked while degraded.
     pub async fn suppression_get(
         &self,

@@ -184,7 +184,60 @@ pub async fn share_entries(cluster: &crate::cluster::Cluster, entries: &[Entry])
     }
 }
 
+/// Cluster mode: each time the node regains Redis, its live entries that Redis does not know
+/// (written while it was unreachable, or all of them after Redis lost its data) are added
+/// there; a removal made elsewhere meanwhile keeps its tombstone and wins.
+pub async fn catch_up(suppressions: Suppressions, mut shutdown: crate::shutdown::Signal) {
+    let Some(cluster) = suppressions.cluster.clone() else {
+        return;
+    };
+    let mut contact = cluster.contact();
+    // Contact made before this task subscribed counts too.
+    let mut pending = *contact.borrow_and_update() > 0;
+    loop {
+        if !pending {
+            tokio::select! {
+                changed = contact.changed() => if changed.is_err() { return },
+                _ = crate::shutdown::stopped(&mut shutdown) => return,
+            }
+        }
+        pending = false;
+        let this = suppressions.clone();
+        let rows = tokio::task::spawn_blocking(move || this.all_live()).await;
+        let rows = match rows {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cluster: cannot read the suppression list to share it");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        match cluster.suppression_put_missing(&rows).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                entries = n,
+                "cluster: suppression entries kept while Redis was away are shared now"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cluster: suppression entries not shared yet"),
+        }
+    }
+}
+
 impl Suppressions {
+    /// Every live entry of every project, as `(project, address, JSON)` rows for Redis.
+    fn all_live(&self) -> Result<Vec<(String, String, String)>, SuppressionError> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for item in self.store.suppression.iter() {
+            let (_, v) = item?;
+            if let Some(e) = self.decode(&v).filter(|e| e.expires_ms > now) {
+                let json = serde_json::to_string(&e).unwrap_or_default();
+                out.push((e.project, e.address, json));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn new(store: Store, expire_secs: u64) -> Suppressions {
         Suppressions {
             store,
