@@ -432,6 +432,39 @@ async fn per_minute_limit_holds_across_the_cluster() {
         "{}",
         limited[0]
     );
+
+    // The shared windows answer at MAIL FROM too, on nodes that took none of the messages
+    // themselves: the refusal comes before the client sends its message.
+    let v = c.nodes[0].cli_json(&["project", "add", "daily", "--domain", "example.org"]);
+    let daily = v["project"]["id"].as_str().unwrap().to_string();
+    let daily_token = v["token"].as_str().unwrap().to_string();
+    c.nodes[0].cli_json(&["project", "limits", &daily, "--per-day", "2"]);
+    wait_known_everywhere(&c, &daily, &daily_token).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let login = async |n: usize| {
+        let mut cl = direct(c.nodes[n].plain.unwrap()).await;
+        assert_eq!(cl.reply().await.code, 220);
+        assert_eq!(cl.cmd("EHLO client.test").await.code, 250);
+        assert_eq!(cl.auth_plain(&daily, &daily_token).await.code, 235);
+        cl
+    };
+    let mut cl = login(0).await;
+    for i in 0..2 {
+        let r = cl
+            .send_plain(
+                "a@example.org",
+                "user@example.net",
+                &format!("d{i}"),
+                "x\r\n",
+            )
+            .await;
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    for n in [1, 2] {
+        let r = login(n).await.cmd("MAIL FROM:<a@example.org>").await;
+        assert_eq!(r.code, 451, "node {}: {r:?}", n + 1);
+        assert!(r.text.contains("retry in"), "{r:?}");
+    }
 }
 
 /// Sends until `stop`, through the plain frontend; every acknowledged subject is recorded.
@@ -1269,4 +1302,54 @@ async fn changes_made_while_a_node_was_cut_off_reach_it_after_reconnecting() {
     );
     let (mut c, _) = support::client::Client::starttls(b.starttls, &b.pki).await;
     assert_eq!(c.auth_plain(&id, &token).await.code, 535);
+}
+
+/// accept-and-delay in cluster mode: the release slots come from the shared windows, so three
+/// nodes taking turns (round robin) release no faster together than the project's limit —
+/// the k-th message to reach the upstream no earlier than k periods after the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn accept_and_delay_slots_are_shared_by_the_nodes() {
+    const N: usize = 6;
+    const PERIOD: Duration = Duration::from_millis(500);
+    let c = Cluster::start().await;
+    let (id, token, _) = add_project(&c.nodes[0]);
+    c.nodes[0].cli_json(&[
+        "project",
+        "limits",
+        &id,
+        "--per-second",
+        "2",
+        "--burst",
+        "1",
+        "--mode",
+        "accept-and-delay",
+    ]);
+    wait_known_everywhere(&c, &id, &token).await;
+    for n in &c.nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while n.cli_json(&["project", "limits", &id])["limits"]["mode"] != "accept-and-delay" {
+            assert!(Instant::now() < deadline, "limits never reached a node");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let start = Instant::now();
+    for i in 0..N {
+        let r = try_send(c.plain_front(), &id, &token, &format!("slot {i}")).await;
+        assert_eq!(r.as_ref().map(|r| r.0), Some(250), "{r:?}");
+    }
+    let got = c.upstream.wait_for(N, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), N);
+    let mut arrivals: Vec<Duration> = got
+        .iter()
+        .map(|m| m.received_at.duration_since(start))
+        .collect();
+    arrivals.sort();
+    eprintln!("arrivals: {arrivals:?}");
+    for (k, at) in arrivals.iter().enumerate() {
+        assert!(
+            *at >= PERIOD * k as u32,
+            "message {k} reached the upstream {at:?} after the first submission, before {:?}: {arrivals:?}",
+            PERIOD * k as u32
+        );
+    }
 }

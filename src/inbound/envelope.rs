@@ -312,7 +312,7 @@ impl Session {
             tracing::warn!(client = %self.peer, project = %auth.project.id, %domain, "sending domain failing its DNS check: refused");
             return self.error(conn, &reply::domain_failing(&domain)).await;
         }
-        if let Some(r) = self.check_rate_at_mail() {
+        if let Some(r) = self.check_rate_at_mail().await {
             return self.error(conn, &r).await;
         }
         self.mail_from = Some(from.address);
@@ -365,7 +365,7 @@ impl Session {
         if self.rcpts.len() >= self.message_limits().max_recipients {
             return self.error(conn, &reply::TOO_MANY_RCPTS).await;
         }
-        if let Some(r) = self.check_rate_at_rcpt(self.rcpts.len() + 1) {
+        if let Some(r) = self.check_rate_at_rcpt(self.rcpts.len() + 1).await {
             return self.error(conn, &r).await;
         }
         self.rcpts.push(to.address);

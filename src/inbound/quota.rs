@@ -93,6 +93,45 @@ impl RateCheck<'_> {
         }
     }
 
+    /// [`check_message`](Self::check_message) or, for a Reject-mode project in cluster mode,
+    /// the same question asked of the shared windows (one round trip, nothing taken), so the
+    /// refusal comes at MAIL FROM as on a single node, not only after DATA.
+    pub async fn check_message_shared(&self, recipients: usize) -> Result<(), RateRefusal> {
+        if let Some(q) = self.quota
+            && let Some(cluster) = self.shared_windows(q)
+        {
+            let d = cluster
+                .rate(
+                    &q.project,
+                    &q.effective,
+                    Cost::message(recipients),
+                    RateMode::Check,
+                )
+                .await;
+            return self.decided(d).map_or(Ok(()), Err);
+        }
+        self.check_message(recipients)
+    }
+
+    /// [`check_recipients`](Self::check_recipients), asked of the shared windows in cluster
+    /// mode.
+    pub async fn check_recipients_shared(&self, count: usize) -> Result<(), RateRefusal> {
+        if let Some(q) = self.quota
+            && let Some(cluster) = self.shared_windows(q)
+        {
+            let d = cluster
+                .rate(
+                    &q.project,
+                    &q.effective,
+                    Cost::recipients(count),
+                    RateMode::Check,
+                )
+                .await;
+            return self.decided(d).map_or(Ok(()), Err);
+        }
+        self.check_recipients(count)
+    }
+
     /// Counts the message (Reject) or reserves its release slot (AcceptAndDelay, `Some(ms)`).
     /// In cluster mode a Reject-mode message is counted in the shared windows instead.
     pub async fn consume(&self, recipients: usize) -> Result<Option<u64>, RateRefusal> {
@@ -100,11 +139,22 @@ impl RateCheck<'_> {
             return Ok(None);
         };
         let cost = Cost::message(recipients);
-        if let Some(cluster) = self.shared_windows(q) {
-            let d = cluster
-                .rate(&q.project, &q.effective, cost, RateMode::Take)
-                .await;
-            return self.decided(d).map_or(Ok(None), Err);
+        if let Some(cluster) = self.limiter.cluster() {
+            return match q.effective.mode {
+                LimitMode::Reject => {
+                    let d = cluster
+                        .rate(&q.project, &q.effective, cost, RateMode::Take)
+                        .await;
+                    self.decided(d).map_or(Ok(None), Err)
+                }
+                LimitMode::AcceptAndDelay => {
+                    let max_wait = std::time::Duration::from_secs(self.max_age_secs);
+                    let slot = cluster
+                        .reserve(&q.project, &q.effective, cost, max_wait)
+                        .await;
+                    self.slotted(slot).map(|at| (at > now_ms()).then_some(at))
+                }
+            };
         }
         match q.effective.mode {
             LimitMode::Reject => match self.limiter.acquire(&q.project, cost) {
@@ -135,6 +185,10 @@ impl RateCheck<'_> {
                 .await;
             return;
         }
+        if self.limiter.cluster().is_some() {
+            // A shared accept-and-delay slot stays taken (the local limiter took nothing).
+            return;
+        }
         if let Some(q) = self.quota
             && let Err(e) = self.limiter.refund(&q.project, Cost::message(recipients))
         {
@@ -142,8 +196,8 @@ impl RateCheck<'_> {
         }
     }
 
-    /// The cluster whose shared windows count this project (Reject mode; accept-and-delay
-    /// reserves release slots on each node's own limiter).
+    /// The cluster whose shared windows count this project, for a refund (Reject mode; an
+    /// accept-and-delay slot is not given back, as on a single node).
     fn shared_windows(&self, q: &ProjectSession) -> Option<&crate::cluster::Cluster> {
         (q.effective.mode == LimitMode::Reject)
             .then(|| self.limiter.cluster())
@@ -216,14 +270,19 @@ impl Session {
     }
 
     /// MAIL FROM: would one more message (with one recipient) fit? `Some` refuses it.
-    pub(super) fn check_rate_at_mail(&self) -> Option<Reply> {
-        self.rate().check_message(1).err().map(|r| Reply::from(&r))
+    pub(super) async fn check_rate_at_mail(&self) -> Option<Reply> {
+        self.rate()
+            .check_message_shared(1)
+            .await
+            .err()
+            .map(|r| Reply::from(&r))
     }
 
     /// RCPT TO: would `count` recipients fit the recipient quota?
-    pub(super) fn check_rate_at_rcpt(&self, count: usize) -> Option<Reply> {
+    pub(super) async fn check_rate_at_rcpt(&self, count: usize) -> Option<Reply> {
         self.rate()
-            .check_recipients(count)
+            .check_recipients_shared(count)
+            .await
             .err()
             .map(|r| Reply::from(&r))
     }
