@@ -1353,3 +1353,54 @@ async fn accept_and_delay_slots_are_shared_by_the_nodes() {
         );
     }
 }
+
+/// The panel's overview on a cluster node, in headless Chromium: every node up with its
+/// listeners and heartbeat; with Redis stopped, the node says it is degraded and what that
+/// means. Screenshots: target/panel-screenshots/cluster-*.png.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_panel_shows_the_cluster_and_its_degraded_state() {
+    use fantoccini::Locator;
+    let mut c = Cluster::start().await;
+    // Node 2 serves the panel; an admin token made on node 1 logs in there (shared).
+    let token = support::panel::admin_token(&c.nodes[0], "viewer");
+    let base = format!("http://{}", support::panel::admin_http_addr(&c.nodes[1]));
+    let (_driver, b) = support::browser::browser().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        b.goto(&format!("{base}/login")).await.unwrap();
+        if support::browser::submit_token(&b, &token).await.is_ok() {
+            break;
+        }
+        // The token may not have reached node 2 yet.
+        assert!(Instant::now() < deadline, "cannot log in on node 2");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let card = b.find(Locator::Css("#cluster")).await.unwrap();
+    let text = card.text().await.unwrap();
+    support::browser::shot(&b, "cluster-overview").await;
+    for id in ["node1", "node2 (this)", "node3"] {
+        assert!(text.contains(id), "{id} not in: {text}");
+    }
+    assert!(text.contains("shared"), "{text}");
+    let up = b
+        .find_all(Locator::Css("#cluster tbody .badge.ok"))
+        .await
+        .unwrap();
+    assert_eq!(up.len(), 3, "{text}");
+    assert!(!text.contains("degraded"), "{text}");
+
+    c.redis.stop();
+    c.wait_degraded(1, Duration::from_secs(15)).await;
+    b.refresh().await.unwrap();
+    let text = b
+        .find(Locator::Css("#cluster"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    support::browser::shot(&b, "cluster-degraded").await;
+    assert!(text.contains("degraded"), "{text}");
+    assert!(text.contains("1/3"), "{text}");
+    assert!(text.contains("unreachable"), "{text}");
+}

@@ -12,105 +12,14 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
-use serde_json::json;
+use fantoccini::{Client, Locator};
+use support::browser::{browser, shot};
 use support::panel::{admin_http_addr, admin_token};
 use support::relay::{Relay, RelayOptions};
 use support::upstream::{Script, TestUpstream, UpstreamOptions};
-
-/// chromedriver on a free loopback port, stopped on drop.
-struct Driver {
-    child: Child,
-    port: u16,
-    _profile: tempfile::TempDir,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn browser() -> (Driver, Client) {
-    for (cmd, package) in [
-        ("chromedriver", "chromium-driver"),
-        ("chromium", "chromium"),
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {cmd}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(
-            found,
-            "`{cmd}` not found: install the Debian package `{package}` \
-             (scripts/test.sh installs scripts/test-packages.txt)"
-        );
-    }
-    let port = free_port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromedriver");
-    let driver = Driver {
-        child,
-        port,
-        _profile: tempfile::tempdir().unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", driver.port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                "--window-size=1280,1300",
-                format!("--user-data-dir={}", driver._profile.path().display()),
-            ],
-        }),
-    );
-    let client = ClientBuilder::new(HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("WebDriver session with headless Chromium");
-    (driver, client)
-}
-
-fn screenshots() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/panel-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-async fn shot(c: &Client, name: &str) {
-    let png = c.screenshot().await.expect("screenshot");
-    std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
-}
 
 /// No alert is open: a payload that ran would have opened one.
 async fn no_alert(c: &Client, page: &str) {
@@ -153,19 +62,7 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
     c.goto(&format!("{base}/")).await.unwrap();
     assert!(c.current_url().await.unwrap().as_str().ends_with("/login"));
     shot(&c, "login").await;
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(&token)
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    if let Err(e) = c.wait().for_element(Locator::Css("header.top")).await {
+    if let Err(e) = support::browser::submit_token(&c, &token).await {
         shot(&c, "failed").await;
         panic!(
             "login did not reach the overview ({e}) at {:?}: {}\n{}",

@@ -273,7 +273,7 @@ fn ago(ms: &Value, now_ms: u64) -> String {
     }
 }
 
-pub fn overview(ctx: Ctx<'_>, projects: &[Value], stats: &Value) -> Markup {
+pub fn overview(ctx: Ctx<'_>, projects: &[Value], stats: &Value, cluster: &Value) -> Markup {
     let overall = &stats["overall"];
     let now = n(&stats["window"]["until_ms"]);
     let rows: Vec<&Value> = stats["projects"]
@@ -334,6 +334,7 @@ pub fn overview(ctx: Ctx<'_>, projects: &[Value], stats: &Value) -> Markup {
                     }
                 }
             }
+            @if cluster["clustered"] == true { (cluster_card(cluster)) }
             div class="card" {
                 h2 { "Upstreams" }
                 table {
@@ -360,6 +361,56 @@ pub fn overview(ctx: Ctx<'_>, projects: &[Value], stats: &Value) -> Markup {
                 }
             }
         }))
+    }
+}
+
+/// Cluster mode: the nodes seen through their heartbeats, Redis, and whether this node is
+/// running on its own (degraded) — what `smtp-relay cluster status` prints.
+fn cluster_card(c: &Value) -> Markup {
+    let this = s(&c["node_id"]);
+    html! {
+        div class="card" id="cluster" {
+            h2 {
+                "Cluster "
+                @if c["degraded"] == true {
+                    span class="badge bad" { "degraded" }
+                } @else {
+                    span class="badge ok" { "shared" }
+                }
+            }
+            p class="small" {
+                "This node: " span class="mono" { (this) } ". Redis: "
+                @if s(&c["redis"]) == "up" { span class="badge ok" { "up" } } @else { span class="badge bad" { (s(&c["redis"])) } }
+                @if c["degraded"] == true {
+                    " — serving with the cached registry; each project limited to " (s(&c["fallback_share"]))
+                    " of its limits on this node; registry changes are refused until Redis is back."
+                }
+            }
+            @let nodes = c["nodes"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            @if nodes.is_empty() {
+                p class="empty" { "No heartbeat read (Redis unreachable from this node)." }
+            } @else {
+                table {
+                    thead { tr { th { "Node" } th { "State" } th { "Listeners" } th { "Version" } th { "Queue" } th { "Last heartbeat" } } }
+                    tbody {
+                        @for n in nodes {
+                            tr {
+                                td class="mono" { (s(&n["id"])) @if s(&n["id"]) == this { " (this)" } }
+                                td { @if s(&n["state"]) == "up" { span class="badge ok" { "up" } } @else { span class="badge bad" { (s(&n["state"])) } } }
+                                td class="mono small" {
+                                    @for (i, a) in n["addresses"].as_array().into_iter().flatten().enumerate() {
+                                        @if i > 0 { br; } (s(a))
+                                    }
+                                }
+                                td { (s(&n["version"])) }
+                                td { @if let Some(q) = n["queue_depth"].as_u64() { (q) } }
+                                td { @if let Some(a) = n["last_heartbeat_secs_ago"].as_u64() { (a) " s ago" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -452,7 +452,13 @@ async fn overview(State(p): State<PanelState>, Extension(s): Extension<Session>)
             AdminRequest::Stats(crate::admin::stats::StatsRequest { hours: 24 }),
         )
         .await?;
-        Ok(pages::overview(ctx(&p, &s, "/"), &projects, &stats))
+        let cluster = admin(&p, AdminRequest::ClusterStatus).await?;
+        Ok(pages::overview(
+            ctx(&p, &s, "/"),
+            &projects,
+            &stats,
+            &cluster,
+        ))
     }
     .await;
     page_or_error(r)

@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod api;
+pub mod browser;
 pub mod certs;
 pub mod client;
 pub mod cluster;
