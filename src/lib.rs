@@ -27,6 +27,7 @@ pub mod policy;
 pub mod queue;
 pub mod reload;
 pub mod retention;
+pub mod sealing;
 pub mod secret;
 pub mod send_api;
 pub mod server;

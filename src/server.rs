@@ -100,8 +100,9 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     let registry = Registry::new(store.clone(), secret.clone());
     let mut dkim = DkimKeys::new(store.clone(), &config);
     if config.cluster.is_some() {
-        let seal = crate::transform::dkim_seal::SealKey::derive(&secret)
-            .map_err(|e| crate::cluster::ClusterError::Config(e.to_string()))?;
+        let seal =
+            crate::sealing::SealKey::derive(&secret, crate::sealing::Purpose::DkimPrivateKeys)
+                .map_err(|e| crate::cluster::ClusterError::Config(e.to_string()))?;
         dkim = dkim.with_sealing(seal);
     }
     let queue =

@@ -1070,8 +1070,45 @@ async fn dkim_keys_are_shared_sealed_between_nodes() {
     let body_line = pem.lines().nth(1).unwrap();
     assert!(!sealed.contains("PRIVATE KEY"), "{sealed:?}");
     assert!(!sealed.contains(body_line), "{sealed:?}");
+    // Every registry record is sealed there too: the key metadata, and a webhook endpoint
+    // with its signing secret — which still reaches node 3 and opens there.
     let meta = c.redis.command(&["HGETALL", "smtp-relay:tree:dkim"]);
-    assert!(meta.contains("\"selector\":\"s1\""), "{meta:?}");
+    assert!(
+        meta.contains("example.com\0s1") || meta.contains("s1"),
+        "{meta:?}"
+    );
+    assert!(!meta.contains("selector"), "{meta:?}");
+    let hook = c.nodes[0].cli_json(&[
+        "webhook",
+        "add",
+        &id,
+        "--url",
+        "https://93.184.216.34/hook",
+        "--events",
+        "relayed",
+    ]);
+    let whsec = hook["secret"].as_str().unwrap().to_string();
+    assert!(whsec.starts_with("whsec_"), "{hook:#}");
+    let hooks = c.redis.command(&["HGETALL", "smtp-relay:tree:webhooks"]);
+    assert!(
+        !hooks.contains("whsec_") && !hooks.contains("93.184.216.34"),
+        "{hooks:?}"
+    );
+    let projects = c.redis.command(&["HGETALL", "smtp-relay:tree:projects"]);
+    assert!(!projects.contains("example.com"), "{projects:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.nodes[2]
+        .cli_json(&["webhook", "list"])
+        .as_array()
+        .map(|a| a.len())
+        != Some(1)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint never reached node 3"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Rotated on node 3: node 1 signs with the new key.
     dns.publish(&support::dkim::keygen(

@@ -155,6 +155,7 @@ impl Classify for crate::cluster::ClusterError {
         match self {
             E::Config(_) => (Invalid, None),
             E::Unavailable(_) | E::WriteRefused(_) | E::Store(_) => (Unavailable, None),
+            E::Sealed(_) => (Internal, None),
         }
     }
 }

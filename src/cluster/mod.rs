@@ -62,6 +62,8 @@ pub enum ClusterError {
     WriteRefused(String),
     #[error("local store: {0}")]
     Store(String),
+    #[error("cluster: the registry in Redis {0}; this node keeps its own copy")]
+    Sealed(String),
 }
 
 impl ClusterError {
@@ -95,6 +97,8 @@ struct Inner {
     pub(crate) node: std::sync::Mutex<nodes::NodeInfo>,
     /// HMAC of a fixed text with the server secret: equal on every node that shares it.
     secret_check: String,
+    /// Seals every registry record written to Redis (crate::sealing).
+    seal: crate::sealing::SealKey,
     /// Told which records changed whenever local trees are made equal to Redis's.
     listeners: std::sync::RwLock<Vec<ChangeListener>>,
     /// Counts the times Redis was reached after being unreachable (or first reached), for
@@ -157,6 +161,11 @@ impl Cluster {
                     "smtp-relay cluster secret check",
                 )),
                 listeners: std::sync::RwLock::default(),
+                seal: crate::sealing::SealKey::derive(
+                    secret,
+                    crate::sealing::Purpose::RegistryRecords,
+                )
+                .map_err(|e| ClusterError::Config(e.to_string()))?,
                 contact: tokio::sync::watch::Sender::new(0),
             }),
         }))
@@ -176,6 +185,9 @@ impl Cluster {
     }
     fn store(&self) -> &Store {
         &self.inner.store
+    }
+    fn seal(&self) -> &crate::sealing::SealKey {
+        &self.inner.seal
     }
     fn registry(&self) -> &Registry {
         &self.inner.registry
@@ -220,8 +232,10 @@ impl Cluster {
 
     /// A Redis command failed: degraded until the probe succeeds again.
     fn note_failure(&self, e: &ClusterError) {
-        if let ClusterError::Unavailable(why) = e {
-            self.set_degraded(true, why);
+        match e {
+            ClusterError::Unavailable(why) => self.set_degraded(true, why),
+            ClusterError::Sealed(_) => tracing::error!(error = %e, "cluster: registry not updated"),
+            _ => {}
         }
     }
 

@@ -1,6 +1,9 @@
 //! Sharing the registry: the sled trees that describe projects and their settings are
 //! mirrored in Redis, one hash per tree (`<prefix>:tree:<name>`, field = sled key, value =
-//! the stored bytes as they are).
+//! the stored bytes, sealed with a key derived from the server secret (`crate::sealing`): Redis
+//! never holds a readable record — webhook signing secrets included — and a value written
+//! there without the secret does not open; the reconciliation then fails as a whole and the
+//! node keeps its own copy).
 //!
 //! Whole stored records travel, never parsed ones: a field another part of the relay adds to a
 //! `Project` (or any record here) passes through without this file knowing it. Redis is the
@@ -141,7 +144,24 @@ pub fn apply(store: &Store, changes: &[Change]) -> Result<(), ClusterError> {
         .map_err(|e| ClusterError::Store(e.to_string()))
 }
 
+/// The associated data of a sealed record: which tree and key it belongs to, so a value
+/// copied to another record does not open.
+fn context(tree: &str, key: &[u8]) -> Vec<u8> {
+    let mut c = Vec::with_capacity(tree.len() + 1 + key.len());
+    c.extend_from_slice(tree.as_bytes());
+    c.push(0);
+    c.extend_from_slice(key);
+    c
+}
+
 impl Cluster {
+    /// A record as it goes to Redis: sealed with the key derived from the server secret.
+    fn sealed(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>, ClusterError> {
+        self.seal()
+            .seal(&context(tree, key), value)
+            .map_err(|e| ClusterError::Sealed(e.to_string()))
+    }
+
     fn tree_key(&self, name: &str) -> String {
         format!("{}:tree:{name}", self.prefix())
     }
@@ -179,7 +199,16 @@ impl Cluster {
         let seeded_trees: Vec<String> = redis::from_redis_value(replies.remove(0)).map_err(bad)?;
         let mut trees = HashMap::new();
         for (&name, reply) in TREES.iter().zip(replies) {
-            let t: Tree = redis::from_redis_value(reply).map_err(bad)?;
+            let sealed: Tree = redis::from_redis_value(reply).map_err(bad)?;
+            let mut t = Tree::new();
+            for (k, v) in sealed {
+                let plain = self.seal().open(&context(name, &k), &v).map_err(|e| {
+                    ClusterError::Sealed(format!(
+                        "holds a {name} record this node cannot open ({e})"
+                    ))
+                })?;
+                t.insert(k, plain);
+            }
             trees.insert(name, t);
         }
         let unseeded = LATE_TREES
@@ -206,7 +235,7 @@ impl Cluster {
                 p.cmd("HSETNX")
                     .arg(self.tree_key(name))
                     .arg(k.as_slice())
-                    .arg(v.as_slice())
+                    .arg(self.sealed(name, k, v)?)
                     .ignore();
                 added += 1;
             }
@@ -314,7 +343,7 @@ impl Cluster {
                     .cmd("HSET")
                     .arg(self.tree_key(c.tree))
                     .arg(c.key.as_slice())
-                    .arg(v.as_slice())
+                    .arg(self.sealed(c.tree, &c.key, v)?)
                     .ignore(),
                 None => p
                     .cmd("HDEL")

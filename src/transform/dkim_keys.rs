@@ -17,7 +17,7 @@
 //! in flight verifies) → removed. At most one key per domain and algorithm is active:
 //! activating a key moves the previously active key of that algorithm to `retiring`.
 //!
-//! In cluster mode a sealed copy of each private key (`dkim_seal.rs`) is kept in the tree
+//! In cluster mode a sealed copy of each private key (`crate::sealing`) is kept in the tree
 //! `dkim_sealed`, which the cluster layer mirrors with the metadata; a node writes the files of
 //! keys made elsewhere (`refresh_from_cluster`) and signs from the sealed copy until then.
 //!
@@ -46,9 +46,9 @@ use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use super::dkim::SIGNED_HEADERS;
-use super::dkim_seal::SealKey;
 use crate::config::{Config, UpstreamKind};
 use crate::policy::projects::{is_dns_label, normalize_domain};
+use crate::sealing::SealKey;
 use crate::store::{Store, StoreError};
 
 /// RSA keys of 2048 to 4096 bits; below 2048 receivers treat DKIM as weak.
@@ -247,7 +247,7 @@ pub enum DkimKeyError {
     Seal {
         domain: String,
         selector: String,
-        source: super::dkim_seal::SealError,
+        source: crate::sealing::SealError,
     },
 }
 
@@ -907,7 +907,7 @@ impl DkimKeys {
         let plain = seal.open(&key, &sealed).map_err(fail)?;
         String::from_utf8(plain)
             .map(Some)
-            .map_err(|_| fail(super::dkim_seal::SealError::Open))
+            .map_err(|_| fail(crate::sealing::SealError::Open))
     }
 
     /// Cluster mode, at start: seals the keys this node has only as files (made before it

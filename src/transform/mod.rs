@@ -8,7 +8,6 @@
 pub mod branding;
 pub mod dkim;
 pub mod dkim_keys;
-pub mod dkim_seal;
 pub mod from_rewrite;
 pub mod headers;
 

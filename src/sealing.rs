@@ -1,12 +1,15 @@
-//! Sealing DKIM private keys so they can travel through Redis in cluster mode.
+//! Sealing values with a key derived from the server secret, for what leaves a node in cluster
+//! mode: Redis never holds them readable.
 //!
-//! A node that generates or imports a key stores, besides its own 0600 PEM file, a sealed copy
-//! in the sled tree `dkim_sealed`, which the cluster layer mirrors like the rest of the
-//! registry; other nodes open it and write their own file. The sealing key is derived from
-//! the server secret (HKDF-SHA256, a fixed label), which every node of a cluster shares and
-//! Redis never sees, so a Redis dump or a replica holds no usable private key. AES-256-GCM with
-//! a random nonce per seal; the key's `domain \0 selector` is the associated data, so a sealed
-//! key moved to another record does not open. Single-node mode never seals: its keys stay files.
+//! Two uses, each with its own derived key (HKDF-SHA256 of the server secret, a fixed label per
+//! purpose): DKIM private keys (`transform::dkim_keys` keeps a sealed copy in the sled tree
+//! `dkim_sealed`; other nodes open it and write their own key file), and every registry record
+//! `cluster::registry_sync` writes to Redis (projects, token digests, webhook endpoints with
+//! their signing secrets, branding, …). Every node of a cluster shares the server secret; Redis
+//! never sees it, so a Redis dump or replica holds no usable key, secret or record, and a value
+//! written there by anyone without the secret does not open. AES-256-GCM with a random nonce per
+//! seal; the caller's context (e.g. `domain \0 selector`, or `tree \0 key`) is the associated
+//! data, so a sealed value moved to another record does not open. Single-node mode seals nothing.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
@@ -16,20 +19,35 @@ use crate::secret::ServerSecret;
 
 /// First byte of every sealed value: the format, so a later one can be told apart.
 const VERSION: u8 = 1;
-const LABEL: &[u8] = b"smtp-relay dkim private key sealing v1";
+
+/// What a key seals; each purpose derives its own key.
+#[derive(Debug, Clone, Copy)]
+pub enum Purpose {
+    DkimPrivateKeys,
+    RegistryRecords,
+}
+
+impl Purpose {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Purpose::DkimPrivateKeys => b"smtp-relay dkim private key sealing v1",
+            Purpose::RegistryRecords => b"smtp-relay registry record sealing v1",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
     #[error("cannot seal the private key: {0}")]
     Seal(&'static str),
     #[error(
-        "the sealed private key does not open with this node's server secret (every node of a \
-         cluster needs the same server.secret_file) or was altered"
+        "a sealed value does not open with this node's server secret (every node of a cluster \
+         needs the same server.secret_file) or was altered"
     )]
     Open,
 }
 
-/// The key that seals and opens DKIM private keys (cheap to clone).
+/// The key that seals and opens the values of one [`Purpose`] (cheap to clone).
 #[derive(Clone)]
 pub struct SealKey {
     key: std::sync::Arc<LessSafeKey>,
@@ -42,10 +60,11 @@ impl std::fmt::Debug for SealKey {
 }
 
 impl SealKey {
-    pub fn derive(secret: &ServerSecret) -> Result<SealKey, SealError> {
+    pub fn derive(secret: &ServerSecret, purpose: Purpose) -> Result<SealKey, SealError> {
         let prk = Salt::new(HKDF_SHA256, b"smtp-relay").extract(secret.bytes());
+        let info = [purpose.label()];
         let okm = prk
-            .expand(&[LABEL], &AES_256_GCM)
+            .expand(&info, &AES_256_GCM)
             .map_err(|_| SealError::Seal("key derivation"))?;
         let key = UnboundKey::from(okm);
         Ok(SealKey {
@@ -96,11 +115,19 @@ impl SealKey {
 mod tests {
     use super::*;
 
-    fn key(secret: &[u8]) -> SealKey {
+    fn key_for(secret: &[u8], purpose: Purpose) -> SealKey {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
         std::fs::write(&path, secret).unwrap();
-        SealKey::derive(&ServerSecret::load(Some(&path), dir.path()).unwrap()).unwrap()
+        SealKey::derive(
+            &ServerSecret::load(Some(&path), dir.path()).unwrap(),
+            purpose,
+        )
+        .unwrap()
+    }
+
+    fn key(secret: &[u8]) -> SealKey {
+        key_for(secret, Purpose::DkimPrivateKeys)
     }
 
     #[test]
@@ -128,8 +155,14 @@ mod tests {
         assert!(k.open(b"example.com\0s1", &flipped).is_err());
         assert!(k.open(b"example.com\0s1", &sealed[..20]).is_err());
         assert!(k.open(b"example.com\0s1", &[]).is_err());
-        let mut v2 = sealed;
+        let mut v2 = sealed.clone();
         v2[0] = 2;
         assert!(k.open(b"example.com\0s1", &v2).is_err());
+        // Another purpose, another key.
+        let other = key_for(
+            b"0123456789abcdef0123456789abcdef",
+            Purpose::RegistryRecords,
+        );
+        assert!(other.open(b"example.com\0s1", &sealed).is_err());
     }
 }
