@@ -104,7 +104,7 @@ pub mod trees {
     /// Per-project DKIM settings (signing failure policy), by project id.
     pub const DKIM_PROJECTS: &str = "dkim_projects";
     /// Cluster mode only: DKIM private keys sealed with a key derived from the server secret,
-    /// `domain \0 selector` → sealed PEM (transform::dkim_seal), mirrored through Redis.
+    /// `domain \0 selector` → sealed PEM (crate::sealing), mirrored through Redis.
     pub const DKIM_SEALED: &str = "dkim_sealed";
     /// Spool entries that could not be decoded, kept for inspection instead of blocking the queue.
     pub const QUARANTINE: &str = "quarantine";
