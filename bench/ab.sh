@@ -10,7 +10,8 @@
 # message — the cost, which moves much less with machine noise than the rate does.
 #
 # Knobs: ROUNDS (3) MODE (starttls|implicit|plain) FROM (bench@dkim.example signs, bench@bench.example
-# does not) CLIENTS (16) MESSAGES (3000) SIZE (4096) PER_CONN (1). No root needed.
+# does not) CLIENTS (16) MESSAGES (3000) SIZE (4096) PER_CONN (1) CERT_ALG (rsa|ecdsa, the server
+# certificate's key) LOADGEN (a prebuilt examples/loadgen). No root needed.
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: bench/ab.sh BIN [BIN...]" >&2; exit 2; }
@@ -21,8 +22,11 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$REPO/bench/lib.sh"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-(cd "$REPO" && cargo build -q --release --example loadgen)
-LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
+# LOADGEN: a generator built earlier (say, while the tree is mid-change); else build it now.
+if [ -z "${LOADGEN:-}" ]; then
+    (cd "$REPO" && cargo build -q --release --example loadgen)
+    LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
+fi
 SINK=127.0.0.1:29999 # ports below the ephemeral range, as in compare.sh
 
 W=$(mktemp -d /tmp/smtp-ab.XXXXXX)
