@@ -16,6 +16,7 @@
 #   PER_CONNS: messages per connection, e.g. "1 10"
 #   EXTRAS:    durable idle bigmsg   (cost of fsync, RSS at 1,000 idle TLS, peak RSS at 20 x 25 MiB)
 #   CERT_ALG:  rsa (default) or ecdsa: the key of the certificate both servers present
+#   RELAY_BIN and LOADGEN (both): binaries built earlier, instead of building the tree now
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -63,10 +64,14 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -q "${need[@]}" libsasl2-modules >/dev/null
 fi
 
-say "building smtp-relay and the load generator (release)"
-(cd "$REPO" && cargo build -q --release --bin smtp-relay --example loadgen)
-RELAY_BIN=$CARGO_TARGET_DIR/release/smtp-relay
-LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
+if [ -n "${RELAY_BIN:-}" ] && [ -n "${LOADGEN:-}" ]; then
+    say "using $RELAY_BIN and $LOADGEN as built"
+else
+    say "building smtp-relay and the load generator (release)"
+    (cd "$REPO" && cargo build -q --release --bin smtp-relay --example loadgen)
+    RELAY_BIN=$CARGO_TARGET_DIR/release/smtp-relay
+    LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
+fi
 
 # --- scratch dir and cleanup -------------------------------------------------------------
 W=$(mktemp -d /tmp/smtp-bench.XXXXXX)
