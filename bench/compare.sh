@@ -16,6 +16,7 @@
 #   PER_CONNS: messages per connection, e.g. "1 10"
 #   EXTRAS:    durable idle bigmsg   (cost of fsync, RSS at 1,000 idle TLS, peak RSS at 20 x 25 MiB)
 #   CERT_ALG:  rsa (default) or ecdsa: the key of the certificate both servers present
+#   NO_RESUME: 1 = the generator never resumes TLS sessions (a full handshake per connection)
 #   RELAY_BIN and LOADGEN (both): binaries built earlier, instead of building the tree now
 set -euo pipefail
 
@@ -292,7 +293,7 @@ load() {
     line=$(LOADGEN_PASS=$pass "$LOADGEN" run --addr "127.0.0.1:$port" --mode "$mode" \
         --ca "$W/ca.pem" --user "$user" --clients "$CLIENTS" --messages "$MESSAGES" \
         --size "$SIZE" --per-conn "$per" --from "$from" --sink "$SINK" --max-secs "$MAX_SECS" \
-        --label "$system/$case/$per" "$@")
+        --label "$system/$case/$per" ${NO_RESUME:+--no-resume} "$@")
     # shellcheck disable=SC2086
     c1=$(cpu_ticks $pids)
     printf '%s\n' "$line" | python3 -c '
