@@ -10,7 +10,9 @@
 # message — the cost, which moves much less with machine noise than the rate does.
 #
 # Knobs: ROUNDS (3) MODE (starttls|implicit|plain) FROM (bench@dkim.example signs, bench@bench.example
-# does not) CLIENTS (16) MESSAGES (3000) SIZE (4096) PER_CONN (1). No root needed.
+# does not) CLIENTS (16) MESSAGES (3000) SIZE (4096) PER_CONN (1) CERT_ALG (rsa|ecdsa, the server
+# certificate's key) NO_RESUME (1: the generator never resumes a TLS session, every connection is a
+# full handshake) LOADGEN (a prebuilt examples/loadgen). No root needed.
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: bench/ab.sh BIN [BIN...]" >&2; exit 2; }
@@ -21,8 +23,11 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$REPO/bench/lib.sh"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-(cd "$REPO" && cargo build -q --release --example loadgen)
-LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
+# LOADGEN: a generator built earlier (say, while the tree is mid-change); else build it now.
+if [ -z "${LOADGEN:-}" ]; then
+    (cd "$REPO" && cargo build -q --release --example loadgen)
+    LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
+fi
 SINK=127.0.0.1:29999 # ports below the ephemeral range, as in compare.sh
 
 W=$(mktemp -d /tmp/smtp-ab.XXXXXX)
@@ -51,7 +56,7 @@ for round in $(seq "$ROUNDS"); do
         line=$(LOADGEN_PASS=$RELAY_PASS "$LOADGEN" run --addr "127.0.0.1:$(port)" --mode "$MODE" \
             --ca "$W/ca.pem" --user "$RELAY_USER" --clients "${CLIENTS:-16}" --messages "${MESSAGES:-3000}" \
             --size "${SIZE:-4096}" --per-conn "${PER_CONN:-1}" --from "$FROM" --sink "$SINK" \
-            --max-secs 300 --label ab 2>/dev/null | head -1)
+            --max-secs 300 --label ab ${NO_RESUME:+--no-resume} 2>/dev/null | head -1)
         c1=$(cpu_ticks "$RELAY_PID")
         kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true
         RELAY_PID=

@@ -5,13 +5,19 @@
 # Cyrus SASL sasldb, STARTTLS / implicit TLS / plaintext listeners, relayhost = the sink, OpenDKIM
 # milter over a Unix socket for the DKIM listener) and private smtp-relay instances, then runs the
 # same load generator (examples/loadgen.rs) against each, alternately, ROUNDS times per case, and
-# prints medians and ratios. Every process it starts is stopped by PID on exit.
+# prints medians and ratios — msg/s, p99 and the server's CPU per delivered message (utime+stime
+# of the relay process, or of Postfix's whole process tree plus OpenDKIM, from the first connection
+# until the sink holds every message: the figure that moves least with machine noise). Every
+# process it starts is stopped by PID on exit.
 #
 # Must run as root (Postfix's master and OpenDKIM drop privileges themselves).
 # Knobs (environment): ROUNDS CLIENTS MESSAGES SIZE CASES PER_CONNS EXTRAS KEEP
 #   CASES:     plain starttls implicit dkim
 #   PER_CONNS: messages per connection, e.g. "1 10"
 #   EXTRAS:    durable idle bigmsg   (cost of fsync, RSS at 1,000 idle TLS, peak RSS at 20 x 25 MiB)
+#   CERT_ALG:  rsa (default) or ecdsa: the key of the certificate both servers present
+#   NO_RESUME: 1 = the generator never resumes TLS sessions (a full handshake per connection)
+#   RELAY_BIN and LOADGEN (both): binaries built earlier, instead of building the tree now
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -59,10 +65,14 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -q "${need[@]}" libsasl2-modules >/dev/null
 fi
 
-say "building smtp-relay and the load generator (release)"
-(cd "$REPO" && cargo build -q --release --bin smtp-relay --example loadgen)
-RELAY_BIN=$CARGO_TARGET_DIR/release/smtp-relay
-LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
+if [ -n "${RELAY_BIN:-}" ] && [ -n "${LOADGEN:-}" ]; then
+    say "using $RELAY_BIN and $LOADGEN as built"
+else
+    say "building smtp-relay and the load generator (release)"
+    (cd "$REPO" && cargo build -q --release --bin smtp-relay --example loadgen)
+    RELAY_BIN=$CARGO_TARGET_DIR/release/smtp-relay
+    LOADGEN=$CARGO_TARGET_DIR/release/examples/loadgen
+fi
 
 # --- scratch dir and cleanup -------------------------------------------------------------
 W=$(mktemp -d /tmp/smtp-bench.XXXXXX)
@@ -181,7 +191,8 @@ Canonicalization relaxed/simple
 RequireSafeKeys false
 EOF
     opendkim -f -x "$W/opendkim/opendkim.conf" 2>"$W/opendkim.log" &
-    PIDS+=($!)
+    OPENDKIM_PID=$!
+    PIDS+=("$OPENDKIM_PID")
     postfix -c "$PF_CONF" check
     postfix -c "$PF_CONF" start 2>"$W/postfix-start.log" || { cat "$W/postfix-start.log" >&2; die "postfix did not start"; }
     for _ in $(seq 100); do
@@ -225,6 +236,48 @@ relay_dkim() { relay_setup_dkim "$RELAY_BIN" "$W/$1/smtp-relay.toml"; }
 
 rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 
+# cpu_ticks PID... : utime+stime (clock ticks) of each PID and every live descendant, plus the
+# children each of them has already reaped (cutime+cstime). Postfix's master reaps its smtpd,
+# cleanup, qmgr and smtp children as they exit, so their CPU stays in the sum either way; the
+# relay is one process (its threads are in its own stat). Taken before and after a load, the
+# difference is what the server spent on it.
+cpu_ticks() {
+    python3 - "$@" <<'PY'
+import os, sys
+stat = {}
+for d in os.listdir("/proc"):
+    if d.isdigit():
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        # after the comm field: state ppid ... utime(14) stime(15) cutime(16) cstime(17)
+        stat[int(d)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+children = {}
+for pid, (ppid, _) in stat.items():
+    children.setdefault(ppid, []).append(pid)
+seen, todo, total = set(), [int(p) for p in sys.argv[1:]], 0
+while todo:
+    pid = todo.pop()
+    if pid in seen or pid not in stat:
+        continue
+    seen.add(pid)
+    total += stat[pid][1]
+    todo.extend(children.get(pid, []))
+print(total)
+PY
+}
+
+# The processes whose CPU counts as the server's for SYSTEM: the relay instance under load, or
+# Postfix's master (its whole tree: smtpd, cleanup, qmgr, smtp, tlsmgr, ...) plus OpenDKIM.
+server_pids() {
+    case $1 in
+    postfix) echo "$(tr -d ' ' <"$W/pf-queue/pid/master.pid") $OPENDKIM_PID" ;;
+    *) echo "$LOAD_RELAY_PID" ;;
+    esac
+}
+
 # --- the load ----------------------------------------------------------------------------
 # load SYSTEM CASE PER_CONN ROUND PORT USER PASS FROM [extra loadgen args]
 load() {
@@ -232,16 +285,25 @@ load() {
     shift 8
     local mode=starttls
     case $case in plain) mode=plain ;; implicit) mode=implicit ;; esac
-    local line
+    local line pids c0 c1
+    # shellcheck disable=SC2086 # a list of PIDs
+    pids=$(server_pids "$system")
+    # shellcheck disable=SC2086
+    c0=$(cpu_ticks $pids)
     line=$(LOADGEN_PASS=$pass "$LOADGEN" run --addr "127.0.0.1:$port" --mode "$mode" \
         --ca "$W/ca.pem" --user "$user" --clients "$CLIENTS" --messages "$MESSAGES" \
         --size "$SIZE" --per-conn "$per" --from "$from" --sink "$SINK" --max-secs "$MAX_SECS" \
-        --label "$system/$case/$per" "$@")
+        --label "$system/$case/$per" ${NO_RESUME:+--no-resume} "$@")
+    # shellcheck disable=SC2086
+    c1=$(cpu_ticks $pids)
     printf '%s\n' "$line" | python3 -c '
-import json, sys
+import json, os, sys
 r = json.loads(sys.stdin.read())
 r.update(system=sys.argv[1], case=sys.argv[2], round=int(sys.argv[3]))
-print(json.dumps(r))' "$system" "$case" "$round" >>"$OUT"
+# Server CPU (utime+stime) from the first connection until the sink held every message.
+cpu_ms = (int(sys.argv[5]) - int(sys.argv[4])) * 1000 / os.sysconf("SC_CLK_TCK")
+r.update(server_cpu_ms=cpu_ms, cpu_ms_per_msg=cpu_ms / max(r["delivered"], 1))
+print(json.dumps(r))' "$system" "$case" "$round" "$c0" "$c1" >>"$OUT"
 }
 
 say "work dir $W; results in $OUT"
@@ -262,7 +324,7 @@ for round in $(seq "$ROUNDS"); do
         for per in $PER_CONNS; do
             from=$(from_for "$case")
             load postfix "$case" "$per" "$round" "$(pf_port "$case")" bench@bench.example "$PASS" "$from"
-            load smtp-relay "$case" "$per" "$round" "$(rl_port "$case")" "$RELAY_USER" "$RELAY_PASS" "$from"
+            LOAD_RELAY_PID=$MAIN_RELAY load smtp-relay "$case" "$per" "$round" "$(rl_port "$case")" "$RELAY_USER" "$RELAY_PASS" "$from"
         done
     done
 done
@@ -274,8 +336,8 @@ if [[ " $EXTRAS " == *" durable "* ]]; then
     DURABLE_USER=$RELAY_USER DURABLE_PASS=$RELAY_PASS
     relay_project relay-nofsync
     for round in $(seq "$ROUNDS"); do
-        load smtp-relay "fsync:durable" 1 "$round" "$RL_STARTTLS" "$DURABLE_USER" "$DURABLE_PASS" bench@bench.example
-        load smtp-relay "fsync:no-fsync" 1 "$round" "$RN_STARTTLS" "$RELAY_USER" "$RELAY_PASS" bench@bench.example
+        LOAD_RELAY_PID=$MAIN_RELAY load smtp-relay "fsync:durable" 1 "$round" "$RL_STARTTLS" "$DURABLE_USER" "$DURABLE_PASS" bench@bench.example
+        LOAD_RELAY_PID=$NOFSYNC load smtp-relay "fsync:no-fsync" 1 "$round" "$RN_STARTTLS" "$RELAY_USER" "$RELAY_PASS" bench@bench.example
     done
     relay_stop "$NOFSYNC"
 fi
@@ -305,7 +367,7 @@ if [[ " $EXTRAS " == *" bigmsg "* ]]; then
     rm -rf "$W/relay-mem/state"
     relay_start relay-mem
     relay_project relay-mem
-    CLIENTS=$BIG_CLIENTS MESSAGES=$BIG_CLIENTS SIZE=$((BIG_SIZE - 4096)) \
+    LOAD_RELAY_PID=$RELAY_PID CLIENTS=$BIG_CLIENTS MESSAGES=$BIG_CLIENTS SIZE=$((BIG_SIZE - 4096)) \
         load smtp-relay "bigmsg" 1 1 "$RM_STARTTLS" "$RELAY_USER" "$RELAY_PASS" bench@bench.example
     hwm=$(rss_kib "$RELAY_PID" VmHWM)
     sleep 1

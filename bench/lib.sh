@@ -2,11 +2,18 @@
 
 # make_certs DIR: a private CA (DIR/ca.pem) and a leaf for localhost/127.0.0.1 (DIR/cert.pem,
 # DIR/key.pem). rustls refuses a self-signed CA certificate as a server certificate.
+# CERT_ALG=rsa (default, RSA-2048) or ecdsa (P-256): the leaf's key, whose signature is the
+# server's main cost in a full TLS handshake.
 make_certs() {
-    local w=$1
+    local w=$1 leaf_key
+    case ${CERT_ALG:-rsa} in
+    rsa) leaf_key=(-newkey rsa:2048) ;;
+    ecdsa) leaf_key=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
+    *) echo "make_certs: CERT_ALG must be rsa or ecdsa" >&2; return 2 ;;
+    esac
     openssl req -x509 -newkey rsa:2048 -nodes -keyout "$w/ca-key.pem" -out "$w/ca.pem" -days 2 \
         -subj /CN=bench-ca 2>/dev/null
-    openssl req -newkey rsa:2048 -nodes -keyout "$w/key.pem" -out "$w/leaf.csr" -subj /CN=localhost 2>/dev/null
+    openssl req "${leaf_key[@]}" -nodes -keyout "$w/key.pem" -out "$w/leaf.csr" -subj /CN=localhost 2>/dev/null
     printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$w/leaf.ext"
     openssl x509 -req -in "$w/leaf.csr" -CA "$w/ca.pem" -CAkey "$w/ca-key.pem" -CAcreateserial \
         -out "$w/cert.pem" -days 2 -extfile "$w/leaf.ext" 2>/dev/null

@@ -2,7 +2,9 @@
 """Turns bench/compare.sh's results.jsonl into the table of medians and ratios.
 
 Usage: report.py results.jsonl [memory.txt]
-Ratios are smtp-relay / Postfix: above 1 is better for throughput, below 1 is better for latency.
+Ratios are smtp-relay / Postfix: above 1 is better for throughput, below 1 is better for latency
+and CPU. "CPU ms/msg" is the server's utime+stime per delivered message (for Postfix its whole
+process tree plus OpenDKIM); the p99 of every round is printed too, not only the median.
 """
 import json
 import statistics
@@ -14,6 +16,16 @@ def med(rows, key):
     return statistics.median(r[key] for r in rows) if rows else float("nan")
 
 
+def cpu(rows):
+    """Median server CPU per message; NaN for results written before the column existed."""
+    vals = [r["cpu_ms_per_msg"] for r in rows if "cpu_ms_per_msg" in r]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def rounds_p99(rows):
+    return "/".join(f"{r['p99_ms']:.1f}" for r in sorted(rows, key=lambda r: r.get("round", 0)))
+
+
 def main():
     rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
     groups = defaultdict(list)
@@ -22,7 +34,7 @@ def main():
 
     print()
     print("Medians over rounds; e2e = accepted by the server and held by the sink.")
-    hdr = f"{'case':<10}{'msg/conn':>9} | {'system':<11}{'e2e msg/s':>10}{'submit/s':>10}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}  errors"
+    hdr = f"{'case':<10}{'msg/conn':>9} | {'system':<11}{'e2e msg/s':>10}{'CPU ms/msg':>11}{'submit/s':>10}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}  {'p99 per round':<20} errors"
     print(hdr)
     print("-" * len(hdr))
     cases = []
@@ -43,25 +55,28 @@ def main():
                 if not r["complete"]:
                     errs["incomplete"] += 1
             print(
-                f"{case:<10}{per:>9} | {name:<11}{med(rs, 'e2e_mps'):>10.1f}{med(rs, 'submit_mps'):>10.1f}"
-                f"{med(rs, 'p50_ms'):>8.1f}{med(rs, 'p90_ms'):>8.1f}{med(rs, 'p99_ms'):>8.1f}{med(rs, 'max_ms'):>8.1f}  {dict(errs) or '-'}"
+                f"{case:<10}{per:>9} | {name:<11}{med(rs, 'e2e_mps'):>10.1f}{cpu(rs):>11.3f}{med(rs, 'submit_mps'):>10.1f}"
+                f"{med(rs, 'p50_ms'):>8.1f}{med(rs, 'p90_ms'):>8.1f}{med(rs, 'p99_ms'):>8.1f}{med(rs, 'max_ms'):>8.1f}"
+                f"  {rounds_p99(rs):<20} {dict(errs) or '-'}"
             )
         if pf and rl:
             ratios.append(
-                (case, per, med(rl, "e2e_mps") / med(pf, "e2e_mps"), med(rl, "p99_ms") / med(pf, "p99_ms"), len(rl))
+                (case, per, med(rl, "e2e_mps") / med(pf, "e2e_mps"), med(rl, "p99_ms") / med(pf, "p99_ms"),
+                 cpu(pf) / cpu(rl), len(rl))
             )
     print()
-    print("smtp-relay / Postfix (throughput: higher is better; p99: lower is better)")
-    print(f"{'case':<10}{'msg/conn':>9} {'e2e msg/s':>10} {'p99':>7} rounds")
-    for case, per, t, p, n in ratios:
-        print(f"{case:<10}{per:>9} {t:>9.2f}x {p:>6.2f}x {n}")
+    print("smtp-relay / Postfix (throughput: higher is better; p99: lower is better);")
+    print("CPU: Postfix's CPU per message / the relay's (how many times less the relay spends)")
+    print(f"{'case':<10}{'msg/conn':>9} {'e2e msg/s':>10} {'p99':>7} {'CPU less':>9} rounds")
+    for case, per, t, p, c, n in ratios:
+        print(f"{case:<10}{per:>9} {t:>9.2f}x {p:>6.2f}x {c:>8.2f}x {n}")
 
     fs = {k[0]: v for k, v in groups.items() if k[0].startswith("fsync:")}
     if fs:
         print()
         print("Durable ack (fsync before 250) vs no-fsync dev mode, smtp-relay, STARTTLS+AUTH, 1 msg/conn")
         for case, rs in sorted(fs.items()):
-            print(f"  {case[6:]:<10} e2e {med(rs, 'e2e_mps'):8.1f} msg/s  submit {med(rs, 'submit_mps'):8.1f} msg/s  p99 {med(rs, 'p99_ms'):7.1f} ms")
+            print(f"  {case[6:]:<10} e2e {med(rs, 'e2e_mps'):8.1f} msg/s  submit {med(rs, 'submit_mps'):8.1f} msg/s  p99 {med(rs, 'p99_ms'):7.1f} ms  CPU {cpu(rs):.3f} ms/msg")
         d, n = fs.get("fsync:durable"), fs.get("fsync:no-fsync")
         if d and n and med(d, "submit_mps") > 0:
             print(f"  no-fsync / durable submit throughput: {med(n, 'submit_mps') / med(d, 'submit_mps'):.2f}x")

@@ -58,6 +58,10 @@ struct Target {
     /// Per-step deadline (seconds).
     #[arg(long, default_value_t = 60)]
     step_secs: u64,
+    /// Never resume a TLS session: every connection makes a full handshake (the server signs
+    /// with its certificate key each time), like clients that keep no sessions.
+    #[arg(long)]
+    no_resume: bool,
 }
 
 #[derive(Subcommand)]
@@ -228,7 +232,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Smtp<S> {
     }
 }
 
-fn tls_connector(ca: &Option<PathBuf>) -> Result<TlsConnector, BoxError> {
+fn tls_connector(ca: &Option<PathBuf>, no_resume: bool) -> Result<TlsConnector, BoxError> {
     let mut roots = rustls::RootCertStore::empty();
     if let Some(path) = ca {
         for cert in CertificateDer::pem_file_iter(path)? {
@@ -236,10 +240,13 @@ fn tls_connector(ca: &Option<PathBuf>) -> Result<TlsConnector, BoxError> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    if no_resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
@@ -637,7 +644,7 @@ async fn run(
     };
     let name = ServerName::try_from(target.server_name.clone())?;
     let conn = Conn {
-        tls: tls_connector(&target.ca)?,
+        tls: tls_connector(&target.ca, target.no_resume)?,
         target,
         name,
     };
@@ -728,7 +735,7 @@ async fn idle(
 ) -> Result<(), BoxError> {
     let name = ServerName::try_from(target.server_name.clone())?;
     let conn = Arc::new(Conn {
-        tls: tls_connector(&target.ca)?,
+        tls: tls_connector(&target.ca, target.no_resume)?,
         target,
         name,
     });

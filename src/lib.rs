@@ -44,10 +44,10 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs blocking work (CPU-heavy transform of a large message, writing its body file) without
-/// stalling the other tasks of its async worker: through `block_in_place` on the server's
-/// multi-threaded runtime, inline elsewhere (tests and fuzzing use current-thread runtimes,
-/// where `block_in_place` would panic).
+/// Runs blocking work (a DKIM signature, the transform of a large message, writing its body
+/// file) without stalling the other tasks of its async worker: through `block_in_place` on the
+/// server's multi-threaded runtime, inline elsewhere (tests and fuzzing use current-thread
+/// runtimes, where `block_in_place` would panic).
 pub fn run_blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),

@@ -4,6 +4,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     smtp_relay::memory_budget::release_large_blocks();
+    smtp_relay::inbound::tls::install_process_default();
     let cli = smtp_relay::cli::Cli::parse();
     let default_level = match cli.command {
         smtp_relay::cli::Command::Serve => "info",

@@ -1,5 +1,6 @@
 //! Delivery faults against a scriptable test upstream: down then up, permanent refusal,
-//! partial recipient acceptance — each visible in `smtp-relay log` / `queue show`.
+//! partial recipient acceptance — each visible in `smtp-relay log` / `queue show`; and
+//! delivery that starts on enqueue rather than on the queue's poll.
 
 mod support;
 
@@ -207,4 +208,43 @@ async fn short_lived_mail_expires_at_the_project_max_age() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Delivery is woken by the enqueue itself: with the poll interval set to an hour, messages
+/// (more of them than there are workers, so the dispatcher hands out several at once) still
+/// reach the upstream well within a generous deadline. Behaviour, not a timing measurement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_starts_on_enqueue_without_waiting_for_the_poll() {
+    let pki = TestPki::generate();
+    let up = TestUpstream::start(UpstreamOptions::implicit(&pki)).await;
+    let relay = Relay::start_with_upstream(
+        up.port(),
+        "implicit",
+        &pki,
+        RelayOptions {
+            poll_interval_ms: 3_600_000,
+            ..Default::default()
+        },
+    );
+    let (id, token) = relay.add_project("app", &["app.test"]);
+    // The harness runs 4 workers: 10 messages need several batches.
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let rcpt = format!("user{i}@example.net");
+        ids.push(
+            relay
+                .submit(&id, &token, "noreply@app.test", &[&rcpt])
+                .await,
+        );
+    }
+    let got = up.wait_for(10, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 10);
+    let mut rcpts: Vec<String> = got.iter().flat_map(|m| m.rcpt_to.clone()).collect();
+    rcpts.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("user{i}@example.net")).collect();
+    want.sort();
+    assert_eq!(rcpts, want);
+    for qid in &ids {
+        relay.wait_state(qid, &["delivered"], Duration::from_secs(30));
+    }
 }

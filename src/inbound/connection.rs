@@ -7,6 +7,11 @@
 //! smuggling: only `CRLF.CRLF` ends DATA, and a lone `.` line next to a bare LF — the one thing
 //! normalising could turn into an end of data — is refused the same way, so nothing after it
 //! is ever read as a command and nothing that could end DATA upstream is stored.
+//!
+//! Memory: reads go straight into the framing buffer's spare room (no read array inside the
+//! connection's future, which every idle session would carry), and a session awaiting a
+//! command holds only a small buffer — the one a DATA transfer grew is released once it is
+//! empty. With a thousand idle TLS sessions this is a good part of the relay's RSS.
 
 use std::time::Duration;
 
@@ -25,6 +30,10 @@ pub const MAX_COMMAND_LINE: usize = 512;
 pub const MAX_TEXT_LINE: usize = 998;
 /// How much of an over-long command line we read and throw away before giving up.
 const MAX_DISCARD: usize = 1024 * 1024;
+/// Room a read offers while a command line is awaited: a command (or a pipelined group) fits.
+const COMMAND_READ: usize = 512;
+/// Room a read offers during DATA.
+const DATA_READ: usize = 8192;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -274,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn new(stream: S) -> Connection<S> {
         Connection {
             stream,
-            buf: Vec::with_capacity(4096),
+            buf: Vec::new(),
             start: 0,
             last_code: 0,
             bare_newline: BareNewline::default(),
@@ -318,20 +327,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    async fn fill(&mut self, deadline: Instant) -> Result<(), FrameError> {
+    /// Reads more input, offering at least `room` bytes of space for it.
+    async fn fill(&mut self, deadline: Instant, room: usize) -> Result<(), FrameError> {
         if self.start > 0 && self.start * 2 > self.buf.capacity() {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let mut chunk = [0u8; 8192];
-        let n = match timeout_at(deadline, self.stream.read(&mut chunk)).await {
-            Err(_) => return Err(FrameError::Timeout),
-            Ok(Err(_)) => return Err(FrameError::Io),
-            Ok(Ok(0)) => return Err(FrameError::Closed),
-            Ok(Ok(n)) => n,
-        };
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(())
+        if self.buf.is_empty() && self.buf.capacity() > 2 * room {
+            // Idle again after a larger transfer: give its buffer back.
+            self.buf = Vec::new();
+        }
+        if self.buf.capacity() - self.buf.len() < room {
+            self.buf.reserve(room);
+        }
+        match timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+            Err(_) => Err(FrameError::Timeout),
+            Ok(Err(_)) => Err(FrameError::Io),
+            Ok(Ok(0)) => Err(FrameError::Closed),
+            Ok(Ok(_)) => Ok(()),
+        }
     }
 
     /// Reads one line (without CRLF). Over-long lines are read to their end and thrown away,
@@ -348,7 +362,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if self.pending().len() >= limit {
                 return self.discard_line(deadline).await;
             }
-            self.fill(deadline).await?;
+            self.fill(deadline, COMMAND_READ).await?;
         }
     }
 
@@ -364,7 +378,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if discarded > MAX_DISCARD {
                 return Err(FrameError::Closed);
             }
-            self.fill(deadline).await?;
+            self.fill(deadline, DATA_READ).await?;
         }
     }
 
@@ -496,7 +510,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
             let deadline = std::cmp::min(Instant::now() + idle, overall);
-            self.fill(deadline).await?;
+            self.fill(deadline, DATA_READ).await?;
         }
     }
 
@@ -530,7 +544,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// destroy our last reply (say, the 550 for a bare LF) before the client has read it.
     pub async fn shutdown(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.stream.shutdown()).await;
-        let mut sink = [0u8; 8192];
+        // On the heap, and only now: an array here would be part of every session's task,
+        // idle ones included (module doc).
+        let mut sink = vec![0u8; DATA_READ];
         let mut drained = 0usize;
         let deadline = Instant::now() + Duration::from_millis(500);
         while drained < 1024 * 1024 {
@@ -803,6 +819,39 @@ mod tests {
         assert_eq!(conn.read_line(512, t).await, Err(FrameError::TooLong));
         assert_eq!(conn.read_line(512, t).await.unwrap(), b"NOOP");
         assert_eq!(conn.read_line(512, t).await, Err(FrameError::BareLf));
+    }
+
+    /// A session waiting for its next command holds a small framing buffer, not the one a
+    /// DATA transfer grew (idle memory, module doc), and commands still arrive whole.
+    #[tokio::test]
+    async fn an_idle_session_gives_the_data_buffer_back() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut conn = Connection::new(server);
+        let t = Duration::from_secs(5);
+        let body = "x".repeat(70).repeat(1500);
+        let mut wire = Vec::new();
+        for chunk in body.as_bytes().chunks(70) {
+            wire.extend_from_slice(chunk);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b".\r\n");
+        client.write_all(&wire).await.unwrap();
+        let r = conn.read_data(1 << 20, t, t).await;
+        assert_eq!(message(r).len(), 1500 * 72);
+        assert!(conn.buf.capacity() >= DATA_READ, "{}", conn.buf.capacity());
+        let long_rcpt = format!("RCPT TO:<{}@example.net>\r\n", "a".repeat(400));
+        client.write_all(long_rcpt.as_bytes()).await.unwrap();
+        let line = conn.read_line(MAX_COMMAND_LINE, t).await.unwrap();
+        assert_eq!(line, long_rcpt.trim_end().as_bytes());
+        // Awaiting the next command: the buffer is back to command size.
+        let next = tokio::spawn(async move {
+            let line = conn.read_line(MAX_COMMAND_LINE, t).await;
+            (line, conn.buf.capacity())
+        });
+        client.write_all(b"QUIT\r\n").await.unwrap();
+        let (line, capacity) = next.await.unwrap();
+        assert_eq!(line.unwrap(), b"QUIT");
+        assert!(capacity <= 2 * COMMAND_READ, "{capacity}");
     }
 
     proptest! {

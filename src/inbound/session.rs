@@ -90,38 +90,27 @@ impl Session {
     }
 
     /// Runs a whole connection, including the TLS handshake(s), in the connection's own task.
+    ///
+    /// This future is what every session — idle ones included — keeps allocated for its
+    /// whole life, and the compiler gives it room for every local it keeps across an await,
+    /// side by side more often than not. So the handshake and TLS phase, the command loops and
+    /// the closing are futures of their own, boxed while they run, and nothing here holds a
+    /// second copy of the TLS stream (an `if let` on the handshake's result kept one alive).
     pub async fn run(mut self, tcp: TcpStream) {
         let _active = crate::metrics::connection_opened();
         let _ = tcp.set_nodelay(true);
         match self.mode {
-            ListenerMode::Implicit => {
-                if let Some(tls) = self.handshake(tcp).await {
-                    let mut conn = Connection::new(tls).with_bare_newline(self.bare_newline());
-                    self.serve(&mut conn, true).await;
-                    self.last_code = conn.last_code();
-                    conn.shutdown().await;
-                }
-            }
+            ListenerMode::Implicit => Box::pin(self.serve_tls(tcp, false)).await,
             ListenerMode::Starttls | ListenerMode::Plain => {
                 let mut conn = Connection::new(tcp).with_bare_newline(self.bare_newline());
-                let flow = self.serve(&mut conn, true).await;
+                let flow = Box::pin(self.serve(&mut conn, true)).await;
                 self.last_code = conn.last_code();
                 if let Flow::StartTls = flow {
                     // Anything buffered beyond STARTTLS is dropped with the plaintext framing.
                     let tcp = conn.into_inner();
-                    if let Some(tls) = self.handshake(tcp).await {
-                        self.tls = true;
-                        self.helo = None;
-                        self.auth = None;
-                        self.quota = None;
-                        self.reset_transaction();
-                        let mut conn = Connection::new(tls).with_bare_newline(self.bare_newline());
-                        self.serve(&mut conn, false).await;
-                        self.last_code = conn.last_code();
-                        conn.shutdown().await;
-                    }
+                    Box::pin(self.serve_tls(tcp, true)).await;
                 } else {
-                    conn.shutdown().await;
+                    Box::pin(conn.shutdown()).await;
                 }
             }
         }
@@ -136,6 +125,25 @@ impl Session {
             duration_ms = self.started.elapsed().as_millis() as u64,
             "session closed"
         );
+    }
+
+    /// The TLS part of a session: handshake, command loop, close. After STARTTLS the session
+    /// starts over (RFC 3207: no greeting, EHLO again, nothing from before TLS kept).
+    async fn serve_tls(&mut self, tcp: TcpStream, after_starttls: bool) {
+        let Some(tls) = Box::pin(self.handshake(tcp)).await else {
+            return;
+        };
+        if after_starttls {
+            self.tls = true;
+            self.helo = None;
+            self.auth = None;
+            self.quota = None;
+            self.reset_transaction();
+        }
+        let mut conn = Connection::new(tls).with_bare_newline(self.bare_newline());
+        Box::pin(self.serve(&mut conn, !after_starttls)).await;
+        self.last_code = conn.last_code();
+        conn.shutdown().await;
     }
 
     async fn handshake(
@@ -214,7 +222,10 @@ impl Session {
                     // The transcript (SMTP_RELAY_LOG=trace); lines answering a 334 are read
                     // in auth.rs and never reach this point.
                     tracing::trace!(client = %self.peer, "C: {}", crate::logging::redact_command(&line));
-                    self.command(conn, line).await
+                    // Boxed: a command's future (DATA, submission, the durable enqueue) is many
+                    // times the size of the wait for the next line; inline, every idle session's
+                    // task would reserve room for it.
+                    Box::pin(self.command(conn, line)).await
                 }
                 Err(FrameError::TooLong) => self.error(conn, &reply::LINE_TOO_LONG).await,
                 Err(e) => {

@@ -1,8 +1,23 @@
 //! Server-side TLS: loading the certificate and key, and generating a development
 //! certificate on first start when the config asks for one.
 //!
-//! Every rustls config is built with the ring provider explicitly (`builder_with_provider`),
-//! so the binary never depends on a process-wide default provider.
+//! Every rustls config the relay builds — listeners, and (`outbound/client_tls.rs`) upstreams,
+//! webhooks and token endpoints — uses one provider, aws-lc-rs, explicitly
+//! (`builder_with_provider`). aws-lc-rs rather than ring: on this project's benchmark machine
+//! it makes an RSA-2048 server signature in about half ring's time, and the full handshake is
+//! most of a new connection's CPU (BENCHMARKS.md). ring stays in the tree only because
+//! mail-auth and hickory are built on it. The same provider is also installed as the process
+//! default ([`install_process_default`]) for the one library that builds a rustls config of
+//! its own (redis, for `rediss://`): with both providers compiled into rustls, it could not
+//! pick one.
+//!
+//! Both RSA and ECDSA (P-256, P-384) certificates work; the development certificate is ECDSA
+//! P-256, whose signature costs a fraction of an RSA-2048 one. Resumption: stateless TLS 1.3
+//! and TLS 1.2 tickets (a key rotated by rustls every 6 hours), so any number of clients can
+//! resume without a server-side cache entry each (the stateful default holds 256): a client
+//! that keeps sessions (Java's JSSE, so Jakarta Mail; rustls clients) skips the certificate
+//! signature on every connection after its first. A session-ID cache remains for TLS 1.2
+//! clients that do not take tickets.
 //!
 //! The listeners announce the ALPN names `smtp` and `esmtp` (as Exim does): a client that
 //! offers ALPN but none of these — say only `http/1.1`, a browser lured into talking to the
@@ -38,8 +53,20 @@ pub enum TlsError {
 /// ALPN protocol names the SMTP listeners accept.
 pub const ALPN: [&[u8]; 2] = [b"smtp", b"esmtp"];
 
+/// Session-ID cache entries for TLS 1.2 clients without ticket support (a few hundred bytes
+/// each); everyone else resumes with a stateless ticket.
+const SESSION_CACHE_ENTRIES: usize = 1024;
+
+/// The binary's one rustls crypto provider (module doc).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Makes [`provider`] the process default, for libraries that build rustls configs without
+/// naming a provider. Idempotent; call once at start, before any such library runs.
+pub fn install_process_default() {
+    // Err only when a default is already installed: then there is nothing to do.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// Loads (or first generates) the server certificate and builds the acceptor config.
@@ -80,8 +107,12 @@ pub fn server_config(
         .map_err(|e| TlsError::Mismatch(e.to_string()))?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     // One TLS 1.3 ticket per handshake instead of rustls's two: a resuming client spends one
-    // per connection, and each ticket costs three getrandom calls and a cache entry.
+    // per connection.
     config.send_tls13_tickets = 1;
+    // Stateless tickets (module doc): no per-client server memory, no 256-entry ceiling.
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|e| TlsError::Mismatch(format!("cannot set up TLS session tickets: {e}")))?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     Ok(Arc::new(config))
 }
 

@@ -1,9 +1,11 @@
 //! Delivery workers and the retry discipline.
 //!
-//! A dispatcher takes due messages from the queue (at most `workers` at a time), a task per
-//! message delivers it, and the outcome goes back to the queue: delivered → removed from the
-//! spool; temporary failure → rescheduled with backoff and jitter; permanent failure or
-//! expiry → failed, kept in the message log. Each attempt is one log line.
+//! A dispatcher takes due messages from the queue (at most `workers` at a time, as many in one
+//! pass over the schedule as there are free workers; woken by every enqueue, the poll interval
+//! only a safety net), a task per message delivers it, and the outcome goes back to the queue:
+//! delivered → removed from the spool; temporary failure → rescheduled with backoff and
+//! jitter; permanent failure or expiry → failed, kept in the message log. Each attempt is one
+//! log line.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -48,46 +50,60 @@ impl Delivery {
             if *shutdown.borrow() {
                 break;
             }
-            let permit = tokio::select! {
+            let first = tokio::select! {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = crate::shutdown::stopped(&mut shutdown) => break,
             };
-            let due = match this.queue.take_due(now_ms(), 1) {
+            // One pass over the schedule for every free worker at once (not one scan from the
+            // start per worker). Only as many ids as there are permits leave the schedule, so
+            // an id taken is always attempted at once; one cut off by a shutdown comes back
+            // when the schedule is rebuilt at start.
+            let mut batch = vec![first];
+            while let Ok(p) = permits.clone().try_acquire_owned() {
+                batch.push(p);
+            }
+            let due = match this.queue.take_due(now_ms(), batch.len()) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the schedule");
                     Vec::new()
                 }
             };
-            let Some(id) = due.into_iter().next() else {
-                drop(permit);
+            if due.is_empty() {
+                drop(batch);
                 let sleep_for = match this.queue.next_due() {
                     Ok(Some(t)) => Duration::from_millis(t.saturating_sub(now_ms())).min(poll),
                     _ => poll,
                 };
+                // `enqueue` (and every reschedule) notifies: a new message starts its delivery
+                // at once; the poll is only the safety net (and the wait for a future retry).
                 tokio::select! {
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(sleep_for) => {}
                     _ = crate::shutdown::stopped(&mut shutdown) => break,
                 }
                 continue;
-            };
-            let inserted = in_flight
-                .lock()
-                .map(|mut set| set.insert(id.clone()))
-                .unwrap_or(false);
-            if !inserted {
-                continue;
             }
-            let this2 = this.clone();
-            let in_flight2 = in_flight.clone();
-            tokio::spawn(async move {
-                this2.attempt(&id).await;
-                if let Ok(mut set) = in_flight2.lock() {
-                    set.remove(&id);
+            // Unused permits go back before the attempts start.
+            batch.truncate(due.len());
+            for (id, permit) in due.into_iter().zip(batch) {
+                let inserted = in_flight
+                    .lock()
+                    .map(|mut set| set.insert(id.clone()))
+                    .unwrap_or(false);
+                if !inserted {
+                    continue;
                 }
-                drop(permit);
-            });
+                let this2 = this.clone();
+                let in_flight2 = in_flight.clone();
+                tokio::spawn(async move {
+                    this2.attempt(&id).await;
+                    if let Ok(mut set) = in_flight2.lock() {
+                        set.remove(&id);
+                    }
+                    drop(permit);
+                });
+            }
         }
         let grace = Duration::from_secs(this.config.server.shutdown_grace_secs);
         let _ = tokio::time::timeout(grace, permits.acquire_many(workers as u32)).await;

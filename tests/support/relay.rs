@@ -18,6 +18,8 @@ pub struct RelayOptions {
     pub upstreams: Option<String>,
     pub retry_schedule_secs: Vec<u64>,
     pub max_age_secs: u64,
+    /// `queue.poll_interval_ms` (default 100).
+    pub poll_interval_ms: u64,
     pub max_recipients: usize,
     pub max_message_size: usize,
     pub plain_listener: bool,
@@ -53,6 +55,7 @@ impl Default for RelayOptions {
             upstreams: None,
             retry_schedule_secs: vec![1],
             max_age_secs: 3600,
+            poll_interval_ms: 100,
             max_recipients: 10,
             max_message_size: 1024 * 1024,
             plain_listener: false,
@@ -217,7 +220,7 @@ mode = "implicit"
 workers = 4
 retry_schedule_secs = {sched:?}
 max_age_secs = {age}
-poll_interval_ms = 100
+poll_interval_ms = {poll}
 
 {upstreams}
 {metrics}
@@ -233,6 +236,7 @@ poll_interval_ms = 100
             key = files.key.display(),
             sched = opts.retry_schedule_secs,
             age = opts.max_age_secs,
+            poll = opts.poll_interval_ms,
             metrics = if opts.metrics {
                 "[metrics]\naddress = \"127.0.0.1:0\"\n"
             } else {
