@@ -149,7 +149,9 @@ impl Cluster {
         cost: Cost,
         mode: RateMode,
     ) -> Decision {
-        if effective.windows.is_empty() {
+        // Nothing to count (no windows, or only windows this cost does not touch, such as the
+        // recipient quota asked about a message): no round trip.
+        if effective.windows.iter().all(|w| cost_of(w, cost) == 0) {
             return Decision::Allowed;
         }
         if !self.is_degraded() {
