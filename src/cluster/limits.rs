@@ -119,6 +119,19 @@ fn step_us(w: &WindowSpec) -> u64 {
     (w.kind.span().as_micros() as u64 / u64::from(w.limit.max(1))).max(1)
 }
 
+/// The windows as both scripts read them: their count, then per window its name, emission
+/// interval T (µs), tolerance τ = burst·T and the cost in its unit.
+fn window_args(inv: &mut redis::ScriptInvocation<'_>, effective: &Effective, cost: Cost) {
+    inv.arg(effective.windows.len());
+    for w in &effective.windows {
+        let step = step_us(w);
+        inv.arg(w.kind.name())
+            .arg(step)
+            .arg(step.saturating_mul(u64::from(w.burst.max(1))))
+            .arg(cost_of(w, cost));
+    }
+}
+
 /// A window's emission interval and tolerance (ns) at 1/nodes of its limit and burst.
 fn fallback_window(w: &WindowSpec, nodes: u64) -> (u64, u64) {
     let limit = u64::from(w.limit).div_ceil(nodes).max(1);
@@ -172,14 +185,8 @@ impl Cluster {
     ) -> Result<Decision, ClusterError> {
         let limits = self.limits();
         let mut inv = limits.script.key(self.rate_key(project));
-        inv.arg(mode.as_str()).arg(effective.windows.len());
-        for w in &effective.windows {
-            let step = step_us(w);
-            inv.arg(w.kind.name())
-                .arg(step)
-                .arg(step.saturating_mul(u64::from(w.burst.max(1))))
-                .arg(cost_of(w, cost));
-        }
+        inv.arg(mode.as_str());
+        window_args(&mut inv, effective, cost);
         let (status, wait_us): (i64, i64) = self.conn().script(&inv).await?;
         Ok(match status {
             0 => Decision::Allowed,
@@ -228,15 +235,8 @@ impl Cluster {
     ) -> Result<Result<Duration, Slot>, ClusterError> {
         let limits = self.limits();
         let mut inv = limits.reserve.key(self.rate_key(project));
-        inv.arg(max_wait.as_micros() as u64)
-            .arg(effective.windows.len());
-        for w in &effective.windows {
-            let step = step_us(w);
-            inv.arg(w.kind.name())
-                .arg(step)
-                .arg(step.saturating_mul(u64::from(w.burst.max(1))))
-                .arg(cost_of(w, cost));
-        }
+        inv.arg(max_wait.as_micros() as u64);
+        window_args(&mut inv, effective, cost);
         let (status, us): (i64, i64) = self.conn().script(&inv).await?;
         let us = Duration::from_micros(us.max(0) as u64);
         Ok(match status {

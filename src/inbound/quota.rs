@@ -97,39 +97,29 @@ impl RateCheck<'_> {
     /// the same question asked of the shared windows (one round trip, nothing taken), so the
     /// refusal comes at MAIL FROM as on a single node, not only after DATA.
     pub async fn check_message_shared(&self, recipients: usize) -> Result<(), RateRefusal> {
-        if let Some(q) = self.quota
-            && let Some(cluster) = self.shared_windows(q)
-        {
-            let d = cluster
-                .rate(
-                    &q.project,
-                    &q.effective,
-                    Cost::message(recipients),
-                    RateMode::Check,
-                )
-                .await;
-            return self.decided(d).map_or(Ok(()), Err);
+        match self.ask_shared(Cost::message(recipients)).await {
+            Some(answer) => answer,
+            None => self.check_message(recipients),
         }
-        self.check_message(recipients)
     }
 
     /// [`check_recipients`](Self::check_recipients), asked of the shared windows in cluster
     /// mode.
     pub async fn check_recipients_shared(&self, count: usize) -> Result<(), RateRefusal> {
-        if let Some(q) = self.quota
-            && let Some(cluster) = self.shared_windows(q)
-        {
-            let d = cluster
-                .rate(
-                    &q.project,
-                    &q.effective,
-                    Cost::recipients(count),
-                    RateMode::Check,
-                )
-                .await;
-            return self.decided(d).map_or(Ok(()), Err);
+        match self.ask_shared(Cost::recipients(count)).await {
+            Some(answer) => answer,
+            None => self.check_recipients(count),
         }
-        self.check_recipients(count)
+    }
+
+    /// Would `cost` fit the shared windows? `None` when they do not count this project.
+    async fn ask_shared(&self, cost: Cost) -> Option<Result<(), RateRefusal>> {
+        let q = self.quota?;
+        let cluster = self.shared_windows(q)?;
+        let d = cluster
+            .rate(&q.project, &q.effective, cost, RateMode::Check)
+            .await;
+        Some(self.decided(d).map_or(Ok(()), Err))
     }
 
     /// Counts the message (Reject) or reserves its release slot (AcceptAndDelay, `Some(ms)`).
