@@ -47,9 +47,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for round in $(seq "$ROUNDS"); do
     for bin in "$@"; do
         rm -rf "$W/state"
-        SMTP_RELAY_LOG=warn "$bin" --config "$W/smtp-relay.toml" serve 2>>"$W/server.log" &
-        RELAY_PID=$!
-        for _ in $(seq 100); do [ -f "$W/state/listeners.json" ] && break; sleep 0.1; done
+        relay_start "$bin" "$W/smtp-relay.toml" "$W/state" "$W/server.log"
         relay_setup_project "$bin" "$W/smtp-relay.toml"
         relay_setup_dkim "$bin" "$W/smtp-relay.toml"
         c0=$(cpu_ticks "$RELAY_PID")

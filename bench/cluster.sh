@@ -85,11 +85,9 @@ CONF
 }
 
 start_node() { # CONFIG STATE → pid in LAST_PID
-    SMTP_RELAY_LOG=warn "$BIN" --config "$1" serve 2>>"$W/server.log" &
-    LAST_PID=$!
+    relay_start "$BIN" "$1" "$2" "$W/server.log"
+    LAST_PID=$RELAY_PID
     PIDS+=("$LAST_PID")
-    for _ in $(seq 100); do [ -f "$2/listeners.json" ] && return; sleep 0.1; done
-    echo "relay did not start; log:" >&2; tail -20 "$W/server.log" >&2; exit 1
 }
 
 start_redis() {

@@ -49,9 +49,7 @@ print(f"{sys.argv[1]:<5} round {sys.argv[2]}  e2e {e:7.1f} msg/s  p50 {p50:6.1f}
 for round in $(seq "$ROUNDS"); do
     for proto in smtp http; do
         rm -rf "$W/state"
-        SMTP_RELAY_LOG=warn "$BIN" --config "$W/smtp-relay.toml" serve 2>>"$W/server.log" &
-        RELAY_PID=$!
-        for _ in $(seq 100); do [ -f "$W/state/listeners.json" ] && break; sleep 0.1; done
+        relay_start "$BIN" "$W/smtp-relay.toml" "$W/state" "$W/server.log"
         relay_setup_project "$BIN" "$W/smtp-relay.toml"
         relay_setup_dkim "$BIN" "$W/smtp-relay.toml"
         if [ "$proto" = http ]; then

@@ -38,9 +38,7 @@ rss_kib() { awk '$1 == "VmRSS:" {print $2}' "/proc/$1/status"; }
 for round in $(seq "$ROUNDS"); do
     for bin in "$@"; do
         rm -rf "$W/state"
-        SMTP_RELAY_LOG=warn "$bin" --config "$W/smtp-relay.toml" serve 2>>"$W/server.log" &
-        RELAY_PID=$!
-        for _ in $(seq 100); do [ -f "$W/state/listeners.json" ] && break; sleep 0.1; done
+        relay_start "$bin" "$W/smtp-relay.toml" "$W/state" "$W/server.log"
         sleep 1
         base=$(rss_kib "$RELAY_PID")
         : >"$W/idle.out"

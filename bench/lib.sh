@@ -106,3 +106,15 @@ relay_setup_dkim() {
     "$1" --config "$2" dkim keygen --domain dkim.example --selector bench --algorithm "${DKIM_ALG:-rsa}" \
         --activate --json >/dev/null
 }
+
+# relay_start BIN CONFIG STATE_DIR LOG: starts `BIN serve` in the background (warn-level log
+# appended to LOG), sets RELAY_PID, and returns once its listeners are bound (listeners.json);
+# exits with the log's tail if it never gets there.
+relay_start() {
+    SMTP_RELAY_LOG=warn "$1" --config "$2" serve 2>>"$4" &
+    RELAY_PID=$!
+    for _ in $(seq 100); do [ -f "$3/listeners.json" ] && return 0; sleep 0.1; done
+    echo "the relay did not start; $4:" >&2
+    tail -20 "$4" >&2
+    exit 1
+}

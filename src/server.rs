@@ -155,6 +155,12 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
             source,
         })?;
     let domain_reports = crate::domain_check::LastReports::default();
+    // One list for the admin operations, the RCPT check, the catch-up and retention.
+    let suppressions = crate::policy::suppression::Suppressions::new(
+        store.clone(),
+        config.suppression.expire_secs,
+    )
+    .with_cluster(cluster.clone());
     let admin_ctx = AdminContext {
         cluster: cluster.clone(),
         domain_reports: domain_reports.clone(),
@@ -165,11 +171,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         branding: branding.clone(),
         limiter: limiter.clone(),
         routes: routes.clone(),
-        suppression: crate::policy::suppression::Suppressions::new(
-            store.clone(),
-            config.suppression.expire_secs,
-        )
-        .with_cluster(cluster.clone()),
+        suppression: suppressions.clone(),
         tester: Some(Arc::new(Tester {
             config: config.clone(),
             registry: registry.clone(),
@@ -215,11 +217,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
         branding,
         tls,
         limits: MessageLimits::from_config(&config),
-        suppression: crate::policy::suppression::Suppressions::new(
-            store.clone(),
-            config.suppression.expire_secs,
-        )
-        .with_cluster(cluster.clone()),
+        suppression: suppressions.clone(),
         limiter,
         throttle: Throttle::new(&config.throttle),
         dkim: dkim.clone(),
@@ -333,19 +331,12 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
     );
 
     tokio::spawn(crate::policy::suppression::catch_up(
-        crate::policy::suppression::Suppressions::new(
-            store.clone(),
-            config.suppression.expire_secs,
-        )
-        .with_cluster(cluster.clone()),
+        suppressions.clone(),
         shutdown_rx.clone(),
     ));
     tokio::spawn(crate::retention::run(
         store.clone(),
-        crate::policy::suppression::Suppressions::new(
-            store.clone(),
-            config.suppression.expire_secs,
-        ),
+        suppressions,
         config.retention.clone(),
         shutdown_rx.clone(),
     ));

@@ -56,13 +56,12 @@ pub async fn add_shared(
     address: String,
     reason: String,
 ) -> Result<Value, AdminError> {
-    let c = ctx.clone();
-    let e = tokio::task::spawn_blocking(move || {
-        c.registry.get(&project).map_err(err)?;
-        c.suppression.add(&project, &address, &reason).map_err(err)
-    })
-    .await
-    .map_err(|_| AdminError::internal("internal error"))??;
+    let e = crate::run_blocking(|| {
+        ctx.registry.get(&project).map_err(err)?;
+        ctx.suppression
+            .add(&project, &address, &reason)
+            .map_err(err)
+    })?;
     if let Some(cluster) = ctx.suppression.cluster() {
         crate::policy::suppression::share_entries(cluster, std::slice::from_ref(&e)).await;
     }

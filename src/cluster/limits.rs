@@ -254,35 +254,29 @@ impl Cluster {
         cost: Cost,
         max_wait: Duration,
     ) -> Result<Duration, Slot> {
-        let nodes = u64::from(self.config().nodes.max(1));
-        let now = now_ns();
-        let mut all = self
-            .limits()
-            .fallback
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let tats = all.entry(project.to_string()).or_default();
-        let mut at = tats.get("_slot").copied().unwrap_or(0).max(now);
-        let mut windows = Vec::new();
-        for w in &effective.windows {
-            let (step, tau) = fallback_window(w, nodes);
-            let c = u64::from(cost_of(w, cost));
-            if c.saturating_mul(step) > tau {
-                return Err(Slot::TooLarge);
+        self.with_fallback(project, |tats, nodes, now| {
+            let mut at = tats.get("_slot").copied().unwrap_or(0).max(now);
+            let mut windows = Vec::new();
+            for w in &effective.windows {
+                let (step, tau) = fallback_window(w, nodes);
+                let c = u64::from(cost_of(w, cost));
+                if c.saturating_mul(step) > tau {
+                    return Err(Slot::TooLarge);
+                }
+                let tat = tats.get(w.kind.name()).copied().unwrap_or(0);
+                at = at.max((tat + c * step).saturating_sub(tau));
+                windows.push((w.kind.name(), tat, c * step));
             }
-            let tat = tats.get(w.kind.name()).copied().unwrap_or(0);
-            at = at.max((tat + c * step).saturating_sub(tau));
-            windows.push((w.kind.name(), tat, c * step));
-        }
-        let delay = Duration::from_nanos(at - now);
-        if delay > max_wait {
-            return Err(Slot::Exceeded(delay - max_wait));
-        }
-        for (name, tat, add) in windows {
-            tats.insert(name, tat.max(at) + add);
-        }
-        tats.insert("_slot", at);
-        Ok(delay)
+            let delay = Duration::from_nanos(at - now);
+            if delay > max_wait {
+                return Err(Slot::Exceeded(delay - max_wait));
+            }
+            for (name, tat, add) in windows {
+                tats.insert(name, tat.max(at) + add);
+            }
+            tats.insert("_slot", at);
+            Ok(delay)
+        })
     }
 
     /// The degraded fallback: the same GCRA in this process, each window at 1/nodes.
@@ -293,40 +287,50 @@ impl Cluster {
         cost: Cost,
         mode: RateMode,
     ) -> Decision {
+        self.with_fallback(project, |tats, nodes, now| {
+            let mut wait = 0u64;
+            let mut news = Vec::new();
+            for w in &effective.windows {
+                let (step, tau) = fallback_window(w, nodes);
+                let c = u64::from(cost_of(w, cost));
+                let tat = tats.get(w.kind.name()).copied().unwrap_or(0).max(now);
+                let new = match mode {
+                    RateMode::Refund => tat.saturating_sub(c * step).max(now),
+                    _ => {
+                        if c.saturating_mul(step) > tau {
+                            return Decision::TooLarge;
+                        }
+                        let new = tat + c * step;
+                        wait = wait.max((new - now).saturating_sub(tau));
+                        new
+                    }
+                };
+                news.push((w.kind.name(), new));
+            }
+            if wait > 0 {
+                return Decision::Exceeded(Duration::from_nanos(wait));
+            }
+            if mode != RateMode::Check {
+                tats.extend(news);
+            }
+            Decision::Allowed
+        })
+    }
+
+    /// Runs `f` on the project's fallback windows (TAT in ns by window name) with the node
+    /// count and the time now, under the one lock.
+    fn with_fallback<T>(
+        &self,
+        project: &str,
+        f: impl FnOnce(&mut HashMap<&'static str, u64>, u64, u64) -> T,
+    ) -> T {
         let nodes = u64::from(self.config().nodes.max(1));
-        let now = now_ns();
         let mut all = self
             .limits()
             .fallback
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let tats = all.entry(project.to_string()).or_default();
-        let mut wait = 0u64;
-        let mut news = Vec::new();
-        for w in &effective.windows {
-            let (step, tau) = fallback_window(w, nodes);
-            let c = u64::from(cost_of(w, cost));
-            let tat = tats.get(w.kind.name()).copied().unwrap_or(0).max(now);
-            let new = match mode {
-                RateMode::Refund => tat.saturating_sub(c * step).max(now),
-                _ => {
-                    if c.saturating_mul(step) > tau {
-                        return Decision::TooLarge;
-                    }
-                    let new = tat + c * step;
-                    wait = wait.max((new - now).saturating_sub(tau));
-                    new
-                }
-            };
-            news.push((w.kind.name(), new));
-        }
-        if wait > 0 {
-            return Decision::Exceeded(Duration::from_nanos(wait));
-        }
-        if mode != RateMode::Check {
-            tats.extend(news);
-        }
-        Decision::Allowed
+        f(all.entry(project.to_string()).or_default(), nodes, now_ns())
     }
 }
 

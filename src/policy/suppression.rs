@@ -163,22 +163,22 @@ pub fn record_refusals(store: &Store, events: &[Event]) -> Result<Vec<Entry>, sl
     Ok(written)
 }
 
+/// An entry as Redis keeps it: `(project, address, entry JSON)`.
+fn shared_row(e: &Entry) -> (String, String, String) {
+    (
+        e.project.clone(),
+        e.address.clone(),
+        serde_json::to_string(e).unwrap_or_default(),
+    )
+}
+
 /// Cluster mode: entries written locally go to Redis too. A failure is logged and the entry
 /// stays on this node only (other nodes keep mailing the address until it is refused there).
 pub async fn share_entries(cluster: &crate::cluster::Cluster, entries: &[Entry]) {
     if entries.is_empty() {
         return;
     }
-    let rows: Vec<_> = entries
-        .iter()
-        .map(|e| {
-            (
-                e.project.clone(),
-                e.address.clone(),
-                serde_json::to_string(e).unwrap_or_default(),
-            )
-        })
-        .collect();
+    let rows: Vec<_> = entries.iter().map(shared_row).collect();
     if let Err(e) = cluster.suppression_put(&rows).await {
         tracing::warn!(error = %e, entries = rows.len(), "cluster: suppression entries kept on this node only");
     }
@@ -202,15 +202,12 @@ pub async fn catch_up(suppressions: Suppressions, mut shutdown: crate::shutdown:
             }
         }
         pending = false;
-        let this = suppressions.clone();
-        let rows = tokio::task::spawn_blocking(move || this.all_live()).await;
-        let rows = match rows {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => {
+        let rows = match crate::run_blocking(|| suppressions.all_live()) {
+            Ok(rows) => rows,
+            Err(e) => {
                 tracing::warn!(error = %e, "cluster: cannot read the suppression list to share it");
                 continue;
             }
-            Err(_) => continue,
         };
         match cluster.suppression_put_missing(&rows).await {
             Ok(0) => {}
@@ -231,8 +228,7 @@ impl Suppressions {
         for item in self.store.suppression.iter() {
             let (_, v) = item?;
             if let Some(e) = self.decode(&v).filter(|e| e.expires_ms > now) {
-                let json = serde_json::to_string(&e).unwrap_or_default();
-                out.push((e.project, e.address, json));
+                out.push(shared_row(&e));
             }
         }
         Ok(out)
@@ -262,17 +258,20 @@ impl Suppressions {
         let cluster = self.cluster.as_ref()?;
         let address = normalize(address).ok()?;
         let v = cluster.suppression_get(project, &address).await.ok()?;
-        Some(match v {
-            None => Shared::Absent,
-            Some(v) => match self.decode(v.as_bytes()) {
-                Some(e) if e.expires_ms > now_ms() => Shared::Live(e),
-                Some(_) => Shared::Absent,
-                None => match serde_json::from_str::<Tombstone>(&v) {
-                    Ok(t) => Shared::Removed(t.removed_ms),
-                    Err(_) => Shared::Absent,
-                },
+        Some(v.map_or(Shared::Absent, |v| self.shared_value(&v, now_ms())))
+    }
+
+    /// One value of the shared hash: a live entry, a removal, or nothing that counts (expired,
+    /// or unreadable).
+    fn shared_value(&self, v: &str, now: u64) -> Shared {
+        match self.decode(v.as_bytes()) {
+            Some(e) if e.expires_ms > now => Shared::Live(e),
+            Some(_) => Shared::Absent,
+            None => match serde_json::from_str::<Tombstone>(v) {
+                Ok(t) => Shared::Removed(t.removed_ms),
+                Err(_) => Shared::Absent,
             },
-        })
+        }
     }
 
     /// [`Suppressions::remove`], and from Redis too in cluster mode: found in either is found.
@@ -281,13 +280,7 @@ impl Suppressions {
         project: &str,
         address: &str,
     ) -> Result<Entry, SuppressionError> {
-        let local = {
-            let this = self.clone();
-            let (p, a) = (project.to_string(), address.to_string());
-            tokio::task::spawn_blocking(move || this.remove(&p, &a))
-                .await
-                .map_err(|_| StoreError::Failed("suppression remove task failed".into()))?
-        };
+        let local = crate::run_blocking(|| self.remove(project, address));
         let Some(cluster) = &self.cluster else {
             return local;
         };
@@ -438,13 +431,7 @@ impl Suppressions {
     /// a removal on any node outranking an older entry here (as at RCPT). With Redis
     /// unreachable, this node's own entries (and a warning in the log).
     pub async fn list_shared(&self, project: &str) -> Result<Vec<Entry>, SuppressionError> {
-        let local = {
-            let this = self.clone();
-            let p = project.to_string();
-            tokio::task::spawn_blocking(move || this.list(&p))
-                .await
-                .map_err(|_| StoreError::Failed("suppression list task failed".into()))??
-        };
+        let local = crate::run_blocking(|| self.list(project))?;
         let Some(cluster) = &self.cluster else {
             return Ok(local);
         };
@@ -459,26 +446,16 @@ impl Suppressions {
         let mut merged: std::collections::BTreeMap<String, Entry> =
             local.into_iter().map(|e| (e.address.clone(), e)).collect();
         for (address, v) in shared {
-            match self.decode(v.as_bytes()) {
-                Some(e) if e.expires_ms > now => {
-                    let newer = merged
-                        .get(&address)
-                        .is_none_or(|l| l.added_ms <= e.added_ms);
-                    if newer {
-                        merged.insert(address, e);
-                    }
+            let local = merged.get(&address);
+            match self.shared_value(&v, now) {
+                Shared::Live(e) if local.is_none_or(|l| l.added_ms <= e.added_ms) => {
+                    merged.insert(address, e);
                 }
-                Some(_) => {}
-                None => {
-                    if let Ok(t) = serde_json::from_str::<Tombstone>(&v)
-                        && merged
-                            .get(&address)
-                            .is_some_and(|l| t.removed_ms >= l.added_ms)
-                    {
-                        merged.remove(&address);
-                        self.drop_outranked(project, &address, t.removed_ms);
-                    }
+                Shared::Removed(at) if local.is_some_and(|l| at >= l.added_ms) => {
+                    merged.remove(&address);
+                    self.drop_outranked(project, &address, at);
                 }
+                _ => {}
             }
         }
         Ok(merged.into_values().collect())
