@@ -4,11 +4,11 @@
 # Starts a private Postfix (config, queue and data under a temp dir, 127.0.0.1 high ports only,
 # Cyrus SASL sasldb, STARTTLS / implicit TLS / plaintext listeners, relayhost = the sink, OpenDKIM
 # milter over a Unix socket for the DKIM listener) and private smtp-relay instances, then runs the
-# same load generator (examples/loadgen.rs) against each, alternately, ROUNDS times per case, and
-# prints medians and ratios — msg/s, p99 and the server's CPU per delivered message (utime+stime
-# of the relay process, or of Postfix's whole process tree plus OpenDKIM, from the first connection
-# until the sink holds every message: the figure that moves least with machine noise). Every
-# process it starts is stopped by PID on exit.
+# same load generator (examples/loadgen.rs, or bench/pygen.py with GENERATOR=aiosmtplib) against
+# each, alternately, ROUNDS times per case, and prints medians and ratios — msg/s, p99 and the
+# server's CPU per delivered message (utime+stime of the relay process, or of Postfix's whole
+# process tree plus OpenDKIM, from the first connection until the sink holds every message: the
+# figure that moves least with machine noise). Every process it starts is stopped by PID on exit.
 #
 # Must run as root (Postfix's master and OpenDKIM drop privileges themselves).
 # Knobs (environment): ROUNDS CLIENTS MESSAGES SIZE CASES PER_CONNS EXTRAS KEEP
@@ -18,6 +18,11 @@
 #   CERT_ALG:  rsa (default) or ecdsa: the key of the certificate both servers present
 #   NO_RESUME: 1 = the generator never resumes TLS sessions (a full handshake per connection)
 #   RELAY_BIN and LOADGEN (both): binaries built earlier, instead of building the tree now
+#   GENERATOR: loadgen (default) or aiosmtplib: bench/pygen.py (Python asyncio + aiosmtplib, the
+#              AIOSMTPLIB_VERSION below, pip-installed into BENCH_VENV=target/bench-venv) sends the
+#              load instead, for every case and PER_CONNS (EXTRAS idle still opens its sessions with
+#              loadgen); loadgen's sink runs as `loadgen sink --token` beside it. Python's ssl never
+#              resumes a session here (a full handshake per connection): compare with NO_RESUME=1.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -31,6 +36,8 @@ IDLE_CONNS=${IDLE_CONNS:-1000}
 BIG_CLIENTS=${BIG_CLIENTS:-20}
 BIG_SIZE=${BIG_SIZE:-26214400}
 MAX_SECS=${MAX_SECS:-600}
+GENERATOR=${GENERATOR:-loadgen}
+AIOSMTPLIB_VERSION=5.1.3
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/lib.sh
@@ -48,6 +55,11 @@ say() { printf '== %s\n' "$*" >&2; }
 die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (Postfix and OpenDKIM need it to drop privileges)"
+case $GENERATOR in
+loadgen | aiosmtplib) ;;
+*) die "GENERATOR must be loadgen or aiosmtplib, not '$GENERATOR'" ;;
+esac
+BENCH_VENV=${BENCH_VENV:-$REPO/target/bench-venv}
 
 # --- tools -------------------------------------------------------------------------------
 need=()
@@ -58,11 +70,22 @@ command -v opendkim >/dev/null || need+=(opendkim)
 command -v opendkim-genkey >/dev/null || need+=(opendkim-tools)
 command -v python3 >/dev/null || need+=(python3)
 command -v openssl >/dev/null || need+=(openssl)
+# Debian's python3 makes venvs only with python3-venv (ensurepip).
+[ "$GENERATOR" = aiosmtplib ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null && need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
     apt-get install -y -q "${need[@]}" libsasl2-modules >/dev/null
+fi
+
+# The Python generator's one dependency, pinned, in a venv of its own (kept between runs).
+if [ "$GENERATOR" = aiosmtplib ] && ! "$BENCH_VENV/bin/python" -c \
+    "import sys, aiosmtplib; sys.exit(aiosmtplib.__version__ != '$AIOSMTPLIB_VERSION')" 2>/dev/null; then
+    say "installing aiosmtplib==$AIOSMTPLIB_VERSION into $BENCH_VENV"
+    python3 -m venv "$BENCH_VENV"
+    "$BENCH_VENV/bin/pip" install -q --disable-pip-version-check "aiosmtplib==$AIOSMTPLIB_VERSION"
+    chown -R --reference="$REPO" "$BENCH_VENV" # not root's in the user's tree
 fi
 
 if [ -n "${RELAY_BIN:-}" ] && [ -n "${LOADGEN:-}" ]; then
@@ -285,15 +308,22 @@ load() {
     shift 8
     local mode=starttls
     case $case in plain) mode=plain ;; implicit) mode=implicit ;; esac
-    local line pids c0 c1
+    local line pids c0 c1 gen
+    if [ "$GENERATOR" = aiosmtplib ]; then
+        [ $# -eq 0 ] || die "GENERATOR=aiosmtplib does not take loadgen's arguments ($*)"
+        gen=("$BENCH_VENV/bin/python" "$REPO/bench/pygen.py" --loadgen "$LOADGEN")
+    else
+        gen=("$LOADGEN" run)
+        if [ -n "${NO_RESUME:-}" ]; then gen+=(--no-resume); fi
+    fi
     # shellcheck disable=SC2086 # a list of PIDs
     pids=$(server_pids "$system")
     # shellcheck disable=SC2086
     c0=$(cpu_ticks $pids)
-    line=$(LOADGEN_PASS=$pass "$LOADGEN" run --addr "127.0.0.1:$port" --mode "$mode" \
+    line=$(LOADGEN_PASS=$pass "${gen[@]}" --addr "127.0.0.1:$port" --mode "$mode" \
         --ca "$W/ca.pem" --user "$user" --clients "$CLIENTS" --messages "$MESSAGES" \
         --size "$SIZE" --per-conn "$per" --from "$from" --sink "$SINK" --max-secs "$MAX_SECS" \
-        --label "$system/$case/$per" ${NO_RESUME:+--no-resume} "$@")
+        --label "$system/$case/$per" "$@")
     # shellcheck disable=SC2086
     c1=$(cpu_ticks $pids)
     printf '%s\n' "$line" | python3 -c '
@@ -307,6 +337,7 @@ print(json.dumps(r))' "$system" "$case" "$round" "$c0" "$c1" >>"$OUT"
 }
 
 say "work dir $W; results in $OUT"
+say "generator: $GENERATOR"
 say "machine: $(nproc) cores, $(awk '/MemTotal/ {print int($2/1024)" MiB"}' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
 start_postfix
 relay_config relay "$RL_PLAIN" "$RL_STARTTLS" "$RL_IMPLICIT" true

@@ -71,6 +71,23 @@ def main():
     for case, per, t, p, c, n in ratios:
         print(f"{case:<10}{per:>9} {t:>9.2f}x {p:>6.2f}x {c:>8.2f}x {n}")
 
+    # bench/pygen.py (GENERATOR=aiosmtplib) says what it is, how many TLS sessions it resumed and
+    # how much CPU it used itself: near its submit time, the generator was the bottleneck.
+    gen = [r for r in rows if "generator" in r]
+    if gen:
+        print()
+        auth = sorted({m for r in gen for m in r.get("auth", [])})
+        print(f"Generator: {gen[0]['generator']}; AUTH {'/'.join(auth) or '-'}; TLS sessions resumed "
+              f"{sum(r['tls_resumed'] for r in gen)} of {sum(r['tls_connections'] for r in gen)}")
+        for case, per in cases:
+            for name in ("postfix", "smtp-relay"):
+                rs = [r for r in groups.get((case, per, name), []) if "client_cpu_ms" in r]
+                if rs:
+                    busy = statistics.median(r["client_cpu_ms"] / 1000 / r["submit_secs"] for r in rs)
+                    per_msg = statistics.median(r["client_cpu_ms"] / max(r["accepted"], 1) for r in rs)
+                    print(f"  {case:<10}{per:>3} {name:<11} generator CPU {per_msg:.3f} ms/msg, "
+                          f"{busy * 100:.0f} % of one core while sending")
+
     fs = {k[0]: v for k, v in groups.items() if k[0].startswith("fsync:")}
     if fs:
         print()

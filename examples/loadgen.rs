@@ -8,7 +8,8 @@
 //! only counts messages carrying this run's token, so stragglers from an earlier run cannot
 //! finish a later one.
 //!
-//! Subcommands: `run` (measure), `sink` (a standalone sink, for trying things by hand),
+//! Subcommands: `run` (measure), `sink` (a standalone sink, for trying things by hand, or with
+//! `--token` the counting sink for another generator, bench/pygen.py),
 //! `idle` (hold N authenticated-capable TLS sessions open after EHLO, for memory figures).
 
 use std::collections::BTreeMap;
@@ -103,10 +104,23 @@ enum Cmd {
         #[arg(long)]
         http: bool,
     },
-    /// Accept and discard mail, printing a count every second.
+    /// Accept and discard mail, printing a count every second. With `--token`: the sink of
+    /// `run --sink` for another generator (bench/pygen.py): prints `ready` once listening, counts
+    /// the messages carrying the token, and exits with one JSON line once the expected number
+    /// arrived or `--max-secs` passed.
     Sink {
         #[arg(long)]
         listen: SocketAddr,
+        /// The run's token (its `X-Bench-Run` header): count only messages that carry it.
+        #[arg(long)]
+        token: Option<String>,
+        /// How many messages with the token to wait for; without it, the first line of stdin
+        /// gives the number (the generator's accepted count once it is done; end of stdin: 0).
+        #[arg(long, requires = "token")]
+        expect: Option<usize>,
+        /// With `--token`: stop waiting this many seconds after the start.
+        #[arg(long, default_value_t = 300)]
+        max_secs: u64,
     },
     /// Open N connections, finish TLS and EHLO, then hold them idle.
     Idle {
@@ -782,6 +796,62 @@ async fn standalone_sink(listen: SocketAddr) -> Result<(), BoxError> {
     }
 }
 
+/// `sink --token`: waits for the expected number of messages with the token (or the deadline),
+/// then prints `{token, expected, matched, other, complete, last_unix}`; `last_unix` is when the
+/// last of them arrived (seconds since the epoch, so another process can take its e2e time).
+async fn token_sink(
+    listen: SocketAddr,
+    token: String,
+    expect: Option<usize>,
+    max_secs: u64,
+) -> Result<(), BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(max_secs);
+    let state = Arc::new(SinkState {
+        token: token.clone().into_bytes(),
+        matched: AtomicUsize::new(0),
+        total: AtomicUsize::new(0),
+        last: Mutex::new(None),
+    });
+    sink_listen(listen, state.clone()).await?;
+    println!("ready");
+    let expected = match expect {
+        Some(n) => n,
+        None => {
+            // A plain thread: a pending tokio stdin read would hold up the runtime's shutdown.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                let _ = tx.send(line.trim().parse().unwrap_or(0));
+            });
+            match tokio::time::timeout_at(deadline.into(), rx).await {
+                Ok(Ok(n)) => n,
+                _ => 0,
+            }
+        }
+    };
+    while state.matched.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let matched = state.matched.load(Ordering::Relaxed);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let last_unix = state
+        .last
+        .lock()
+        .await
+        .map(|last| now.saturating_sub(last.elapsed()).as_secs_f64());
+    let result = serde_json::json!({
+        "token": token,
+        "expected": expected,
+        "matched": matched,
+        "other": state.total.load(Ordering::Relaxed) - matched,
+        "complete": matched >= expected,
+        "last_unix": last_unix,
+    });
+    println!("{result}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     match Cli::parse().command {
@@ -806,7 +876,13 @@ async fn main() -> Result<(), BoxError> {
             )
             .await
         }
-        Cmd::Sink { listen } => standalone_sink(listen).await,
+        Cmd::Sink {
+            listen,
+            token: Some(token),
+            expect,
+            max_secs,
+        } => token_sink(listen, token, expect, max_secs).await,
+        Cmd::Sink { listen, .. } => standalone_sink(listen).await,
         Cmd::Idle {
             target,
             connections,
