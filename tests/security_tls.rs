@@ -93,3 +93,77 @@ async fn alpn_other_than_smtp_is_refused_with_an_alert() {
         "{err:?}"
     );
 }
+
+/// A TLS client to `addr` offering exactly `suites` (in that order) and `versions`.
+async fn tls_with_suites(
+    relay: &Relay,
+    addr: std::net::SocketAddr,
+    suites: &[rustls::SupportedCipherSuite],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = suites.to_vec();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(relay.pki.root_store())
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .expect("handshake timed out")
+        .expect("handshake")
+}
+
+/// The listeners pick the suite in their own order, AES-128-GCM first (BENCHMARKS.md: its
+/// SHA-256 key schedule costs less than AES-256-GCM-SHA384's), even when the client — like
+/// rustls and OpenSSL clients — lists AES-256 first; a client offering only other suites still
+/// gets one of them, and mail flows either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_prefer_aes_128_gcm_in_their_own_order() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let relay = Relay::start(RelayOptions::default());
+    let v13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let v12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    let cases = [
+        (
+            vec![cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_AES_128_GCM_SHA256],
+            v13,
+            cs::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            vec![cs::TLS13_AES_256_GCM_SHA384],
+            v13,
+            cs::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            vec![
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS13_AES_256_GCM_SHA384,
+            ],
+            v13,
+            cs::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            vec![
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            ],
+            v12,
+            // The test PKI's leaf is ECDSA.
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+    ];
+    for (offered, versions, expected) in cases {
+        let tls = tls_with_suites(&relay, relay.implicit, &offered, versions).await;
+        let got = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+        assert_eq!(got, Some(expected.suite()), "client offered {offered:?}");
+        let mut c = Client::from_stream(tls);
+        assert_eq!(c.reply().await.code, 220);
+        assert_eq!(c.cmd("EHLO app.test").await.code, 250);
+    }
+}

@@ -537,7 +537,7 @@ impl Queue {
             }
         })()
         .map_err(|e| self.write_err(e))?;
-        self.store.durable().await?;
+        self.store.durable_soon().await?;
         if let Some(c) = self.cluster.get() {
             crate::policy::suppression::share_entries(c, &suppressed).await;
         }
