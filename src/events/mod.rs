@@ -241,7 +241,8 @@ pub fn of_messages_since(
 /// The app's `Message-ID` from the header section (mail-parser's `parse_headers` only; full
 /// `parse()` is unsafe on hostile nesting, DESIGN.md Known traps).
 pub fn header_message_id(bytes: &[u8]) -> Option<String> {
-    let msg = mail_parser::MessageParser::new().parse_headers(bytes)?;
+    let field = crate::transform::headers::only_fields(bytes, &["Message-ID"]);
+    let msg = mail_parser::MessageParser::new().parse_headers(&field)?;
     msg.message_id()
         .map(|id| id.chars().filter(|c| !c.is_control()).take(998).collect())
 }

@@ -17,7 +17,9 @@ impl Session {
         &mut self,
         conn: &mut Connection<S>,
     ) -> Flow {
-        let Some(auth) = self.auth.clone() else {
+        // Only the id until the message is in: the project itself is moved into submit (no
+        // copy of it per message).
+        let Some(project_id) = self.auth.as_ref().map(|a| a.project.id.clone()) else {
             return self.error(conn, &reply::AUTH_REQUIRED).await;
         };
         let Some(mail_from) = self.mail_from.clone() else {
@@ -40,9 +42,9 @@ impl Session {
             Ok(DataOutcome::Message(b)) => b,
             Ok(DataOutcome::NotStored(e)) => {
                 self.reset_transaction();
-                tracing::error!(client = %self.peer, project = %auth.project.id, error = %e, "cannot spool a large message");
+                tracing::error!(client = %self.peer, project = %project_id, error = %e, "cannot spool a large message");
                 let r = Reply::from(&e);
-                crate::metrics::rejected(&auth.project.id, &r);
+                crate::metrics::rejected(&project_id, &r);
                 return self.send(conn, &r).await;
             }
             Ok(DataOutcome::TooLarge) => {
@@ -54,9 +56,9 @@ impl Session {
                 return self.error(conn, &reply::LINE_TOO_LONG).await;
             }
             Err(e) => {
-                tracing::warn!(client = %self.peer, project = %auth.project.id, error = %e, "DATA aborted");
+                tracing::warn!(client = %self.peer, project = %project_id, error = %e, "DATA aborted");
                 if let Some(r) = e.reply() {
-                    crate::metrics::rejected(&auth.project.id, &r);
+                    crate::metrics::rejected(&project_id, &r);
                     let _ = conn.write_reply(&r).await;
                 }
                 return Flow::Close;
@@ -71,21 +73,23 @@ impl Session {
         let memory = match self.shared.memory.reserve(size, idle).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(client = %self.peer, project = %auth.project.id, error = %e, "large message refused");
-                crate::metrics::rejected(&auth.project.id, &reply::MEMORY_BUSY);
+                tracing::warn!(client = %self.peer, project = %project_id, error = %e, "large message refused");
+                crate::metrics::rejected(&project_id, &reply::MEMORY_BUSY);
                 return self.send(conn, &reply::MEMORY_BUSY).await;
             }
         };
         let message = match body.into_vec().await {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(client = %self.peer, project = %auth.project.id, error = %e, "cannot read back a spooled message");
+                tracing::error!(client = %self.peer, project = %project_id, error = %e, "cannot read back a spooled message");
                 return self.send(conn, &reply::LOCAL_ERROR).await;
             }
         };
 
         let helo = self.helo.clone().unwrap_or_default();
-        let mut auth = auth;
+        let Some(mut auth) = self.auth.take() else {
+            return self.error(conn, &reply::AUTH_REQUIRED).await;
+        };
         let result = submit::submit(
             Submitter {
                 shared: &self.shared,
@@ -107,10 +111,8 @@ impl Session {
             },
         )
         .await;
-        // The re-check may have refreshed the project (domains, limits).
-        if let Some(a) = self.auth.as_mut() {
-            a.project = auth.project.clone();
-        }
+        // Back, with the project as the re-check may have refreshed it (domains, limits).
+        self.auth = Some(auth);
         match result {
             Ok(accepted) => {
                 self.accepted += 1;
@@ -123,7 +125,7 @@ impl Session {
             }
             Err(e @ Refusal::Storage(_)) => {
                 let r = Reply::from(&e);
-                crate::metrics::rejected(&auth.project.id, &r);
+                crate::metrics::rejected(&project_id, &r);
                 self.send(conn, &r).await
             }
             Err(

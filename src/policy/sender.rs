@@ -150,8 +150,9 @@ pub fn check_envelope_sender(project: &Project, addr: &str) -> Result<(), Sender
 
 /// Checks the header From of a received message (headers only are parsed).
 pub fn check_header_from(project: &Project, message: &[u8]) -> Result<(), SenderError> {
+    let from = crate::transform::headers::only_fields(message, &["From"]);
     let parsed = MessageParser::new()
-        .parse_headers(message)
+        .parse_headers(&from)
         .ok_or(SenderError::FromMissing)?;
     let froms: Vec<_> = parsed
         .headers()
@@ -203,7 +204,9 @@ pub fn check_originator_headers(project: &Project, message: &[u8]) -> Result<(),
     if !present {
         return Ok(());
     }
-    let Some(parsed) = MessageParser::new().parse_headers(message) else {
+    let names: Vec<&str> = ORIGINATOR_FIELDS.iter().map(|(_, name, _)| *name).collect();
+    let fields = crate::transform::headers::only_fields(message, &names);
+    let Some(parsed) = MessageParser::new().parse_headers(&fields) else {
         return Ok(());
     };
     for h in parsed.headers() {

@@ -90,7 +90,8 @@ fn one_line(s: &str, max: usize) -> String {
 
 /// Subject and From from the message as the app submitted it.
 pub fn original(message: &[u8]) -> MessageSummary {
-    let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
+    let fields = crate::transform::headers::only_fields(message, &["Subject", "From"]);
+    let Some(parsed) = mail_parser::MessageParser::new().parse_headers(&fields) else {
         return MessageSummary::default();
     };
     let subject = parsed.subject().map(|s| clean(s, MAX_TEXT));

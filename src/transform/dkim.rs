@@ -102,7 +102,8 @@ impl DkimError {
 /// The distinct domains of the header `From` addresses, in order.
 fn from_domains(message: &[u8]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    let Some(parsed) = MessageParser::new().parse_headers(message) else {
+    let from = super::headers::only_fields(message, &["From"]);
+    let Some(parsed) = MessageParser::new().parse_headers(&from) else {
         return out;
     };
     for h in parsed
