@@ -594,3 +594,101 @@ async fn admin_tokens_are_listed_added_once_and_revoked() {
         "the revoked token's session ended"
     );
 }
+
+/// The project page lists the suppressed recipients (reason shown as text), an admin removes
+/// one (mail to it is accepted again) and suppresses another by hand (refused at RCPT with
+/// 550 5.1.1 at once); a malformed address is a notice, not a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suppressed_recipients_are_listed_removed_and_added_on_the_project_page() {
+    let relay = relay_with_panel("");
+    let (id, project_token) = relay.add_project("shop", &["shop.test"]);
+    relay.cli(&[
+        "suppression",
+        "add",
+        &id,
+        "gone@example.net",
+        "--reason",
+        "550 5.1.1 <script>alert(1)</script> no such user",
+    ]);
+    let token = admin_token(&relay, "admin");
+    let mut panel = Panel::new(&relay);
+    panel.login(&token).await;
+    let page = format!("/projects/{id}");
+    let (st, html) = panel.page(&page).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(html.contains("Suppressed recipients"), "{html}");
+    assert!(html.contains("gone@example.net"), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains("<script>alert(1)"), "{html}");
+    let csrf = csrf_of(&html);
+
+    let rcpt = |to: &'static str| {
+        let relay = &relay;
+        let (id, project_token) = (id.clone(), project_token.clone());
+        async move {
+            let mut c =
+                support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &project_token)
+                    .await;
+            assert_eq!(c.cmd("MAIL FROM:<noreply@shop.test>").await.code, 250);
+            c.cmd(&format!("RCPT TO:<{to}>")).await
+        }
+    };
+    assert_eq!(rcpt("gone@example.net").await.code, 550);
+
+    let r = panel
+        .post(
+            &format!("{page}/suppressions/remove"),
+            &[("csrf", &csrf), ("address", "gone@example.net")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&r), page);
+    let (_, html) = panel.page(&page).await;
+    assert!(
+        html.contains("Recipient removed from the suppression list."),
+        "{html}"
+    );
+    assert!(!html.contains("gone@example.net"), "{html}");
+    assert_eq!(rcpt("gone@example.net").await.code, 250);
+
+    let r = panel
+        .post(
+            &format!("{page}/suppressions"),
+            &[
+                ("csrf", &csrf),
+                ("address", "asked@example.net"),
+                ("reason", ""),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let list = relay.cli_json(&["suppression", "list", &id]);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["address"], "asked@example.net");
+    assert_eq!(list[0]["reason"], "added in the panel");
+    let r = rcpt("asked@example.net").await;
+    assert_eq!(r.code, 550, "{r:?}");
+    assert!(r.text.starts_with("5.1.1"), "{r:?}");
+
+    let r = panel
+        .post(
+            &format!("{page}/suppressions"),
+            &[("csrf", &csrf), ("address", "not-an-address")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, html) = panel.page(&page).await;
+    assert!(html.contains("notice error"), "{html}");
+    assert_eq!(
+        relay
+            .cli_json(&["suppression", "list", &id])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -235,6 +235,30 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
     assert!(text.contains("bounce@example.net"), "{text}");
     no_alert(&c, "project").await;
     shot(&c, "project").await;
+    // Recent messages show subject and From as the Messages page does, as text.
+    let recent = c
+        .find(Locator::XPath("//div[h2[text()='Recent messages']]"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(recent.contains(XSS_SCRIPT), "{recent}");
+    assert!(!recent.contains("(no subject)"), "{recent}");
+    // The refused recipient is on the suppression list, the upstream's reply as its reason,
+    // shown as text.
+    let card = c.find(Locator::Css("#suppressions")).await.unwrap();
+    let text = card.text().await.unwrap();
+    assert!(text.contains("bounce@example.net"), "{text}");
+    assert!(text.contains(XSS_SCRIPT), "{text}");
+    assert!(c.find_all(Locator::Css("img")).await.unwrap().is_empty());
+    c.execute(
+        "document.getElementById('suppressions').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    shot(&c, "project-suppressions").await;
 
     c.goto(&format!("{base}/projects")).await.unwrap();
     no_alert(&c, "projects").await;

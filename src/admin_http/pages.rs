@@ -471,7 +471,13 @@ pub fn projects(ctx: Ctx<'_>, projects: &[Value]) -> Markup {
     }
 }
 
-pub fn project(ctx: Ctx<'_>, p: &Value, reveal: Option<&Reveal>, log: &[Value]) -> Markup {
+pub fn project(
+    ctx: Ctx<'_>,
+    p: &Value,
+    reveal: Option<&Reveal>,
+    log: &[Value],
+    suppressed: &[Value],
+) -> Markup {
     let session = ctx.session;
     let admin = session.is_admin();
     let id = s(&p["id"]);
@@ -608,12 +614,63 @@ pub fn project(ctx: Ctx<'_>, p: &Value, reveal: Option<&Reveal>, log: &[Value]) 
                     }
                 }
             }
+            (suppression_card(session, &base, suppressed))
             div class="card" {
                 h2 { "Recent messages" }
                 (message_table(log, false))
                 p { a href={ "/messages?project=" (path_part(id)) } { "All messages of this project →" } }
             }
         }))
+    }
+}
+
+/// The project's suppression list: who the relay refuses at RCPT after a permanent refusal,
+/// why, until when, and (admins) a way to take an address off or put one on.
+fn suppression_card(session: &Session, base: &str, suppressed: &[Value]) -> Markup {
+    let admin = session.is_admin();
+    html! {
+        div class="card" id="suppressions" {
+            h2 { "Suppressed recipients" span class="muted small" { " — " (suppressed.len()) } }
+            p class="muted" {
+                "An upstream refused these addresses for good, so mail to them is refused at RCPT ("
+                span class="mono" { "550 5.1.1" } ") instead of bouncing again. Remove one once the address works again."
+            }
+            @if suppressed.is_empty() {
+                p class="muted" { "None." }
+            } @else {
+                table {
+                    thead { tr { th { "Recipient" } th { "Reason" } th { "Source" } th { "Added" } th { "Expires" } th {} } }
+                    tbody {
+                        @for e in suppressed {
+                            tr {
+                                td class="mono" { (s(&e["address"])) }
+                                td class="small" { (s(&e["reason"])) }
+                                td { (s(&e["source"])) }
+                                td class="when" { (when_ms(&e["added_ms"])) }
+                                td class="when" { (when_ms(&e["expires_ms"])) }
+                                td {
+                                    @if admin {
+                                        form method="post" action={ (base) "/suppressions/remove" } class="inline" {
+                                            (csrf(session))
+                                            input type="hidden" name="address" value=(s(&e["address"]));
+                                            button class="link danger" type="submit" { "Remove" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if admin {
+                form method="post" action={ (base) "/suppressions" } class="row" {
+                    (csrf(session))
+                    input name="address" type="email" required placeholder="someone@example.com" aria-label="Address to suppress";
+                    input name="reason" placeholder="reason (optional)" aria-label="Reason";
+                    button type="submit" { "Suppress" }
+                }
+            }
+        }
     }
 }
 

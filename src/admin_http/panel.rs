@@ -74,6 +74,11 @@ pub fn router(state: PanelState) -> Router {
         .route("/projects/{id}/domains", post(add_domain))
         .route("/projects/{id}/domains/remove", post(remove_domain))
         .route("/projects/{id}/tokens", post(add_token))
+        .route("/projects/{id}/suppressions", post(add_suppression))
+        .route(
+            "/projects/{id}/suppressions/remove",
+            post(remove_suppression),
+        )
         .route(
             "/projects/{id}/tokens/{token_id}/revoke",
             post(revoke_token),
@@ -539,12 +544,29 @@ async fn project(
 ) -> Response {
     let r = async {
         let project = admin(&p, AdminRequest::ProjectShow { id: id.clone() }).await?;
-        let log = array(
+        // The Messages page's search, so the rows carry subject and From as there (the
+        // envelope listing of `Log` has them nested in its summary: "(no subject)" each).
+        let recent =
+            crate::admin::messages::message_search(crate::admin::messages::MessageQueryParts {
+                project: Some(id.clone()),
+                state: None,
+                recipient: None,
+                sender: None,
+                since: None,
+                until: None,
+                q: None,
+                cursor: None,
+                limit: Some(10),
+            })?;
+        let log = admin(&p, AdminRequest::Messages(recent))
+            .await
+            .map(|page| array(page["messages"].clone()))
+            .unwrap_or_default();
+        let suppressed = array(
             admin(
                 &p,
-                AdminRequest::Log {
-                    project: Some(id.clone()),
-                    limit: 10,
+                AdminRequest::SuppressionList {
+                    project: id.clone(),
                 },
             )
             .await
@@ -556,6 +578,7 @@ async fn project(
             &project,
             reveal.as_ref(),
             &log,
+            &suppressed,
         ))
     }
     .await;
@@ -603,6 +626,58 @@ async fn remove_domain(
     )
     .await;
     done(&p, &s, r, "Domain removed.", &project_url(&id))
+}
+
+#[derive(Deserialize)]
+struct SuppressionForm {
+    address: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn add_suppression(
+    State(p): State<PanelState>,
+    Extension(s): Extension<Session>,
+    Path(id): Path<String>,
+    Form(f): Form<SuppressionForm>,
+) -> Response {
+    let reason = match f.reason.trim() {
+        "" => "added in the panel".to_string(),
+        r => r.to_string(),
+    };
+    let r = admin(
+        &p,
+        AdminRequest::SuppressionAdd {
+            project: id.clone(),
+            address: f.address.trim().to_string(),
+            reason,
+        },
+    )
+    .await;
+    done(&p, &s, r, "Recipient suppressed.", &project_url(&id))
+}
+
+async fn remove_suppression(
+    State(p): State<PanelState>,
+    Extension(s): Extension<Session>,
+    Path(id): Path<String>,
+    Form(f): Form<SuppressionForm>,
+) -> Response {
+    let r = admin(
+        &p,
+        AdminRequest::SuppressionRemove {
+            project: id.clone(),
+            address: f.address,
+        },
+    )
+    .await;
+    done(
+        &p,
+        &s,
+        r,
+        "Recipient removed from the suppression list.",
+        &project_url(&id),
+    )
 }
 
 #[derive(Deserialize)]
