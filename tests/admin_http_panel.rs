@@ -692,3 +692,91 @@ async fn suppressed_recipients_are_listed_removed_and_added_on_the_project_page(
         1
     );
 }
+
+/// Mode, bounce messages and the sandbox from the project page: switch to sandbox, mail is
+/// captured and listed (subject as text), Release queues it with its id, Delete all empties
+/// the sandbox; bounces on; a bad mode is a notice, not a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_bounces_and_captured_mail_from_the_project_page() {
+    let relay = relay_with_panel("");
+    let (id, project_token) = relay.add_project("shop", &["shop.test"]);
+    let token = admin_token(&relay, "admin");
+    let mut panel = Panel::new(&relay);
+    panel.login(&token).await;
+    let page = format!("/projects/{id}");
+    let (_, html) = panel.page(&page).await;
+    assert!(html.contains("Switch to sandbox"), "{html}");
+    assert!(
+        !html.contains("id=\"sandbox\""),
+        "a live project without captures has no card"
+    );
+    let csrf = csrf_of(&html);
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        let panel = &panel;
+        let csrf = csrf.clone();
+        async move {
+            let mut f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            f.push(("csrf", &csrf));
+            let r = panel.post(&path, &f).await;
+            assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path}");
+        }
+    };
+
+    post(format!("{page}/mode"), vec![("mode", "sandbox".into())]).await;
+    assert_eq!(relay.cli_json(&["project", "show", &id])["mode"], "sandbox");
+    let (_, html) = panel.page(&page).await;
+    assert!(html.contains("Sandbox mode"), "{html}");
+    assert!(html.contains("Nothing captured yet."), "{html}");
+
+    let send = |subject: &'static str| {
+        let relay = &relay;
+        let (id, project_token) = (id.clone(), project_token.clone());
+        async move {
+            let mut c =
+                support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &project_token)
+                    .await;
+            let r = c
+                .send_plain("noreply@shop.test", "user@example.net", subject, "Hi\r\n")
+                .await;
+            assert_eq!(r.code, 250, "{r:?}");
+            r.queued_id()
+        }
+    };
+    let captured = send("Reset <b>your</b> password").await;
+    let (_, html) = panel.page(&page).await;
+    assert!(html.contains("1 captured"), "{html}");
+    assert!(
+        html.contains("Reset &lt;b&gt;your&lt;/b&gt; password"),
+        "{html}"
+    );
+    assert!(html.contains("user@example.net"), "{html}");
+
+    post(format!("{page}/sandbox/{captured}/release"), vec![]).await;
+    let (_, html) = panel.page(&page).await;
+    assert!(html.contains("Released"), "{html}");
+    let list = relay.cli_json(&["sandbox", "list", &id]);
+    assert_eq!(list["count"], 0, "{list}");
+    relay.wait_state(
+        &captured,
+        &["queued", "deferred", "delivered", "failed"],
+        Duration::from_secs(10),
+    );
+
+    send("Second").await;
+    send("Third").await;
+    assert_eq!(relay.cli_json(&["sandbox", "list", &id])["count"], 2);
+    post(format!("{page}/sandbox/clear"), vec![]).await;
+    assert_eq!(relay.cli_json(&["sandbox", "list", &id])["count"], 0);
+
+    post(format!("{page}/bounces"), vec![("enabled", "true".into())]).await;
+    assert_eq!(relay.cli_json(&["project", "show", &id])["bounces"], true);
+    let (_, html) = panel.page(&page).await;
+    assert!(html.contains("Turn off"), "{html}");
+
+    post(format!("{page}/mode"), vec![("mode", "staging".into())]).await;
+    let (_, html) = panel.page(&page).await;
+    assert!(html.contains("notice error"), "{html}");
+    assert_eq!(relay.cli_json(&["project", "show", &id])["mode"], "sandbox");
+    post(format!("{page}/mode"), vec![("mode", "live".into())]).await;
+    assert_eq!(relay.cli_json(&["project", "show", &id])["mode"], "live");
+}

@@ -260,6 +260,60 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
     .unwrap();
     shot(&c, "project-suppressions").await;
 
+    // Sandbox mode from the page: a mail is captured and listed (its subject as text), and
+    // released for real with the button; then back to live.
+    let click = |label: &'static str| {
+        let c = &c;
+        async move {
+            c.find(Locator::XPath(&format!("//button[text()='{label}']")))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            // The redirect back shows the action's notice (the page before had none).
+            let notice = c.wait().for_element(Locator::Css(".notice")).await.unwrap();
+            assert!(
+                notice
+                    .attr("class")
+                    .await
+                    .unwrap()
+                    .unwrap_or_default()
+                    .contains("ok"),
+                "{label}: {}",
+                notice.text().await.unwrap()
+            );
+        }
+    };
+    click("Switch to sandbox").await;
+    let r = smtp
+        .send("noreply@shop.test", &["user@example.net"], &body)
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    c.refresh().await.unwrap();
+    let text = c
+        .find(Locator::Css("#sandbox"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("1 captured"), "{text}");
+    assert!(text.contains(XSS_SCRIPT), "{text}");
+    assert!(c.find_all(Locator::Css("img")).await.unwrap().is_empty());
+    no_alert(&c, "project sandbox").await;
+    c.execute(
+        "document.getElementById('sandbox').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    shot(&c, "project-sandbox").await;
+    click("Release").await;
+    relay.wait_state(&r.queued_id(), &["delivered"], Duration::from_secs(30));
+    click("Switch to live").await;
+    assert!(c.find(Locator::Css("#sandbox")).await.is_err());
+
     c.goto(&format!("{base}/projects")).await.unwrap();
     no_alert(&c, "projects").await;
     shot(&c, "projects").await;

@@ -477,6 +477,7 @@ pub fn project(
     reveal: Option<&Reveal>,
     log: &[Value],
     suppressed: &[Value],
+    sandbox: &Value,
 ) -> Markup {
     let session = ctx.session;
     let admin = session.is_admin();
@@ -607,6 +608,26 @@ pub fn project(
                             }
                         }
                         div {
+                            h3 { "Mode" }
+                            @let sandboxed = s(&p["mode"]) == "sandbox";
+                            p class="muted" { @if sandboxed { "Sandbox: mail is captured here, not sent." } @else { "Live: mail is sent." } }
+                            form method="post" action={ (base) "/mode" } {
+                                (csrf(session))
+                                input type="hidden" name="mode" value=(if sandboxed { "live" } else { "sandbox" });
+                                button type="submit" { @if sandboxed { "Switch to live" } @else { "Switch to sandbox" } }
+                            }
+                        }
+                        div {
+                            h3 { "Bounce messages" }
+                            @let bounces = p["bounces"].as_bool().unwrap_or(false);
+                            p class="muted" { @if bounces { "On: the sender gets a delivery report for mail that failed." } @else { "Off: failures reach the app as events and webhooks only." } }
+                            form method="post" action={ (base) "/bounces" } {
+                                (csrf(session))
+                                input type="hidden" name="enabled" value=(if bounces { "false" } else { "true" });
+                                button type="submit" { @if bounces { "Turn off" } @else { "Turn on" } }
+                            }
+                        }
+                        div {
                             h3 { "Delete" }
                             p class="muted" { "Removes the project and its tokens." }
                             a class="button danger" href={ (base) "/delete" } { "Delete project…" }
@@ -614,6 +635,7 @@ pub fn project(
                     }
                 }
             }
+            (sandbox_card(session, &base, sandbox))
             (suppression_card(session, &base, suppressed))
             div class="card" {
                 h2 { "Recent messages" }
@@ -621,6 +643,65 @@ pub fn project(
                 p { a href={ "/messages?project=" (path_part(id)) } { "All messages of this project →" } }
             }
         }))
+    }
+}
+
+/// A sandbox project's captured mail (or what a live project still holds from a sandbox
+/// spell): the newest, with Release (send it for real) and Clear.
+fn sandbox_card(session: &Session, base: &str, sandbox: &Value) -> Markup {
+    let admin = session.is_admin();
+    let count = sandbox["count"].as_u64().unwrap_or(0);
+    let messages: &[Value] = sandbox["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if s(&sandbox["mode"]) != "sandbox" && count == 0 {
+        return html! {};
+    }
+    html! {
+        div class="card" id="sandbox" {
+            h2 { "Sandbox" span class="muted small" { " — " (count) " captured" } }
+            p class="muted" {
+                "Mail of a sandbox project goes through everything (branding, DKIM) and stops here instead of going out. "
+                "Release sends one for real; " span class="mono" { "smtp-relay sandbox show --eml" } " gives its bytes."
+            }
+            @if messages.is_empty() {
+                p class="muted" { "Nothing captured yet." }
+            } @else {
+                table {
+                    thead { tr { th { "Received" } th { "Subject" } th { "To" } th class="num" { "Size" } th {} } }
+                    tbody {
+                        @for m in messages {
+                            tr {
+                                td class="when" { (when_ms(&m["received_ms"])) }
+                                td class="clip" { @match m["subject"].as_str() { Some(t) if !t.is_empty() => (t), _ => span class="muted" { "(no subject)" } } }
+                                td class="clip" {
+                                    @for (i, r) in m["recipients"].as_array().into_iter().flatten().enumerate() {
+                                        @if i > 0 { ", " }
+                                        (s(r))
+                                    }
+                                }
+                                td class="num" { (m["size"]) }
+                                td {
+                                    @if admin {
+                                        form method="post" action={ (base) "/sandbox/" (path_part(s(&m["id"]))) "/release" } class="inline" {
+                                            (csrf(session))
+                                            button class="link" type="submit" { "Release" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if admin && count > 0 {
+                form method="post" action={ (base) "/sandbox/clear" } class="row" {
+                    (csrf(session))
+                    button class="danger" type="submit" { "Delete all captured" }
+                }
+            }
+        }
     }
 }
 

@@ -74,6 +74,13 @@ pub fn router(state: PanelState) -> Router {
         .route("/projects/{id}/domains", post(add_domain))
         .route("/projects/{id}/domains/remove", post(remove_domain))
         .route("/projects/{id}/tokens", post(add_token))
+        .route("/projects/{id}/mode", post(set_mode))
+        .route("/projects/{id}/bounces", post(set_bounces))
+        .route(
+            "/projects/{id}/sandbox/{message}/release",
+            post(release_captured),
+        )
+        .route("/projects/{id}/sandbox/clear", post(clear_captured))
         .route("/projects/{id}/suppressions", post(add_suppression))
         .route(
             "/projects/{id}/suppressions/remove",
@@ -572,6 +579,15 @@ async fn project(
             .await
             .unwrap_or(Value::Null),
         );
+        let sandbox = admin(
+            &p,
+            AdminRequest::SandboxList {
+                project: id.clone(),
+                limit: 20,
+            },
+        )
+        .await
+        .unwrap_or(Value::Null);
         let reveal = p.sessions.take_reveal(&s, &id);
         Ok(pages::project(
             ctx(&p, &s, "/projects"),
@@ -579,6 +595,7 @@ async fn project(
             reveal.as_ref(),
             &log,
             &suppressed,
+            &sandbox,
         ))
     }
     .await;
@@ -752,6 +769,94 @@ async fn set_enabled(
         "Project disabled: its tokens are refused until it is enabled again."
     };
     done(&p, &s, r, ok, &project_url(&id))
+}
+
+#[derive(Deserialize)]
+struct ModeForm {
+    mode: String,
+}
+
+async fn set_mode(
+    State(p): State<PanelState>,
+    Extension(s): Extension<Session>,
+    Path(id): Path<String>,
+    Form(f): Form<ModeForm>,
+) -> Response {
+    let mode: crate::policy::projects::ProjectMode = match f.mode.parse() {
+        Ok(m) => m,
+        Err(e) => {
+            let r = Err(AdminError::invalid("mode", e));
+            return done(&p, &s, r, "", &project_url(&id));
+        }
+    };
+    let r = admin(
+        &p,
+        AdminRequest::ProjectMode {
+            id: id.clone(),
+            mode,
+        },
+    )
+    .await;
+    let ok = match mode {
+        crate::policy::projects::ProjectMode::Sandbox => {
+            "Sandbox mode: this project's mail is captured here, not sent."
+        }
+        crate::policy::projects::ProjectMode::Live => "Live mode: this project's mail is sent.",
+    };
+    done(&p, &s, r, ok, &project_url(&id))
+}
+
+async fn set_bounces(
+    State(p): State<PanelState>,
+    Extension(s): Extension<Session>,
+    Path(id): Path<String>,
+    Form(f): Form<EnabledForm>,
+) -> Response {
+    let on = f.enabled == "true";
+    let r = admin(
+        &p,
+        AdminRequest::ProjectBounces {
+            id: id.clone(),
+            enabled: Some(on),
+        },
+    )
+    .await;
+    let ok = if on {
+        "Bounce messages on: senders hear of mail that could not be delivered."
+    } else {
+        "Bounce messages off."
+    };
+    done(&p, &s, r, ok, &project_url(&id))
+}
+
+async fn release_captured(
+    State(p): State<PanelState>,
+    Extension(s): Extension<Session>,
+    Path((id, message)): Path<(String, String)>,
+) -> Response {
+    let r = admin(&p, AdminRequest::SandboxRelease { id: message }).await;
+    done(
+        &p,
+        &s,
+        r,
+        "Released: the message is queued for delivery.",
+        &project_url(&id),
+    )
+}
+
+async fn clear_captured(
+    State(p): State<PanelState>,
+    Extension(s): Extension<Session>,
+    Path(id): Path<String>,
+) -> Response {
+    let r = admin(
+        &p,
+        AdminRequest::SandboxClear {
+            project: id.clone(),
+        },
+    )
+    .await;
+    done(&p, &s, r, "Captured messages deleted.", &project_url(&id))
 }
 
 #[derive(Deserialize)]
