@@ -18,6 +18,18 @@ fn relay_with_panel(extra: &str) -> Relay {
     })
 }
 
+/// A relay with the panel, the project `shop` (shop.test), and a panel session of `role`:
+/// the relay, the session, the project's id and SMTP token, and its page's path.
+async fn on_project_page(role: &str) -> (Relay, Panel, String, String, String) {
+    let relay = relay_with_panel("");
+    let (id, project_token) = relay.add_project("shop", &["shop.test"]);
+    let token = admin_token(&relay, role);
+    let mut panel = Panel::new(&relay);
+    panel.login(&token).await;
+    let page = format!("/projects/{id}");
+    (relay, panel, id, project_token, page)
+}
+
 fn location(r: &reqwest::Response) -> &str {
     r.headers()
         .get("location")
@@ -240,33 +252,17 @@ async fn project_pages_reveal_token_once_and_change_things() {
     }
 
     // Domains, tokens, max age, disable.
-    let post = |path: String, form: Vec<(&'static str, String)>| {
-        let panel = &panel;
-        let csrf = csrf.clone();
-        async move {
-            let mut f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            f.push(("csrf", &csrf));
-            let r = panel.post(&path, &f).await;
-            assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path}");
-        }
-    };
-    post(
-        format!("{page}/domains"),
-        vec![("domain", "news.shop.test".into())],
-    )
-    .await;
-    post(
-        format!("{page}/domains/remove"),
-        vec![("domain", "mail.shop.test".into())],
-    )
-    .await;
-    post(format!("{page}/tokens"), vec![("label", "staging".into())]).await;
-    post(
-        format!("{page}/max-age"),
-        vec![("max_age_secs", "7200".into())],
-    )
-    .await;
-    post(format!("{page}/enabled"), vec![("enabled", "false".into())]).await;
+    for (action, field, value) in [
+        ("domains", "domain", "news.shop.test"),
+        ("domains/remove", "domain", "mail.shop.test"),
+        ("tokens", "label", "staging"),
+        ("max-age", "max_age_secs", "7200"),
+        ("enabled", "enabled", "false"),
+    ] {
+        panel
+            .post_ok(&format!("{page}/{action}"), &csrf, &[(field, value)])
+            .await;
+    }
     let v = relay.cli_json(&["project", "show", &id]);
     assert_eq!(
         v["domains"],
@@ -282,7 +278,9 @@ async fn project_pages_reveal_token_once_and_change_things() {
         "{html}"
     );
     let staging = v["tokens"][1]["id"].as_str().unwrap().to_string();
-    post(format!("{page}/tokens/{staging}/revoke"), vec![]).await;
+    panel
+        .post_ok(&format!("{page}/tokens/{staging}/revoke"), &csrf, &[])
+        .await;
     assert_eq!(
         relay.cli_json(&["project", "show", &id])["tokens"]
             .as_array()
@@ -292,11 +290,9 @@ async fn project_pages_reveal_token_once_and_change_things() {
     );
 
     // A refused change says why on the next page and changes nothing.
-    post(
-        format!("{page}/max-age"),
-        vec![("max_age_secs", "5".into())],
-    )
-    .await;
+    panel
+        .post_ok(&format!("{page}/max-age"), &csrf, &[("max_age_secs", "5")])
+        .await;
     let (_, html) = panel.page(&page).await;
     assert!(html.contains("too short"), "{html}");
 
@@ -304,7 +300,9 @@ async fn project_pages_reveal_token_once_and_change_things() {
     let (st, html) = panel.page(&format!("{page}/delete")).await;
     assert_eq!(st, StatusCode::OK);
     assert!(html.contains("Type the project id"), "{html}");
-    post(format!("{page}/delete"), vec![("confirm", "wrong".into())]).await;
+    panel
+        .post_ok(&format!("{page}/delete"), &csrf, &[("confirm", "wrong")])
+        .await;
     assert_eq!(
         relay
             .cli_json(&["project", "list"])
@@ -313,7 +311,9 @@ async fn project_pages_reveal_token_once_and_change_things() {
             .len(),
         1
     );
-    post(format!("{page}/delete"), vec![("confirm", id.clone())]).await;
+    panel
+        .post_ok(&format!("{page}/delete"), &csrf, &[("confirm", &id)])
+        .await;
     assert_eq!(relay.cli_json(&["project", "list"]), serde_json::json!([]));
     let (st, _) = panel.page(&page).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
@@ -321,13 +321,7 @@ async fn project_pages_reveal_token_once_and_change_things() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_sees_no_buttons_and_cannot_change() {
-    let relay = relay_with_panel("");
-    let (id, _) = relay.add_project("shop", &["shop.test"]);
-    let viewer = admin_token(&relay, "viewer");
-    let mut panel = Panel::new(&relay);
-    panel.login(&viewer).await;
-
-    let page = format!("/projects/{id}");
+    let (relay, panel, id, _, page) = on_project_page("viewer").await;
     let (st, html) = panel.page(&page).await;
     assert_eq!(st, StatusCode::OK);
     // The only form that posts is the logout button.
@@ -600,8 +594,7 @@ async fn admin_tokens_are_listed_added_once_and_revoked() {
 /// 550 5.1.1 at once); a malformed address is a notice, not a change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suppressed_recipients_are_listed_removed_and_added_on_the_project_page() {
-    let relay = relay_with_panel("");
-    let (id, project_token) = relay.add_project("shop", &["shop.test"]);
+    let (relay, panel, id, project_token, page) = on_project_page("admin").await;
     relay.cli(&[
         "suppression",
         "add",
@@ -610,10 +603,6 @@ async fn suppressed_recipients_are_listed_removed_and_added_on_the_project_page(
         "--reason",
         "550 5.1.1 <script>alert(1)</script> no such user",
     ]);
-    let token = admin_token(&relay, "admin");
-    let mut panel = Panel::new(&relay);
-    panel.login(&token).await;
-    let page = format!("/projects/{id}");
     let (st, html) = panel.page(&page).await;
     assert_eq!(st, StatusCode::OK);
     assert!(html.contains("Suppressed recipients"), "{html}");
@@ -698,12 +687,7 @@ async fn suppressed_recipients_are_listed_removed_and_added_on_the_project_page(
 /// the sandbox; bounces on; a bad mode is a notice, not a change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mode_bounces_and_captured_mail_from_the_project_page() {
-    let relay = relay_with_panel("");
-    let (id, project_token) = relay.add_project("shop", &["shop.test"]);
-    let token = admin_token(&relay, "admin");
-    let mut panel = Panel::new(&relay);
-    panel.login(&token).await;
-    let page = format!("/projects/{id}");
+    let (relay, panel, id, project_token, page) = on_project_page("admin").await;
     let (_, html) = panel.page(&page).await;
     assert!(html.contains("Switch to sandbox"), "{html}");
     assert!(
@@ -711,18 +695,10 @@ async fn mode_bounces_and_captured_mail_from_the_project_page() {
         "a live project without captures has no card"
     );
     let csrf = csrf_of(&html);
-    let post = |path: String, form: Vec<(&'static str, String)>| {
-        let panel = &panel;
-        let csrf = csrf.clone();
-        async move {
-            let mut f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            f.push(("csrf", &csrf));
-            let r = panel.post(&path, &f).await;
-            assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path}");
-        }
-    };
 
-    post(format!("{page}/mode"), vec![("mode", "sandbox".into())]).await;
+    panel
+        .post_ok(&format!("{page}/mode"), &csrf, &[("mode", "sandbox")])
+        .await;
     assert_eq!(relay.cli_json(&["project", "show", &id])["mode"], "sandbox");
     let (_, html) = panel.page(&page).await;
     assert!(html.contains("Sandbox mode"), "{html}");
@@ -751,7 +727,9 @@ async fn mode_bounces_and_captured_mail_from_the_project_page() {
     );
     assert!(html.contains("user@example.net"), "{html}");
 
-    post(format!("{page}/sandbox/{captured}/release"), vec![]).await;
+    panel
+        .post_ok(&format!("{page}/sandbox/{captured}/release"), &csrf, &[])
+        .await;
     let (_, html) = panel.page(&page).await;
     assert!(html.contains("Released"), "{html}");
     let list = relay.cli_json(&["sandbox", "list", &id]);
@@ -765,18 +743,26 @@ async fn mode_bounces_and_captured_mail_from_the_project_page() {
     send("Second").await;
     send("Third").await;
     assert_eq!(relay.cli_json(&["sandbox", "list", &id])["count"], 2);
-    post(format!("{page}/sandbox/clear"), vec![]).await;
+    panel
+        .post_ok(&format!("{page}/sandbox/clear"), &csrf, &[])
+        .await;
     assert_eq!(relay.cli_json(&["sandbox", "list", &id])["count"], 0);
 
-    post(format!("{page}/bounces"), vec![("enabled", "true".into())]).await;
+    panel
+        .post_ok(&format!("{page}/bounces"), &csrf, &[("enabled", "true")])
+        .await;
     assert_eq!(relay.cli_json(&["project", "show", &id])["bounces"], true);
     let (_, html) = panel.page(&page).await;
     assert!(html.contains("Turn off"), "{html}");
 
-    post(format!("{page}/mode"), vec![("mode", "staging".into())]).await;
+    panel
+        .post_ok(&format!("{page}/mode"), &csrf, &[("mode", "staging")])
+        .await;
     let (_, html) = panel.page(&page).await;
     assert!(html.contains("notice error"), "{html}");
     assert_eq!(relay.cli_json(&["project", "show", &id])["mode"], "sandbox");
-    post(format!("{page}/mode"), vec![("mode", "live".into())]).await;
+    panel
+        .post_ok(&format!("{page}/mode"), &csrf, &[("mode", "live")])
+        .await;
     assert_eq!(relay.cli_json(&["project", "show", &id])["mode"], "live");
 }

@@ -88,6 +88,15 @@ impl Panel {
         .await
     }
 
+    /// [`Panel::post`] with `csrf` added, as an admin's form that must be taken: asserts the
+    /// redirect back (`303`).
+    pub async fn post_ok(&self, path: &str, csrf: &str, form: &[(&str, &str)]) {
+        let mut f = form.to_vec();
+        f.push(("csrf", csrf));
+        let r = self.post(path, &f).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path}");
+    }
+
     pub async fn post_with(
         &self,
         path: &str,
