@@ -8,6 +8,7 @@ mod support;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use support::client::{Client, Reply};
 use support::panel::{Panel, admin_token, csrf_of};
 use support::relay::{Relay, RelayOptions};
 
@@ -28,6 +29,23 @@ async fn on_project_page(role: &str) -> (Relay, Panel, String, String, String) {
     panel.login(&token).await;
     let page = format!("/projects/{id}");
     (relay, panel, id, project_token, page)
+}
+
+/// MAIL and RCPT to `to` (the RCPT reply), then RSET: the session stays usable.
+async fn rcpt(smtp: &mut Client, to: &str) -> Reply {
+    assert_eq!(smtp.cmd("MAIL FROM:<noreply@shop.test>").await.code, 250);
+    let r = smtp.cmd(&format!("RCPT TO:<{to}>")).await;
+    assert_eq!(smtp.cmd("RSET").await.code, 250);
+    r
+}
+
+/// A message to user@example.net with `subject`, accepted; its id.
+async fn send(smtp: &mut Client, subject: &str) -> String {
+    let r = smtp
+        .send_plain("noreply@shop.test", "user@example.net", subject, "Hi\r\n")
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    r.queued_id()
 }
 
 fn location(r: &reqwest::Response) -> &str {
@@ -240,8 +258,7 @@ async fn project_pages_reveal_token_once_and_change_things() {
         .collect();
     assert!(html.contains("Project created."), "{html}");
     // The token works over SMTP.
-    let mut c =
-        support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &project_token).await;
+    let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &project_token).await;
     c.submit("noreply@shop.test", "user@example.net").await;
 
     // A reload no longer shows it, nor does any other page.
@@ -491,7 +508,7 @@ async fn waiting_messages_can_be_retried_and_deleted_from_their_page() {
     let (st, html) = panel.page("/messages?since=yesterday").await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(html.contains("not a date"), "{html}");
-    let mut c = support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
+    let mut c = Client::logged_in(relay.starttls, &relay.pki, &id, &token).await;
     for i in 0..50 {
         let r = c
             .send_plain(
@@ -614,18 +631,8 @@ async fn suppressed_recipients_are_listed_removed_and_added_on_the_project_page(
     assert!(!html.contains("<script>alert(1)"), "{html}");
     let csrf = csrf_of(&html);
 
-    let rcpt = |to: &'static str| {
-        let relay = &relay;
-        let (id, project_token) = (id.clone(), project_token.clone());
-        async move {
-            let mut c =
-                support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &project_token)
-                    .await;
-            assert_eq!(c.cmd("MAIL FROM:<noreply@shop.test>").await.code, 250);
-            c.cmd(&format!("RCPT TO:<{to}>")).await
-        }
-    };
-    assert_eq!(rcpt("gone@example.net").await.code, 550);
+    let mut smtp = Client::logged_in(relay.starttls, &relay.pki, &id, &project_token).await;
+    assert_eq!(rcpt(&mut smtp, "gone@example.net").await.code, 550);
 
     let r = panel
         .post(
@@ -641,7 +648,7 @@ async fn suppressed_recipients_are_listed_removed_and_added_on_the_project_page(
         "{html}"
     );
     assert!(!html.contains("gone@example.net"), "{html}");
-    assert_eq!(rcpt("gone@example.net").await.code, 250);
+    assert_eq!(rcpt(&mut smtp, "gone@example.net").await.code, 250);
 
     let r = panel
         .post(
@@ -659,7 +666,7 @@ async fn suppressed_recipients_are_listed_removed_and_added_on_the_project_page(
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["address"], "asked@example.net");
     assert_eq!(list[0]["reason"], "added in the panel");
-    let r = rcpt("asked@example.net").await;
+    let r = rcpt(&mut smtp, "asked@example.net").await;
     assert_eq!(r.code, 550, "{r:?}");
     assert!(r.text.starts_with("5.1.1"), "{r:?}");
 
@@ -704,21 +711,8 @@ async fn mode_bounces_and_captured_mail_from_the_project_page() {
     assert!(html.contains("Sandbox mode"), "{html}");
     assert!(html.contains("Nothing captured yet."), "{html}");
 
-    let send = |subject: &'static str| {
-        let relay = &relay;
-        let (id, project_token) = (id.clone(), project_token.clone());
-        async move {
-            let mut c =
-                support::client::Client::logged_in(relay.starttls, &relay.pki, &id, &project_token)
-                    .await;
-            let r = c
-                .send_plain("noreply@shop.test", "user@example.net", subject, "Hi\r\n")
-                .await;
-            assert_eq!(r.code, 250, "{r:?}");
-            r.queued_id()
-        }
-    };
-    let captured = send("Reset <b>your</b> password").await;
+    let mut smtp = Client::logged_in(relay.starttls, &relay.pki, &id, &project_token).await;
+    let captured = send(&mut smtp, "Reset <b>your</b> password").await;
     let (_, html) = panel.page(&page).await;
     assert!(html.contains("1 captured"), "{html}");
     assert!(
@@ -740,8 +734,8 @@ async fn mode_bounces_and_captured_mail_from_the_project_page() {
         Duration::from_secs(10),
     );
 
-    send("Second").await;
-    send("Third").await;
+    send(&mut smtp, "Second").await;
+    send(&mut smtp, "Third").await;
     assert_eq!(relay.cli_json(&["sandbox", "list", &id])["count"], 2);
     panel
         .post_ok(&format!("{page}/sandbox/clear"), &csrf, &[])

@@ -597,36 +597,33 @@ pub fn project(
                         }
                     }
                     @if admin {
-                        div {
-                            h3 { "Status" }
-                            @let enabled = p["enabled"].as_bool().unwrap_or(true);
-                            p class="muted" { @if enabled { "Apps of this project can send." } @else { "Its tokens are refused." } }
-                            form method="post" action={ (base) "/enabled" } {
-                                (csrf(session))
-                                input type="hidden" name="enabled" value=(if enabled { "false" } else { "true" });
-                                button type="submit" { @if enabled { "Disable project" } @else { "Enable project" } }
-                            }
-                        }
-                        div {
-                            h3 { "Mode" }
-                            @let sandboxed = s(&p["mode"]) == "sandbox";
-                            p class="muted" { @if sandboxed { "Sandbox: mail is captured here, not sent." } @else { "Live: mail is sent." } }
-                            form method="post" action={ (base) "/mode" } {
-                                (csrf(session))
-                                input type="hidden" name="mode" value=(if sandboxed { "live" } else { "sandbox" });
-                                button type="submit" { @if sandboxed { "Switch to live" } @else { "Switch to sandbox" } }
-                            }
-                        }
-                        div {
-                            h3 { "Bounce messages" }
-                            @let bounces = p["bounces"].as_bool().unwrap_or(false);
-                            p class="muted" { @if bounces { "On: the sender gets a delivery report for mail that failed." } @else { "Off: failures reach the app as events and webhooks only." } }
-                            form method="post" action={ (base) "/bounces" } {
-                                (csrf(session))
-                                input type="hidden" name="enabled" value=(if bounces { "false" } else { "true" });
-                                button type="submit" { @if bounces { "Turn off" } @else { "Turn on" } }
-                            }
-                        }
+                        @let enabled = p["enabled"].as_bool().unwrap_or(true);
+                        (switch(session, &Switch {
+                            title: "Status",
+                            action: format!("{base}/enabled"),
+                            state: if enabled { "Apps of this project can send." } else { "Its tokens are refused." },
+                            field: "enabled",
+                            value: if enabled { "false" } else { "true" },
+                            button: if enabled { "Disable project" } else { "Enable project" },
+                        }))
+                        @let sandboxed = s(&p["mode"]) == "sandbox";
+                        (switch(session, &Switch {
+                            title: "Mode",
+                            action: format!("{base}/mode"),
+                            state: if sandboxed { "Sandbox: mail is captured here, not sent." } else { "Live: mail is sent." },
+                            field: "mode",
+                            value: if sandboxed { "live" } else { "sandbox" },
+                            button: if sandboxed { "Switch to live" } else { "Switch to sandbox" },
+                        }))
+                        @let bounces = p["bounces"].as_bool().unwrap_or(false);
+                        (switch(session, &Switch {
+                            title: "Bounce messages",
+                            action: format!("{base}/bounces"),
+                            state: if bounces { "On: the sender gets a delivery report for mail that failed." } else { "Off: failures reach the app as events and webhooks only." },
+                            field: "enabled",
+                            value: if bounces { "false" } else { "true" },
+                            button: if bounces { "Turn off" } else { "Turn on" },
+                        }))
                         div {
                             h3 { "Delete" }
                             p class="muted" { "Removes the project and its tokens." }
@@ -643,6 +640,31 @@ pub fn project(
                 p { a href={ "/messages?project=" (path_part(id)) } { "All messages of this project →" } }
             }
         }))
+    }
+}
+
+/// One two-state setting of the project page: what it is now, and the button that flips it.
+struct Switch {
+    title: &'static str,
+    action: String,
+    state: &'static str,
+    field: &'static str,
+    /// The value the button sends: the other state.
+    value: &'static str,
+    button: &'static str,
+}
+
+fn switch(session: &Session, w: &Switch) -> Markup {
+    html! {
+        div {
+            h3 { (w.title) }
+            p class="muted" { (w.state) }
+            form method="post" action=(w.action) {
+                (csrf(session))
+                input type="hidden" name=(w.field) value=(w.value);
+                button type="submit" { (w.button) }
+            }
+        }
     }
 }
 

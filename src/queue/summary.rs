@@ -44,46 +44,31 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-/// Printable text only (no control characters, so no line breaks), at most `max` characters.
-fn clean(s: &str, max: usize) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max)
-        .collect::<String>()
-        .trim()
-        .to_string()
-}
-
-/// A header value on one line: runs of whitespace (folding included) become one space,
-/// control characters are dropped, at most `max` characters. One allocation: every accepted
+/// Text on one line: runs of whitespace and control characters (folding included) become one
+/// space, nothing at either end, at most `max` characters. One allocation: every accepted
 /// message's fields pass through here.
 fn one_line(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max));
     let mut count = 0;
-    let mut space = false;
-    for c in s.chars() {
-        if c.is_whitespace() {
-            space = !out.is_empty();
-            continue;
-        }
-        if c.is_control() {
-            // As before: a control character separates words like whitespace.
-            space = !out.is_empty();
-            continue;
-        }
-        if space {
+    let words = s
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty());
+    for word in words {
+        if count > 0 {
+            // A space only if a character can follow it.
             if count + 1 >= max {
                 break;
             }
             out.push(' ');
             count += 1;
-            space = false;
         }
-        if count >= max {
-            break;
+        for c in word.chars() {
+            if count >= max {
+                return out;
+            }
+            out.push(c);
+            count += 1;
         }
-        out.push(c);
-        count += 1;
     }
     out
 }
@@ -94,12 +79,12 @@ pub fn original(message: &[u8]) -> MessageSummary {
     let Some(parsed) = mail_parser::MessageParser::new().parse_headers(&fields) else {
         return MessageSummary::default();
     };
-    let subject = parsed.subject().map(|s| clean(s, MAX_TEXT));
+    let subject = parsed.subject().map(|s| one_line(s, MAX_TEXT));
     let from = parsed.from().and_then(|a| a.first()).map(|a| {
         let addr = a.address().unwrap_or_default();
         match a.name() {
-            Some(n) if !n.trim().is_empty() => clean(&format!("{} <{addr}>", n.trim()), MAX_TEXT),
-            _ => clean(addr, MAX_TEXT),
+            Some(n) if !n.trim().is_empty() => one_line(&format!("{n} <{addr}>"), MAX_TEXT),
+            _ => one_line(addr, MAX_TEXT),
         }
     });
     MessageSummary {
