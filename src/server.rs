@@ -122,20 +122,7 @@ pub async fn serve_from(config: Config, config_path: Option<PathBuf>) -> Result<
             Ok(n) => tracing::info!(keys = n, "cluster: DKIM keys sealed for the other nodes"),
             Err(e) => tracing::warn!(error = %e, "cluster: cannot seal this node's DKIM keys"),
         }
-        let keys = dkim.clone();
-        c.on_change(move |changes| {
-            if !changes.iter().any(|c| c.tree.starts_with("dkim")) {
-                return;
-            }
-            let removed: Vec<Vec<u8>> = changes
-                .iter()
-                .filter(|c| c.tree == "dkim" && c.value.is_none())
-                .map(|c| c.key.clone())
-                .collect();
-            if let Err(e) = keys.refresh_from_cluster(&removed) {
-                tracing::warn!(error = %e, "cluster: DKIM keys from Redis not applied");
-            }
-        });
+        dkim.follow(c);
     }
     let recovered = queue.recover()?;
     let tls = inbound::tls::server_config(&config.tls, &config.server.hostname)?;

@@ -4,7 +4,7 @@
 //!
 //! * `registry_sync.rs` — the registry (projects, token HMACs, limit overrides, routes,
 //!   branding, admin tokens, webhook endpoints, DKIM keys with their private keys sealed by
-//!   `transform::dkim_seal`) mirrored in Redis; each node keeps its sled copy, updated by
+//!   `crate::sealing`) mirrored in Redis; each node keeps its sled copy, updated by
 //!   pub/sub invalidation plus a periodic full reconciliation; admin changes go to Redis
 //!   before they are answered (`admin::execute_async` calls [`Cluster::write`]); stages with
 //!   their own view of a tree (the DKIM signer) subscribe with [`Cluster::on_change`].

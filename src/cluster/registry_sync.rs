@@ -28,7 +28,7 @@ use crate::store::Store;
 use super::{Cluster, ClusterError};
 
 /// The mirrored trees, most important first. DKIM private keys travel sealed
-/// (`dkim_sealed`, transform::dkim_seal); each node writes its own key files from them.
+/// (`dkim_sealed`, crate::sealing); each node writes its own key files from them.
 pub const TREES: &[&str] = &[
     "projects",
     "tokens",

@@ -943,6 +943,27 @@ impl DkimKeys {
         Ok(sealed)
     }
 
+    /// Cluster mode: each time the cluster layer brings key records from Redis, this node's
+    /// key files and signing cache follow ([`DkimKeys::refresh_from_cluster`]).
+    pub fn follow(&self, cluster: &crate::cluster::Cluster) {
+        use crate::store::trees;
+        let keys = self.clone();
+        cluster.on_change(move |changes| {
+            let ours = [trees::DKIM, trees::DKIM_PROJECTS, trees::DKIM_SEALED];
+            if !changes.iter().any(|c| ours.contains(&c.tree)) {
+                return;
+            }
+            let removed: Vec<Vec<u8>> = changes
+                .iter()
+                .filter(|c| c.tree == trees::DKIM && c.value.is_none())
+                .map(|c| c.key.clone())
+                .collect();
+            if let Err(e) = keys.refresh_from_cluster(&removed) {
+                tracing::warn!(error = %e, "cluster: DKIM keys from Redis not applied");
+            }
+        });
+    }
+
     /// After the cluster layer changed the key trees from Redis: writes the files of keys
     /// that arrived, deletes the files of the keys removed elsewhere (`removed`: their
     /// `domain \0 selector` record keys), and drops the signing cache so the next message uses
