@@ -262,7 +262,9 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
 
     // Sandbox mode from the page: a mail is captured and listed (its subject as text), and
     // released for real with the button; then back to live.
-    let click = |label: &'static str| {
+    // A button of the page, then the notice the redirect back shows. Waiting for that
+    // notice's own words: after an earlier action the old page has a notice too.
+    let click = |label: &'static str, notice: &'static str| {
         let c = &c;
         async move {
             c.find(Locator::XPath(&format!("//button[text()='{label}']")))
@@ -271,21 +273,19 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
                 .click()
                 .await
                 .unwrap();
-            // The redirect back shows the action's notice (the page before had none).
-            let notice = c.wait().for_element(Locator::Css(".notice")).await.unwrap();
-            assert!(
-                notice
-                    .attr("class")
-                    .await
-                    .unwrap()
-                    .unwrap_or_default()
-                    .contains("ok"),
-                "{label}: {}",
-                notice.text().await.unwrap()
-            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if let Ok(n) = c.find(Locator::Css(".notice.ok")).await
+                    && n.text().await.is_ok_and(|t| t.contains(notice))
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{label}: no notice {notice:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     };
-    click("Switch to sandbox").await;
+    click("Switch to sandbox", "Sandbox mode").await;
     let r = smtp
         .send("noreply@shop.test", &["user@example.net"], &body)
         .await;
@@ -309,9 +309,9 @@ async fn panel_in_chromium_login_project_token_once_message_and_no_xss() {
     .await
     .unwrap();
     shot(&c, "project-sandbox").await;
-    click("Release").await;
+    click("Release", "Released").await;
     relay.wait_state(&r.queued_id(), &["delivered"], Duration::from_secs(30));
-    click("Switch to live").await;
+    click("Switch to live", "Live mode").await;
     assert!(c.find(Locator::Css("#sandbox")).await.is_err());
 
     c.goto(&format!("{base}/projects")).await.unwrap();
